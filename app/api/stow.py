@@ -1,0 +1,221 @@
+"""STOW-RS (PS3.18 10.5): POST /studies and /studies/{StudyInstanceUID}.
+
+The body is parsed as it arrives: each part is spooled (memory for small parts, a staged file on the storage
+volume for large ones) and handed to the ingest service while the next part is still being received, so a
+1 GB body never sits in memory and a batch of small instances overlaps network, parsing and writes. One bad
+part fails alone; the answer lists every instance (PS3.18 10.5.3, Annex I).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
+
+from app.api.dicom_response import negotiate_dataset_media_type, render_dataset
+from app.api.errors import DicomWebError
+from app.api.multipart import MultipartError, Part, iter_parts, parse_content_type
+from app.api.stow_json import JsonInstanceAssembler
+from app.api.urls import instance_url, service_root, study_url
+from app.core.context import ArchiveContext
+from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
+from app.core.uids import InvalidUIDError, check_uid
+from app.deps import Context
+from app.storage.base import StagedFile
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["STOW-RS"])
+
+# Parts up to this size are kept in memory; larger ones are written to a staged file as they arrive.
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
+# Instances of one request being parsed and written at once: enough to overlap I/O, few enough to bound memory.
+PIPELINE_DEPTH = 4
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+
+
+@router.post("/studies", summary="Store instances (STOW-RS)")
+async def store_instances(
+    request: Request, context: Context, content_type: Annotated[str | None, Header()] = None
+) -> Response:
+    return await _store(request, context, content_type, None)
+
+
+@router.post("/studies/{study}", summary="Store instances of one study (STOW-RS)")
+async def store_study_instances(
+    study: str, request: Request, context: Context, content_type: Annotated[str | None, Header()] = None
+) -> Response:
+    try:
+        check_uid(study, "StudyInstanceUID")
+    except InvalidUIDError as exc:
+        raise DicomWebError(400, str(exc)) from exc
+    return await _store(request, context, content_type, study)
+
+
+async def _store(request: Request, context: Context, content_type: str | None, study: str | None) -> Response:
+    response_type = negotiate_dataset_media_type(request.headers.get("accept"))
+    boundary, part_type = _check_request(request, context, content_type)
+    outcomes = await _ingest_parts(request, context, boundary, part_type, study)
+    if not outcomes:
+        raise DicomWebError(400, "the request holds no instance")
+    body = _response_dataset(service_root(request, context.settings), outcomes, study)
+    stored = sum(o.ok for o in outcomes)
+    status = 200 if stored == len(outcomes) else 202 if stored else 409  # PS3.18 Table 10.5.3-1
+    headers = {}
+    replaced = [o.sop_instance_uid for o in outcomes if o.status is StoreStatus.REPLACED]
+    if replaced:
+        # The duplicate policy `replace` is a success that the sender should hear about (DuplicatePolicy).
+        headers["Warning"] = f'299 dicomweb-archive: "replaced {len(replaced)} instance(s) already held"'
+    return Response(render_dataset(body, response_type), status_code=status, media_type=response_type, headers=headers)
+
+
+def _check_request(request: Request, context: ArchiveContext, content_type: str | None) -> tuple[str, str]:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > context.settings.max_request_bytes:
+        raise DicomWebError(413, f"the body exceeds the {context.settings.max_request_bytes} byte limit")
+    if not content_type:
+        raise DicomWebError(415, 'Content-Type must be multipart/related; type="application/dicom"')
+    try:
+        media_type, params = parse_content_type(content_type)
+    except MultipartError as exc:
+        raise DicomWebError(400, f"malformed Content-Type: {exc}") from exc
+    if media_type != "multipart/related":
+        raise DicomWebError(415, f"{media_type} is not supported; send multipart/related (PS3.18 10.5.2)")
+    part_type = params.get("type", DICOM).lower()
+    if part_type not in (DICOM, DICOM_JSON):
+        raise DicomWebError(415, f"multipart/related type {part_type} is not supported")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise DicomWebError(400, "the multipart Content-Type has no boundary parameter")
+    return boundary, part_type
+
+
+async def _ingest_parts(
+    request: Request, context: ArchiveContext, boundary: str, part_type: str, study: str | None
+) -> list[StoreOutcome]:
+    origin = f"STOW-RS {request.client.host if request.client else '?'}"
+    gate = asyncio.Semaphore(PIPELINE_DEPTH)
+    tasks: list[asyncio.Task[StoreOutcome]] = []
+
+    async def ingest(payload: bytes | StagedFile) -> StoreOutcome:
+        try:
+            return await context.ingest.store(payload, expected_study_uid=study, origin=origin)
+        finally:
+            gate.release()
+
+    assembler = JsonInstanceAssembler(context.storage) if part_type == DICOM_JSON else None
+    try:
+        async for part in iter_parts(_limited(request, context.settings.max_request_bytes), boundary):
+            if assembler is not None:
+                await assembler.add(part)
+                continue
+            if (part.content_type or DICOM).split(";")[0].strip().lower() != DICOM:
+                await _drain(part)
+                tasks.append(_done(_unreadable(f"a part of type {part.content_type} is not application/dicom")))
+                continue
+            payload = await _spool(part, context)
+            await gate.acquire()
+            tasks.append(asyncio.create_task(ingest(payload)))
+        if assembler is not None:
+            for payload_or_outcome in await assembler.instances():
+                if isinstance(payload_or_outcome, StoreOutcome):
+                    tasks.append(_done(payload_or_outcome))
+                else:
+                    await gate.acquire()
+                    tasks.append(asyncio.create_task(ingest(payload_or_outcome)))
+    except MultipartError as exc:
+        # Instances already received stay stored (nothing is lost); the truncated rest is reported.
+        outcomes = await asyncio.gather(*tasks)
+        if not outcomes:
+            raise DicomWebError(400, f"malformed multipart body: {exc}") from exc
+        return [*outcomes, _unreadable(f"malformed multipart body: {exc}")]
+    return list(await asyncio.gather(*tasks))
+
+
+async def _spool(part: Part, context: ArchiveContext) -> bytes | StagedFile:
+    chunks: list[bytes] = []
+    size = 0
+    staged: StagedFile | None = None
+    try:
+        async for chunk in part.body:
+            if staged is not None:
+                await asyncio.to_thread(staged.write, chunk)
+                continue
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > SPOOL_IN_MEMORY:
+                staged = await asyncio.to_thread(context.storage.stage)
+                await asyncio.to_thread(staged.write, b"".join(chunks))
+                chunks.clear()
+    except BaseException:
+        if staged is not None:
+            await asyncio.to_thread(context.storage.discard, staged)
+        raise
+    return staged if staged is not None else b"".join(chunks)
+
+
+async def _drain(part: Part) -> None:
+    async for _ in part.body:
+        pass
+
+
+async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise DicomWebError(413, f"the body exceeds the {limit} byte limit")
+        yield chunk
+
+
+def _done(outcome: StoreOutcome) -> asyncio.Task[StoreOutcome]:
+    async def value() -> StoreOutcome:
+        return outcome
+
+    return asyncio.ensure_future(value())
+
+
+def _unreadable(reason: str) -> StoreOutcome:
+    return StoreOutcome(StoreStatus.FAILED, failure=FailureReason.CANNOT_UNDERSTAND, reason=reason)
+
+
+def _response_dataset(root: str, outcomes: list[StoreOutcome], study: str | None) -> dict[str, object]:
+    """The STOW-RS response (PS3.18 Table I.1-1): RetrieveURL, ReferencedSOPSequence, FailedSOPSequence."""
+    stored_studies = {o.study_instance_uid for o in outcomes if o.ok and o.study_instance_uid}
+    study_for_url = study or (next(iter(stored_studies)) if len(stored_studies) == 1 else None)
+    body: dict[str, object] = {"00081190": _ur(study_url(root, study_for_url)) if study_for_url else {"vr": "UR"}}
+    referenced, failed, other = [], [], []
+    for o in outcomes:
+        if o.ok:
+            assert o.study_instance_uid and o.series_instance_uid and o.sop_instance_uid
+            url = instance_url(root, o.study_instance_uid, o.series_instance_uid, o.sop_instance_uid)
+            referenced.append({**_reference(o), "00081190": _ur(url)})
+        elif o.sop_instance_uid and o.sop_class_uid:
+            failed.append({**_reference(o), "00081197": _us(int(o.failure or FailureReason.PROCESSING_FAILURE))})
+        else:
+            # No identifiable instance: Other Failures Sequence (PS3.18 Table I.1-1).
+            other.append({"00081197": _us(int(o.failure or FailureReason.CANNOT_UNDERSTAND))})
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if other:
+        body["0008119A"] = {"vr": "SQ", "Value": other}
+    return body
+
+
+def _reference(o: StoreOutcome) -> dict[str, object]:
+    return {"00081150": {"vr": "UI", "Value": [o.sop_class_uid]}, "00081155": {"vr": "UI", "Value": [o.sop_instance_uid]}}
+
+
+def _ur(url: str) -> dict[str, object]:
+    return {"vr": "UR", "Value": [url]}
+
+
+def _us(value: int) -> dict[str, object]:
+    return {"vr": "US", "Value": [value]}

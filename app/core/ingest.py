@@ -1,0 +1,183 @@
+"""The one ingest path: STOW-RS, C-STORE and the import command all store an instance by calling `store`.
+
+Order of work, so that no half-stored instance is ever visible:
+1. the bytes are staged on the storage volume and the header parsed (worker thread; pixel data never parsed);
+2. identity and consistency are checked, the duplicate policy applied;
+3. the file is committed (fsync + atomic rename; a replaced file is kept aside);
+4. the metadata is written in one repository transaction;
+5. only then is the replaced file let go. A metadata failure rolls the file back, so the two never disagree.
+Every outcome is a protocol-neutral StoreOutcome; the doors turn it into HTTP or DIMSE statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from app.config import DuplicatePolicy
+from app.core.header import HeaderError, build_record, read_header
+from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
+from app.core.records import InstanceRecord
+from app.core.uids import InvalidUIDError
+from app.repository.base import Repository, RepositoryUnavailable
+from app.storage.base import StagedFile, Storage, StorageError, instance_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Prepared:
+    staged: StagedFile
+    record: InstanceRecord | None = None
+    dataset: Dataset | None = None
+    outcome: StoreOutcome | None = None
+
+
+class IngestService:
+    def __init__(self, repository: Repository, storage: Storage, duplicate_policy: DuplicatePolicy) -> None:
+        self.repository = repository
+        self.storage = storage
+        self.duplicate_policy = duplicate_policy
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[str, int] = {}
+
+    async def store(
+        self, payload: bytes | StagedFile, *, expected_study_uid: str | None = None, origin: str = ""
+    ) -> StoreOutcome:
+        """Store one Part 10 instance given as bytes or as a file already staged by `self.storage.stage()`."""
+        prepared = await asyncio.to_thread(self._prepare, payload)
+        if prepared.outcome is not None:
+            return self._failed(prepared, origin)
+        record = prepared.record
+        assert record is not None
+        outcome = StoreOutcome(
+            status=StoreStatus.STORED,
+            sop_class_uid=record.sop_class_uid,
+            sop_instance_uid=record.sop_instance_uid,
+            study_instance_uid=record.study_instance_uid,
+            series_instance_uid=record.series_instance_uid,
+        )
+        if expected_study_uid is not None and record.study_instance_uid != expected_study_uid:
+            # PS3.18 10.5.1: every instance POSTed to /studies/{study} must belong to that study.
+            prepared.outcome = _fail(
+                outcome,
+                FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                f"StudyInstanceUID {record.study_instance_uid} differs from {expected_study_uid} in the request",
+            )
+            return self._failed(prepared, origin)
+        with self._lock(record.sop_instance_uid) as lock:
+            async with lock:
+                return await self._commit(prepared, record, outcome, origin)
+
+    async def _commit(
+        self, prepared: _Prepared, record: InstanceRecord, outcome: StoreOutcome, origin: str
+    ) -> StoreOutcome:
+        try:
+            held = await self.repository.get_instance(record.sop_instance_uid)
+        except RepositoryUnavailable as exc:
+            prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}")
+            return self._failed(prepared, origin)
+        if held is not None and self.duplicate_policy is not DuplicatePolicy.REPLACE:
+            await asyncio.to_thread(self.storage.discard, prepared.staged)
+            if self.duplicate_policy is DuplicatePolicy.REJECT:
+                prepared.outcome = _fail(outcome, FailureReason.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already held")
+                return self._failed(prepared, origin)
+            outcome.status = StoreStatus.KEPT
+            return outcome
+
+        key = instance_key(record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid)
+        record.storage_key, record.size = key, prepared.staged.size
+        try:
+            commit = await asyncio.to_thread(self.storage.commit, prepared.staged, key)
+        except StorageError as exc:
+            prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"cannot write the file: {exc}")
+            return self._failed(prepared, origin, discard=False)
+        try:
+            replaced = await self.repository.store_instance(record)
+        except BaseException as exc:
+            await asyncio.to_thread(commit.rollback)
+            if isinstance(exc, RepositoryUnavailable):
+                prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}")
+            elif isinstance(exc, Exception):
+                log.exception("metadata write failed for %s", record.sop_instance_uid)
+                prepared.outcome = _fail(outcome, FailureReason.PROCESSING_FAILURE, f"metadata write failed: {exc}")
+            else:
+                raise
+            return self._failed(prepared, origin, discard=False)
+        await asyncio.to_thread(commit.finalize)
+        if replaced is not None:
+            outcome.status = StoreStatus.REPLACED
+            if replaced.storage_key != key:
+                # The new copy moved to another study or series: the old file is no longer named by anything.
+                await asyncio.to_thread(self.storage.delete, replaced.storage_key)
+        return outcome
+
+    def _prepare(self, payload: bytes | StagedFile) -> _Prepared:
+        """Stage and parse, in a worker thread: both block, and a big header should not stall the loop."""
+        if isinstance(payload, StagedFile):
+            prepared = _Prepared(staged=payload)
+            payload.handle.flush()
+            source: str | io.BytesIO = str(payload.path)
+        else:
+            prepared = _Prepared(staged=self.storage.stage())
+            try:
+                prepared.staged.write(payload)
+            except OSError as exc:
+                prepared.outcome = _fail(StoreOutcome(StoreStatus.FAILED), FailureReason.OUT_OF_RESOURCES, str(exc))
+                return prepared
+            source = io.BytesIO(payload)
+        try:
+            ds = read_header(source)
+            prepared.record = build_record(ds)
+        except InvalidUIDError as exc:
+            outcome = StoreOutcome(StoreStatus.FAILED, sop_class_uid=_uid(ds, "SOPClassUID"),
+                                   sop_instance_uid=_uid(ds, "SOPInstanceUID"))
+            prepared.outcome = _fail(outcome, FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+        except HeaderError as exc:
+            prepared.outcome = _fail(StoreOutcome(StoreStatus.FAILED), FailureReason.CANNOT_UNDERSTAND, str(exc))
+        return prepared
+
+    def _failed(self, prepared: _Prepared, origin: str, *, discard: bool = True) -> StoreOutcome:
+        outcome = prepared.outcome
+        assert outcome is not None
+        if discard:
+            self.storage.discard(prepared.staged)
+        log.warning(
+            "store refused from %s: SOPInstanceUID=%s reason=0x%04X %s",
+            origin or "?",
+            outcome.sop_instance_uid or "?",
+            outcome.failure or 0,
+            outcome.reason,
+        )
+        return outcome
+
+    @contextmanager
+    def _lock(self, uid: str) -> Iterator[asyncio.Lock]:
+        """A lock per SOP Instance UID: two copies of one instance arriving at once are stored one after the
+        other, so the duplicate policy sees the first before deciding on the second."""
+        lock = self._locks.setdefault(uid, asyncio.Lock())
+        self._waiters[uid] = self._waiters.get(uid, 0) + 1
+        try:
+            yield lock
+        finally:
+            self._waiters[uid] -= 1
+            if not self._waiters[uid]:
+                del self._waiters[uid], self._locks[uid]
+
+
+def _fail(outcome: StoreOutcome, reason: FailureReason, message: str) -> StoreOutcome:
+    outcome.status = StoreStatus.FAILED
+    outcome.failure = reason
+    outcome.reason = message
+    return outcome
+
+
+def _uid(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return str(value) if value else None

@@ -1,0 +1,49 @@
+"""The orphan sweep: make files and metadata agree again after a crash or a hand edit of the storage tree.
+
+Ingest writes the file before the metadata, so a crash can leave a file that no metadata names (invisible to
+every door, but taking space); metadata naming a missing file only comes from outside interference. The sweep
+removes both kinds. Files younger than `grace_seconds` are left alone: they may belong to a store in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from app.repository.base import Repository
+from app.storage.base import Storage
+
+log = logging.getLogger(__name__)
+PAGE = 1000
+
+
+@dataclass
+class SweepReport:
+    orphan_files: int = 0
+    orphan_records: int = 0
+
+
+async def sweep(repository: Repository, storage: Storage, *, grace_seconds: float = 60.0) -> SweepReport:
+    report = SweepReport()
+    known: set[str] = set()
+    after: str | None = None
+    while page := await repository.page_instances(after, PAGE):
+        for instance in page:
+            if await asyncio.to_thread(storage.exists, instance.storage_key):
+                known.add(instance.storage_key)
+            elif await repository.delete_instance(instance.sop_instance_uid) is not None:
+                log.warning("metadata of %s named a missing file; removed", instance.sop_instance_uid)
+                report.orphan_records += 1
+        after = page[-1].sop_instance_uid
+    cutoff = time.time() - grace_seconds
+    for key, mtime in await asyncio.to_thread(lambda: list(storage.iter_keys())):
+        if key in known or mtime > cutoff:
+            continue
+        sop_instance_uid = key.rsplit("/", 1)[-1].removesuffix(".dcm")
+        if await repository.get_instance(sop_instance_uid) is None:
+            await asyncio.to_thread(storage.delete, key)
+            log.warning("file %s had no metadata; removed", key)
+            report.orphan_files += 1
+    return report

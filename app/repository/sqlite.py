@@ -1,0 +1,426 @@
+"""The embedded SQLite repository, the default when no MongoDB is configured (as Orthanc does).
+
+SQLite blocks, so every statement runs off the event loop: writes on one dedicated thread with one connection
+(SQLite allows one writer at a time anyway, and a single writer thread means no lock contention), reads on a
+small pool of threads with a connection each (WAL lets readers run beside the writer). Each instance is one
+transaction: the instance row, its series, study and patient rows, the multi-valued index, and every aggregate
+change commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from app.core.attributes import Kind, Level, stored_at
+from app.core.records import InstanceRecord, LevelRecord, StoredInstance
+from app.repository.base import RepositoryUnavailable
+
+T = TypeVar("T")
+
+_INSTANCE_COLUMNS = (
+    "study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid, transfer_syntax_uid, "
+    "storage_key, size"
+)
+_LEVEL_TABLE = {
+    Level.PATIENT: "patients",
+    Level.STUDY: "studies",
+    Level.SERIES: "series",
+    Level.IMAGE: "instances",
+}
+
+
+def _columns(level: Level) -> list[str]:
+    return [a.field for a in stored_at(level) if a.kind is Kind.COLUMN]
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("migrations") / "sqlite"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class SQLiteRepository:
+    def __init__(self, path: Path, *, readers: int = 4) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-reader")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # -- connections -------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode loses no committed transaction on a process crash, only on power loss, and
+            # saves an fsync per commit; the file itself is fsync'd by the storage before its row is written.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._writer, fn, transaction=True)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._readers, fn, transaction=False)
+
+    async def _run(
+        self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T], *, transaction: bool
+    ) -> T:
+        def call() -> T:
+            conn = self._connect()
+            if not transaction:
+                return fn(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, call)
+        except sqlite3.OperationalError as exc:
+            # Locked, read-only, disk I/O error, disk full: the store cannot be used now, but may come back.
+            raise RepositoryUnavailable(f"SQLite: {exc}") from exc
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self._run(self._writer, self._migrate, transaction=False)
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at REAL NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in _migrations():
+            if version in applied:
+                continue
+            # executescript commits on its own; the statements are idempotent (IF NOT EXISTS), so a crash
+            # between them and the version row is repaired by running them again.
+            conn.executescript(sql)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+        return self._version(conn)
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
+
+    async def close(self) -> None:
+        def close_all() -> None:
+            with self._lock:
+                for conn in self._connections:
+                    conn.close()
+                self._connections.clear()
+
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        close_all()
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def schema_version(self) -> int:
+        return await self._read(self._version)
+
+    # -- instances ---------------------------------------------------------------------------------------
+    async def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        def get(conn: sqlite3.Connection) -> StoredInstance | None:
+            return _get_instance(conn, sop_instance_uid)
+
+        return await self._read(get)
+
+    async def store_instance(self, record: InstanceRecord) -> StoredInstance | None:
+        def store(conn: sqlite3.Connection) -> StoredInstance | None:
+            previous = _get_instance(conn, record.sop_instance_uid)
+            if previous is not None:
+                _remove(conn, previous.sop_instance_uid)
+            _add(conn, record)
+            return previous
+
+        return await self._write(store)
+
+    async def delete_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        def delete(conn: sqlite3.Connection) -> StoredInstance | None:
+            previous = _get_instance(conn, sop_instance_uid)
+            if previous is not None:
+                _remove(conn, sop_instance_uid)
+            return previous
+
+        return await self._write(delete)
+
+    async def find_instances(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredInstance]:
+        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE study_instance_uid = ?"
+        args: list[str] = [study_instance_uid]
+        if series_instance_uid is not None:
+            sql += " AND series_instance_uid = ?"
+            args.append(series_instance_uid)
+        if sop_instance_uid is not None:
+            sql += " AND sop_instance_uid = ?"
+            args.append(sop_instance_uid)
+        sql += " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
+        return await self._read(lambda conn: [_stored(row) for row in conn.execute(sql, args)])
+
+    async def page_instances(self, after: str | None, limit: int) -> list[StoredInstance]:
+        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE sop_instance_uid > ? ORDER BY sop_instance_uid LIMIT ?"
+        return await self._read(
+            lambda conn: [_stored(row) for row in conn.execute(sql, (after or "", limit))]
+        )
+
+    async def count_instances(self) -> int:
+        return await self._read(
+            lambda conn: int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
+        )
+
+
+# -- the unit of work, run on the writer thread -----------------------------------------------------------
+
+
+def _stored(row: sqlite3.Row) -> StoredInstance:
+    return StoredInstance(*row)
+
+
+def _get_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> StoredInstance | None:
+    row = conn.execute(
+        f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+    ).fetchone()
+    return None if row is None else _stored(row)
+
+
+def _upsert(conn: sqlite3.Connection, table: str, key: str, row: dict[str, Any]) -> bool:
+    """Insert or update `row` keyed by column `key`; True when the row is new."""
+    existed = conn.execute(f"SELECT 1 FROM {table} WHERE {key} = ?", (row[key],)).fetchone() is not None
+    names = list(row)
+    if existed:
+        assignments = ", ".join(f'"{n}" = ?' for n in names if n != key)
+        conn.execute(
+            f"UPDATE {table} SET {assignments} WHERE {key} = ?",
+            [row[n] for n in names if n != key] + [row[key]],
+        )
+    else:
+        columns = ", ".join(f'"{n}"' for n in names)
+        conn.execute(
+            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})", list(row.values())
+        )
+    return not existed
+
+
+def _level_row(level: Level, record: LevelRecord) -> dict[str, Any]:
+    return {name: record.values.get(name) for name in _columns(level)}
+
+
+def _set_values(conn: sqlite3.Connection, level: Level, owner: str, multi: dict[str, list[str]]) -> None:
+    conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
+    conn.executemany(
+        "INSERT INTO attribute_values (level, owner, key, value) VALUES (?, ?, ?, ?)",
+        [
+            (level.value, owner, key, value)
+            for key, values in multi.items()
+            for value in dict.fromkeys(values)
+        ],
+    )
+
+
+def _add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
+    now = time.time()
+    patient_attrs = record.patient.attributes
+    patient_row = _level_row(Level.PATIENT, record.patient)
+    _upsert(
+        conn,
+        "patients",
+        "patient_key",
+        {"patient_key": record.patient_key, **patient_row, "attributes": json.dumps(patient_attrs)},
+    )
+    new_study = _upsert(
+        conn,
+        "studies",
+        "study_instance_uid",
+        {
+            "study_instance_uid": record.study_instance_uid,
+            "patient_key": record.patient_key,
+            **patient_row,
+            **_level_row(Level.STUDY, record.study),
+            "study_datetime": record.study.values.get("study_datetime"),
+            # In the Study Root model the patient's attributes are study attributes (PS3.4 C.6.2.1).
+            "attributes": json.dumps({**patient_attrs, **record.study.attributes}),
+            "updated_at": now,
+        },
+    )
+    new_series = _upsert(
+        conn,
+        "series",
+        "series_instance_uid",
+        {
+            "series_instance_uid": record.series_instance_uid,
+            "study_instance_uid": record.study_instance_uid,
+            **_level_row(Level.SERIES, record.series),
+            "attributes": json.dumps(record.series.attributes),
+            "updated_at": now,
+        },
+    )
+    conn.execute(
+        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
+        + ", ".join(f'"{c}"' for c in _columns(Level.IMAGE) if c not in ("sop_instance_uid", "sop_class_uid"))
+        + ", transfer_syntax_uid, storage_key, size, attributes, dataset, created_at) VALUES ("
+        + ", ".join("?" * (len(_columns(Level.IMAGE)) + 8))
+        + ")",
+        [
+            record.sop_instance_uid,
+            record.series_instance_uid,
+            record.study_instance_uid,
+            record.sop_class_uid,
+            *[
+                record.instance.values.get(c)
+                for c in _columns(Level.IMAGE)
+                if c not in ("sop_instance_uid", "sop_class_uid")
+            ],
+            record.transfer_syntax_uid,
+            record.storage_key,
+            record.size,
+            json.dumps(record.instance.attributes),
+            record.dataset_json,
+            now,
+        ],
+    )
+    _set_values(conn, Level.PATIENT, record.patient_key, record.patient.multi)
+    _set_values(conn, Level.STUDY, record.study_instance_uid, {**record.patient.multi, **record.study.multi})
+    _set_values(conn, Level.SERIES, record.series_instance_uid, record.series.multi)
+    _set_values(conn, Level.IMAGE, record.sop_instance_uid, record.instance.multi)
+    _count(
+        conn,
+        record.patient_key,
+        record.study_instance_uid,
+        record.series_instance_uid,
+        +1,
+        new_study=new_study,
+        new_series=new_series,
+    )
+    _refresh_study_sets(conn, record.study_instance_uid)
+
+
+def _remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
+    row = conn.execute(
+        "SELECT i.study_instance_uid, i.series_instance_uid, s.patient_key FROM instances i "
+        "JOIN studies s ON s.study_instance_uid = i.study_instance_uid WHERE i.sop_instance_uid = ?",
+        (sop_instance_uid,),
+    ).fetchone()
+    study_uid, series_uid, patient_key = row
+    conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+    conn.execute(
+        "DELETE FROM attribute_values WHERE level = ? AND owner = ?", (Level.IMAGE.value, sop_instance_uid)
+    )
+    _count(conn, patient_key, study_uid, series_uid, -1)
+    # Rows of levels left empty go, with their multi-valued index entries.
+    for level, key, owner in (
+        (Level.SERIES, "series_instance_uid", series_uid),
+        (Level.STUDY, "study_instance_uid", study_uid),
+        (Level.PATIENT, "patient_key", patient_key),
+    ):
+        table = _LEVEL_TABLE[level]
+        count_column = {
+            Level.SERIES: "number_of_series_related_instances",
+            Level.STUDY: "number_of_study_related_instances",
+            Level.PATIENT: "number_of_patient_related_instances",
+        }[level]
+        if conn.execute(f"SELECT {count_column} FROM {table} WHERE {key} = ?", (owner,)).fetchone()[0] <= 0:
+            conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (owner,))
+            conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
+            if level is Level.SERIES:
+                _count_series(conn, patient_key, study_uid, -1)
+            elif level is Level.STUDY:
+                conn.execute(
+                    "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies - 1"
+                    " WHERE patient_key = ?",
+                    (patient_key,),
+                )
+    if conn.execute("SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone():
+        _refresh_study_sets(conn, study_uid)
+
+
+def _count(
+    conn: sqlite3.Connection,
+    patient_key: str,
+    study_uid: str,
+    series_uid: str,
+    delta: int,
+    *,
+    new_study: bool = False,
+    new_series: bool = False,
+) -> None:
+    conn.execute(
+        "UPDATE series SET number_of_series_related_instances = number_of_series_related_instances + ? "
+        "WHERE series_instance_uid = ?",
+        (delta, series_uid),
+    )
+    conn.execute(
+        "UPDATE studies SET number_of_study_related_instances = number_of_study_related_instances + ? "
+        "WHERE study_instance_uid = ?",
+        (delta, study_uid),
+    )
+    conn.execute(
+        "UPDATE patients SET number_of_patient_related_instances = number_of_patient_related_instances + ?, "
+        "number_of_patient_related_studies = number_of_patient_related_studies + ? WHERE patient_key = ?",
+        (delta, 1 if new_study else 0, patient_key),
+    )
+    if new_series:
+        _count_series(conn, patient_key, study_uid, +1)
+
+
+def _count_series(conn: sqlite3.Connection, patient_key: str, study_uid: str, delta: int) -> None:
+    conn.execute(
+        "UPDATE studies SET number_of_study_related_series = number_of_study_related_series + ? "
+        "WHERE study_instance_uid = ?",
+        (delta, study_uid),
+    )
+    conn.execute(
+        "UPDATE patients SET number_of_patient_related_series = number_of_patient_related_series + ? "
+        "WHERE patient_key = ?",
+        (delta, patient_key),
+    )
+
+
+def _refresh_study_sets(conn: sqlite3.Connection, study_uid: str) -> None:
+    """ModalitiesInStudy and SOPClassesInStudy, recomputed from the study's own rows (both indexed)."""
+    modalities = _distinct(
+        conn, "SELECT DISTINCT modality FROM series WHERE study_instance_uid = ?", study_uid
+    )
+    classes = _distinct(
+        conn, "SELECT DISTINCT sop_class_uid FROM instances WHERE study_instance_uid = ?", study_uid
+    )
+    conn.execute(
+        "UPDATE studies SET modalities_in_study = ?, sop_classes_in_study = ? WHERE study_instance_uid = ?",
+        ("\\".join(modalities), "\\".join(classes), study_uid),
+    )
+
+
+def _distinct(conn: sqlite3.Connection, sql: str, arg: str) -> list[str]:
+    return sorted(str(row[0]) for row in conn.execute(sql, (arg,)) if row[0])

@@ -1,0 +1,83 @@
+"""The storage interface: where instance files live, and how they get there without ever being half-visible.
+
+A file is first staged (written under a temporary name on the storage's own volume), then committed: moved
+into place atomically. A commit over an existing file keeps the old one aside until the caller finalises, so a
+replace whose metadata write fails can be rolled back. The methods block (file or network I/O); the services
+call them from worker threads, together with parsing, so one instance costs one thread hop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+# Storage keys are built only from validated UIDs; this pattern is checked again wherever a key turns into a
+# path, so a key from the database or the network cannot reach outside the storage root.
+KEY_PATTERN = re.compile(r"[0-9.]{1,64}/[0-9.]{1,64}/[0-9.]{1,64}\.dcm")
+
+
+class StorageError(OSError):
+    """The storage could not do what was asked (disk full, permission, unreachable)."""
+
+
+def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    """`{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm`, from UIDs already checked."""
+    key = f"{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
+    check_key(key)
+    return key
+
+
+def check_key(key: str) -> str:
+    if KEY_PATTERN.fullmatch(key) is None or ".." in key.split("/"):
+        raise ValueError(f"not a storage key: {key[:200]!r}")
+    return key
+
+
+@dataclass
+class StagedFile:
+    """A file being written under a temporary name; `path` is local even for remote storages."""
+
+    path: Path
+    handle: BinaryIO
+    size: int = 0
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.size += len(data)
+
+
+class Commit(Protocol):
+    """A committed file whose replaced predecessor, if any, is still kept aside."""
+
+    def finalize(self) -> None:
+        """Forget the predecessor: the metadata now names the new file."""
+
+    def rollback(self) -> None:
+        """Put things back as they were before the commit."""
+
+
+class Storage(Protocol):
+    def stage(self) -> StagedFile: ...
+
+    def discard(self, staged: StagedFile) -> None: ...
+
+    def commit(self, staged: StagedFile, key: str) -> Commit: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def size(self, key: str) -> int: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def iter_keys(self) -> Iterator[tuple[str, float]]:
+        """Every stored key with its modification time (for the orphan sweep)."""
+        ...
+
+    def clear_staging(self) -> int:
+        """Remove what a crash left staged; returns how many files. Only safe before serving."""
+        ...

@@ -1,0 +1,126 @@
+"""Filesystem storage: `{root}/{StudyUID}/{SeriesUID}/{SOPInstanceUID}.dcm`, Part 10 files as received.
+
+Staging happens in `{root}/.incoming`, on the same filesystem as the final place, so the commit is one
+`os.replace`: a reader sees the old file or the new one, never a partial one. The file is fsync'd before the
+rename (unless disabled) so an acknowledged instance survives a power cut, not only a process crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from app.storage.base import Commit, StagedFile, StorageError, check_key
+
+STAGING = ".incoming"
+
+
+class _FileCommit:
+    def __init__(self, backup: Path | None, final: Path) -> None:
+        self._backup = backup
+        self._final = final
+
+    def finalize(self) -> None:
+        if self._backup is not None:
+            self._backup.unlink(missing_ok=True)
+
+    def rollback(self) -> None:
+        if self._backup is not None:
+            os.replace(self._backup, self._final)
+        else:
+            self._final.unlink(missing_ok=True)
+
+
+class FileSystemStorage:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.fsync = fsync
+        self._staging = self.root / STAGING
+        self._staging.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def stage(self) -> StagedFile:
+        path = self._staging / f"{uuid.uuid4().hex}.part"
+        try:
+            handle = open(path, "xb")  # noqa: SIM115 - closed by commit or discard
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot stage a file: {exc.strerror}") from exc
+        return StagedFile(path=path, handle=handle)
+
+    def discard(self, staged: StagedFile) -> None:
+        with contextlib.suppress(OSError):
+            staged.handle.close()
+        staged.path.unlink(missing_ok=True)
+
+    def commit(self, staged: StagedFile, key: str) -> Commit:
+        final = self._path(key)
+        try:
+            staged.handle.flush()
+            if self.fsync:
+                os.fsync(staged.handle.fileno())
+            staged.handle.close()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            backup: Path | None = None
+            if final.exists():
+                backup = self._staging / f"{uuid.uuid4().hex}.old"
+                os.link(final, backup)
+            os.replace(staged.path, final)
+            if self.fsync:
+                _fsync_dir(final.parent)
+        except OSError as exc:
+            self.discard(staged)
+            raise StorageError(exc.errno, f"cannot store {key}: {exc.strerror}") from exc
+        return _FileCommit(backup, final)
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Empty series and study folders go too, so the tree mirrors what is held.
+        for parent in (path.parent, path.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def iter_keys(self) -> Iterator[tuple[str, float]]:
+        for study in os.scandir(self.root):
+            if not study.is_dir() or study.name == STAGING:
+                continue
+            for series in os.scandir(study.path):
+                if not series.is_dir():
+                    continue
+                for entry in os.scandir(series.path):
+                    if entry.is_file() and entry.name.endswith(".dcm"):
+                        yield f"{study.name}/{series.name}/{entry.name}", entry.stat().st_mtime
+
+    def clear_staging(self) -> int:
+        # A `.old` left here is the predecessor of a replace that crashed before finalize; the new file is
+        # in place and its sender was either acknowledged or will retry, so the old copy goes too.
+        removed = 0
+        for entry in os.scandir(self._staging):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
