@@ -1,0 +1,69 @@
+"""Real DICOM test files (pydicom's bundled set and pydicom-data), and ways to make variants of them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+# One of each kind the archive must hold: CT, MR, multi-frame US and MR, JPEG baseline and lossless, JPEG-LS,
+# JPEG 2000, RLE, deflate-free big/implicit variants, SR, SEG, RT.
+KINDS = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_jp2klossless.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "JPEG-LL.dcm",
+    "examples_ybr_color.dcm",
+    "emri_small.dcm",
+    "emri_small_jpeg_2k_lossless.dcm",
+    "test-SR.dcm",
+    "liver.dcm",
+    "rtplan.dcm",
+    "rtdose.dcm",
+)
+
+
+def path(name: str) -> Path:
+    found = get_testdata_file(name)
+    if found is None:
+        raise FileNotFoundError(f"test file {name} not found: is pydicom-data installed?")
+    return Path(str(found))
+
+
+def load(name: str) -> Dataset:
+    return pydicom.dcmread(path(name))
+
+
+def renewed(name: str, **attributes: object) -> Dataset:
+    """The file with fresh Study, Series and SOP Instance UIDs (so variants can sit side by side)."""
+    ds = load(name)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def part10(ds: Dataset) -> bytes:
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+def multipart(
+    parts: list[bytes], boundary: str = "dicom-boundary", part_type: str = "application/dicom"
+) -> bytes:
+    body = b""
+    for content in parts:
+        body += f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
