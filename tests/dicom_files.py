@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_file
+from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -33,6 +33,8 @@ KINDS = (
 
 def path(name: str) -> Path:
     found = get_testdata_file(name)
+    if found is None and name.startswith("chr"):
+        found = next(iter(get_charset_files(name)), None)
     if found is None:
         raise FileNotFoundError(f"test file {name} not found: is pydicom-data installed?")
     return Path(str(found))

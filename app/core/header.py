@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from app.core.attributes import Attribute, Kind, Level, stored_at
+from app.core.dicom_json import element_json
 from app.core.records import InstanceRecord, JSONDict, LevelRecord
 from app.core.uids import check_uid
 from app.core.values import name_words, normalize, study_datetime
@@ -111,8 +112,10 @@ def _to_json(ds: Dataset, path: tuple[str, ...]) -> JSONDict:
             out[key] = {"vr": elem.VR, "BulkDataURI": BULK_DATA_PREFIX + "/".join((*path, key))}
         else:
             try:
-                out[key] = elem.to_json_dict(None, BULK_DATA_THRESHOLD * 1024)
-            except Exception:  # a value pydicom cannot convert is kept as its VR only, not fatal to the store
+                out[key] = element_json(elem)
+            except (
+                Exception
+            ):  # a value that cannot be converted is kept as its VR only, not fatal to the store
                 out[key] = {"vr": elem.VR}
     return out
 
@@ -129,7 +132,11 @@ def _level_record(ds: Dataset, level: Level) -> LevelRecord:
         if elem is None or elem.value is None:
             continue
         try:
-            record.attributes[attribute.key] = elem.to_json_dict(None, BULK_DATA_THRESHOLD * 1024)
+            record.attributes[attribute.key] = (
+                {"vr": "SQ", "Value": [_to_json(item, ()) for item in elem.value]}
+                if elem.VR == "SQ"
+                else element_json(elem)
+            )
         except Exception:
             continue
         if attribute.kind is Kind.COLUMN:

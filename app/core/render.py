@@ -202,6 +202,12 @@ _TOP_LEVEL_LUT_KEYWORDS: Final = (
 )
 
 
+_FUNCTIONAL_GROUP_LUT_KEYWORDS: Final = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),  # C.7.6.16.2.9
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),  # C.7.6.16.2.10
+}
+
+
 def _frame_lut_attributes(ds: Dataset, frame_index: int) -> Dataset:
     """The Modality and VOI attributes that apply to one frame.
 
@@ -223,11 +229,12 @@ def _frame_lut_attributes(ds: Dataset, frame_index: int) -> Dataset:
     if per_frame and frame_index < len(per_frame):
         groups.append(per_frame[frame_index])
     for group in groups:
-        for macro in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+        for macro, keywords in _FUNCTIONAL_GROUP_LUT_KEYWORDS.items():
             items = group.get(macro)
             if items:
-                for elem in items[0]:
-                    view[elem.tag] = elem
+                for keyword in keywords:
+                    if keyword in items[0]:
+                        view[keyword] = items[0][keyword]
     return view
 
 
@@ -372,8 +379,16 @@ def _colour(ds: Dataset, pixels: npt.NDArray[Any], photometric: str) -> npt.NDAr
 
 
 def _scale_to_uint8(arr: npt.NDArray[Any], bits: int) -> npt.NDArray[np.uint8]:
+    """Keep the top 8 of `bits` significant bits.
+
+    A shift rather than a multiplication by 255/(2^bits - 1): 16-bit palettes written as v*256 (0xFF00 for
+    white) and as v*257 (0xFFFF) both come out as the intended 8-bit v.
+    """
     if arr.dtype == np.uint8 and bits <= 8:
         return cast(npt.NDArray[np.uint8], arr)
+    if arr.dtype.kind in "ui":
+        shift = max(0, bits - 8)
+        return cast(npt.NDArray[np.uint8], np.clip(np.right_shift(arr, shift), 0, 255).astype(np.uint8))
     top = float(2 ** max(1, min(bits, 32)) - 1)
     return _to_uint8(arr.astype(np.float32) * (255.0 / top))
 

@@ -70,6 +70,8 @@ _SUBSAMPLED_YBR: Final = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PART
 # byte-swapped by hand when converting Big Endian to Little Endian. Value: the width of one number in bytes.
 _SWAPPED_VRS: Final[dict[str, int]] = {VR.OW: 2, VR.OF: 4, VR.OL: 4, VR.OD: 8, VR.OV: 8}
 
+_PREAMBLE_LENGTH: Final = 128  # PS3.10 §7.1
+
 _PIXEL_DATA_KEYWORDS: Final = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
@@ -139,12 +141,13 @@ def transcode(ds: Dataset, transfer_syntax_uid: str) -> Dataset:
 
 
 def encode_part10(ds: Dataset) -> bytes:
-    """Serialise `ds` as a DICOM Part 10 file: 128-byte preamble, "DICM", File Meta Information, data set.
+    """Serialise `ds` as a DICOM Part 10 file: zeroed 128-byte preamble, "DICM", File Meta Information, data set.
 
     PS3.10 §7.1. The encoding follows ds.file_meta.TransferSyntaxUID; missing File Meta elements (SOP Class and
     Instance UIDs, implementation UID) are filled in by pydicom without touching `ds.file_meta`. pydicom does
-    set the Pixel Data element's undefined-length flag to match the syntax (PS3.5 §A.4), which is the only
-    change it makes to `ds`, and a correct one.
+    touch `ds` in place in two value-preserving ways: it sets the Pixel Data undefined-length flag to match the
+    syntax (PS3.5 §A.4) and, when the encoding differs from the one read, resolves ambiguous VRs such as
+    "US or SS" (PS3.5 §6.2). No element value changes.
     """
     source_transfer_syntax(ds)  # a clear TranscodeError rather than pydicom's guesswork when it is missing
     buffer = BytesIO()
@@ -152,7 +155,11 @@ def encode_part10(ds: Dataset) -> bytes:
         dcmwrite(buffer, ds, enforce_file_format=True)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise TranscodeError(f"cannot encode the instance as a Part 10 file: {exc}") from exc
-    return buffer.getvalue()
+    data = buffer.getvalue()
+    # PS3.10 §7.1: the preamble is free for application use, and pydicom keeps whatever the stored file had
+    # (e.g. a TIFF header, or an executable in a polyglot file - CVE-2019-11687). After transcoding such a
+    # header is stale at best, so what this server sends always carries an all-zero preamble.
+    return bytes(_PREAMBLE_LENGTH) + data[_PREAMBLE_LENGTH:]
 
 
 def frame_count(ds: Dataset) -> int:
