@@ -1,0 +1,150 @@
+"""The one ingest path under policies and faults, with the real SQLite store and filesystem storage."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import DuplicatePolicy, Settings
+from app.core.context import ArchiveContext
+from app.core.outcomes import FailureReason, StoreStatus
+from app.core.sweep import sweep
+from app.repository.sqlite import SQLiteRepository
+from tests import dicom_files
+from tests.servers import running_archive
+
+
+@pytest.fixture
+async def context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
+    ctx = await ArchiveContext.open(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
+    yield ctx
+    await ctx.close()
+
+
+def stored_files(ctx: ArchiveContext) -> list[Path]:
+    return sorted(ctx.settings.storage_path.rglob("*.dcm"))
+
+
+@pytest.mark.parametrize(
+    ("policy", "second_status", "failure"),
+    [
+        (DuplicatePolicy.REPLACE, StoreStatus.REPLACED, None),
+        (DuplicatePolicy.KEEP, StoreStatus.KEPT, None),
+        (DuplicatePolicy.REJECT, StoreStatus.FAILED, FailureReason.DUPLICATE_SOP_INSTANCE),
+    ],
+)
+async def test_each_duplicate_policy_keeps_exactly_one_copy(
+    context: ArchiveContext,
+    policy: DuplicatePolicy,
+    second_status: StoreStatus,
+    failure: FailureReason | None,
+) -> None:
+    context.ingest.duplicate_policy = policy
+    first = dicom_files.renewed("CT_small.dcm", PatientName="FIRST^COPY")
+    second = copy.deepcopy(first)
+    second.PatientName = "SECOND^COPY"
+    assert (await context.ingest.store(dicom_files.part10(first))).status is StoreStatus.STORED
+    outcome = await context.ingest.store(dicom_files.part10(second))
+    assert outcome.status is second_status
+    assert outcome.failure == failure
+    (only,) = stored_files(context)
+    expected = b"SECOND^COPY" if policy is DuplicatePolicy.REPLACE else b"FIRST^COPY"
+    assert expected in only.read_bytes()
+    assert await context.repository.count_instances() == 1
+
+
+async def test_a_replacement_that_moves_series_leaves_no_file_behind(context: ArchiveContext) -> None:
+    ds = dicom_files.renewed("CT_small.dcm")
+    await context.ingest.store(dicom_files.part10(ds))
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    assert (await context.ingest.store(dicom_files.part10(ds))).status is StoreStatus.REPLACED
+    (only,) = stored_files(context)
+    assert only.parent.name == "1.2.3.4.5"
+
+
+async def test_a_metadata_store_that_refuses_writes_leaves_no_file_and_answers_out_of_resources(
+    context: ArchiveContext,
+) -> None:
+    repository = context.repository
+    assert isinstance(repository, SQLiteRepository)
+    await repository._run(repository._writer, lambda c: c.execute("PRAGMA query_only=ON"), transaction=False)
+    outcome = await context.ingest.store(dicom_files.part10(dicom_files.renewed("CT_small.dcm")))
+    assert outcome.failure is FailureReason.OUT_OF_RESOURCES
+    assert stored_files(context) == []
+    assert not any((context.settings.storage_path / ".incoming").iterdir())
+
+
+async def test_a_failed_replacement_keeps_the_old_copy(context: ArchiveContext) -> None:
+    ds = dicom_files.renewed("CT_small.dcm", PatientName="OLD^COPY")
+    await context.ingest.store(dicom_files.part10(ds))
+    repository = context.repository
+    assert isinstance(repository, SQLiteRepository)
+    await repository._run(repository._writer, lambda c: c.execute("PRAGMA query_only=ON"), transaction=False)
+    ds.PatientName = "NEW^COPY"
+    assert (await context.ingest.store(dicom_files.part10(ds))).failure is FailureReason.OUT_OF_RESOURCES
+    (only,) = stored_files(context)
+    assert b"OLD^COPY" in only.read_bytes()
+
+
+async def test_the_sweep_removes_files_without_metadata_and_metadata_without_files(
+    context: ArchiveContext,
+) -> None:
+    kept, lost = dicom_files.renewed("CT_small.dcm"), dicom_files.renewed("CT_small.dcm")
+    for ds in (kept, lost):
+        await context.ingest.store(dicom_files.part10(ds))
+    orphan = context.settings.storage_path / "1.2.3" / "4.5.6" / "7.8.9.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(dicom_files.part10(dicom_files.renewed("CT_small.dcm")))
+    for path in stored_files(context):
+        if lost.SOPInstanceUID in path.name:
+            path.unlink()
+    report = await sweep(context.repository, context.storage, grace_seconds=0)
+    assert (report.orphan_files, report.orphan_records) == (1, 1)
+    assert [p.name for p in stored_files(context)] == [f"{kept.SOPInstanceUID}.dcm"]
+    assert await context.repository.count_instances() == 1
+
+
+def test_a_body_over_the_configured_limit_is_refused_with_413(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, dimse_enabled=False, max_request_bytes=10_000, _env_file=None)  # type: ignore[call-arg]
+    body = dicom_files.multipart([dicom_files.part10(dicom_files.renewed("CT_small.dcm"))])
+    with running_archive(settings) as server:
+        response = httpx.post(
+            server.dicomweb + "/studies",
+            content=body,
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'},
+        )
+    assert response.status_code == 413
+    assert not list((tmp_path / "storage").rglob("*.dcm"))
+
+
+def test_import_loads_folders_through_the_ingest_path_and_reports_a_summary(tmp_path: Path) -> None:
+    folder = tmp_path / "incoming" / "nested"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")):
+        (folder / f"{i}.dcm").write_bytes(dicom_files.part10(dicom_files.renewed(name)))
+    (folder / "again.dcm").write_bytes((folder / "0.dcm").read_bytes())
+    (folder / "notes.txt").write_text("not DICOM")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "import",
+            str(tmp_path / "incoming"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert "stored 3, duplicates 1, failed 1" in result.stdout, result.stderr
+    assert result.returncode == 1
+    assert len(list((tmp_path / "data" / "storage").rglob("*.dcm"))) == 3
