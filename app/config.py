@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A comma-separated environment value ("A,B,C"), not JSON: pydantic-settings would otherwise decode list fields
+# as JSON. The validators below split it.
+CommaList = Annotated[list[str], NoDecode]
 
 
 class DuplicatePolicy(StrEnum):
@@ -55,6 +60,30 @@ class Settings(BaseSettings):
     dimse_host: str = "127.0.0.1"
     dimse_port: int = 11112
     ae_title: str = "DICOMWEB"
+    # Presentation contexts (PS3.8 9.3.2.2; policy in dimse_bridge/policy.py). SOP classes: `AllStorage` (every
+    # storage SOP class pynetdicom knows), `All` (also private and unknown storage-like SOP classes), or a comma
+    # list of SOP Class UIDs or keywords (CTImageStorage,1.2.840.10008.5.1.4.1.1.4). Verification is always on.
+    dimse_sop_class_policy: CommaList = Field(default_factory=lambda: ["AllStorage"])
+    # Transfer syntaxes: `All`, `UncompressedOnly`, or a comma list of UIDs or keywords (ExplicitVRLittleEndian).
+    dimse_transfer_syntax_policy: CommaList = Field(default_factory=lambda: ["All"])
+    # Largest P-DATA PDU we accept (PS3.8 9.3.1, A-ASSOCIATE-RQ/AC Maximum Length item); 0 = no limit.
+    dimse_max_pdu: int = Field(262144, ge=0)
+    # Seconds. pynetdicom drives the ARTIM timer (PS3.8 9.1.5) from the ACSE timeout: there is no separate knob.
+    dimse_acse_timeout: PositiveFloat = 30.0
+    dimse_dimse_timeout: PositiveFloat = 60.0  # also bounds one store/find step run on the app loop
+    dimse_network_timeout: PositiveFloat = 60.0  # idle association is released after this
+    dimse_connection_timeout: PositiveFloat | None = None  # TCP connect of our outgoing associations
+    dimse_max_associations: PositiveInt = 16
+    # Calling AE titles allowed to associate (PS3.8 9.3.4 A-ASSOCIATE-RJ reason 3); empty = any.
+    dimse_allowed_calling_aets: CommaList = Field(default_factory=list)
+    # Reject an association whose Called AE Title is not AE_TITLE (A-ASSOCIATE-RJ reason 7).
+    dimse_require_called_aet: bool = False
+    # `user:password,user2:password2` for User Identity Negotiation (PS3.7 D.3.3.7); empty = not required.
+    dimse_users: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    # TLS (PS3.15 B.1): certificate and key enable it; a CA file also requires and verifies client certificates.
+    dimse_tls_cert: Path | None = None
+    dimse_tls_key: Path | None = None
+    dimse_tls_ca: Path | None = None
 
     # Behaviour and limits
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
@@ -68,6 +97,45 @@ class Settings(BaseSettings):
     fhir_base_url: str | None = None
 
     log_level: str = "INFO"
+
+    @field_validator(
+        "dimse_sop_class_policy", "dimse_transfer_syntax_policy", "dimse_allowed_calling_aets", mode="before"
+    )
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("dimse_allowed_calling_aets")
+    @classmethod
+    def _check_ae_titles(cls, value: list[str]) -> list[str]:
+        for title in value:
+            # PS3.5 6.2: AE is at most 16 characters, no backslash or control characters.
+            if len(title) > 16 or "\\" in title or not title.isprintable():
+                raise ValueError(f"not an AE title: {title!r}")
+        return value
+
+    @field_validator("dimse_users", mode="before")
+    @classmethod
+    def _parse_users(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        users: dict[str, str] = {}
+        for pair in filter(None, (item.strip() for item in value.split(","))):
+            name, sep, password = pair.partition(":")
+            if not sep or not name:
+                raise ValueError("DIMSE_USERS takes user:password pairs separated by commas")
+            users[name] = password
+        return users
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.dimse_tls_cert is None) != (self.dimse_tls_key is None):
+            raise ValueError("DIMSE_TLS_CERT and DIMSE_TLS_KEY go together")
+        if self.dimse_tls_ca is not None and self.dimse_tls_cert is None:
+            raise ValueError("DIMSE_TLS_CA needs DIMSE_TLS_CERT and DIMSE_TLS_KEY")
+        return self
 
     @property
     def storage_path(self) -> Path:

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import stow
+from app.api import qido, stow, wado, wado_uri
 from app.api.errors import DicomWebError, dicomweb_error_handler, http_error_handler, validation_error_handler
 from app.api.urls import DICOMWEB_PREFIX
 from app.config import Settings
@@ -33,7 +33,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("archive open: data in %s, metadata in %s", settings.storage_path,
                  "MongoDB" if settings.mongo_url else settings.sqlite_path)
         try:
-            yield
+            # The DIMSE door shares this context (and this loop) with the HTTP door; it stops first, so its
+            # last stores finish before the repository closes.
+            app.state.dimse = None
+            if settings.dimse_enabled:
+                from dimse_bridge.server import start_dimse_server
+
+                app.state.dimse = await start_dimse_server(context)
+            try:
+                yield
+            finally:
+                if app.state.dimse is not None:
+                    from dimse_bridge.server import stop_dimse_server
+
+                    await stop_dimse_server(app.state.dimse)
         finally:
             await context.close()
 
@@ -47,4 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(stow.router, prefix=DICOMWEB_PREFIX)
+    app.include_router(qido.router, prefix=DICOMWEB_PREFIX)
+    app.include_router(wado.router, prefix=DICOMWEB_PREFIX)
+    app.include_router(wado_uri.router)  # PS3.18 §9: /wado, outside the DICOMweb root as viewers expect
+    app.include_router(wado_uri.router, prefix=DICOMWEB_PREFIX, include_in_schema=False)
     return app

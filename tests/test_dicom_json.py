@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from app.core.dicom_json import BINARY_VRS, element_json
+from app.core.header import dataset_json, read_header
 from tests import dicom_files
 
 FILES = (
@@ -47,3 +50,31 @@ def test_every_element_of_a_real_file_converts_as_pydicom_converts_it(name: str)
         if elem.VR in BINARY_VRS and "InlineBinary" not in expected:
             continue
         assert element_json(elem) == expected, f"{name} {elem.tag} {elem.VR}"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_raw_fast_path_writes_the_same_header_json_as_pydicoms_conversion(name: str) -> None:
+    fast = pydicom.dcmread(dicom_files.path(name), stop_before_pixels=True, force=True)
+    slow = pydicom.dcmread(dicom_files.path(name), stop_before_pixels=True, force=True)
+    slow.walk(lambda ds, elem: None)  # converts every raw element, nested ones too: the reference path
+    fast_json = json.loads(dataset_json(fast, pixel_data_present=False))
+    assert fast_json == json.loads(dataset_json(slow, pixel_data_present=False))
+
+
+@pytest.mark.parametrize(
+    ("name", "has_pixels"),
+    [
+        ("CT_small.dcm", True),
+        ("emri_small_big_endian.dcm", True),
+        ("JPEG2000.dcm", True),
+        ("rtplan.dcm", False),
+        ("test-SR.dcm", False),
+    ],
+)
+def test_only_instances_with_pixel_data_advertise_a_pixel_data_bulk_data_uri(
+    name: str, has_pixels: bool
+) -> None:
+    header = read_header(str(dicom_files.path(name)))
+    assert header.pixel_data_present is has_pixels
+    body = json.loads(dataset_json(header.dataset, pixel_data_present=header.pixel_data_present))
+    assert ("7FE00010" in body) is has_pixels

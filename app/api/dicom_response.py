@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape, quoteattr
 from pydicom.datadict import keyword_for_tag
 
 from app.api.errors import DicomWebError
-from app.api.multipart import parse_content_type, MultipartError
+from app.api.multipart import MultipartError, parse_content_type
 
 DICOM_JSON = "application/dicom+json"
 DICOM_XML = "application/dicom+xml"

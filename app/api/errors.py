@@ -6,12 +6,15 @@ DICOMweb client can show it, and the same reason goes into a `Warning: 299` head
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.uids import is_valid_uid
 
 DICOM_JSON = "application/dicom+json"
 
@@ -34,7 +37,9 @@ def error_response(status: int, reason: str, headers: dict[str, str] | None = No
         _body(safe),
         status_code=status,
         media_type=DICOM_JSON,
-        headers={"Warning": f'299 dicomweb-archive: "{safe}"', **(headers or {})},
+        # Header values are Latin-1 on the wire: anything else (a query value echoed in the reason) is escaped.
+        headers={"Warning": f'299 dicomweb-archive: "{safe.encode("ascii", "backslashreplace").decode()}"',
+                 **(headers or {})},
     )
 
 
@@ -51,7 +56,23 @@ async def dicomweb_error_handler(request: Request, exc: Exception) -> JSONRespon
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404 and (bad := malformed_path_uid(request.url.path)) is not None:
+        # A path no route matches because a UID in it holds "/" (e.g. "..%2F..%2Fetc"): the client sent a bad
+        # UID (PS3.5 9.1), which is a 400 like any other invalid UID, not "no such resource".
+        return error_response(400, f"{bad[:80]!r} in the path is not a valid UID (PS3.5 9.1)")
     return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+
+_UID_SEGMENT_AFTER = frozenset({"studies", "series", "instances"})
+
+
+def malformed_path_uid(path: str) -> str | None:
+    """The first segment in a UID position (after studies/series/instances) that is not a UID, if any."""
+    segments = path.split("/")
+    for before, segment in itertools.pairwise(segments):
+        if before in _UID_SEGMENT_AFTER and segment and not is_valid_uid(segment):
+            return segment
+    return None
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from app.api.multipart import MultipartError, Part, parse_content_type
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus

@@ -130,6 +130,8 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     _attr("InstitutionName", SE),
     _attr("PerformedProcedureStepStartDate", SE),
     _attr("PerformedProcedureStepStartTime", SE),
+    # Returned whole at series level (PS3.18 Table 10.6.3-4 "if known"); its two IDs below are matched.
+    _attr("RequestAttributesSequence", SE, R),
     _attr("RequestAttributesSequence.ScheduledProcedureStepID", SE, M, "request_sps_ids"),
     _attr("RequestAttributesSequence.RequestedProcedureID", SE, M, "request_rp_ids"),
     _attr("NumberOfSeriesRelatedInstances", SE, A),

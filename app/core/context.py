@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from app.config import Settings
 from app.core.ingest import IngestService
+from app.core.retrieve import RetrieveService
 from app.repository.base import Repository
 from app.storage.base import Storage
 from app.storage.filesystem import FileSystemStorage
@@ -39,6 +40,7 @@ class ArchiveContext:
     repository: Repository
     storage: Storage
     ingest: IngestService
+    retrieve: RetrieveService
 
     @classmethod
     async def open(cls, settings: Settings) -> ArchiveContext:
@@ -54,6 +56,7 @@ class ArchiveContext:
             repository=repository,
             storage=storage,
             ingest=IngestService(repository, storage, settings.duplicate_policy),
+            retrieve=RetrieveService(repository, storage),
         )
 
     async def close(self) -> None:

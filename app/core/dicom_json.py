@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
+import struct
 from typing import Any
 
 from pydicom.dataelem import DataElement
@@ -57,3 +58,70 @@ def _person_name(v: Any) -> dict[str, str] | None:
     if not text:
         return None
     return {group: part for group, part in zip(_PN_GROUPS, text.split("="), strict=False) if part}
+
+
+# -- straight from the raw bytes ----------------------------------------------------------------------------
+# pydicom parses a header into RawDataElements and turns each into a DataElement on first access; that turn
+# (value objects, validation, tag comparisons) costs more than everything else ingest does. For the common
+# cases, little endian with a single-byte or UTF-8 character set, the JSON is made from the raw bytes by the
+# same rules pydicom applies (pydicom/values.py); anything else returns None and takes pydicom's path.
+
+_STRUCT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+_SPLIT_RSTRIP = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})  # multi_string: rstrip the whole, then split
+_TEXT = frozenset({"SH", "LO", "UC"})  # decoded with the character set, split, each value rstripped
+_SINGLE_TEXT = frozenset({"LT", "ST", "UT"})  # decoded with the character set, never split
+_ENCODINGS = {"": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+DEFAULT_ENCODING = "iso8859"
+
+
+def encoding_for(specific_character_set: object) -> str | None:
+    """The Python codec for a Specific Character Set (0008,0005) the fast path handles, else None."""
+    if specific_character_set is None:
+        return DEFAULT_ENCODING
+    if isinstance(specific_character_set, bytes):
+        specific_character_set = specific_character_set.decode("ascii", "replace")
+    text = str(specific_character_set).strip(" \x00")
+    return _ENCODINGS.get(text)
+
+
+def raw_value_json(vr: str, value: bytes, encoding: str | None) -> dict[str, Any] | None:
+    """DICOM JSON of a raw little-endian value, or None when pydicom's conversion is needed."""
+    if not value:
+        return (
+            {"vr": vr} if vr in _STRUCT or vr in _SPLIT_RSTRIP or vr in _TEXT or vr in _SINGLE_TEXT else None
+        )
+    values: list[Any]
+    if vr in _STRUCT:
+        code = _STRUCT[vr]
+        size = struct.calcsize(code)
+        if len(value) % size:
+            return None
+        values = [_json_number(v) for v in struct.unpack(f"<{len(value) // size}{code}", value)]
+    elif vr in _SPLIT_RSTRIP:
+        values = value.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\")
+    elif vr == "AE":
+        values = [s.strip() for s in value.decode(DEFAULT_ENCODING).split("\\")]
+    elif vr == "UR":
+        values = [value.decode(DEFAULT_ENCODING).rstrip()]
+    elif encoding is None:
+        return None
+    elif vr in _TEXT:
+        values = [v.rstrip("\x00 ") for v in value.decode(encoding).split("\\")]
+    elif vr in _SINGLE_TEXT:
+        values = [value.decode(encoding).rstrip("\x00 ")]
+    elif vr == "PN":
+        values = [_person_name(v) for v in value.rstrip(b"\x00 ").decode(encoding).split("\\")]
+    elif vr in ("IS", "DS"):
+        try:
+            parts = value.decode(DEFAULT_ENCODING).strip(" \x00").split("\\")
+            if vr == "IS":
+                values = [None if p.strip() == "" else int(p) for p in parts]
+            else:
+                values = [None if p.strip() == "" else _json_number(float(p)) for p in parts]
+        except ValueError:
+            return None
+    else:
+        return None
+    if vr not in _STRUCT and len(values) == 1 and values[0] in ("", None):
+        return {"vr": vr}
+    return {"vr": vr, "Value": values}

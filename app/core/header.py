@@ -8,18 +8,21 @@ WADO-RS metadata answers need no file read.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from app.core.attributes import Attribute, Kind, Level, stored_at
-from app.core.dicom_json import element_json
+from app.core.dicom_json import DEFAULT_ENCODING, element_json, encoding_for, raw_value_json
 from app.core.records import InstanceRecord, JSONDict, LevelRecord
 from app.core.uids import check_uid
 from app.core.values import name_words, normalize, study_datetime
@@ -28,7 +31,9 @@ from app.core.values import name_words, normalize, study_datetime
 # threshold to the origin server).
 BULK_DATA_THRESHOLD = 1024
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+SPECIFIC_CHARACTER_SET = 0x00080005
+# (7FE0,0010) Pixel Data as the next tag in a little- or big-endian stream.
+_PIXEL_DATA_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 BULK_DATA_PREFIX = "bulkdata/"
 
 
@@ -36,10 +41,20 @@ class HeaderError(ValueError):
     """The bytes are not a DICOM Part 10 instance this archive can index; the message says why."""
 
 
-def read_header(source: str | BinaryIO) -> Dataset:
+class Header(NamedTuple):
+    dataset: Dataset  # File Meta and data set up to, not including, the pixel data
+    pixel_data_present: bool  # whether Pixel Data (or Float/Double Float Pixel Data) follows in the file
+
+
+def read_header(source: str | BinaryIO) -> Header:
     """Parse the File Meta and data set up to (not including) the pixel data."""
+    if isinstance(source, str):
+        with open(source, "rb") as stream:
+            return read_header(stream)
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True)
+        # pydicom stops with the stream at the pixel data tag, so the next four bytes tell whether there is any.
+        following = source.read(4)
     except (InvalidDicomError, EOFError) as exc:
         raise HeaderError(f"not a DICOM Part 10 instance: {exc}") from exc
     except Exception as exc:  # pydicom raises many kinds on damaged input; all mean "cannot understand"
@@ -47,7 +62,7 @@ def read_header(source: str | BinaryIO) -> Dataset:
     meta = getattr(ds, "file_meta", None)
     if not isinstance(meta, FileMetaDataset) or "TransferSyntaxUID" not in meta:
         raise HeaderError("no File Meta Information with a Transfer Syntax UID (PS3.10 7.1)")
-    return ds
+    return Header(ds, following in _PIXEL_DATA_TAG_BYTES)
 
 
 def identify(ds: Dataset) -> tuple[str, str, str, str]:
@@ -60,7 +75,7 @@ def identify(ds: Dataset) -> tuple[str, str, str, str]:
     )
 
 
-def build_record(ds: Dataset, *, pixel_data_present: bool = True) -> InstanceRecord:
+def build_record(ds: Dataset, *, pixel_data_present: bool) -> InstanceRecord:
     """The repository record of a header read by `read_header`."""
     study_uid, series_uid, sop_uid, sop_class_uid = identify(ds)
     transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
@@ -89,7 +104,7 @@ def build_record(ds: Dataset, *, pixel_data_present: bool = True) -> InstanceRec
     )
 
 
-def dataset_json(ds: Dataset, *, pixel_data_present: bool = True) -> str:
+def dataset_json(ds: Dataset, *, pixel_data_present: bool) -> str:
     """The whole header as DICOM JSON text, with bulk data and the pixel data as relative BulkDataURIs."""
     body = _to_json(ds, ())
     if pixel_data_present and "PixelData" not in ds:
@@ -101,15 +116,38 @@ def dataset_json(ds: Dataset, *, pixel_data_present: bool = True) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
-def _to_json(ds: Dataset, path: tuple[str, ...]) -> JSONDict:
+def _to_json(ds: Dataset, path: tuple[str, ...], inherited: str | None = DEFAULT_ENCODING) -> JSONDict:
+    # An item without its own Specific Character Set uses its parent's (PS3.3 C.12.1.1.2).
+    charset = ds._dict.get(Tag(SPECIFIC_CHARACTER_SET))
+    encoding = inherited if charset is None else encoding_for(getattr(charset, "value", None))
     out: JSONDict = {}
-    for elem in ds:
-        key = f"{elem.tag:08X}"
+    for tag in sorted(ds._dict):
+        key = f"{tag:08X}"
+        raw = ds._dict[tag]
+        # UN is left to pydicom, which knows the VR of many private tags sent as UN.
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.is_little_endian
+            and raw.value is not None
+            and raw.VR != "UN"
+        ):
+            vr = raw.VR or _implicit_vr(tag)
+            if vr in BULK_VRS:
+                out[key] = _binary_json(vr, raw.value, path, key)
+                continue
+            if (
+                vr is not None
+                and vr != "SQ"
+                and (fast := raw_value_json(vr, raw.value, encoding)) is not None
+            ):
+                out[key] = fast
+                continue
+        elem = ds[tag]
         if elem.VR == "SQ":
-            items = [_to_json(item, (*path, key, str(i))) for i, item in enumerate(elem.value)]
+            items = [_to_json(item, (*path, key, str(i)), encoding) for i, item in enumerate(elem.value)]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-        elif elem.VR in BULK_VRS and elem.value is not None and len(elem.value) > BULK_DATA_THRESHOLD:
-            out[key] = {"vr": elem.VR, "BulkDataURI": BULK_DATA_PREFIX + "/".join((*path, key))}
+        elif elem.VR in BULK_VRS and elem.value is not None:
+            out[key] = _binary_json(elem.VR, elem.value, path, key)
         else:
             try:
                 out[key] = element_json(elem)
@@ -118,6 +156,23 @@ def _to_json(ds: Dataset, path: tuple[str, ...]) -> JSONDict:
             ):  # a value that cannot be converted is kept as its VR only, not fatal to the store
                 out[key] = {"vr": elem.VR}
     return out
+
+
+def _binary_json(vr: str, value: bytes, path: tuple[str, ...], key: str) -> JSONDict:
+    if len(value) > BULK_DATA_THRESHOLD:
+        return {"vr": vr, "BulkDataURI": BULK_DATA_PREFIX + "/".join((*path, key))}
+    if not value:
+        return {"vr": vr}
+    return {"vr": vr, "InlineBinary": base64.b64encode(bytes(value)).decode("ascii")}
+
+
+def _implicit_vr(tag: int) -> str | None:
+    """The VR of a public tag in an implicit-VR header; None (pydicom decides) for private or ambiguous ones."""
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return None
+    return vr if " " not in vr else None
 
 
 def _level_record(ds: Dataset, level: Level) -> LevelRecord:

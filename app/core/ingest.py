@@ -133,8 +133,8 @@ class IngestService:
                 return prepared
             source = io.BytesIO(payload)
         try:
-            ds = read_header(source)
-            prepared.record = build_record(ds)
+            ds, pixel_data_present = read_header(source)
+            prepared.record = build_record(ds, pixel_data_present=pixel_data_present)
         except InvalidUIDError as exc:
             outcome = StoreOutcome(StoreStatus.FAILED, sop_class_uid=_uid(ds, "SOPClassUID"),
                                    sop_instance_uid=_uid(ds, "SOPInstanceUID"))

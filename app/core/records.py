@@ -7,7 +7,7 @@ parses DICOM and both implementations store exactly the same facts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 JSONDict = dict[str, Any]
 
@@ -51,3 +51,15 @@ class StoredInstance:
     transfer_syntax_uid: str
     storage_key: str
     size: int
+
+
+class StoredDataset(NamedTuple):
+    """One instance's stored header (DICOM JSON text, relative BulkDataURIs) with the UIDs that locate it.
+
+    WADO-RS metadata (PS3.18 10.4.1.1.2) answers are assembled from these without parsing the JSON: the UIDs
+    are what turns each relative BulkDataURI into an absolute one.
+    """
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    dataset_json: str

@@ -8,9 +8,10 @@ delete from every door.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
-from app.core.records import InstanceRecord, StoredInstance
+from app.core.query import QueryModel, SearchResult
+from app.core.records import InstanceRecord, StoredDataset, StoredInstance
 
 
 class RepositoryUnavailable(RuntimeError):
@@ -44,7 +45,31 @@ class Repository(Protocol):
     ) -> list[StoredInstance]:
         """Instances of a study, series or one instance, in series then instance-number order."""
 
+    async def instance_datasets(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredDataset]:
+        """The stored DICOM JSON headers of the same instances, in the same order as `find_instances`
+        (WADO-RS metadata, PS3.18 10.4.1.1.2: answered without reading a file)."""
+
     async def page_instances(self, after: str | None, limit: int) -> list[StoredInstance]:
         """All instances in SOP Instance UID order, a page at a time (sweep, re-index, statistics)."""
 
     async def count_instances(self) -> int: ...
+
+    async def study_aggregates(self, study_instance_uid: str) -> dict[str, Any] | None:
+        """The study's computed attributes, or None when the study is not held: number_of_study_related_series,
+        number_of_study_related_instances, modalities_in_study and sop_classes_in_study (lists, sorted)."""
+
+    async def series_aggregates(self, series_instance_uid: str) -> dict[str, Any] | None:
+        """{"number_of_series_related_instances": n}, or None when the series is not held."""
+
+    async def patient_aggregates(self, patient_key: str) -> dict[str, Any] | None:
+        """number_of_patient_related_studies / _series / _instances, or None when the patient is not held."""
+
+    async def search(self, query: QueryModel) -> SearchResult:
+        """One page of the entities matching `query` (QIDO-RS and C-FIND share it), as DICOM JSON with the
+        levels merged and aggregates added (app.core.query.assemble), in a stable order, and how many further
+        matches lie beyond the page."""

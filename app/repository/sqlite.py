@@ -21,14 +21,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.core.attributes import Kind, Level, stored_at
-from app.core.records import InstanceRecord, LevelRecord, StoredInstance
+from app.core.query import QueryModel, SearchResult
+from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
 from app.repository.base import RepositoryUnavailable
+from app.repository.sqlite_query import run_search
 
 T = TypeVar("T")
 
 _INSTANCE_COLUMNS = (
     "study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid, transfer_syntax_uid, "
     "storage_key, size"
+)
+_STUDY_COUNTS = "number_of_study_related_series, number_of_study_related_instances"
+_PATIENT_COUNTS = (
+    "number_of_patient_related_studies, number_of_patient_related_series, number_of_patient_related_instances"
 )
 _LEVEL_TABLE = {
     Level.PATIENT: "patients",
@@ -190,6 +196,23 @@ class SQLiteRepository:
         sql += " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
         return await self._read(lambda conn: [_stored(row) for row in conn.execute(sql, args)])
 
+    async def instance_datasets(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredDataset]:
+        sql = "SELECT series_instance_uid, sop_instance_uid, dataset FROM instances WHERE study_instance_uid = ?"
+        args: list[str] = [study_instance_uid]
+        if series_instance_uid is not None:
+            sql += " AND series_instance_uid = ?"
+            args.append(series_instance_uid)
+        if sop_instance_uid is not None:
+            sql += " AND sop_instance_uid = ?"
+            args.append(sop_instance_uid)
+        sql += " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
+        return await self._read(lambda conn: [StoredDataset(*row) for row in conn.execute(sql, args)])
+
     async def page_instances(self, after: str | None, limit: int) -> list[StoredInstance]:
         sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE sop_instance_uid > ? ORDER BY sop_instance_uid LIMIT ?"
         return await self._read(
@@ -200,6 +223,48 @@ class SQLiteRepository:
         return await self._read(
             lambda conn: int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
         )
+
+    async def search(self, query: QueryModel) -> SearchResult:
+        """QIDO-RS / C-FIND matching, compiled to SQL by app/repository/sqlite_query.py."""
+        return await self._read(lambda conn: run_search(conn, query))
+
+    # -- aggregates (QIDO answers, statistics, the contract suite) ----------------------------------------
+    async def study_aggregates(self, study_instance_uid: str) -> dict[str, Any] | None:
+        def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                f"SELECT {_STUDY_COUNTS}, modalities_in_study, sop_classes_in_study FROM studies "
+                "WHERE study_instance_uid = ?",
+                (study_instance_uid,),
+            ).fetchone()
+            if row is None:
+                return None
+            return {
+                "number_of_study_related_series": row[0],
+                "number_of_study_related_instances": row[1],
+                "modalities_in_study": [v for v in row[2].split("\\") if v],
+                "sop_classes_in_study": [v for v in row[3].split("\\") if v],
+            }
+
+        return await self._read(read)
+
+    async def series_aggregates(self, series_instance_uid: str) -> dict[str, Any] | None:
+        def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT number_of_series_related_instances FROM series WHERE series_instance_uid = ?",
+                (series_instance_uid,),
+            ).fetchone()
+            return None if row is None else {"number_of_series_related_instances": row[0]}
+
+        return await self._read(read)
+
+    async def patient_aggregates(self, patient_key: str) -> dict[str, Any] | None:
+        def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                f"SELECT {_PATIENT_COUNTS} FROM patients WHERE patient_key = ?", (patient_key,)
+            ).fetchone()
+            return None if row is None else dict(zip(_PATIENT_COUNTS.split(", "), row, strict=True))
+
+        return await self._read(read)
 
 
 # -- the unit of work, run on the writer thread -----------------------------------------------------------
@@ -260,6 +325,12 @@ def _add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
         "patient_key",
         {"patient_key": record.patient_key, **patient_row, "attributes": json.dumps(patient_attrs)},
     )
+    before = conn.execute(
+        f"SELECT patient_key, {_STUDY_COUNTS} FROM studies WHERE study_instance_uid = ?",
+        (record.study_instance_uid,),
+    ).fetchone()
+    if before is not None and before[0] != record.patient_key:
+        _move_study(conn, before[0], record.patient_key, series=before[1], instances=before[2])
     new_study = _upsert(
         conn,
         "studies",
@@ -364,6 +435,28 @@ def _remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
                 )
     if conn.execute("SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone():
         _refresh_study_sets(conn, study_uid)
+
+
+def _move_study(conn: sqlite3.Connection, old_key: str, new_key: str, *, series: int, instances: int) -> None:
+    """An instance naming another patient for an existing study moves the study to that patient (the newest
+    instance's patient attributes win, as for every other study column): its counts go with it, and the old
+    patient goes when left with nothing. Without this the old patient kept the counts forever and the new one
+    was deleted while still owning the study."""
+    for key, sign in ((old_key, -1), (new_key, +1)):
+        conn.execute(
+            "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies + ?, "
+            "number_of_patient_related_series = number_of_patient_related_series + ?, "
+            "number_of_patient_related_instances = number_of_patient_related_instances + ? WHERE patient_key = ?",
+            (sign, sign * series, sign * instances, key),
+        )
+    left = conn.execute(
+        "SELECT number_of_patient_related_instances FROM patients WHERE patient_key = ?", (old_key,)
+    ).fetchone()
+    if left is not None and left[0] <= 0:
+        conn.execute("DELETE FROM patients WHERE patient_key = ?", (old_key,))
+        conn.execute(
+            "DELETE FROM attribute_values WHERE level = ? AND owner = ?", (Level.PATIENT.value, old_key)
+        )
 
 
 def _count(

@@ -1,0 +1,700 @@
+"""The one retrieve service: WADO-RS, WADO-URI, C-GET and C-MOVE all find and read instances through it.
+
+Why one service: what an instance is, which transfer syntax a client may have, when a file is sent as stored
+and when it is transcoded, how frames and bulk data are cut out, are DICOM rules, not HTTP or DIMSE rules
+(PS3.18 §8.7.3, PS3.4 C.4.3). Writing them once keeps every door giving the same answer. Doors translate
+what a client says (an Accept header, a WADO-URI query, presentation contexts) into the neutral requests
+below (`AcceptedSyntaxes`, `AcceptedFrames`, `RenderOptions`) and turn the domain outcomes (`NotFound`,
+`NotAcceptable`, `InvalidRequest`, `RetrieveFailed`) into their own status codes.
+
+Memory and the event loop: a study may be gigabytes, so an instance sent as stored is streamed from storage
+in `CHUNK_SIZE` pieces read in worker threads, and never held whole. Only a transcoded instance, a frame or a
+rendered image is built in memory, one instance at a time, in a worker thread. Pixel work (decoding,
+re-encoding, frame extraction, rendering) is delegated to app.core.transcode and app.core.render.
+
+This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO, Final
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+from app.core import transcode as tc
+from app.core.records import StoredDataset, StoredInstance
+from app.core.render import RenderError, RenderOptions, render, thumbnail
+from app.core.transfer_syntax import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    MEDIA_TYPE_FOR_FRAMES,
+    NOT_FOR_WEB_SERVICES,
+    OCTET_STREAM,
+    is_encapsulated,
+    is_lossless,
+)
+from app.repository.base import Repository
+from app.storage.base import Storage
+
+CHUNK_SIZE: Final = 1024 * 1024
+"""Files are read and sent 1 MiB at a time: big enough that thread hops cost little, small enough to stream."""
+
+ANY: Final = "*"
+"""`transfer-syntax=*` (PS3.18 §8.7.3.5): any syntax; the origin server sends the instance as stored."""
+
+DEFAULT: Final = "default"
+"""No transfer syntax named: PS3.18 §8.7.3.4 default, Explicit VR Little Endian, unless the archive holds the
+pixel data only in lossy form (decoding it would not make it lossless) - then as stored."""
+
+PIXEL_DATA_TAGS: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/[0-9]{1,6}/[0-9A-Fa-f]{8})*")
+_SWAP_WIDTH: Final = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+# --- domain outcomes -------------------------------------------------------------------------------------------
+
+
+class NotFound(LookupError):
+    """No such study, series, instance, frame source or bulk data element (HTTP 404, DIMSE 0xA701-ish)."""
+
+
+class NotAcceptable(Exception):
+    """The instance cannot be given in any representation the client accepts (HTTP 406, PS3.18 §8.7.8)."""
+
+
+class InvalidRequest(ValueError):
+    """The request cannot apply to this instance: frame out of range, no pixel data, bad path (HTTP 400)."""
+
+
+class RangeNotSatisfiable(InvalidRequest):
+    """A byte range that starts beyond the end of the value (HTTP 416, RFC 9110 §15.5.17)."""
+
+
+class RetrieveFailed(RuntimeError):
+    """The archive holds the instance but cannot read it (file missing or unreadable): a server fault."""
+
+
+# --- what a client accepts -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcceptedSyntaxes:
+    """The transfer syntaxes a client can read, as preference tiers (best first).
+
+    Each entry is a transfer syntax UID, `ANY` or `DEFAULT`. Within a tier the stored syntax wins when it is
+    listed (no transcoding, nothing changes); otherwise the first producible entry of the tier. With `web`
+    set, Implicit VR Little Endian and Explicit VR Big Endian are never produced (PS3.18 §8.7.3: they "shall
+    not be used with Web Services"); `ANY` then turns an instance stored in them into Explicit VR LE.
+    DIMSE callers pass the syntaxes of the accepted presentation contexts: `AcceptedSyntaxes.of([...])`.
+    """
+
+    tiers: tuple[tuple[str, ...], ...]
+    web: bool = False
+
+    @classmethod
+    def of(cls, syntaxes: Iterable[str], *, web: bool = False) -> AcceptedSyntaxes:
+        return cls((tuple(syntaxes),), web=web)
+
+    def _candidates(self, entry: str, stored: str) -> list[str]:
+        if entry == ANY:
+            if self.web and stored in NOT_FOR_WEB_SERVICES:
+                return [EXPLICIT_VR_LITTLE_ENDIAN]
+            return [stored]
+        if entry == DEFAULT:
+            if _encapsulated(stored) and not is_lossless(stored):
+                return [stored]  # PS3.18 §8.7.3.4: only the lossy form is available
+            # Lossless compressed: Explicit VR LE, unless it cannot be produced here (no decoder), then as
+            # stored, which is the other case §8.7.3.4 allows.
+            return [EXPLICIT_VR_LITTLE_ENDIAN] if stored == EXPLICIT_VR_LITTLE_ENDIAN else [
+                EXPLICIT_VR_LITTLE_ENDIAN,
+                stored,
+            ]
+        if self.web and entry in NOT_FOR_WEB_SERVICES:
+            return []
+        return [entry]
+
+    def choose(self, stored: str) -> str | None:
+        """The syntax to send an instance stored in `stored` in, or None when none can be produced."""
+        for tier in self.tiers:
+            expanded = [self._candidates(entry, stored) for entry in tier]
+            if any(c and c[0] == stored for c in expanded):
+                return stored
+            for candidates in expanded:
+                for candidate in candidates:
+                    if can_transcode(stored, candidate):
+                        return candidate
+        return None
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """One acceptable frame or bulk data representation: a media type (`*/*`, `image/*` allowed) and the
+    transfer-syntax parameter (`None` when absent, `ANY`, or a UID), PS3.18 §8.7.3.3."""
+
+    media_type: str
+    transfer_syntax: str | None = None
+
+
+@dataclass(frozen=True)
+class FrameEncoding:
+    """How frames are sent: the part's media type and transfer syntax, and whether they are decoded."""
+
+    media_type: str
+    transfer_syntax: str
+    decode: bool
+
+
+@dataclass(frozen=True)
+class AcceptedFrames:
+    """Acceptable representations of pixel data frames (PS3.18 §8.7.3.3), as preference tiers.
+
+    Rules (stored syntax S, its frame media type M from PS3.18 Tables 8.7.3-4 and 8.7.3-5):
+    - `*/*`: as stored - native S as application/octet-stream (little-endian octets, Explicit VR LE), an
+      encapsulated S as M.
+    - `application/octet-stream` without transfer-syntax or with Explicit VR LE (Table 8.7.3-4): native
+      octets, decoding compressed frames.
+    - `application/octet-stream; transfer-syntax=*` (what OHIF sends): as stored, the part labelled with S so
+      the viewer knows how to decode it.
+    - `image/*` or M itself, with no transfer-syntax, `*` or S: the compressed frame as stored. Frames are
+      never re-compressed into another syntax (406).
+    Within a tier, a representation that needs no decoding wins.
+    """
+
+    tiers: tuple[tuple[FrameRange, ...], ...]
+
+    @classmethod
+    def of(cls, ranges: Iterable[FrameRange]) -> AcceptedFrames:
+        return cls((tuple(ranges),))
+
+    @staticmethod
+    def _candidate(accepted: FrameRange, stored: str) -> FrameEncoding | None:
+        native = not _encapsulated(stored)
+        stored_media = OCTET_STREAM if native else MEDIA_TYPE_FOR_FRAMES.get(stored, OCTET_STREAM)
+        as_stored = FrameEncoding(stored_media, EXPLICIT_VR_LITTLE_ENDIAN if native else stored, False)
+        media_type, syntax = accepted.media_type, accepted.transfer_syntax
+        if media_type == "*/*":
+            return as_stored if syntax in (None, ANY, as_stored.transfer_syntax) else None
+        if media_type in (OCTET_STREAM, "application/*"):
+            if native:
+                return as_stored if syntax in (None, ANY, EXPLICIT_VR_LITTLE_ENDIAN) else None
+            if syntax in (ANY, stored):
+                return FrameEncoding(OCTET_STREAM, stored, False)
+            if syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN) and _decodable(stored):
+                return FrameEncoding(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, True)
+            return None
+        if native:
+            return None
+        if (media_type == "image/*" and stored_media.startswith("image/")) or media_type == stored_media:
+            return as_stored if syntax in (None, ANY, stored) else None
+        return None
+
+    def choose(self, stored: str) -> FrameEncoding | None:
+        for tier in self.tiers:
+            found = [c for entry in tier if (c := self._candidate(entry, stored)) is not None]
+            if found:
+                return next((c for c in found if not c.decode), found[0])
+        return None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One part of a frames or bulk data answer."""
+
+    media_type: str
+    transfer_syntax: str | None
+    data: bytes
+    total_size: int | None = None  # for a byte range of a value: the size of the whole value...
+    offset: int = 0  # ...and where in it `data` starts
+
+
+# --- transfer syntax facts ------------------------------------------------------------------------------------
+
+
+def _encapsulated(uid: str) -> bool:
+    try:
+        return is_encapsulated(uid)
+    except ValueError:
+        return True  # an unknown syntax: never sliced or re-labelled as if it were native
+
+
+def _decodable(uid: str) -> bool:
+    """True when pixel data stored in `uid` can be decoded on this installation."""
+    if not _encapsulated(uid):
+        return True
+    try:
+        return bool(get_decoder(UID(uid)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def can_transcode(source: str, target: str) -> bool:
+    """True when an instance stored in `source` can be sent in `target` (PS3.18 §8.7.3.4 transcoding)."""
+    return source == target or (tc.can_encode(target) and _decodable(source))
+
+
+# --- streaming an instance ------------------------------------------------------------------------------------
+
+
+@dataclass
+class InstanceStream:
+    """An instance ready to send: its transfer syntax and its Part 10 bytes, yielded in chunks.
+
+    Iterate it once; `aclose()` releases the file when the consumer stops early (a client hanging up).
+    """
+
+    ref: StoredInstance
+    transfer_syntax: str
+    transcoded: bool
+    size: int | None
+    _head: bytes
+    _file: BinaryIO | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            if self._head:
+                yield self._head
+            while self._file is not None:
+                chunk = await asyncio.to_thread(self._file.read, CHUNK_SIZE)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+    async def aclose(self) -> None:
+        if self._file is not None and not self._closed:
+            self._closed = True
+            try:
+                await asyncio.to_thread(self._file.close)
+            except asyncio.CancelledError:
+                self._file.close()  # the client went away mid-answer: close here rather than leak it
+                raise
+
+
+# --- a small cache of parsed instances ------------------------------------------------------------------------
+
+
+class _DatasetCache:
+    """Parsed instances kept for a short while, bounded in bytes.
+
+    Viewers ask for the frames of one multi-frame instance one request at a time; parsing the file once
+    instead of once per frame is what makes that fast. Entries expire after `ttl` seconds, and the key holds
+    the storage key and size, so a replaced instance is seen again quickly without any store/delete hook.
+    """
+
+    def __init__(self, budget: int = 256 * 1024 * 1024, ttl: float = 30.0) -> None:
+        self.budget = budget
+        self.ttl = ttl
+        self._entries: OrderedDict[tuple[str, int], tuple[float, Dataset]] = OrderedDict()
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> Dataset | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if time.monotonic() - entry[0] > self.ttl:
+                self._drop(key)
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: tuple[str, int], ds: Dataset) -> None:
+        size = key[1]
+        if size > self.budget // 4:
+            return  # one huge instance must not evict everything else
+        with self._lock:
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = (time.monotonic(), ds)
+            self._used += size
+            while self._used > self.budget and self._entries:
+                self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        self._entries.pop(key)
+        self._used -= key[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._used = 0
+
+
+# --- the service ----------------------------------------------------------------------------------------------
+
+
+class RetrieveService:
+    """Resolve instances and read them in the representation a client can use."""
+
+    def __init__(self, repository: Repository, storage: Storage, *, cache_bytes: int = 256 * 1024 * 1024) -> None:
+        self.repository = repository
+        self.storage = storage
+        self._datasets = _DatasetCache(cache_bytes)
+
+    # -- finding ---------------------------------------------------------------------------------------------
+
+    async def resolve(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[StoredInstance]:
+        """The instances of a study, a series or one instance (series then instance-number order)."""
+        found = await self.repository.find_instances(study, series, instance)
+        if not found:
+            raise NotFound(_describe(study, series, instance))
+        return found
+
+    async def metadata(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[StoredDataset]:
+        """The stored DICOM JSON of each instance, BulkDataURIs relative to the instance (PS3.18 F.2.6)."""
+        found = await self.repository.instance_datasets(study, series, instance)
+        if not found:
+            raise NotFound(_describe(study, series, instance))
+        return found
+
+    # -- whole instances -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def choose_transfer_syntax(ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]) -> str | None:
+        """The syntax `open_instance` would use, without opening anything (to refuse with 406 up front)."""
+        return _accepted(accepted).choose(ref.transfer_syntax_uid)
+
+    async def open_instance(
+        self, ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]
+    ) -> InstanceStream:
+        """The instance as a Part 10 byte stream in an acceptable transfer syntax.
+
+        As stored when acceptable: the file's bytes unchanged, read lazily. Otherwise transcoded in a worker
+        thread (whole instance in memory). Raises NotAcceptable when no acceptable syntax can be produced,
+        RetrieveFailed when the file cannot be read.
+        """
+        target = self.choose_transfer_syntax(ref, accepted)
+        if target is None:
+            raise NotAcceptable(
+                f"instance {ref.sop_instance_uid} is stored as {_name(ref.transfer_syntax_uid)} and cannot be "
+                "given in any accepted transfer syntax"
+            )
+        if target == ref.transfer_syntax_uid:
+            head, handle = await asyncio.to_thread(self._open_stored, ref)
+            return InstanceStream(ref, target, False, ref.size or None, head, handle)
+        data = await asyncio.to_thread(self._transcoded_bytes, ref, target)
+        return InstanceStream(ref, target, True, len(data), data)
+
+    async def load(self, ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]) -> Dataset:
+        """The instance as a pydicom Dataset in an acceptable syntax (for C-GET/C-MOVE sub-operations).
+
+        `ds.file_meta.TransferSyntaxUID` names the syntax chosen. The Dataset is the caller's to change.
+        """
+        target = self.choose_transfer_syntax(ref, accepted)
+        if target is None:
+            raise NotAcceptable(
+                f"instance {ref.sop_instance_uid} is stored as {_name(ref.transfer_syntax_uid)} and cannot be "
+                "given in any accepted transfer syntax"
+            )
+
+        def work() -> Dataset:
+            ds = self._read(ref, cache=False)
+            if target == ref.transfer_syntax_uid:
+                return ds
+            return self._transcode(ds, ref, target)
+
+        return await asyncio.to_thread(work)
+
+    # -- frames, bulk data, rendering ------------------------------------------------------------------------
+
+    async def frames(self, ref: StoredInstance, numbers: Sequence[int], accepted: AcceptedFrames) -> list[Frame]:
+        """Frames `numbers` (1-based, PS3.18 §10.4.1.1.4), as stored or decoded per `accepted`."""
+        encoding = accepted.choose(ref.transfer_syntax_uid)
+        if encoding is None:
+            raise NotAcceptable(
+                f"frames of instance {ref.sop_instance_uid} are stored as {_name(ref.transfer_syntax_uid)}; "
+                "no accepted media type can carry them"
+            )
+
+        def work() -> list[Frame]:
+            ds = self._read(ref, cache=True)
+            data = self._frame_data(ds, ref, numbers, encoding)
+            return [Frame(encoding.media_type, encoding.transfer_syntax, d) for d in data]
+
+        return await asyncio.to_thread(work)
+
+    async def frame_count(self, ref: StoredInstance) -> int:
+        """Number of Frames (1 for single-frame images); InvalidRequest when there is no pixel data."""
+
+        def work() -> int:
+            ds = self._read(ref, cache=True)
+            if not any(t in ds for t in PIXEL_DATA_TAGS):
+                raise InvalidRequest(f"instance {ref.sop_instance_uid} has no pixel data")
+            try:
+                return tc.frame_count(ds)
+            except tc.TranscodeError as exc:
+                raise RetrieveFailed(str(exc)) from exc
+
+        return await asyncio.to_thread(work)
+
+    async def bulk(
+        self,
+        ref: StoredInstance,
+        path: str,
+        accepted: AcceptedFrames,
+        byte_range: tuple[int, int | None] | None = None,
+    ) -> list[Frame]:
+        """Resolve a stored relative BulkDataURI path (`7FE00010`, `00540016/0/00181072`) to its bytes.
+
+        Pixel data (PS3.18 §8.7.3.3): native, one application/octet-stream part with every frame; compressed,
+        one part per frame in its own media type, or decoded into one octet-stream part. Any other value: one
+        application/octet-stream part, little-endian (PS3.18 §8.7.3.3.1). `byte_range` (first, last-or-None,
+        inclusive) cuts a single-part answer, for HTTP Range requests.
+        """
+        steps = _bulk_path(path)
+        if len(steps) == 1 and steps[0] in PIXEL_DATA_TAGS:
+            if steps[0] != 0x7FE00010:
+                frames = await self._bulk_value(ref, steps, accepted)
+            else:
+                frames = await self._bulk_pixels(ref, accepted)
+        else:
+            frames = await self._bulk_value(ref, steps, accepted)
+        if byte_range is not None and len(frames) == 1:
+            whole = frames[0]
+            first, last = byte_range
+            total = len(whole.data)
+            if first >= total:
+                raise RangeNotSatisfiable(f"byte range starts at {first}, the value holds {total} bytes")
+            end = total if last is None else min(total, last + 1)
+            frames = [Frame(whole.media_type, whole.transfer_syntax, whole.data[first:end], total, first)]
+        return frames
+
+    async def _bulk_pixels(self, ref: StoredInstance, accepted: AcceptedFrames) -> list[Frame]:
+        encoding = accepted.choose(ref.transfer_syntax_uid)
+        if encoding is None:
+            raise NotAcceptable(
+                f"pixel data of {ref.sop_instance_uid} is stored as {_name(ref.transfer_syntax_uid)}; "
+                "no accepted media type can carry it"
+            )
+
+        def work() -> list[Frame]:
+            ds = self._read(ref, cache=True)
+            if "PixelData" not in ds:
+                raise NotFound(f"instance {ref.sop_instance_uid} has no Pixel Data")
+            count = tc.frame_count(ds)
+            data = self._frame_data(ds, ref, range(1, count + 1), encoding)
+            stored = ref.transfer_syntax_uid
+            native = not _encapsulated(stored)
+            if encoding.media_type == OCTET_STREAM and (encoding.decode or native):
+                # Uncompressed bulk data is one part (PS3.18 §8.7.3.3.1). Little-endian native data goes as
+                # stored, so 1-bit frames that share bytes keep their packing.
+                whole = bytes(ds.PixelData) if native and stored != EXPLICIT_VR_BIG_ENDIAN else b"".join(data)
+                return [Frame(OCTET_STREAM, encoding.transfer_syntax, whole)]
+            # Compressed bulk data: one frame per part (PS3.18 §8.7.3.3.2).
+            return [Frame(encoding.media_type, encoding.transfer_syntax, d) for d in data]
+
+        return await asyncio.to_thread(work)
+
+    async def _bulk_value(self, ref: StoredInstance, steps: list[int], accepted: AcceptedFrames) -> list[Frame]:
+        if not any(r.media_type in ("*/*", OCTET_STREAM, "application/*") for tier in accepted.tiers for r in tier):
+            raise NotAcceptable("bulk data other than pixel data is only given as application/octet-stream")
+
+        def work() -> list[Frame]:
+            full = steps[0] >= 0x7FE00008
+            ds = self._read(ref, cache=True) if full else self._read_header(ref)
+            value = _walk_path(ds, steps, ref)
+            return [Frame(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, value)]
+
+        return await asyncio.to_thread(work)
+
+    async def rendered(self, ref: StoredInstance, options: RenderOptions) -> bytes:
+        """One frame rendered as `options.media_type` (PS3.18 §8.3.5, §10.4.1.1.3)."""
+
+        def work() -> bytes:
+            ds = self._read(ref, cache=True)
+            self._check_frame(ds, ref, options.frame)
+            try:
+                return render(ds, options)
+            except RenderError as exc:
+                raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be rendered: {exc}") from exc
+
+        return await asyncio.to_thread(work)
+
+    async def thumbnail(self, ref: StoredInstance, size: int = 128, media_type: str = "image/jpeg") -> bytes:
+        """A small rendering of the first frame with the instance's own window (PS3.18 §10.4.1.1.4)."""
+
+        def work() -> bytes:
+            ds = self._read(ref, cache=True)
+            self._check_frame(ds, ref, 1)
+            try:
+                return thumbnail(ds, size, media_type)
+            except RenderError as exc:
+                raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be rendered: {exc}") from exc
+
+        return await asyncio.to_thread(work)
+
+    async def representative(self, study: str, series: str | None = None) -> StoredInstance:
+        """The instance that stands for a study or series in a thumbnail: the middle image of the first series
+        holding images (a middle slice shows more anatomy than the first)."""
+        refs = await self.resolve(study, series)
+        by_series: dict[str, list[StoredInstance]] = {}
+        for ref in refs:
+            by_series.setdefault(ref.series_instance_uid, []).append(ref)
+        for members in by_series.values():
+            images = [r for r in members if _is_image_class(r.sop_class_uid)]
+            if images:
+                return images[len(images) // 2]
+        return refs[len(refs) // 2]
+
+    def invalidate(self) -> None:
+        """Forget cached parsed instances (after a delete, or in tests)."""
+        self._datasets.clear()
+
+    # -- blocking helpers, run in worker threads -------------------------------------------------------------
+
+    def _open_stored(self, ref: StoredInstance) -> tuple[bytes, BinaryIO | None]:
+        """Open the file; a small one is read whole in the same thread hop (most instances are small)."""
+        try:
+            handle = self.storage.open(ref.storage_key)
+        except (OSError, ValueError) as exc:
+            raise RetrieveFailed(f"cannot open the file of {ref.sop_instance_uid}: {exc}") from exc
+        try:
+            head = handle.read(CHUNK_SIZE)
+            if len(head) < CHUNK_SIZE:
+                handle.close()
+                return head, None
+        except BaseException:
+            handle.close()
+            raise
+        return head, handle
+
+    def _read(self, ref: StoredInstance, *, cache: bool) -> Dataset:
+        key = (ref.storage_key, ref.size)
+        if cache:
+            found = self._datasets.get(key)
+            if found is not None:
+                return found
+        try:
+            with self.storage.open(ref.storage_key) as handle:
+                ds = pydicom.dcmread(handle)  # every value read now (no defer_size), so the file can close
+        except (OSError, ValueError) as exc:
+            raise RetrieveFailed(f"cannot read the file of {ref.sop_instance_uid}: {exc}") from exc
+        except Exception as exc:  # pydicom raises many kinds on damaged files
+            raise RetrieveFailed(f"cannot parse the file of {ref.sop_instance_uid}: {exc}") from exc
+        if cache:
+            self._datasets.put(key, ds)
+        return ds
+
+    def _read_header(self, ref: StoredInstance) -> Dataset:
+        try:
+            with self.storage.open(ref.storage_key) as handle:
+                return pydicom.dcmread(handle, stop_before_pixels=True)
+        except (OSError, ValueError) as exc:
+            raise RetrieveFailed(f"cannot read the file of {ref.sop_instance_uid}: {exc}") from exc
+        except Exception as exc:
+            raise RetrieveFailed(f"cannot parse the file of {ref.sop_instance_uid}: {exc}") from exc
+
+    def _transcode(self, ds: Dataset, ref: StoredInstance, target: str) -> Dataset:
+        try:
+            return tc.transcode(ds, target)
+        except tc.TranscodeError as exc:
+            raise NotAcceptable(
+                f"instance {ref.sop_instance_uid} cannot be transcoded to {_name(target)}: {exc}"
+            ) from exc
+
+    def _transcoded_bytes(self, ref: StoredInstance, target: str) -> bytes:
+        ds = self._transcode(self._read(ref, cache=False), ref, target)
+        try:
+            return tc.encode_part10(ds)
+        except tc.TranscodeError as exc:
+            raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be encoded as {_name(target)}: {exc}") from exc
+
+    @staticmethod
+    def _check_frame(ds: Dataset, ref: StoredInstance, number: int) -> int:
+        if not any(t in ds for t in PIXEL_DATA_TAGS):
+            raise InvalidRequest(f"instance {ref.sop_instance_uid} has no pixel data")
+        try:
+            count = tc.frame_count(ds)
+        except tc.TranscodeError as exc:
+            raise RetrieveFailed(str(exc)) from exc
+        if not 1 <= number <= count:
+            raise InvalidRequest(f"frame {number} is outside 1..{count} (PS3.18 10.4.1.1.4)")
+        return count
+
+    def _frame_data(
+        self, ds: Dataset, ref: StoredInstance, numbers: Sequence[int], encoding: FrameEncoding
+    ) -> list[bytes]:
+        if "PixelData" not in ds:
+            raise InvalidRequest(f"instance {ref.sop_instance_uid} has no (7FE0,0010) Pixel Data to cut frames from")
+        try:
+            if encoding.decode:
+                return tc.decoded_frame_bytes(ds, numbers)
+            return tc.frame_bytes(ds, numbers)
+        except tc.FrameNumberError as exc:
+            raise InvalidRequest(f"{exc} (PS3.18 10.4.1.1.4)") from exc
+        except tc.TranscodeError as exc:
+            raise NotAcceptable(f"frames of {ref.sop_instance_uid}: {exc}") from exc
+
+
+# --- helpers --------------------------------------------------------------------------------------------------
+
+
+def _accepted(accepted: AcceptedSyntaxes | Iterable[str]) -> AcceptedSyntaxes:
+    return accepted if isinstance(accepted, AcceptedSyntaxes) else AcceptedSyntaxes.of(accepted)
+
+
+def _describe(study: str, series: str | None, instance: str | None) -> str:
+    if instance is not None:
+        return f"no instance {instance} in series {series} of study {study}"
+    if series is not None:
+        return f"no series {series} in study {study}"
+    return f"no study {study}"
+
+
+def _name(uid: str) -> str:
+    name = UID(uid).name
+    return f"{name} ({uid})" if name and name != uid else uid
+
+
+def _is_image_class(sop_class_uid: str) -> bool:
+    name = UID(sop_class_uid).name
+    return "Image" in name and "Presentation" not in name
+
+
+def _bulk_path(path: str) -> list[int]:
+    """`00540016/0/00181072` -> [tag, item index, tag]: a stored relative BulkDataURI (app/core/header.py)."""
+    if _BULK_PATH.fullmatch(path) is None:
+        raise InvalidRequest(f"{path[:100]!r} is not a bulk data path (tag, then item/tag pairs)")
+    return [int(step, 16) if i % 2 == 0 else int(step) for i, step in enumerate(path.split("/"))]
+
+
+def _walk_path(ds: Dataset, steps: list[int], ref: StoredInstance) -> bytes:
+    current: Dataset = ds
+    for position in range(0, len(steps) - 1, 2):
+        elem = current.get(Tag(steps[position]))
+        index = steps[position + 1]
+        if elem is None or elem.VR != "SQ" or elem.value is None or index >= len(elem.value):
+            raise NotFound(f"instance {ref.sop_instance_uid} has no bulk data at the given path")
+        current = elem.value[index]
+    elem = current.get(Tag(steps[-1]))
+    if elem is None or elem.value is None or not isinstance(elem.value, bytes | bytearray):
+        raise NotFound(f"instance {ref.sop_instance_uid} has no bulk data at the given path")
+    value = bytes(elem.value)
+    width = _SWAP_WIDTH.get(str(elem.VR))
+    if width and not ds.original_encoding[1] and len(value) % width == 0:
+        # Read from a Big Endian file (PS3.5 §A.3): bulk data goes out little-endian (PS3.18 §8.7.3.3.1).
+        value = np.frombuffer(value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
+    return value
+

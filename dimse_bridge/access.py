@@ -1,0 +1,195 @@
+"""Who may associate with the archive: one decision per A-ASSOCIATE-RQ, made before anything is negotiated.
+
+Checked in this order, the first failure answering A-ASSOCIATE-RJ (PS3.8 9.3.4, Table 9-21) with a log line
+that says who was refused and why (the SCU only learns a reason code):
+
+1. calling AE title in the allow-list, when one is configured: rejected-permanent, service-user, reason 3
+   "calling-AE-title-not-recognized";
+2. called AE title equal to ours, when required: rejected-permanent, service-user, reason 7;
+3. user identity (PS3.7 D.3.3.7), when users are configured: an association without a User Identity item,
+   with a type other than username (1) or username-and-passcode (2), or with an unknown user or a wrong
+   password is rejected-permanent, service-user, reason 1 "no-reason-given" (PS3.7 D.3.3.7 leaves the reason
+   to the acceptor; naming it would tell a guesser which half was wrong).
+
+pynetdicom also enforces the calling and called AE titles itself (`AE.require_calling_aet`,
+`AE.require_called_aet`), which the server configures too: if this handler ever failed, the association would
+still not get through unchecked (`handle_requested` also rejects on any exception of its own).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from pydicom.uid import UID
+
+from app.config import Settings
+
+if TYPE_CHECKING:
+    from dimse_bridge.context import DimseContext
+
+log = logging.getLogger(__name__)
+
+# A-ASSOCIATE-RJ fields, PS3.8 Table 9-21.
+RESULT_REJECTED_PERMANENT: Final = 0x01
+RESULT_REJECTED_TRANSIENT: Final = 0x02
+SOURCE_SERVICE_USER: Final = 0x01
+SOURCE_SERVICE_PROVIDER_ACSE: Final = 0x02
+SOURCE_SERVICE_PROVIDER_PRESENTATION: Final = 0x03
+REASON_NO_REASON_GIVEN: Final = 0x01
+REASON_CALLING_AE_NOT_RECOGNIZED: Final = 0x03
+REASON_CALLED_AE_NOT_RECOGNIZED: Final = 0x07
+
+# User Identity Type (PS3.7 Table D.3-14).
+USER_IDENTITY_USERNAME: Final = 1
+USER_IDENTITY_USERNAME_AND_PASSCODE: Final = 2
+
+_REFUSED_SHOWN: Final = 4
+
+
+@dataclass(frozen=True)
+class Rejection:
+    result: int
+    source: int
+    diagnostic: int
+    why: str
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    ae_title: str
+    allowed_calling_aets: frozenset[str] = frozenset()
+    require_called_aet: bool = False
+    users: Mapping[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
+        return cls(
+            ae_title=settings.ae_title.strip(),
+            allowed_calling_aets=frozenset(t.strip() for t in settings.dimse_allowed_calling_aets),
+            require_called_aet=settings.dimse_require_called_aet,
+            users={name: secret.get_secret_value().encode() for name, secret in settings.dimse_users.items()},
+        )
+
+    def check(self, calling: str, called: str, identity: tuple[int, bytes, bytes] | None) -> Rejection | None:
+        """None to go on with negotiation, or the rejection to send. `identity` is (type, primary, secondary)."""
+        calling, called = calling.strip(), called.strip()
+        if self.allowed_calling_aets and calling not in self.allowed_calling_aets:
+            return Rejection(
+                RESULT_REJECTED_PERMANENT,
+                SOURCE_SERVICE_USER,
+                REASON_CALLING_AE_NOT_RECOGNIZED,
+                f"calling AE title {calling!r} is not in DIMSE_ALLOWED_CALLING_AETS",
+            )
+        if self.require_called_aet and called != self.ae_title:
+            return Rejection(
+                RESULT_REJECTED_PERMANENT,
+                SOURCE_SERVICE_USER,
+                REASON_CALLED_AE_NOT_RECOGNIZED,
+                f"called AE title {called!r} is not ours ({self.ae_title!r})",
+            )
+        if self.users:
+            why = self._identity_problem(identity)
+            if why:
+                return Rejection(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON_GIVEN, why)
+        return None
+
+    def verify_user(self, kind: int, primary: bytes, secondary: bytes) -> bool:
+        return not self.users or self._identity_problem((kind, primary, secondary)) is None
+
+    def _identity_problem(self, identity: tuple[int, bytes, bytes] | None) -> str | None:
+        if identity is None:
+            return "no user identity offered, and DIMSE_USERS requires one"
+        kind, primary, secondary = identity
+        user = primary.decode("utf-8", "replace")
+        if kind not in (USER_IDENTITY_USERNAME, USER_IDENTITY_USERNAME_AND_PASSCODE):
+            return f"user identity type {kind} is not supported (only username and passcode)"
+        expected = self.users.get(user)
+        if expected is None:
+            return f"unknown user {user!r}"
+        offered = secondary if kind == USER_IDENTITY_USERNAME_AND_PASSCODE else b""
+        if not hmac.compare_digest(offered, expected):
+            return f"wrong password for user {user!r}"
+        return None
+
+
+def peer(assoc: Any) -> str:
+    """`AE@host:port` of the requestor, for log lines and the ingest origin."""
+    requestor = assoc.requestor
+    primitive = requestor.primitive
+    title = str(getattr(primitive, "calling_ae_title", "") or requestor.ae_title or "").strip()
+    return f"{title or '?'}@{requestor.address}:{requestor.port}"
+
+
+def handle_requested(event: Any, dimse: DimseContext) -> None:
+    """EVT_REQUESTED: decide on the association before pynetdicom negotiates it (fail closed)."""
+    assoc = event.assoc
+    try:
+        rq = assoc.requestor.primitive
+        item = assoc.requestor.user_identity
+        identity = (
+            None
+            if item is None
+            else (
+                int(item.user_identity_type),
+                bytes(item.primary_field or b""),
+                bytes(item.secondary_field or b""),
+            )
+        )
+        rejection = dimse.access.check(str(rq.calling_ae_title), str(rq.called_ae_title), identity)
+    except Exception:
+        log.exception("association from %s rejected: access check failed", peer(assoc))
+        rejection = Rejection(
+            RESULT_REJECTED_TRANSIENT, SOURCE_SERVICE_USER, REASON_NO_REASON_GIVEN, "access check failed"
+        )
+    if rejection is not None:
+        log.warning("association from %s rejected: %s", peer(assoc), rejection.why)
+        assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
+        assoc.kill()
+        return
+    # Policy `All`: storage-like SOP classes are learned from the request, per association.
+    extra = dimse.policy.runtime_contexts(
+        (cx.abstract_syntax for cx in rq.presentation_context_definition_list),
+        (cx.abstract_syntax for cx in assoc.acceptor.supported_contexts),
+    )
+    if extra:
+        assoc.acceptor.supported_contexts = [*assoc.acceptor.supported_contexts, *extra]
+
+
+def handle_user_id(event: Any, dimse: DimseContext) -> tuple[bool, bytes | None]:
+    """EVT_USER_ID: the same verdict as `handle_requested` (which has already rejected a bad identity)."""
+    verified = dimse.access.verify_user(
+        int(event.user_id_type), bytes(event.primary_field or b""), bytes(event.secondary_field or b"")
+    )
+    return verified, None
+
+
+def handle_accepted(event: Any, dimse: DimseContext) -> None:
+    """EVT_ACCEPTED: say which proposed SOP classes were refused, since the SCU will report only a failure."""
+    assoc = event.assoc
+    refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+    if refused:
+        # SCUs such as storescu propose dozens of SOP classes up front: name a few, count the rest.
+        shown = ", ".join(UID(uid).name for uid in refused[:_REFUSED_SHOWN])
+        more = f" and {len(refused) - _REFUSED_SHOWN} more" if len(refused) > _REFUSED_SHOWN else ""
+        log.info(
+            "association from %s accepted with %d presentation contexts; refused by the policy: %s%s",
+            peer(assoc),
+            len(assoc.accepted_contexts),
+            shown,
+            more,
+        )
+    else:
+        log.debug("association from %s accepted", peer(assoc))
+
+
+def handle_rejected(event: Any, dimse: DimseContext) -> None:
+    """EVT_REJECTED: the rejections pynetdicom makes itself (our own are logged where they are made)."""
+    log.warning(
+        "association from %s rejected by the DICOM stack (limit of %d associations, or AE title check)",
+        peer(event.assoc),
+        dimse.settings.dimse_max_associations,
+    )

@@ -1,0 +1,114 @@
+"""One small handler per DIMSE message; each turns a request into one archive-service call through the bridge.
+
+Handlers run in pynetdicom's association threads and receive the `DimseContext` bound by the server (see
+context.py). They never touch the repository or storage directly and never start an event loop: they call the
+services with `dimse.bridge.call(...)` (one answer) or iterate `dimse.bridge.stream(...)` (many answers), and
+map the protocol-neutral outcome to a status with status.py.
+
+Adding C-FIND / C-GET / C-MOVE: write `handle_find(event, dimse)` here as a generator, the pynetdicom protocol
+(PS3.4 C.4.1.3: one (0xFF00, identifier) per match, then the final status is sent by pynetdicom):
+
+    def handle_find(event, dimse):
+        query = QueryModel.from_identifier(event.identifier, level=...)
+        for match in dimse.bridge.stream(dimse.archive.query.search(query)):
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, match.as_identifier()
+
+then bind it in server.py `_handlers()` and add the Q/R SOP classes to `supported_contexts(extra=...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dimse_bridge import part10, status
+from dimse_bridge.access import peer
+from dimse_bridge.bridge import BridgeClosed, BridgeError
+from dimse_bridge.context import DimseContext
+
+log = logging.getLogger(__name__)
+
+
+def handle_echo(event: Any, dimse: DimseContext) -> int:
+    """C-ECHO (Verification, PS3.4 A.4 and PS3.7 9.1.5): the association got this far, so we are here."""
+    return status.SUCCESS
+
+
+def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
+    """C-STORE (Storage SCP, PS3.4 B.2.3): store the data set exactly as received, answer once it is held.
+
+    The data set is not decoded and re-encoded: the File Meta Information (PS3.10 7.1) is built from the
+    request and the negotiated transfer syntax, and the peer's bytes follow it unchanged, staged on the
+    storage volume from this thread (file I/O stays off the event loop). The answer is sent only after ingest
+    has committed the file and its metadata, so the instance is queryable and retrievable by the time the SCU
+    reads a success.
+    """
+    request = event.request
+    origin = f"C-STORE {peer(event.assoc)}"
+    transfer_syntax = str(event.context.transfer_syntax)
+    sop_class_uid, sop_instance_uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+    raw = request.DataSet.getbuffer()  # the peer's encoded data set, without a copy
+    try:
+        mismatch = _identifier_mismatch(raw, transfer_syntax, sop_class_uid, sop_instance_uid)
+        if mismatch:
+            log.warning("store refused from %s: %s", origin, mismatch)
+            return status.status_dataset(status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, mismatch)
+        meta = part10.encode_file_meta(
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax,
+            implementation_class_uid=str(event.assoc.acceptor.implementation_class_uid),
+            implementation_version_name=str(event.assoc.acceptor.implementation_version_name or ""),
+            sending_ae_title=str(event.assoc.requestor.ae_title or "").strip(),
+            receiving_ae_title=dimse.ae_title,
+        )
+        staged = dimse.archive.storage.stage()
+        try:
+            staged.write(meta)
+            staged.write(raw)
+        except OSError as exc:
+            dimse.archive.storage.discard(staged)
+            log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
+            return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
+    finally:
+        raw.release()
+    try:
+        # Not cancelled on timeout: a store stopped half-way could leave a file without its metadata row.
+        outcome = dimse.bridge.call(
+            dimse.archive.ingest.store(staged, origin=origin), cancel_on_timeout=False
+        )
+    except BridgeClosed as exc:
+        dimse.archive.storage.discard(staged)
+        log.warning("store refused from %s: %s", origin, exc)
+        return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
+    except BridgeError as exc:
+        log.warning("store from %s not answered in time: %s", origin, exc)
+        return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
+    return status.store_response(outcome)
+
+
+def _identifier_mismatch(
+    raw: memoryview, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str
+) -> str | None:
+    """Why the data set's SOP Class / Instance UIDs differ from the C-STORE request's, or None.
+
+    PS3.4 B.2.3 answers "Data Set does not match SOP Class" (0xA900) for a data set at odds with the request.
+    Only the elements up to (0008,0018) are read. A data set that cannot be read that way is left to ingest,
+    which parses it properly and gives its own reason.
+    """
+    found = part10.leading_uids(raw, transfer_syntax)
+    if not found:
+        return None
+    # The first words fit the 64 characters of Error Comment; the UIDs are for the log line.
+    held_instance = found.get(part10.SOP_INSTANCE_UID)
+    if held_instance is not None and held_instance != sop_instance_uid:
+        return f"SOP Instance UID differs from the request: {held_instance} vs {sop_instance_uid}"
+    held_class = found.get(part10.SOP_CLASS_UID)
+    if held_class is not None and held_class != sop_class_uid:
+        return f"SOP Class UID differs from the request: {held_class} vs {sop_class_uid}"
+    return None

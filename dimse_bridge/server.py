@@ -1,0 +1,173 @@
+"""The DIMSE door: a pynetdicom AE serving the archive context the HTTP door serves, in the same process.
+
+Started by the FastAPI lifespan once the archive context is open, with the running loop, and stopped before
+the context closes (app/main.py). Stores arriving here go through the same IngestService as STOW-RS, so an
+instance sent by C-STORE is visible to QIDO-RS as soon as the C-STORE-RSP leaves.
+
+What is configured here, from Settings:
+* presentation contexts from policy.py (Verification always; storage per DIMSE_SOP_CLASS_POLICY and
+  DIMSE_TRANSFER_SYNTAX_POLICY);
+* timeouts: ACSE (also pynetdicom's ARTIM timer, PS3.8 9.1.5), DIMSE, network (idle) and outgoing connection;
+* the maximum PDU we receive (PS3.8 D.1): DIMSE_MAX_PDU;
+* the association limit, and access control (access.py), enforced twice: by our EVT_REQUESTED handler, which
+  logs why, and by pynetdicom's own AE title checks;
+* TLS (PS3.15 B.1 / BCP 195): a server certificate, and client certificates required when a CA is given.
+
+pynetdicom logs every DIMSE message at INFO; that is one log line per instance under load, so its logger is
+set to WARNING unless this package logs at DEBUG or the operator configured the `pynetdicom` logger already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from typing import Any, Final
+
+from pynetdicom import AE, evt
+
+from app.config import Settings
+from app.core.context import ArchiveContext
+from dimse_bridge import access, handlers
+from dimse_bridge.access import AccessPolicy
+from dimse_bridge.bridge import LoopBridge
+from dimse_bridge.context import DimseContext
+from dimse_bridge.policy import PresentationPolicy, build_policy
+
+log = logging.getLogger(__name__)
+
+# How long stop() lets open associations finish (their stores still reach the loop) before aborting them.
+SHUTDOWN_GRACE: Final = 10.0
+
+
+def build_ae(settings: Settings, policy: PresentationPolicy, access_policy: AccessPolicy) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.supported_contexts = policy.supported_contexts()
+    ae.maximum_pdu_size = settings.dimse_max_pdu
+    ae.acse_timeout = settings.dimse_acse_timeout
+    ae.dimse_timeout = settings.dimse_dimse_timeout
+    ae.network_timeout = settings.dimse_network_timeout
+    ae.connection_timeout = settings.dimse_connection_timeout
+    ae.maximum_associations = settings.dimse_max_associations
+    # Defence in depth: access.handle_requested rejects first and says why; these checks stay in force anyway.
+    ae.require_calling_aet = sorted(access_policy.allowed_calling_aets)
+    ae.require_called_aet = access_policy.require_called_aet
+    return ae
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server-side TLS context, or None for plain TCP (PS3.15 B.1, Basic TLS Secure Transport Profile)."""
+    if settings.dimse_tls_cert is None or settings.dimse_tls_key is None:
+        return None
+    ca = settings.dimse_tls_ca
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca) if ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195, as PS3.15 B.9 profiles require
+    context.load_cert_chain(str(settings.dimse_tls_cert), str(settings.dimse_tls_key))
+    if ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def handle_connection_open(event: Any) -> None:
+    """EVT_CONN_OPEN: turn Nagle's algorithm off on the accepted socket.
+
+    pynetdicom leaves it on. A C-STORE-RSP is a small segment written right after the previous small one, so
+    with Nagle it waits for the peer's delayed ACK (about 40 ms on Linux): tens of instances per second instead
+    of hundreds. DCMTK needs the same (TCP_NODELAY=1 in its environment, see INTEROP.md).
+    """
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:  # the peer may already be gone
+            log.debug("cannot set TCP_NODELAY: %s", exc)
+
+
+def event_handlers(dimse: DimseContext) -> list[evt.EventHandlerType]:
+    """Every handler, each bound with the one DimseContext (pynetdicom passes the list as extra arguments)."""
+    return [
+        (evt.EVT_CONN_OPEN, handle_connection_open),
+        (evt.EVT_REQUESTED, access.handle_requested, [dimse]),
+        (evt.EVT_USER_ID, access.handle_user_id, [dimse]),
+        (evt.EVT_ACCEPTED, access.handle_accepted, [dimse]),
+        (evt.EVT_REJECTED, access.handle_rejected, [dimse]),
+        (evt.EVT_C_ECHO, handlers.handle_echo, [dimse]),
+        (evt.EVT_C_STORE, handlers.handle_store, [dimse]),
+    ]
+
+
+def _quiet_pynetdicom() -> None:
+    library = logging.getLogger("pynetdicom")
+    if library.level == logging.NOTSET and log.getEffectiveLevel() > logging.DEBUG:
+        library.setLevel(logging.WARNING)
+
+
+class DimseServer:
+    """The AE, its listening server and the bridge its handlers use. Built and started on the app loop."""
+
+    def __init__(self, archive: ArchiveContext, loop: asyncio.AbstractEventLoop) -> None:
+        settings = archive.settings
+        self.settings = settings
+        policy = build_policy(settings.dimse_sop_class_policy, settings.dimse_transfer_syntax_policy)
+        access_policy = AccessPolicy.from_settings(settings)
+        self.bridge = LoopBridge(loop, timeout=settings.dimse_dimse_timeout)
+        self.context = DimseContext(archive=archive, bridge=self.bridge, policy=policy, access=access_policy)
+        self.ae = build_ae(settings, policy, access_policy)
+        self._server: Any = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("the DIMSE server is not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        _quiet_pynetdicom()
+        self._server = self.ae.start_server(
+            (self.settings.dimse_host, self.settings.dimse_port),
+            block=False,
+            evt_handlers=event_handlers(self.context),
+            ssl_context=tls_context(self.settings),
+        )
+        host, port = self.address
+        log.info(
+            "DIMSE server %s listening on %s:%d%s (%d SOP classes%s)",
+            self.settings.ae_title,
+            host,
+            port,
+            " with TLS" if self.settings.dimse_tls_cert else "",
+            len(self.context.policy.sop_classes),
+            " + any storage-like" if self.context.policy.any_storage else "",
+        )
+
+    def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop listening, let open associations finish for `grace` seconds, abort the rest, close the bridge.
+
+        Blocks: call it from a worker thread (`await asyncio.to_thread(server.stop)`) so the loop stays free to
+        finish the stores those associations are waiting on.
+        """
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        deadline = time.monotonic() + grace
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self.ae.active_associations:
+            log.warning("aborting association with %s at shutdown", access.peer(assoc))
+            assoc.abort()
+        self.bridge.close()
+        log.info("DIMSE server stopped")
+
+
+async def start_dimse_server(archive: ArchiveContext) -> DimseServer:
+    """Build and start the server on the running loop (the lifespan calls this)."""
+    server = DimseServer(archive, asyncio.get_running_loop())
+    server.start()
+    return server
+
+
+async def stop_dimse_server(server: DimseServer) -> None:
+    await asyncio.to_thread(server.stop)

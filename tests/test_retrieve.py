@@ -1,0 +1,107 @@
+"""The retrieve service on its own (app/core/retrieve.py): the negotiation rules every door shares, and the
+calls the DIMSE C-GET/C-MOVE handlers make (`choose_transfer_syntax`, `load`, `open_instance`)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from app.config import Settings
+from app.core.context import ArchiveContext
+from app.core.retrieve import (
+    ANY,
+    DEFAULT,
+    AcceptedFrames,
+    AcceptedSyntaxes,
+    FrameRange,
+    InvalidRequest,
+    NotAcceptable,
+    NotFound,
+)
+from tests import dicom_files
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+IMPLICIT = "1.2.840.10008.1.2"
+BIG = "1.2.840.10008.1.2.2"
+RLE = "1.2.840.10008.1.2.5"
+JLS = "1.2.840.10008.1.2.4.80"
+BASELINE = "1.2.840.10008.1.2.4.50"
+J2K_LOSSY = "1.2.840.10008.1.2.4.91"
+
+
+@pytest.mark.parametrize(
+    ("stored", "accepted", "expected"),
+    [
+        (EXPLICIT, AcceptedSyntaxes.of([ANY], web=True), EXPLICIT),
+        (IMPLICIT, AcceptedSyntaxes.of([ANY], web=True), EXPLICIT),  # PS3.18 §8.7.3: never implicit on the web
+        (BIG, AcceptedSyntaxes.of([ANY], web=True), EXPLICIT),
+        (IMPLICIT, AcceptedSyntaxes.of([ANY]), IMPLICIT),  # DIMSE may use it
+        (RLE, AcceptedSyntaxes.of([DEFAULT], web=True), EXPLICIT),  # §8.7.3.4 default
+        (BASELINE, AcceptedSyntaxes.of([DEFAULT], web=True), BASELINE),  # only lossy held: as stored
+        (J2K_LOSSY, AcceptedSyntaxes.of([DEFAULT], web=True), J2K_LOSSY),
+        (EXPLICIT, AcceptedSyntaxes.of([IMPLICIT], web=True), None),
+        (EXPLICIT, AcceptedSyntaxes.of([BASELINE]), None),  # no lossy encoding, ever
+        (JLS, AcceptedSyntaxes.of([EXPLICIT, JLS]), JLS),  # one tier: the stored syntax wins
+        (JLS, AcceptedSyntaxes(((EXPLICIT,), (JLS,))), EXPLICIT),  # tiers: the preferred one wins
+        (EXPLICIT, AcceptedSyntaxes.of([IMPLICIT, RLE]), IMPLICIT),  # first producible in the tier
+    ],
+)
+def test_transfer_syntax_choice(stored: str, accepted: AcceptedSyntaxes, expected: str | None) -> None:
+    assert accepted.choose(stored) == expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "ranges", "expected"),
+    [
+        (EXPLICIT, [FrameRange("*/*")], ("application/octet-stream", EXPLICIT, False)),
+        (IMPLICIT, [FrameRange("application/octet-stream")], ("application/octet-stream", EXPLICIT, False)),
+        (JLS, [FrameRange("*/*")], ("image/jls", JLS, False)),
+        (JLS, [FrameRange("application/octet-stream")], ("application/octet-stream", EXPLICIT, True)),
+        (JLS, [FrameRange("application/octet-stream", ANY)], ("application/octet-stream", JLS, False)),
+        (RLE, [FrameRange("image/*")], ("image/dicom-rle", RLE, False)),
+        (BASELINE, [FrameRange("application/octet-stream"), FrameRange("image/jpeg")], ("image/jpeg", BASELINE, False)),
+        (EXPLICIT, [FrameRange("image/jpeg")], None),
+        (JLS, [FrameRange("image/jls", RLE)], None),
+    ],
+)
+def test_frame_encoding_choice(
+    stored: str, ranges: list[FrameRange], expected: tuple[str, str, bool] | None
+) -> None:
+    chosen = AcceptedFrames.of(ranges).choose(stored)
+    assert (None if chosen is None else (chosen.media_type, chosen.transfer_syntax, chosen.decode)) == expected
+
+
+@pytest.fixture
+async def context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
+    opened = await ArchiveContext.open(Settings(data_dir=tmp_path, dimse_enabled=False, _env_file=None))  # type: ignore[call-arg]
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_the_calls_a_dimse_handler_makes(context: ArchiveContext) -> None:
+    ds = dicom_files.renewed("MR_small_jpeg_ls_lossless.dcm")
+    assert (await context.ingest.store(dicom_files.part10(ds))).ok
+    service = context.retrieve
+    [ref] = await service.resolve(ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    # A C-GET whose presentation context for the class accepts only the uncompressed syntaxes.
+    assert service.choose_transfer_syntax(ref, [IMPLICIT, EXPLICIT]) == IMPLICIT
+    loaded = await service.load(ref, [IMPLICIT, EXPLICIT])
+    assert loaded.file_meta.TransferSyntaxUID == IMPLICIT
+    assert np.array_equal(loaded.pixel_array, ds.pixel_array)
+    as_stored = await service.load(ref, [JLS])
+    assert as_stored.PixelData == ds.PixelData
+    stream = await service.open_instance(ref, [JLS])
+    assert not stream.transcoded and pydicom.dcmread(io.BytesIO(await stream.read())).PixelData == ds.PixelData
+    with pytest.raises(NotAcceptable):
+        await service.open_instance(ref, [BASELINE])
+    with pytest.raises(NotFound):
+        await service.resolve("1.2.3")
+    with pytest.raises(InvalidRequest):
+        await service.frames(ref, [2], AcceptedFrames.of([FrameRange("*/*")]))
