@@ -1,4 +1,4 @@
-"""The command line: `python -m app serve | import | migrate | sweep`.
+"""The command line: `python -m app serve | import | migrate | sweep | reindex | stats`.
 
 `serve` runs uvicorn on the app (SIGTERM and Ctrl-C shut down cleanly through the lifespan); `import` bulk-loads
 files and folders through the same ingest service as STOW-RS and C-STORE.
@@ -34,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--jobs", type=int, default=4, help="instances stored at once")
     commands.add_parser("migrate", help="apply pending metadata migrations and print the schema version")
     commands.add_parser("sweep", help="remove files without metadata and metadata without files")
+    commands.add_parser("reindex", help="rebuild the metadata from the files in storage")
+    commands.add_parser("stats", help="print counts of studies, series, instances and bytes as JSON")
     args = parser.parse_args(argv)
 
     overrides: dict[str, object] = {}
@@ -53,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_import(settings, args.paths, args.jobs))
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "reindex":
+        return asyncio.run(_reindex(settings))
+    if args.command == "stats":
+        return asyncio.run(_stats(settings))
     return asyncio.run(_sweep(settings))
 
 
@@ -130,4 +136,32 @@ async def _sweep(settings: Settings) -> int:
     finally:
         await context.close()
     print(f"removed {report.orphan_files} files without metadata, {report.orphan_records} records without files")
+    return 0
+
+
+async def _reindex(settings: Settings) -> int:
+    from app.core.maintenance import reindex
+
+    context = await ArchiveContext.open(settings)
+    try:
+        report = await reindex(context.repository, context.storage, context.ingest)
+    finally:
+        await context.close()
+    for failure in report.failed:
+        print(f"failed: {failure}", file=sys.stderr)
+    print(f"indexed {report.indexed} files, failed {len(report.failed)}")
+    return 0 if not report.failed else 1
+
+
+async def _stats(settings: Settings) -> int:
+    import json
+
+    from app.core.maintenance import statistics
+
+    context = await ArchiveContext.open(settings)
+    try:
+        stats = await statistics(context.repository, context.storage)
+    finally:
+        await context.close()
+    print(json.dumps(stats.as_dict()))
     return 0

@@ -36,7 +36,11 @@ class DuplicatePolicy(StrEnum):
 class Settings(BaseSettings):
     """Everything an operator can set. Names map to environment variables by upper-casing."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # env_ignore_empty: `NAME=` (as .env.template writes optional settings) means "the default", not "" (which
+    # would make an optional path Path(".") and an optional number a parse error).
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     # Where things live
     data_dir: Path = Field(Path("./data"), description="Root for the SQLite database and, by default, files.")
@@ -92,6 +96,20 @@ class Settings(BaseSettings):
     qido_default_limit: int = 1000
     qido_max_limit: int = 10000
 
+    # Study lifecycle (app/core/completion.py, app/core/rules.py, app/core/webhooks.py, app/fhir)
+    # A study is complete when no instance of it arrived for this many seconds (the seeds' studyTimeout).
+    study_quiet_seconds: PositiveFloat = 30.0
+    # YAML or JSON file of ingest rules (reject / coerce / de-identify); a bad file fails start-up.
+    ingest_rules_file: Path | None = None
+    # Dotted path `package.module:function` (or `package.module.function`) of an async ingest hook.
+    ingest_hook: str | None = None
+    # UID root under which de-identification makes its replacement UIDs (2.25 = UUID-derived, PS3.5 B.2).
+    deidentify_uid_root: str = "2.25"
+    # URLs that receive each change (instance created/updated/deleted, study completed) as a JSON POST.
+    webhook_urls: CommaList = Field(default_factory=list)
+    # First delay before a failed FHIR or webhook delivery is retried; doubles each time, up to 300 s.
+    outbox_retry_seconds: PositiveFloat = 5.0
+
     # FHIR
     fhir_enabled: bool = False
     fhir_base_url: str | None = None
@@ -99,7 +117,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @field_validator(
-        "dimse_sop_class_policy", "dimse_transfer_syntax_policy", "dimse_allowed_calling_aets", mode="before"
+        "dimse_sop_class_policy",
+        "dimse_transfer_syntax_policy",
+        "dimse_allowed_calling_aets",
+        "webhook_urls",
+        mode="before",
     )
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
@@ -135,6 +157,8 @@ class Settings(BaseSettings):
             raise ValueError("DIMSE_TLS_CERT and DIMSE_TLS_KEY go together")
         if self.dimse_tls_ca is not None and self.dimse_tls_cert is None:
             raise ValueError("DIMSE_TLS_CA needs DIMSE_TLS_CERT and DIMSE_TLS_KEY")
+        if self.fhir_enabled and not self.fhir_base_url:
+            raise ValueError("FHIR_ENABLED needs FHIR_BASE_URL")
         return self
 
     @property

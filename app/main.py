@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import qido, stow, wado, wado_uri
+from app.api import admin, changes, delete, qido, stow, wado, wado_uri
 from app.api.errors import DicomWebError, dicomweb_error_handler, http_error_handler, validation_error_handler
 from app.api.urls import DICOMWEB_PREFIX
 from app.config import Settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 from dimse_bridge.server import start_dimse_server
 
                 app.state.dimse = await start_dimse_server(context)
+            await context.start_background()
             try:
                 yield
             finally:
@@ -64,4 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(wado.router, prefix=DICOMWEB_PREFIX)
     app.include_router(wado_uri.router)  # PS3.18 §9: /wado, outside the DICOMweb root as viewers expect
     app.include_router(wado_uri.router, prefix=DICOMWEB_PREFIX, include_in_schema=False)
+    app.include_router(delete.router, prefix=DICOMWEB_PREFIX)
+    app.include_router(admin.router, prefix=admin.ADMIN_PREFIX)
+    app.include_router(changes.router, prefix=changes.CHANGES_PREFIX)
     return app

@@ -153,10 +153,13 @@ class DimseServer:
             self._server.shutdown()
             self._server = None
         deadline = time.monotonic() + grace
-        while self.ae.active_associations and time.monotonic() < deadline:
+        # Only established associations have work to finish; a connection still waiting for its A-ASSOCIATE-RQ
+        # (a TCP health check, say) would otherwise hold shutdown for the whole ACSE timeout.
+        while time.monotonic() < deadline and any(a.is_established for a in self.ae.active_associations):
             time.sleep(0.05)
         for assoc in self.ae.active_associations:
-            log.warning("aborting association with %s at shutdown", access.peer(assoc))
+            if assoc.is_established:
+                log.warning("aborting association with %s at shutdown", access.peer(assoc))
             assoc.abort()
         self.bridge.close()
         log.info("DIMSE server stopped")

@@ -459,6 +459,39 @@ def test_a_listed_sop_class_keyword_or_uid_is_accepted(guarded: DimseArchive, tm
     assert_stored_as_sent(guarded, sent)
 
 
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseArchive]:
+    """One association at a time. A short ACSE timeout lets the readiness probe's connection (which never sends
+    an A-ASSOCIATE-RQ, and counts until then) go away quickly."""
+    with running_archive(
+        tmp_path_factory.mktemp("limited"), DIMSE_MAX_ASSOCIATIONS="1", DIMSE_ACSE_TIMEOUT="1"
+    ) as server:
+        time.sleep(1.5)
+        yield server
+
+
+def test_one_association_too_many_is_rejected(limited: DimseArchive) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    holder = ae.associate("127.0.0.1", limited.dimse_port, ae_title=AE_TITLE)
+    assert holder.is_established
+    try:
+        result = dcmtk("echoscu", "-aet", CALLING, "-aec", AE_TITLE, "127.0.0.1", limited.dimse_port)
+    finally:
+        holder.release()
+    assert result.returncode != 0
+    assert "Local Limit Exceeded" in result.stderr
+    limited.wait_for_log("limit of 1 associations")
+    # ...and the slot is free again once the first association is released.
+    deadline = time.monotonic() + 10
+    while dcmtk("echoscu", "-aet", CALLING, "-aec", AE_TITLE, "127.0.0.1", limited.dimse_port).returncode:
+        assert time.monotonic() < deadline, "the association slot was never freed"
+        time.sleep(0.2)
+
+
 # -- policy All / UncompressedOnly --------------------------------------------------------------------------
 
 
@@ -592,3 +625,55 @@ def test_the_uid_peek_agrees_with_pydicom(name: str) -> None:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     found = part10.leading_uids(split_part10(path.read_bytes())[1], str(ds.file_meta.TransferSyntaxUID))
     assert found == {part10.SOP_CLASS_UID: ds.SOPClassUID, part10.SOP_INSTANCE_UID: ds.SOPInstanceUID}
+
+
+# -- policies as pure functions (no server) -----------------------------------------------------------------
+
+
+def test_access_policy_decisions() -> None:
+    from dimse_bridge.access import AccessPolicy
+
+    policy = AccessPolicy(
+        ae_title="ARC", allowed_calling_aets=frozenset({"CT1"}), require_called_aet=True, users={"u": b"p"}
+    )
+    good = (2, b"u", b"p")
+    assert policy.check("CT1", "ARC", good) is None
+    assert policy.check("CT1 ", "ARC ", good) is None  # AE titles are space-padded on the wire
+    refused = {
+        "calling": policy.check("CT2", "ARC", good),
+        "called": policy.check("CT1", "OTHER", good),
+        "no identity": policy.check("CT1", "ARC", None),
+        "password": policy.check("CT1", "ARC", (2, b"u", b"x")),
+        "user": policy.check("CT1", "ARC", (2, b"x", b"p")),
+        "kerberos": policy.check("CT1", "ARC", (3, b"ticket", b"")),
+    }
+    assert refused["calling"] is not None and refused["calling"].diagnostic == 0x03
+    assert refused["called"] is not None and refused["called"].diagnostic == 0x07
+    for why, rejection in refused.items():
+        assert rejection is not None, why
+        assert rejection.result == 0x01 and rejection.source == 0x01
+    assert AccessPolicy(ae_title="ARC").check("ANY", "WHATEVER", None) is None
+
+
+def test_presentation_policy_parsing() -> None:
+    from dimse_bridge import policy
+
+    listed = policy.build_policy(
+        ["CTImageStorage", "1.2.840.10008.5.1.4.1.1.4"], ["JPEG2000", "ExplicitVRLittleEndian"]
+    )
+    assert listed.sop_classes == ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4")
+    # Our preference among the listed syntaxes: native first, lossy last (see policy.py).
+    assert listed.transfer_syntaxes == ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.91")
+    everything = policy.build_policy(["AllStorage"], ["All"])
+    assert everything.transfer_syntaxes[:2] == ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    lossless_end = max(i for i, uid in enumerate(everything.transfer_syntaxes) if policy._rank(uid) <= 3)
+    assert all(policy._rank(uid) == 4 for uid in everything.transfer_syntaxes[lossless_end + 1 :])
+    assert not everything.any_storage and policy.build_policy(["All"], ["UncompressedOnly"]).any_storage
+    with pytest.raises(ValueError, match="unknown SOP class"):
+        policy.build_policy(["NoSuchStorage"], ["All"])
+    with pytest.raises(ValueError, match="unknown transfer syntax"):
+        policy.build_policy(["AllStorage"], ["JPEG3000"])
+    assert policy.is_storage_like("1.3.6.1.4.1.9590.100.1.2.999")  # private
+    assert policy.is_storage_like("1.2.840.10008.5.1.4.1.1.999")  # standard, newer than the libraries
+    assert not policy.is_storage_like("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root Q/R FIND
+    assert not policy.is_storage_like("1.2.840.10008.1.20.1")  # Storage Commitment Push Model

@@ -7,10 +7,14 @@ the same object, so an instance stored through one door is visible through the o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.config import Settings
+from app.core.changefeed import ChangeFeed
+from app.core.completion import CompletionTracker
+from app.core.events import EventBus, InstanceDeleted
 from app.core.ingest import IngestService
+from app.core.lifecycle import LifecycleService
 from app.core.retrieve import RetrieveService
 from app.repository.base import Repository
 from app.storage.base import Storage
@@ -41,6 +45,12 @@ class ArchiveContext:
     storage: Storage
     ingest: IngestService
     retrieve: RetrieveService
+    lifecycle: LifecycleService
+    # Study lifecycle: events from ingest and deletion; the change feed; study completion (started by
+    # `start_background`, which the server's lifespan calls, not the CLI commands).
+    events: EventBus = field(default_factory=EventBus)
+    change_feed: ChangeFeed | None = None
+    completion: CompletionTracker | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> ArchiveContext:
@@ -51,13 +61,49 @@ class ArchiveContext:
         cleared = storage.clear_staging()
         if cleared:
             log.info("removed %d staged files left by an interrupted store", cleared)
+        events = EventBus()
+        change_feed = ChangeFeed(repository)
+        change_feed.attach(events)
+        change_feed.start()
+        ingest = IngestService(repository, storage, settings.duplicate_policy, events=events)
+        retrieve = RetrieveService(repository, storage)
+        lifecycle = LifecycleService(repository, storage, ingest)
+        lifecycle.listeners.append(lambda _removed: retrieve.invalidate())
+        lifecycle.listeners.append(
+            lambda removed: events.publish(
+                InstanceDeleted(
+                    removed.study_instance_uid,
+                    series=removed.series_instance_uid,
+                    sop=removed.sop_instance_uid,
+                    sop_class_uid=removed.sop_class_uid,
+                )
+            )
+        )
         return cls(
             settings=settings,
             repository=repository,
             storage=storage,
-            ingest=IngestService(repository, storage, settings.duplicate_policy),
-            retrieve=RetrieveService(repository, storage),
+            ingest=ingest,
+            retrieve=retrieve,
+            lifecycle=lifecycle,
+            events=events,
+            change_feed=change_feed,
+            completion=CompletionTracker(repository, events, settings.study_quiet_seconds),
         )
 
+    async def start_background(self) -> None:
+        """Start the long-running jobs of a serving archive (study completion; FHIR sync and webhooks when
+        configured). Their state is in the repository, so one that was stopped picks up where it was."""
+        if self.completion is not None:
+            self.completion.start()
+
+    async def stop_background(self) -> None:
+        if self.completion is not None:
+            await self.completion.stop()
+
     async def close(self) -> None:
+        await self.stop_background()
+        await self.events.drain()
+        if self.change_feed is not None:
+            await self.change_feed.close()
         await self.repository.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from app.config import DuplicatePolicy
+from app.core.events import EventBus, InstanceReplaced, InstanceStored
 from app.core.header import HeaderError, build_record, read_header
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
 from app.core.records import InstanceRecord
@@ -40,17 +41,35 @@ class _Prepared:
 
 
 class IngestService:
-    def __init__(self, repository: Repository, storage: Storage, duplicate_policy: DuplicatePolicy) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        storage: Storage,
+        duplicate_policy: DuplicatePolicy,
+        *,
+        events: EventBus | None = None,
+    ) -> None:
         self.repository = repository
         self.storage = storage
         self.duplicate_policy = duplicate_policy
+        # Stored and replaced instances are published here (change feed, webhooks...); never waited for.
+        self.events = events if events is not None else EventBus()
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
 
     async def store(
-        self, payload: bytes | StagedFile, *, expected_study_uid: str | None = None, origin: str = ""
+        self,
+        payload: bytes | StagedFile,
+        *,
+        expected_study_uid: str | None = None,
+        origin: str = "",
+        calling_ae_title: str | None = None,
     ) -> StoreOutcome:
-        """Store one Part 10 instance given as bytes or as a file already staged by `self.storage.stage()`."""
+        """Store one Part 10 instance given as bytes or as a file already staged by `self.storage.stage()`.
+
+        `calling_ae_title` is the peer's AE title when the instance came over DIMSE (C-STORE), for the ingest
+        rules that match on it; None from the other doors.
+        """
         prepared = await asyncio.to_thread(self._prepare, payload)
         if prepared.outcome is not None:
             return self._failed(prepared, origin)
@@ -116,6 +135,16 @@ class IngestService:
             if replaced.storage_key != key:
                 # The new copy moved to another study or series: the old file is no longer named by anything.
                 await asyncio.to_thread(self.storage.delete, replaced.storage_key)
+        event = InstanceReplaced if replaced is not None else InstanceStored
+        self.events.publish(
+            event(
+                record.study_instance_uid,
+                series=record.series_instance_uid,
+                sop=record.sop_instance_uid,
+                sop_class_uid=record.sop_class_uid,
+                origin=origin,
+            )
+        )
         return outcome
 
     def _prepare(self, payload: bytes | StagedFile) -> _Prepared:

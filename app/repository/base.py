@@ -8,8 +8,10 @@ delete from every door.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query import QueryModel, SearchResult
 from app.core.records import InstanceRecord, StoredDataset, StoredInstance
 
@@ -73,3 +75,37 @@ class Repository(Protocol):
         """One page of the entities matching `query` (QIDO-RS and C-FIND share it), as DICOM JSON with the
         levels merged and aggregates added (app.core.query.assemble), in a stable order, and how many further
         matches lie beyond the page."""
+
+    # -- study lifecycle: change feed, completion tracking, outbox (app/core/completion.py, app/fhir) ------
+    # `store_instance` also records the study's activity (last store time, "completion pending") in the same
+    # unit of work as the instance, so tracking costs no extra round trip and survives a restart.
+
+    async def append_changes(self, changes: Sequence[NewChange]) -> int:
+        """Append to the change feed in order, in one unit of work; return the last sequence number given."""
+
+    async def changes(self, since: int, limit: int) -> list[Change]:
+        """Feed entries with seq > since, in seq order, at most `limit`."""
+
+    async def last_change_seq(self) -> int:
+        """The highest sequence number given so far (0 when the feed is empty)."""
+
+    async def pending_completions(self, quiet_before: float, limit: int) -> list[PendingStudy]:
+        """Studies with completion pending whose last store was at or before `quiet_before`, oldest first."""
+
+    async def mark_completed(self, study_instance_uid: str, activity_at: float) -> bool:
+        """Clear the study's completion-pending flag unless a store came after `activity_at`; True if cleared."""
+
+    async def outbox_put(self, target: str, key: str, payload: str) -> None:
+        """Add work for `target`, due now; the same (target, key) again replaces the payload (a newer
+        version), resets the attempts and makes it due now."""
+
+    async def outbox_due(self, target: str, now: float, limit: int) -> list[OutboxEntry]:
+        """Entries of `target` due at `now`, earliest due first."""
+
+    async def outbox_done(self, target: str, key: str, version: int) -> bool:
+        """Remove the entry if it is still at `version`; True if removed."""
+
+    async def outbox_retry(self, target: str, key: str, version: int, next_attempt_at: float, error: str) -> None:
+        """Record a failed attempt of the entry at `version` and when to try again."""
+
+    async def outbox_status(self, target: str) -> OutboxStatus: ...

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypedDict
@@ -53,6 +53,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from app.core.attributes import Kind, Level, stored_at
+from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
 from app.repository.base import RepositoryUnavailable
@@ -153,6 +154,9 @@ class MongoRepository:
         self._series: AsyncCollection[Document] = db["series"]
         self._instances: AsyncCollection[Document] = db["instances"]
         self._migrations: AsyncCollection[Document] = db["schema_migrations"]
+        self._changes: AsyncCollection[Document] = db["changes"]
+        self._counters: AsyncCollection[Document] = db["counters"]
+        self._outbox: AsyncCollection[Document] = db["outbox"]
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -302,6 +306,135 @@ class MongoRepository:
             return None
         return {name: doc[name] for name in (_PATIENT_STUDIES, _PATIENT_SERIES, _PATIENT_INSTANCES)}
 
+    # -- study lifecycle: change feed, completion tracking, outbox -----------------------------------------
+    async def append_changes(self, changes: Sequence[NewChange]) -> int:
+        """Sequence numbers come from one counter document (`$inc`, atomic), then the entries are inserted.
+        One writer per archive process appends (app/core/changefeed.py), so entries appear in seq order; a
+        crash between the two writes leaves a gap, never a reused number."""
+        with _guarded():
+            if not changes:
+                return await self.last_change_seq()
+            counter = await self._counters.find_one_and_update(
+                {"_id": "changes"},
+                {"$inc": {"seq": len(changes)}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            last = int(counter["seq"]) if counter else len(changes)
+            first = last - len(changes) + 1
+            await self._changes.insert_many(
+                [
+                    {
+                        "seq": first + i,
+                        "kind": c.kind,
+                        "study_instance_uid": c.study_instance_uid,
+                        "series_instance_uid": c.series_instance_uid,
+                        "sop_instance_uid": c.sop_instance_uid,
+                        "at": c.at,
+                    }
+                    for i, c in enumerate(changes)
+                ],
+                ordered=True,
+            )
+            return last
+
+    async def changes(self, since: int, limit: int) -> list[Change]:
+        if limit <= 0:
+            return []
+        with _guarded():
+            cursor = self._changes.find({"seq": {"$gt": since}}, {"_id": 0}).sort("seq", 1).limit(limit)
+            return [
+                Change(
+                    doc["seq"], doc["kind"], doc["study_instance_uid"], doc.get("series_instance_uid"),
+                    doc.get("sop_instance_uid"), doc["at"],
+                )
+                async for doc in cursor
+            ]
+
+    async def last_change_seq(self) -> int:
+        with _guarded():
+            counter = await self._counters.find_one({"_id": "changes"})
+        return 0 if counter is None else int(counter["seq"])
+
+    async def pending_completions(self, quiet_before: float, limit: int) -> list[PendingStudy]:
+        if limit <= 0:
+            return []
+        with _guarded():
+            cursor = (
+                self._studies.find(
+                    {"completion_pending": True, "updated_at": {"$lte": quiet_before}},
+                    {"_id": 0, "study_instance_uid": 1, "updated_at": 1},
+                )
+                .sort("updated_at", 1)
+                .limit(limit)
+            )
+            return [PendingStudy(doc["study_instance_uid"], doc["updated_at"]) async for doc in cursor]
+
+    async def mark_completed(self, study_instance_uid: str, activity_at: float) -> bool:
+        with _guarded():
+            result = await self._studies.update_one(
+                {"study_instance_uid": study_instance_uid, "updated_at": activity_at, "completion_pending": True},
+                {"$set": {"completion_pending": False}},
+            )
+        return result.modified_count == 1
+
+    async def outbox_put(self, target: str, key: str, payload: str) -> None:
+        now = time.time()
+        with _guarded():
+            await self._outbox.update_one(
+                {"target": target, "key": key},
+                {
+                    "$set": {"payload": payload, "attempts": 0, "next_attempt_at": now},
+                    "$inc": {"version": 1},
+                    "$setOnInsert": {"created_at": now, "last_error": None},
+                },
+                upsert=True,
+            )
+
+    async def outbox_due(self, target: str, now: float, limit: int) -> list[OutboxEntry]:
+        if limit <= 0:
+            return []
+        with _guarded():
+            cursor = (
+                self._outbox.find({"target": target, "next_attempt_at": {"$lte": now}}, {"_id": 0})
+                .sort("next_attempt_at", 1)
+                .limit(limit)
+            )
+            return [
+                OutboxEntry(
+                    doc["target"], doc["key"], doc["payload"], int(doc["version"]), int(doc["attempts"]),
+                    doc["next_attempt_at"], doc.get("last_error"), doc["created_at"],
+                )
+                async for doc in cursor
+            ]
+
+    async def outbox_done(self, target: str, key: str, version: int) -> bool:
+        with _guarded():
+            result = await self._outbox.delete_one({"target": target, "key": key, "version": version})
+        return result.deleted_count == 1
+
+    async def outbox_retry(self, target: str, key: str, version: int, next_attempt_at: float, error: str) -> None:
+        with _guarded():
+            await self._outbox.update_one(
+                {"target": target, "key": key, "version": version},
+                {"$inc": {"attempts": 1}, "$set": {"next_attempt_at": next_attempt_at, "last_error": error}},
+            )
+
+    async def outbox_status(self, target: str) -> OutboxStatus:
+        with _guarded():
+            pending = await self._outbox.count_documents({"target": target})
+            failing = await self._outbox.count_documents({"target": target, "attempts": {"$gt": 0}})
+            oldest = await self._outbox.find_one({"target": target}, {"created_at": 1}, sort=[("created_at", 1)])
+            errored = await self._outbox.find_one(
+                {"target": target, "last_error": {"$ne": None}}, {"last_error": 1}, sort=[("next_attempt_at", -1)]
+            )
+        return OutboxStatus(
+            pending,
+            failing,
+            None if oldest is None else oldest["created_at"],
+            None if errored is None else errored["last_error"],
+        )
+
     # -- the unit of work ----------------------------------------------------------------------------------
     async def _add(self, record: InstanceRecord) -> bool:
         """Add the instance and count it; False when another store of the same SOP Instance UID won."""
@@ -339,7 +472,10 @@ class MongoRepository:
                     # In the Study Root model the patient's attributes are study attributes (PS3.4 C.6.2.1).
                     "attributes": {**record.patient.attributes, **record.study.attributes},
                     "multi": _multi({**record.patient.multi, **record.study.multi}),
+                    # `updated_at` is the study's last activity; completion is pending until the tracker
+                    # (app/core/completion.py) reports it. Part of this upsert, so it costs no round trip.
                     "updated_at": now,
+                    "completion_pending": True,
                 },
                 "$inc": {_STUDY_INSTANCES: 1, _STUDY_SERIES: int(new_series)},
                 "$setOnInsert": {_MODALITIES: [], _SOP_CLASSES: []},

@@ -14,13 +14,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from app.core.attributes import Kind, Level, stored_at
+from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
 from app.repository.base import RepositoryUnavailable
@@ -267,6 +268,105 @@ class SQLiteRepository:
         return await self._read(read)
 
 
+    # -- study lifecycle: change feed, completion tracking, outbox -----------------------------------------
+    async def append_changes(self, changes: Sequence[NewChange]) -> int:
+        def append(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO changes (kind, study_instance_uid, series_instance_uid, sop_instance_uid, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(c.kind, c.study_instance_uid, c.series_instance_uid, c.sop_instance_uid, c.at) for c in changes],
+            )
+            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+
+        return await self._write(append)
+
+    async def changes(self, since: int, limit: int) -> list[Change]:
+        sql = (
+            "SELECT seq, kind, study_instance_uid, series_instance_uid, sop_instance_uid, at FROM changes "
+            "WHERE seq > ? ORDER BY seq LIMIT ?"
+        )
+        return await self._read(lambda conn: [Change(*row) for row in conn.execute(sql, (since, limit))])
+
+    async def last_change_seq(self) -> int:
+        return await self._read(
+            lambda conn: int(conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+        )
+
+    async def pending_completions(self, quiet_before: float, limit: int) -> list[PendingStudy]:
+        sql = (
+            "SELECT study_instance_uid, activity_at FROM study_activity WHERE pending = 1 AND activity_at <= ? "
+            "ORDER BY activity_at LIMIT ?"
+        )
+        return await self._read(
+            lambda conn: [PendingStudy(*row) for row in conn.execute(sql, (quiet_before, limit))]
+        )
+
+    async def mark_completed(self, study_instance_uid: str, activity_at: float) -> bool:
+        def mark(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE study_activity SET pending = 0 WHERE study_instance_uid = ? AND activity_at = ? "
+                "AND pending = 1",
+                (study_instance_uid, activity_at),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(mark)
+
+    async def outbox_put(self, target: str, key: str, payload: str) -> None:
+        now = time.time()
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO outbox (target, key, payload, version, attempts, next_attempt_at, last_error, "
+                "created_at) VALUES (?, ?, ?, 1, 0, ?, NULL, ?) ON CONFLICT (target, key) DO UPDATE SET "
+                "payload = excluded.payload, version = version + 1, attempts = 0, "
+                "next_attempt_at = excluded.next_attempt_at",
+                (target, key, payload, now, now),
+            )
+        )
+
+    async def outbox_due(self, target: str, now: float, limit: int) -> list[OutboxEntry]:
+        sql = (
+            "SELECT target, key, payload, version, attempts, next_attempt_at, last_error, created_at FROM outbox "
+            "WHERE target = ? AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
+        )
+        return await self._read(
+            lambda conn: [OutboxEntry(*row) for row in conn.execute(sql, (target, now, limit))]
+        )
+
+    async def outbox_done(self, target: str, key: str, version: int) -> bool:
+        def done(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM outbox WHERE target = ? AND key = ? AND version = ?", (target, key, version)
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(done)
+
+    async def outbox_retry(self, target: str, key: str, version: int, next_attempt_at: float, error: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                "WHERE target = ? AND key = ? AND version = ?",
+                (next_attempt_at, error, target, key, version),
+            )
+        )
+
+    async def outbox_status(self, target: str) -> OutboxStatus:
+        def read(conn: sqlite3.Connection) -> OutboxStatus:
+            pending, failing, oldest = conn.execute(
+                "SELECT count(*), coalesce(sum(attempts > 0), 0), min(created_at) FROM outbox WHERE target = ?",
+                (target,),
+            ).fetchone()
+            row = conn.execute(
+                "SELECT last_error FROM outbox WHERE target = ? AND last_error IS NOT NULL "
+                "ORDER BY next_attempt_at DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+            return OutboxStatus(int(pending), int(failing), oldest, None if row is None else row[0])
+
+        return await self._read(read)
+
+
 # -- the unit of work, run on the writer thread -----------------------------------------------------------
 
 
@@ -396,6 +496,12 @@ def _add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
         new_series=new_series,
     )
     _refresh_study_sets(conn, record.study_instance_uid)
+    # The study's last activity, for the completion tracker (app/core/completion.py), in the same transaction.
+    conn.execute(
+        "INSERT INTO study_activity (study_instance_uid, activity_at, pending) VALUES (?, ?, 1) "
+        "ON CONFLICT (study_instance_uid) DO UPDATE SET activity_at = excluded.activity_at, pending = 1",
+        (record.study_instance_uid, now),
+    )
 
 
 def _remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
@@ -428,6 +534,7 @@ def _remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
             if level is Level.SERIES:
                 _count_series(conn, patient_key, study_uid, -1)
             elif level is Level.STUDY:
+                conn.execute("DELETE FROM study_activity WHERE study_instance_uid = ?", (owner,))
                 conn.execute(
                     "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies - 1"
                     " WHERE patient_key = ?",

@@ -1,0 +1,38 @@
+"""The change feed under `/api/changes` (like Orthanc's /changes and Microsoft's DICOM change feed).
+
+`GET /api/changes?since=SEQ&limit=N` answers the entries after SEQ in order, each
+`{"seq", "type", "at", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}` with `type` one of
+instance.created, instance.updated, instance.deleted, study.completed; and `last` (the highest seq the answer
+holds, or `since` when it holds none) and `done` (no later entry exists yet), so a client polls with
+`since=last` until done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from app.deps import Context
+
+CHANGES_PREFIX = "/api"
+MAX_LIMIT = 10000
+router = APIRouter(tags=["Changes"])
+
+
+@router.get("/changes", summary="Ordered feed of instance changes and completed studies")
+async def get_changes(
+    context: Context,
+    since: int = Query(0, ge=0, description="Answer entries after this sequence number."),
+    limit: int = Query(100, ge=1, le=MAX_LIMIT, description="At most this many entries."),
+) -> dict[str, Any]:
+    if context.change_feed is not None:
+        # Entries still queued for writing are part of the feed already: make them visible.
+        await context.change_feed.flush()
+    changes = await context.repository.changes(since, limit + 1)
+    page = changes[:limit]
+    return {
+        "changes": [change.to_json() for change in page],
+        "last": page[-1].seq if page else since,
+        "done": len(changes) <= limit,
+    }

@@ -1,0 +1,103 @@
+"""The change feed: every created, updated or deleted instance and every completed study, in order, kept in the
+repository (GET /api/changes?since=SEQ&limit=N, like Orthanc's /changes and Microsoft's change feed).
+
+Instance events reach the feed through a queue and one writer task that appends whatever has gathered in one
+repository call: ingest never waits for the feed, and a burst of stores costs one feed write per batch, not one
+per instance. A study completion is awaited until written, so the completion tracker marks a study complete
+only once its feed entry is safe. A repository that is down delays the feed (retried with backoff) and never
+fails a store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from app.core.events import Event, EventBus, StudyCompleted
+from app.core.feed import NewChange
+from app.repository.base import Repository
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 5.0
+CLOSE_SECONDS = 10.0
+
+
+class ChangeFeed:
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+        self._queue: asyncio.Queue[NewChange] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def attach(self, bus: EventBus) -> None:
+        bus.subscribe(self.on_event)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="change-feed")
+
+    async def on_event(self, event: Event) -> None:
+        # Before any await, so the feed keeps the order in which events were published.
+        self._queue.put_nowait(
+            NewChange(
+                kind=str(event.kind),
+                study_instance_uid=event.study_instance_uid,
+                series_instance_uid=event.series_instance_uid,
+                sop_instance_uid=event.sop_instance_uid,
+                at=event.at,
+            )
+        )
+        if isinstance(event, StudyCompleted):
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is in the repository."""
+        if self._task is None:
+            await self._write_all()
+            return
+        await self._queue.join()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.flush(), CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning("change feed: %d entries not written at shutdown", self._queue.qsize())
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _write_all(self) -> None:
+        while not self._queue.empty():
+            await self._write_batch(self._take(self._queue.get_nowait()))
+
+    def _take(self, first: NewChange) -> list[NewChange]:
+        batch = [first]
+        while len(batch) < BATCH and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _write_batch(self, batch: list[NewChange]) -> None:
+        delay = RETRY_FIRST_SECONDS
+        try:
+            while True:
+                try:
+                    await self.repository.append_changes(batch)
+                    return
+                except Exception as exc:
+                    log.warning("change feed: cannot append %d entries (%s); retrying in %.1f s",
+                                len(batch), exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_SECONDS)
+        finally:
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            await self._write_batch(self._take(first))

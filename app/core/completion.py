@@ -1,0 +1,75 @@
+"""Study completion: a study is complete when no instance of it arrived for STUDY_QUIET_SECONDS (the seeds'
+`studyTimeout`), whichever door (STOW-RS, C-STORE, import) its instances came through.
+
+The state is the repository's, not this process's memory: every store records the study's last activity and
+sets "completion pending" in the same unit of work as the instance (`Repository.store_instance`), so tracking
+costs no extra round trip and a restart loses nothing. A background task looks, every few seconds, for pending
+studies quiet for the period, delivers `StudyCompleted` to the subscribers (change feed, FHIR outbox, webhooks)
+and then clears the flag, but only if no store came in meanwhile (`mark_completed` compares the activity time).
+So each burst of activity fires exactly one completion, at least once even across a crash (delivery comes
+before the flag is cleared), and a study that receives more instances later completes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from app.core.events import EventBus, StudyCompleted
+from app.repository.base import Repository
+
+log = logging.getLogger(__name__)
+
+SCAN_BATCH = 100
+
+
+class CompletionTracker:
+    def __init__(
+        self, repository: Repository, bus: EventBus, quiet_seconds: float, *, interval: float | None = None
+    ) -> None:
+        self.repository = repository
+        self.bus = bus
+        self.quiet_seconds = quiet_seconds
+        # Often enough that a completion fires at most a quarter of the quiet period late.
+        self.interval = interval if interval is not None else max(0.1, min(5.0, quiet_seconds / 4))
+        self._task: asyncio.Task[None] | None = None
+
+    async def scan_once(self, now: float | None = None) -> int:
+        """Fire completion for every study quiet since `now - quiet_seconds`; return how many fired."""
+        quiet_before = (time.time() if now is None else now) - self.quiet_seconds
+        fired = 0
+        while True:
+            pending = await self.repository.pending_completions(quiet_before, SCAN_BATCH)
+            progressed = False
+            for study in pending:
+                await self.bus.deliver(
+                    StudyCompleted(study.study_instance_uid, activity_at=study.activity_at)
+                )
+                if await self.repository.mark_completed(study.study_instance_uid, study.activity_at):
+                    fired += 1
+                    progressed = True
+            if len(pending) < SCAN_BATCH or not progressed:
+                return fired
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="study-completion")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                fired = await self.scan_once()
+                if fired:
+                    log.info("%d studies completed", fired)
+            except Exception as exc:
+                log.warning("study completion scan failed: %s", exc)
+            await asyncio.sleep(self.interval)
