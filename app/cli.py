@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.core.context import ArchiveContext
+from app.core.logs import configure_logging
 from app.core.outcomes import StoreStatus
 
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, flag) is not None:
                 overrides[field] = getattr(args, flag)
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "serve":
         return _serve(settings)
@@ -67,7 +67,18 @@ def _serve(settings: Settings) -> int:
 
     from app.main import create_app
 
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_level="info")
+    # X-Forwarded-* are judged by the app against TRUSTED_PROXIES (app/api/proxies.py), not by uvicorn; logging
+    # is ours (LOG_FORMAT). TLS: HTTP_TLS_CERT/KEY, or a proxy in front.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        proxy_headers=False,
+        ssl_certfile=settings.http_tls_cert,
+        ssl_keyfile=settings.http_tls_key,
+    )
     return 0
 
 

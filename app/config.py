@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -116,11 +116,47 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # Operations (app/core/logs.py, app/core/metrics.py, app/core/audit.py)
+    # `text` for a terminal, `json` for log shippers: one object per line with the request/association id.
+    log_format: Literal["text", "json"] = "text"
+    # Audit trail, one JSON line per store/retrieve/query/delete/admin action: `-` = stdout, a path = that
+    # file (appended), empty = off.
+    audit_log: str | None = None
+
+    # Security (app/api/auth.py, app/api/proxies.py)
+    # Require a bearer token (OIDC JWT or API key) on every HTTP route but /health and /ready.
+    auth_enabled: bool = False
+    # OIDC issuer (its /.well-known/openid-configuration gives the JWKS) and/or the JWKS URL itself.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    # Expected `aud` of the JWTs; empty = not checked.
+    oidc_audience: str | None = None
+    # Static API keys `name:secret:scope+scope,...` with scopes read, write, delete, admin.
+    auth_api_keys: SecretStr = SecretStr("")
+    # Origins allowed by CORS (e.g. the OHIF viewer's); `*` = any; empty = no CORS headers.
+    cors_origins: CommaList = Field(default_factory=list)
+    # HTTPS served by uvicorn itself (PEM files); without them put a TLS-terminating proxy in front.
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    # Peers whose X-Forwarded-For/-Proto/-Host/-Prefix are believed (addresses or networks; `*` = any).
+    trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    # Object storage (app/storage/s3.py): `filesystem` (STORAGE_ROOT) or `s3` (the S3_* settings).
+    storage_backend: Literal["filesystem", "s3"] = "filesystem"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""  # key prefix inside the bucket, e.g. `archive/`
+    s3_endpoint_url: str | None = None  # MinIO / other S3-compatible endpoint; empty = AWS
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None  # empty = the AWS default credential chain
+    s3_secret_access_key: SecretStr | None = None
+
     @field_validator(
         "dimse_sop_class_policy",
         "dimse_transfer_syntax_policy",
         "dimse_allowed_calling_aets",
         "webhook_urls",
+        "cors_origins",
+        "trusted_proxies",
         mode="before",
     )
     @classmethod
@@ -150,6 +186,18 @@ class Settings(BaseSettings):
                 raise ValueError("DIMSE_USERS takes user:password pairs separated by commas")
             users[name] = password
         return users
+
+    @model_validator(mode="after")
+    def _check_operations(self) -> Settings:
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            raise ValueError("HTTP_TLS_CERT and HTTP_TLS_KEY go together")
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET")
+        if self.auth_enabled and not (
+            self.oidc_issuer or self.oidc_jwks_url or self.auth_api_keys.get_secret_value()
+        ):
+            raise ValueError("AUTH_ENABLED needs OIDC_ISSUER, OIDC_JWKS_URL or AUTH_API_KEYS")
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

@@ -10,15 +10,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
-from app.api import admin, changes, delete, qido, stow, wado, wado_uri
+from app.api import admin, changes, delete, fhir, observability, qido, stow, wado, wado_uri
+from app.api.auth import Authenticator, authorize
 from app.api.errors import DicomWebError, dicomweb_error_handler, http_error_handler, validation_error_handler
 from app.api.urls import DICOMWEB_PREFIX
 from app.config import Settings
+from app.core.audit import AuditLog
 from app.core.context import ArchiveContext
+from app.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         context = await ArchiveContext.open(settings)
         app.state.context = context
+        app.state.metrics.attach(context.events)
         log.info("archive open: data in %s, metadata in %s", settings.storage_path,
                  "MongoDB" if settings.mongo_url else settings.sqlite_path)
         try:
@@ -50,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await stop_dimse_server(app.state.dimse)
         finally:
             await context.close()
+            app.state.audit.close()
 
     app = FastAPI(
         title="DICOMweb archive",
@@ -57,15 +63,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="QIDO-RS, WADO-RS and STOW-RS (DICOM PS3.18) bridged to DIMSE",
         lifespan=lifespan,
     )
+    # Operations: metrics, audit trail, request ids (app/api/observability.py); authentication when enabled
+    # (app/api/auth.py); CORS for viewers served from another origin.
+    app.state.metrics = Metrics()
+    app.state.audit = AuditLog(settings.audit_log)
+    app.state.authenticator = Authenticator(settings) if settings.auth_enabled else None
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Accept", "Content-Type", "X-Request-ID"],
+            expose_headers=["Warning", "X-Request-ID", "Content-Location", "X-Deleted-Instances"],
+            max_age=600,
+        )
+    app.add_middleware(
+        observability.ObservabilityMiddleware,
+        metrics=app.state.metrics,
+        audit=app.state.audit,
+        trusted_proxies=settings.trusted_proxies,
+    )
+    # Every router but the probes carries an `authorize` dependency: the scope follows the HTTP method
+    # (GET read, POST write, DELETE delete) or is `admin`. A router added here needs one too.
+    by_method = [Depends(authorize())]
+    admin_only = [Depends(authorize("admin"))]
     app.add_exception_handler(DicomWebError, dicomweb_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.include_router(stow.router, prefix=DICOMWEB_PREFIX)
-    app.include_router(qido.router, prefix=DICOMWEB_PREFIX)
-    app.include_router(wado.router, prefix=DICOMWEB_PREFIX)
-    app.include_router(wado_uri.router)  # PS3.18 §9: /wado, outside the DICOMweb root as viewers expect
-    app.include_router(wado_uri.router, prefix=DICOMWEB_PREFIX, include_in_schema=False)
-    app.include_router(delete.router, prefix=DICOMWEB_PREFIX)
-    app.include_router(admin.router, prefix=admin.ADMIN_PREFIX)
-    app.include_router(changes.router, prefix=changes.CHANGES_PREFIX)
+    app.include_router(stow.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    app.include_router(qido.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    app.include_router(wado.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    # PS3.18 §9: /wado, outside the DICOMweb root as viewers expect
+    app.include_router(wado_uri.router, dependencies=by_method)
+    app.include_router(wado_uri.router, prefix=DICOMWEB_PREFIX, include_in_schema=False, dependencies=by_method)
+    app.include_router(delete.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    app.include_router(admin.router, prefix=admin.ADMIN_PREFIX, dependencies=admin_only)
+    app.include_router(changes.router, prefix=changes.CHANGES_PREFIX, dependencies=by_method)
+    app.include_router(fhir.router, prefix=fhir.FHIR_PREFIX, dependencies=admin_only)
+    app.include_router(observability.router, dependencies=admin_only)  # /metrics
+    app.include_router(observability.probes)  # /health, /ready: open to orchestrators
     return app

@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pydicom  # noqa: E402
-from dicomweb_client.api import DICOMwebClient  # noqa: E402
+import pydicom
+from dicomweb_client.api import DICOMwebClient
 
-from bench.common import ct_copies, our_server, record  # noqa: E402
+from bench.common import ct_copies, our_server, record
 
 
 def stow(url: str, files: list[Path], batch: int, clients: int) -> float:

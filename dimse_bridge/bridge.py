@@ -24,7 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ class LoopBridge:
                 if item is _END:
                     finished = True
                     return
-                yield item  # type: ignore[misc]
+                yield cast(T, item)
         finally:
             aclose = getattr(source, "aclose", None)
             if not finished and aclose is not None and not self.closed:

@@ -1,22 +1,26 @@
 """One small handler per DIMSE message; each turns a request into one archive-service call through the bridge.
 
 Handlers run in pynetdicom's association threads and receive the `DimseContext` bound by the server (see
-context.py). They never touch the repository or storage directly and never start an event loop: they call the
-services with `dimse.bridge.call(...)` (one answer) or iterate `dimse.bridge.stream(...)` (many answers), and
-map the protocol-neutral outcome to a status with status.py.
+context.py). They never touch the repository and never start an event loop: they call the services with
+`dimse.bridge.call(...)` (one answer) or iterate `dimse.bridge.stream(...)` (many answers), and map the
+protocol-neutral outcome to a status with status.py. (The one direct storage call is `stage()`: the received
+bytes are written to a staging file from the association thread, so that file I/O stays off the loop.)
 
-Adding C-FIND / C-GET / C-MOVE: write `handle_find(event, dimse)` here as a generator, the pynetdicom protocol
-(PS3.4 C.4.1.3: one (0xFF00, identifier) per match, then the final status is sent by pynetdicom):
+Adding C-FIND / C-GET / C-MOVE: write `handle_find(event, dimse)` here as a generator, pynetdicom's protocol
+(PS3.4 C.4.1.3: one (0xFF00, identifier) per match; pynetdicom sends the final 0x0000 when it ends). A sketch,
+the query API's names being the query service's to choose:
 
     def handle_find(event, dimse):
-        query = QueryModel.from_identifier(event.identifier, level=...)
+        query = QueryModel.from_identifier(event.identifier)
         for match in dimse.bridge.stream(dimse.archive.query.search(query)):
             if event.is_cancelled:
-                yield CANCEL, None
+                yield status.CANCEL, None
                 return
-            yield PENDING, match.as_identifier()
+            yield status.PENDING, match
 
-then bind it in server.py `_handlers()` and add the Q/R SOP classes to `supported_contexts(extra=...)`.
+C-GET and C-MOVE generators first yield the number of sub-operations, then (0xFF00, dataset) per instance
+(C-MOVE yields the destination's (address, port) before that). Bind each in server.py `event_handlers()` and
+pass the Q/R SOP classes to `PresentationPolicy.supported_contexts(extra=...)`.
 """
 
 from __future__ import annotations
@@ -80,7 +84,10 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
     try:
         # Not cancelled on timeout: a store stopped half-way could leave a file without its metadata row.
         outcome = dimse.bridge.call(
-            dimse.archive.ingest.store(staged, origin=origin), cancel_on_timeout=False
+            dimse.archive.ingest.store(
+                staged, origin=origin, calling_ae_title=str(event.assoc.requestor.ae_title or "").strip()
+            ),
+            cancel_on_timeout=False,
         )
     except BridgeClosed as exc:
         dimse.archive.storage.discard(staged)

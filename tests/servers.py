@@ -39,7 +39,9 @@ def running_archive(settings: Settings) -> Iterator[ArchiveServer]:
     port = free_port()
     settings = settings.model_copy(update={"http_host": "127.0.0.1", "http_port": port})
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+        # As `python -m app serve`: X-Forwarded-* are judged by the app (TRUSTED_PROXIES), not by uvicorn.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="archive-under-test", daemon=True)

@@ -223,7 +223,10 @@ def stored_archive(tmp_path: Path) -> Iterator[tuple[Settings, dict[str, Any]]]:
     with running_archive(settings) as server:
         store(server, one_study(2, 2))
         store(server, one_study(1, 1, "MR_small.dcm"))
-        store(server, [dicom_files.renewed(name) for name in ("JPEG2000.dcm", "test-SR.dcm", "emri_small.dcm")])
+        # Several of these have no PatientID, so they share one patient whose attributes are the last stored
+        # instance's: stored one request at a time, "last" is the file order that re-index replays.
+        for name in ("JPEG2000.dcm", "test-SR.dcm", "emri_small.dcm"):
+            store(server, [dicom_files.renewed(name)])
         before = snapshot(server)
     yield settings, before
 

@@ -65,7 +65,9 @@ async def _store(request: Request, context: Context, content_type: str | None, s
         raise DicomWebError(400, "the request holds no instance")
     body = _response_dataset(service_root(request, context.settings), outcomes, study)
     stored = sum(o.ok for o in outcomes)
-    status = 200 if stored == len(outcomes) else 202 if stored else 409  # PS3.18 Table 10.5.3-1
+    warned = any(o.ok and o.warnings for o in outcomes)
+    # PS3.18 Table 10.5.3-1: 202 when stored with warnings (e.g. 0xB000 coercion by an ingest rule) or failures.
+    status = 200 if stored == len(outcomes) and not warned else 202 if stored else 409
     headers = {}
     replaced = [o.sop_instance_uid for o in outcomes if o.status is StoreStatus.REPLACED]
     if replaced:
@@ -194,7 +196,10 @@ def _response_dataset(root: str, outcomes: list[StoreOutcome], study: str | None
         if o.ok:
             assert o.study_instance_uid and o.series_instance_uid and o.sop_instance_uid
             url = instance_url(root, o.study_instance_uid, o.series_instance_uid, o.sop_instance_uid)
-            referenced.append({**_reference(o), "00081190": _ur(url)})
+            item = {**_reference(o), "00081190": _ur(url)}
+            if o.warnings:
+                item["00081196"] = _us(int(o.warnings[0]))  # Warning Reason (PS3.18 Table I.1-1)
+            referenced.append(item)
         elif o.sop_instance_uid and o.sop_class_uid:
             failed.append({**_reference(o), "00081197": _us(int(o.failure or FailureReason.PROCESSING_FAILURE))})
         else:

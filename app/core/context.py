@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.core.changefeed import ChangeFeed
 from app.core.completion import CompletionTracker
 from app.core.events import EventBus, InstanceDeleted
+from app.core.hooks import load_hook
 from app.core.ingest import IngestService
 from app.core.lifecycle import LifecycleService
 from app.core.retrieve import RetrieveService
+from app.core.rules import IngestRules
 from app.repository.base import Repository
 from app.storage.base import Storage
 from app.storage.filesystem import FileSystemStorage
+
+if TYPE_CHECKING:
+    from app.fhir.sync import FhirSync
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +57,17 @@ class ArchiveContext:
     events: EventBus = field(default_factory=EventBus)
     change_feed: ChangeFeed | None = None
     completion: CompletionTracker | None = None
+    fhir: FhirSync | None = None  # FHIR ImagingStudy sync, when FHIR_ENABLED
 
     @classmethod
     async def open(cls, settings: Settings) -> ArchiveContext:
+        # Rules and hook first: a bad rules file stops start-up (RulesError, with the reason) before anything opens.
+        rules = (
+            IngestRules.load(settings.ingest_rules_file, settings.deidentify_uid_root)
+            if settings.ingest_rules_file
+            else None
+        )
+        hook = load_hook(settings.ingest_hook) if settings.ingest_hook else None
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         repository = open_repository(settings)
         await repository.open()
@@ -65,7 +79,9 @@ class ArchiveContext:
         change_feed = ChangeFeed(repository)
         change_feed.attach(events)
         change_feed.start()
-        ingest = IngestService(repository, storage, settings.duplicate_policy, events=events)
+        ingest = IngestService(
+            repository, storage, settings.duplicate_policy, events=events, rules=rules, hook=hook
+        )
         retrieve = RetrieveService(repository, storage)
         lifecycle = LifecycleService(repository, storage, ingest)
         lifecycle.listeners.append(lambda _removed: retrieve.invalidate())
@@ -89,6 +105,7 @@ class ArchiveContext:
             events=events,
             change_feed=change_feed,
             completion=CompletionTracker(repository, events, settings.study_quiet_seconds),
+            fhir=_fhir_sync(settings, repository, events),
         )
 
     async def start_background(self) -> None:
@@ -96,10 +113,14 @@ class ArchiveContext:
         configured). Their state is in the repository, so one that was stopped picks up where it was."""
         if self.completion is not None:
             self.completion.start()
+        if self.fhir is not None:
+            self.fhir.start()
 
     async def stop_background(self) -> None:
         if self.completion is not None:
             await self.completion.stop()
+        if self.fhir is not None:
+            await self.fhir.stop()
 
     async def close(self) -> None:
         await self.stop_background()
@@ -107,3 +128,13 @@ class ArchiveContext:
         if self.change_feed is not None:
             await self.change_feed.close()
         await self.repository.close()
+
+
+def _fhir_sync(settings: Settings, repository: Repository, events: EventBus) -> FhirSync | None:
+    if not settings.fhir_enabled:
+        return None
+    from app.fhir.sync import FhirSync
+
+    sync = FhirSync(repository, settings)
+    sync.attach(events)
+    return sync

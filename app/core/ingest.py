@@ -6,6 +6,9 @@ Order of work, so that no half-stored instance is ever visible:
 3. the file is committed (fsync + atomic rename; a replaced file is kept aside);
 4. the metadata is written in one repository transaction;
 5. only then is the replaced file let go. A metadata failure rolls the file back, so the two never disagree.
+Ingest rules and the ingest hook (app/core/rules.py, app/core/hooks.py) judge the instance between 1 and 2; an
+instance they coerce or de-identify is re-encoded into a new staged file (only then: otherwise the bytes are
+stored exactly as received) and answered with warning 0xB000.
 Every outcome is a protocol-neutral StoreOutcome; the doors turn it into HTTP or DIMSE statuses.
 """
 
@@ -18,13 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from app.config import DuplicatePolicy
 from app.core.events import EventBus, InstanceReplaced, InstanceStored
 from app.core.header import HeaderError, build_record, read_header
-from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
+from app.core.hooks import HookContext, HookReject, IngestHook
+from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus, WarningReason
 from app.core.records import InstanceRecord
+from app.core.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
 from app.core.uids import InvalidUIDError
 from app.repository.base import Repository, RepositoryUnavailable
 from app.storage.base import StagedFile, Storage, StorageError, instance_key
@@ -48,12 +54,16 @@ class IngestService:
         duplicate_policy: DuplicatePolicy,
         *,
         events: EventBus | None = None,
+        rules: IngestRules | None = None,
+        hook: IngestHook | None = None,
     ) -> None:
         self.repository = repository
         self.storage = storage
         self.duplicate_policy = duplicate_policy
         # Stored and replaced instances are published here (change feed, webhooks...); never waited for.
         self.events = events if events is not None else EventBus()
+        self.rules = rules
+        self.hook = hook
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
 
@@ -90,9 +100,92 @@ class IngestService:
                 f"StudyInstanceUID {record.study_instance_uid} differs from {expected_study_uid} in the request",
             )
             return self._failed(prepared, origin)
+        if self.rules is not None or self.hook is not None:
+            judged = await self._apply_rules(prepared, outcome, origin, calling_ae_title)
+            if judged is not None:
+                return judged
+            record = prepared.record
+            assert record is not None
         with self._lock(record.sop_instance_uid) as lock:
             async with lock:
                 return await self._commit(prepared, record, outcome, origin)
+
+    async def _apply_rules(
+        self, prepared: _Prepared, outcome: StoreOutcome, origin: str, calling_ae_title: str | None
+    ) -> StoreOutcome | None:
+        """Judge the instance by the rules and the hook; the failed outcome if refused, else None (with the
+        instance re-encoded and `outcome` updated when something was coerced)."""
+        assert prepared.dataset is not None
+        verdict = self.rules.evaluate(prepared.dataset, calling_ae_title) if self.rules else Verdict()
+        if verdict.reject is None and self.hook is not None:
+            try:
+                answer = await self.hook(prepared.dataset, HookContext(calling_ae_title, origin))
+            except Exception as exc:
+                log.exception("ingest hook failed on %s", outcome.sop_instance_uid)
+                verdict.reject = (FailureReason.PROCESSING_FAILURE, f"ingest hook failed: {exc}")
+            else:
+                if isinstance(answer, str):
+                    verdict.reject = (FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, answer)
+                elif isinstance(answer, HookReject):
+                    verdict.reject = (answer.status, answer.reason)
+                elif answer:
+                    try:
+                        for name, value in answer.items():
+                            verdict.edits.append(set_attribute(attribute_tag(name), value))
+                    except (ValueError, KeyError) as exc:
+                        verdict.reject = (FailureReason.PROCESSING_FAILURE, f"ingest hook answer unusable: {exc}")
+                    verdict.changes.append("ingest hook coerced " + ", ".join(answer))
+        if verdict.reject is not None:
+            prepared.outcome = _fail(outcome, verdict.reject[0], verdict.reject[1])
+            return self._failed(prepared, origin)
+        if not verdict.edits:
+            return None
+        try:
+            await asyncio.to_thread(self._rewrite, prepared, verdict.edits)
+        except InvalidUIDError as exc:
+            prepared.outcome = _fail(outcome, FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"after coercion: {exc}")
+            return self._failed(prepared, origin)
+        except Exception as exc:
+            log.exception("coercion of %s failed", outcome.sop_instance_uid)
+            prepared.outcome = _fail(outcome, FailureReason.PROCESSING_FAILURE, f"coercion failed: {exc}")
+            return self._failed(prepared, origin)
+        record = prepared.record
+        assert record is not None
+        outcome.sop_class_uid = record.sop_class_uid
+        outcome.sop_instance_uid = record.sop_instance_uid
+        outcome.study_instance_uid = record.study_instance_uid
+        outcome.series_instance_uid = record.series_instance_uid
+        outcome.warnings.append(WarningReason.COERCION_OF_DATA_ELEMENTS)
+        outcome.reason = "; ".join(verdict.changes)
+        log.info("coerced %s from %s: %s", record.sop_instance_uid, origin or "?", outcome.reason)
+        return None
+
+    def _rewrite(self, prepared: _Prepared, edits: list[Edit]) -> None:
+        """Re-encode the staged instance with `edits` applied (worker thread): the whole file is read, edited,
+        written to a new staged file that replaces the old one, and its header read again for the record."""
+        prepared.staged.handle.flush()
+        full = pydicom.dcmread(str(prepared.staged.path))
+        for edit in edits:
+            edit(full)
+        meta = getattr(full, "file_meta", None)
+        if meta is not None:
+            if "SOPInstanceUID" in full:
+                meta.MediaStorageSOPInstanceUID = full.SOPInstanceUID
+            if "SOPClassUID" in full:
+                meta.MediaStorageSOPClassUID = full.SOPClassUID
+        buffer = io.BytesIO()
+        full.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        ds, pixel_data_present = read_header(io.BytesIO(data))
+        record = build_record(ds, pixel_data_present=pixel_data_present)
+        staged = self.storage.stage()
+        try:
+            staged.write(data)
+        except BaseException:
+            self.storage.discard(staged)
+            raise
+        self.storage.discard(prepared.staged)
+        prepared.staged, prepared.dataset, prepared.record = staged, ds, record
 
     async def _commit(
         self, prepared: _Prepared, record: InstanceRecord, outcome: StoreOutcome, origin: str
@@ -163,6 +256,7 @@ class IngestService:
             source = io.BytesIO(payload)
         try:
             ds, pixel_data_present = read_header(source)
+            prepared.dataset = ds
             prepared.record = build_record(ds, pixel_data_present=pixel_data_present)
         except InvalidUIDError as exc:
             outcome = StoreOutcome(StoreStatus.FAILED, sop_class_uid=_uid(ds, "SOPClassUID"),

@@ -18,6 +18,7 @@ class FailureReason(IntEnum):
     DUPLICATE_SOP_INSTANCE = 0x0111
     NO_SUCH_SOP_CLASS = 0x0118
     SOP_CLASS_NOT_SUPPORTED = 0x0122
+    NOT_AUTHORIZED = 0x0124  # Refused: Not authorized (PS3.7 C.5.x; an ingest rule on the calling AE)
     OUT_OF_RESOURCES = 0xA700
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
