@@ -148,6 +148,16 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     _attr("AvailableTransferSyntaxUID", IM, R),
 )
 
+# Where each level lives in both stores (the SQLite table and the MongoDB collection share the name), and the
+# field holding a level's own key, which the levels below also carry to link to it.
+LEVEL_TABLE: dict[Level, str] = {P: "patients", ST: "studies", SE: "series", IM: "instances"}
+LEVEL_KEY: dict[Level, str] = {
+    P: "patient_key",
+    ST: "study_instance_uid",
+    SE: "series_instance_uid",
+    IM: "sop_instance_uid",
+}
+
 BY_KEY: dict[str, Attribute] = {a.key: a for a in ATTRIBUTES}
 BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ATTRIBUTES}
 LEVEL_ORDER = (P, ST, SE, IM)
@@ -155,6 +165,11 @@ LEVEL_ORDER = (P, ST, SE, IM)
 
 def at_level(level: Level) -> tuple[Attribute, ...]:
     return tuple(a for a in ATTRIBUTES if a.level is level)
+
+
+def aggregates_at(level: Level) -> tuple[str, ...]:
+    """Fields of a level computed from the levels below (counts, ModalitiesInStudy, SOPClassesInStudy)."""
+    return tuple(a.field for a in ATTRIBUTES if a.level is level and a.kind is Kind.AGGREGATE)
 
 
 def stored_at(level: Level) -> tuple[Attribute, ...]:

@@ -26,7 +26,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.core.attributes import Level
+from app.core.attributes import LEVEL_KEY, LEVEL_TABLE, Level, aggregates_at
 from app.core.query import (
     Match,
     MatchKind,
@@ -42,35 +42,6 @@ from app.core.query import (
 )
 
 Document = dict[str, Any]
-
-COLLECTIONS: dict[Level, str] = {
-    Level.PATIENT: "patients",
-    Level.STUDY: "studies",
-    Level.SERIES: "series",
-    Level.IMAGE: "instances",
-}
-# The field holding a level's own key, which the levels below also carry to link to it.
-OWNER: dict[Level, str] = {
-    Level.PATIENT: "patient_key",
-    Level.STUDY: "study_instance_uid",
-    Level.SERIES: "series_instance_uid",
-    Level.IMAGE: "sop_instance_uid",
-}
-AGGREGATE_FIELDS: dict[Level, tuple[str, ...]] = {
-    Level.PATIENT: (
-        "number_of_patient_related_studies",
-        "number_of_patient_related_series",
-        "number_of_patient_related_instances",
-    ),
-    Level.STUDY: (
-        "number_of_study_related_series",
-        "number_of_study_related_instances",
-        "modalities_in_study",
-        "sop_classes_in_study",
-    ),
-    Level.SERIES: ("number_of_series_related_instances",),
-    Level.IMAGE: (),
-}
 
 
 def value_filter(match: Match) -> Document:
@@ -143,7 +114,7 @@ class MongoSearch:
         self.model = model
 
     def collection(self, level: Level) -> AsyncCollection[Document]:
-        return self.db[COLLECTIONS[level]]
+        return self.db[LEVEL_TABLE[level]]
 
     async def filter(self) -> Document | None:
         """The filter on the query level's collection; None when another level already rules out every match."""
@@ -160,22 +131,22 @@ class MongoSearch:
                 source_level, field = aggregate
                 anchor = Level.PATIENT if level is Level.PATIENT else Level.STUDY
                 keys = await self.keys_of(anchor, {source_level: [match_filter(match, field)]})
-                conditions.append({OWNER[anchor]: {"$in": keys}})
+                conditions.append({LEVEL_KEY[anchor]: {"$in": keys}})
                 continue
             holder = table_level(match.attribute, level)
             target = lower if depth(holder) > depth(level) else by_level
             target.setdefault(holder, []).append(match_filter(match))
         if lower:
-            conditions.append({OWNER[level]: {"$in": await self.keys_of(level, lower)}})
+            conditions.append({LEVEL_KEY[level]: {"$in": await self.keys_of(level, lower)}})
         for holder, filters in by_level.items():
             if holder is level:
                 conditions.extend(filters)
                 continue
             # A level above: its matching keys, resolved on its own collection to the key this level carries.
-            keys = await self.collection(holder).distinct(OWNER[holder], _and(filters))
+            keys = await self.collection(holder).distinct(LEVEL_KEY[holder], _and(filters))
             if not keys:
                 return None
-            conditions.append({OWNER[holder]: {"$in": keys}})
+            conditions.append({LEVEL_KEY[holder]: {"$in": keys}})
         return _and(conditions)
 
     async def keys_of(self, anchor: Level, groups: dict[Level, list[Document]]) -> list[Any]:
@@ -186,8 +157,8 @@ class MongoSearch:
         own = list(groups.get(nearest, []))
         deeper = {lv: f for lv, f in groups.items() if depth(lv) > depth(nearest)}
         if deeper:
-            own.append({OWNER[nearest]: {"$in": await self.keys_of(nearest, deeper)}})
-        return list(await self.collection(nearest).distinct(OWNER[anchor], _and(own)))
+            own.append({LEVEL_KEY[nearest]: {"$in": await self.keys_of(nearest, deeper)}})
+        return list(await self.collection(nearest).distinct(LEVEL_KEY[anchor], _and(own)))
 
     async def run(self) -> SearchResult:
         model = self.model
@@ -195,13 +166,13 @@ class MongoSearch:
         query = await self.filter()
         if query is None:
             return SearchResult([])
-        projection: Document = {"_id": 0, OWNER[level]: 1}
+        projection: Document = {"_id": 0, LEVEL_KEY[level]: 1}
         for name in ("study_instance_uid", "series_instance_uid"):
             if depth(level) > depth(Level.STUDY) or (name == "study_instance_uid" and level is Level.STUDY):
                 projection[name] = 1
         if level in model.fetched_levels:
             projection["attributes"] = 1
-            projection.update(dict.fromkeys(AGGREGATE_FIELDS[level], 1))
+            projection.update(dict.fromkeys(aggregates_at(level), 1))
         if model.dataset_tags and level is Level.IMAGE:
             projection["dataset"] = 1
         cursor = self.collection(level).find(query, projection).sort("_id", 1).skip(model.offset)
@@ -223,18 +194,23 @@ class MongoSearch:
         level = model.level
         others: dict[Level, dict[str, Document]] = {}
         for other in model.fetched_levels - {level}:
-            keys = list({doc[OWNER[other]] for doc in docs if doc.get(OWNER[other])})
-            projection = {"_id": 0, OWNER[other]: 1, "attributes": 1, **dict.fromkeys(AGGREGATE_FIELDS[other], 1)}
-            found = self.collection(other).find({OWNER[other]: {"$in": keys}}, projection)
-            others[other] = {d[OWNER[other]]: d async for d in found}
+            keys = list({doc[LEVEL_KEY[other]] for doc in docs if doc.get(LEVEL_KEY[other])})
+            projection = {
+                "_id": 0,
+                LEVEL_KEY[other]: 1,
+                "attributes": 1,
+                **dict.fromkeys(aggregates_at(other), 1),
+            }
+            found = self.collection(other).find({LEVEL_KEY[other]: {"$in": keys}}, projection)
+            others[other] = {d[LEVEL_KEY[other]]: d async for d in found}
         out = []
         for doc in docs:
             levels: dict[Level, Document] = {}
             aggregates: dict[Level, Document] = {}
             for lv in model.fetched_levels:
-                source = doc if lv is level else others[lv].get(doc.get(OWNER[lv], ""), {})
+                source = doc if lv is level else others[lv].get(doc.get(LEVEL_KEY[lv], ""), {})
                 levels[lv] = source.get("attributes") or {}
-                aggregates[lv] = aggregate_json(lv, {f: source[f] for f in AGGREGATE_FIELDS[lv] if f in source})
+                aggregates[lv] = aggregate_json(lv, {f: source[f] for f in aggregates_at(lv) if f in source})
             uids = {
                 "StudyInstanceUID": doc.get("study_instance_uid"),
                 "SeriesInstanceUID": doc.get("series_instance_uid"),
@@ -257,8 +233,10 @@ class MongoSearch:
                 )
                 where: Document = {"study_instance_uid": {"$in": studies}}
             else:
-                where = {OWNER[level]: doc[OWNER[level]]}
-            first = await self.collection(Level.IMAGE).find_one(where, {"_id": 0, "dataset": 1}, sort=[("_id", 1)])
+                where = {LEVEL_KEY[level]: doc[LEVEL_KEY[level]]}
+            first = await self.collection(Level.IMAGE).find_one(
+                where, {"_id": 0, "dataset": 1}, sort=[("_id", 1)]
+            )
             text = None if first is None else first.get("dataset")
         return json.loads(text) if text else None
 
@@ -272,6 +250,6 @@ async def explain(db: AsyncDatabase[Document], model: QueryModel) -> Document:
     search = MongoSearch(db, model)
     query = await search.filter()
     result: Document = await db.command(
-        "explain", {"find": COLLECTIONS[model.level], "filter": query or {}, "sort": {"_id": 1}}
+        "explain", {"find": LEVEL_TABLE[model.level], "filter": query or {}, "sort": {"_id": 1}}
     )
     return result

@@ -20,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.core.attributes import Kind, Level, stored_at
+from app.core.attributes import LEVEL_TABLE, Kind, Level, stored_at
+from app.core.aes import RemoteAE
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
@@ -37,12 +38,6 @@ _STUDY_COUNTS = "number_of_study_related_series, number_of_study_related_instanc
 _PATIENT_COUNTS = (
     "number_of_patient_related_studies, number_of_patient_related_series, number_of_patient_related_instances"
 )
-_LEVEL_TABLE = {
-    Level.PATIENT: "patients",
-    Level.STUDY: "studies",
-    Level.SERIES: "series",
-    Level.IMAGE: "instances",
-}
 
 
 def _columns(level: Level) -> list[str]:
@@ -366,12 +361,67 @@ class SQLiteRepository:
 
         return await self._read(read)
 
+    # -- remote AEs ----------------------------------------------------------------------------------------
+    async def get_ae(self, ae_title: str) -> RemoteAE | None:
+        def get(conn: sqlite3.Connection) -> RemoteAE | None:
+            row = conn.execute(
+                "SELECT ae_title, host, port, tls FROM remote_aes WHERE ae_title = ?", (ae_title,)
+            ).fetchone()
+            return None if row is None else _remote_ae(row)
+
+        return await self._read(get)
+
+    async def list_aes(self) -> list[RemoteAE]:
+        def read(conn: sqlite3.Connection) -> list[RemoteAE]:
+            rows = conn.execute("SELECT ae_title, host, port, tls FROM remote_aes ORDER BY ae_title")
+            return [_remote_ae(row) for row in rows]
+
+        return await self._read(read)
+
+    async def put_ae(self, ae: RemoteAE) -> bool:
+        def put(conn: sqlite3.Connection) -> bool:
+            existed = conn.execute("SELECT 1 FROM remote_aes WHERE ae_title = ?", (ae.ae_title,)).fetchone()
+            conn.execute(
+                "INSERT INTO remote_aes (ae_title, host, port, tls, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (ae_title) DO UPDATE SET host = excluded.host, port = excluded.port, "
+                "tls = excluded.tls, updated_at = excluded.updated_at",
+                (ae.ae_title, ae.host, ae.port, int(ae.tls), time.time()),
+            )
+            return existed is None
+
+        return await self._write(put)
+
+    async def delete_ae(self, ae_title: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM remote_aes WHERE ae_title = ?", (ae_title,)).rowcount > 0
+
+        return await self._write(delete)
+
+    async def get_cursor(self, name: str) -> int | None:
+        row = await self._read(
+            lambda conn: conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+        )
+
 
 # -- the unit of work, run on the writer thread -----------------------------------------------------------
 
 
 def _stored(row: sqlite3.Row) -> StoredInstance:
     return StoredInstance(*row)
+
+
+def _remote_ae(row: sqlite3.Row) -> RemoteAE:
+    return RemoteAE(str(row[0]), str(row[1]), int(row[2]), bool(row[3]))
 
 
 def _get_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> StoredInstance | None:
@@ -522,7 +572,7 @@ def _remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
         (Level.STUDY, "study_instance_uid", study_uid),
         (Level.PATIENT, "patient_key", patient_key),
     ):
-        table = _LEVEL_TABLE[level]
+        table = LEVEL_TABLE[level]
         count_column = {
             Level.SERIES: "number_of_series_related_instances",
             Level.STUDY: "number_of_study_related_instances",

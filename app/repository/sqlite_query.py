@@ -26,7 +26,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.core.attributes import Attribute, Level
+from app.core.attributes import LEVEL_KEY, LEVEL_TABLE, Attribute, Level, aggregates_at
 from app.core.query import (
     Match,
     MatchKind,
@@ -40,35 +40,12 @@ from app.core.query import (
     table_level,
 )
 
-TABLES: dict[Level, str] = {
-    Level.PATIENT: "patients",
-    Level.STUDY: "studies",
-    Level.SERIES: "series",
-    Level.IMAGE: "instances",
-}
 ALIASES: dict[Level, str] = {Level.PATIENT: "p", Level.STUDY: "st", Level.SERIES: "se", Level.IMAGE: "i"}
-# The key that owns a row's attribute_values entries, and links a level to the one above.
-OWNER: dict[Level, str] = {
-    Level.PATIENT: "patient_key",
-    Level.STUDY: "study_instance_uid",
-    Level.SERIES: "series_instance_uid",
-    Level.IMAGE: "sop_instance_uid",
-}
-_ORDER_KEY: dict[Level, str] = {Level.PATIENT: "rowid", Level.STUDY: "id", Level.SERIES: "id", Level.IMAGE: "id"}
-_AGGREGATE_COLUMNS: dict[Level, tuple[str, ...]] = {
-    Level.PATIENT: (
-        "number_of_patient_related_studies",
-        "number_of_patient_related_series",
-        "number_of_patient_related_instances",
-    ),
-    Level.STUDY: (
-        "number_of_study_related_series",
-        "number_of_study_related_instances",
-        "modalities_in_study",
-        "sop_classes_in_study",
-    ),
-    Level.SERIES: ("number_of_series_related_instances",),
-    Level.IMAGE: (),
+_ORDER_KEY: dict[Level, str] = {
+    Level.PATIENT: "rowid",
+    Level.STUDY: "id",
+    Level.SERIES: "id",
+    Level.IMAGE: "id",
 }
 
 
@@ -139,7 +116,7 @@ class _Builder:
     # -- one match --------------------------------------------------------------------------------------
     def condition(self, match: Match, level: Level, alias: str) -> str:
         """A match on an attribute held by `level` (a table aliased `alias` in scope)."""
-        owner = f"{alias}.{OWNER[level]}"
+        owner = f"{alias}.{LEVEL_KEY[level]}"
         if match.fuzzy:
             # PS3.18 8.3.4.5 fuzzy matching, as this archive defines it: each word of the query is a prefix
             # of some component word of the name (case-insensitive: both sides are upper-cased).
@@ -167,16 +144,16 @@ class _Builder:
         start = Level.STUDY if anchor is Level.PATIENT else needed[0]  # only studies carry the patient key
         levels = [lv for lv in chain if lv is start or (depth(lv) > depth(start) and lv in groups)]
         alias = {lv: f"{ALIASES[lv]}{n}" for lv in levels}
-        sql = f"SELECT {alias[start]}.{OWNER[anchor]} FROM {TABLES[start]} {alias[start]}"
+        sql = f"SELECT {alias[start]}.{LEVEL_KEY[anchor]} FROM {LEVEL_TABLE[start]} {alias[start]}"
         previous = start
         for lv in levels[1:]:
-            link = OWNER[previous]  # series and instances carry the study UID, instances the series UID
-            sql += f" JOIN {TABLES[lv]} {alias[lv]} ON {alias[lv]}.{link} = {alias[previous]}.{link}"
+            link = LEVEL_KEY[previous]  # series and instances carry the study UID, instances the series UID
+            sql += f" JOIN {LEVEL_TABLE[lv]} {alias[lv]} ON {alias[lv]}.{link} = {alias[previous]}.{link}"
             previous = lv
         conditions = [self.condition(m, lv, alias[lv]) for lv in levels for m, _ in groups.get(lv, [])]
         conditions = [c for c in conditions if c]
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        return f"{ALIASES[anchor]}.{OWNER[anchor]} IN ({sql}{where})"
+        return f"{ALIASES[anchor]}.{LEVEL_KEY[anchor]} IN ({sql}{where})"
 
 
 def condition_sql(column: str, match: Match) -> tuple[str, list[Any]]:
@@ -260,7 +237,7 @@ def compile_query(model: QueryModel) -> CompiledQuery:
     for lv in sorted(model.fetched_levels, key=depth):
         alias = ALIASES[lv]
         add(f"{alias}.attributes", f"json_{lv.value.lower()}", lv)
-        for column in _AGGREGATE_COLUMNS[lv]:
+        for column in aggregates_at(lv):
             add(f"{alias}.{column}", column, lv)
     if model.dataset_tags:
         add(_representative_dataset(level), "dataset")
@@ -309,7 +286,7 @@ def _row(model: QueryModel, compiled: CompiledQuery, row: sqlite3.Row | tuple[An
     aggregates: dict[Level, dict[str, Any]] = {}
     for lv in model.fetched_levels:
         levels[lv] = json.loads(values[f"json_{lv.value.lower()}"])
-        aggregates[lv] = aggregate_json(lv, {c: values[c] for c in _AGGREGATE_COLUMNS[lv]})
+        aggregates[lv] = aggregate_json(lv, {c: values[c] for c in aggregates_at(lv)})
     uids = {
         "StudyInstanceUID": values.get("study_uid"),
         "SeriesInstanceUID": values.get("series_uid"),
