@@ -20,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.core.attributes import LEVEL_TABLE, Kind, Level, stored_at
 from app.core.aes import RemoteAE
+from app.core.attributes import LEVEL_TABLE, Kind, Level, stored_at
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
@@ -181,15 +181,7 @@ class SQLiteRepository:
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
-        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE study_instance_uid = ?"
-        args: list[str] = [study_instance_uid]
-        if series_instance_uid is not None:
-            sql += " AND series_instance_uid = ?"
-            args.append(series_instance_uid)
-        if sop_instance_uid is not None:
-            sql += " AND sop_instance_uid = ?"
-            args.append(sop_instance_uid)
-        sql += " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
+        sql, args = _scoped(_INSTANCE_COLUMNS, study_instance_uid, series_instance_uid, sop_instance_uid)
         return await self._read(lambda conn: [_stored(row) for row in conn.execute(sql, args)])
 
     async def instance_datasets(
@@ -198,15 +190,8 @@ class SQLiteRepository:
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredDataset]:
-        sql = "SELECT series_instance_uid, sop_instance_uid, dataset FROM instances WHERE study_instance_uid = ?"
-        args: list[str] = [study_instance_uid]
-        if series_instance_uid is not None:
-            sql += " AND series_instance_uid = ?"
-            args.append(series_instance_uid)
-        if sop_instance_uid is not None:
-            sql += " AND sop_instance_uid = ?"
-            args.append(sop_instance_uid)
-        sql += " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
+        columns = "series_instance_uid, sop_instance_uid, dataset"
+        sql, args = _scoped(columns, study_instance_uid, series_instance_uid, sop_instance_uid)
         return await self._read(lambda conn: [StoredDataset(*row) for row in conn.execute(sql, args)])
 
     async def page_instances(self, after: str | None, limit: int) -> list[StoredInstance]:
@@ -414,6 +399,17 @@ class SQLiteRepository:
 
 
 # -- the unit of work, run on the writer thread -----------------------------------------------------------
+
+
+def _scoped(columns: str, study: str, series: str | None, instance: str | None) -> tuple[str, list[str]]:
+    """Instances of a study, series or one instance, in the order find_instances promises."""
+    sql = f"SELECT {columns} FROM instances WHERE study_instance_uid = ?"
+    args = [study]
+    for column, value in (("series_instance_uid", series), ("sop_instance_uid", instance)):
+        if value is not None:
+            sql += f" AND {column} = ?"
+            args.append(value)
+    return sql + " ORDER BY series_instance_uid, instance_number, sop_instance_uid", args
 
 
 def _stored(row: sqlite3.Row) -> StoredInstance:
