@@ -1,0 +1,99 @@
+"""Header parsing for ingest, in worker processes so it uses every core.
+
+Parsing a header and building its record is pure CPU (about 3-4 ms for a CT header) and holds the GIL, which the
+same process needs for HTTP, DIMSE and SQLite. A small process pool takes it elsewhere; results cross the process
+boundary as plain data (a record or a failure), never as exceptions or pydicom objects. With `workers=0`, or when
+the caller needs the pydicom Dataset itself (ingest rules and hooks), parsing runs in a thread instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from app.core.header import HeaderError, build_record, read_header
+from app.core.outcomes import FailureReason
+from app.core.records import InstanceRecord
+from app.core.uids import InvalidUIDError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParseFailure:
+    """Why an instance could not be indexed, with whatever identity could be read."""
+
+    reason: FailureReason
+    message: str
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+@dataclass
+class Parsed:
+    record: InstanceRecord
+    dataset: Dataset | None = None  # only when asked for (rules and hooks read it)
+
+
+def parse_instance(source: bytes | str, keep_dataset: bool = False) -> Parsed | ParseFailure:
+    """Read the header of a Part 10 instance given as bytes or a file path, and build its record."""
+    try:
+        header = read_header(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except HeaderError as exc:
+        return ParseFailure(FailureReason.CANNOT_UNDERSTAND, str(exc))
+    ds = header.dataset
+    try:
+        record = build_record(ds, pixel_data_present=header.pixel_data_present)
+    except InvalidUIDError as exc:
+        # Missing or malformed identifying UIDs: the data set does not satisfy its IOD (PS3.4 B.2.3 A9xx).
+        return ParseFailure(
+            FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            str(exc),
+            _uid(ds, "SOPClassUID"),
+            _uid(ds, "SOPInstanceUID"),
+        )
+    return Parsed(record, ds if keep_dataset else None)
+
+
+class HeaderParser:
+    """Runs `parse_instance` in a process pool of `workers` processes (0: in a thread)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: Executor | None = None
+
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            # forkserver: workers start from a clean process, not a fork of one holding threads and locks.
+            context = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        return self._pool
+
+    async def parse(self, source: bytes | str, *, keep_dataset: bool = False) -> Parsed | ParseFailure:
+        if self.workers <= 0 or keep_dataset:
+            return await asyncio.to_thread(parse_instance, source, keep_dataset)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor(), parse_instance, source)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): this instance is parsed here, and a fresh pool serves the next.
+            log.error("a header parser process died; restarting the pool")
+            self.close()
+            return await asyncio.to_thread(parse_instance, source)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _uid(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return str(value) if value else None

@@ -1,0 +1,65 @@
+"""Header parsing in worker processes gives what parsing in-process gives, and survives a dead worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pydicom
+
+from app.core.outcomes import FailureReason
+from app.core.parsing import HeaderParser, Parsed, ParseFailure, parse_instance
+from tests import dicom_files
+
+
+async def test_a_worker_process_builds_the_same_record_as_this_process() -> None:
+    data = dicom_files.part10(dicom_files.renewed("JPEG2000.dcm"))
+    parser = HeaderParser(workers=1)
+    try:
+        remote = await parser.parse(data)
+    finally:
+        parser.close()
+    local = parse_instance(data)
+    assert isinstance(remote, Parsed) and isinstance(local, Parsed)
+    assert remote.record == local.record
+
+
+async def test_unreadable_and_unidentifiable_instances_come_back_as_failures() -> None:
+    parser = HeaderParser(workers=1)
+    no_uid = dicom_files.renewed("CT_small.dcm")
+    no_uid.SOPInstanceUID = "not a uid"
+    try:
+        garbage = await parser.parse(b"not DICOM at all")
+        bad_uid = await parser.parse(dicom_files.part10(no_uid))
+    finally:
+        parser.close()
+    assert isinstance(garbage, ParseFailure) and garbage.reason is FailureReason.CANNOT_UNDERSTAND
+    assert isinstance(bad_uid, ParseFailure)
+    assert bad_uid.reason is FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert bad_uid.sop_class_uid == no_uid.SOPClassUID
+
+
+async def test_a_killed_worker_costs_no_instance() -> None:
+    parser = HeaderParser(workers=1)
+    data = dicom_files.part10(dicom_files.renewed("CT_small.dcm"))
+    try:
+        assert isinstance(await parser.parse(data), Parsed)
+        pool = parser._executor()
+        for pid in list(pool._processes):  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        assert isinstance(await parser.parse(data), Parsed)
+        assert isinstance(await parser.parse(data), Parsed)
+    finally:
+        parser.close()
+
+
+async def test_the_dataset_is_kept_only_when_asked_for() -> None:
+    data = dicom_files.part10(dicom_files.renewed("CT_small.dcm"))
+    parser = HeaderParser(workers=1)
+    try:
+        with_dataset = await parser.parse(data, keep_dataset=True)
+        without = await parser.parse(data)
+    finally:
+        parser.close()
+    assert isinstance(with_dataset, Parsed) and isinstance(with_dataset.dataset, pydicom.Dataset)
+    assert isinstance(without, Parsed) and without.dataset is None
