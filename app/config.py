@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     dimse_tls_cert: Path | None = None
     dimse_tls_key: Path | None = None
     dimse_tls_ca: Path | None = None
+    # Remote AEs (app/core/aes.py) upserted into the AE registry at start-up: comma list of `AET@host:port`,
+    # each optionally followed by `+tls` (e.g. `PACS@10.0.0.5:104,VIEWER@viewer.local:11112+tls`). More can be
+    # added at run time through /api/aes.
+    dimse_remote_aes: CommaList = Field(default_factory=list)
+    # Seconds to wait for an SCU association of ours (C-ECHO / C-STORE from the REST API, Storage Commitment
+    # reports) to be accepted and for each response.
+    dimse_scu_timeout: PositiveFloat = 30.0
 
     # Behaviour and limits
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
@@ -122,6 +129,8 @@ class Settings(BaseSettings):
     # Audit trail, one JSON line per store/retrieve/query/delete/admin action: `-` = stdout, a path = that
     # file (appended), empty = off.
     audit_log: str | None = None
+    # `json` (one flat object per line) or `atna` (DICOM Audit Messages, PS3.15 A.5.1 XML, one per line).
+    audit_format: Literal["json", "atna"] = "json"
 
     # Security (app/api/auth.py, app/api/proxies.py)
     # Require a bearer token (OIDC JWT or API key) on every HTTP route but /health and /ready.
@@ -154,6 +163,7 @@ class Settings(BaseSettings):
         "dimse_sop_class_policy",
         "dimse_transfer_syntax_policy",
         "dimse_allowed_calling_aets",
+        "dimse_remote_aes",
         "webhook_urls",
         "cors_origins",
         "trusted_proxies",
@@ -172,6 +182,17 @@ class Settings(BaseSettings):
             # PS3.5 6.2: AE is at most 16 characters, no backslash or control characters.
             if len(title) > 16 or "\\" in title or not title.isprintable():
                 raise ValueError(f"not an AE title: {title!r}")
+        return value
+
+    @field_validator("dimse_remote_aes")
+    @classmethod
+    def _check_remote_aes(cls, value: list[str]) -> list[str]:
+        from app.core.aes import InvalidAE, parse_remote_aes
+
+        try:
+            parse_remote_aes(value)
+        except InvalidAE as exc:
+            raise ValueError(f"DIMSE_REMOTE_AES: {exc}") from exc
         return value
 
     @field_validator("dimse_users", mode="before")

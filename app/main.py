@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api import admin, changes, delete, fhir, observability, qido, stow, wado, wado_uri
+from app.api import admin, aes, changes, delete, fhir, observability, qido, stow, wado, wado_uri
 from app.api.auth import Authenticator, authorize
 from app.api.errors import DicomWebError, dicomweb_error_handler, http_error_handler, validation_error_handler
 from app.api.urls import DICOMWEB_PREFIX
@@ -45,6 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 from dimse_bridge.server import start_dimse_server
 
                 app.state.dimse = await start_dimse_server(context)
+                from dimse_bridge.observe import observe
+
+                observe(app.state.dimse, app.state.metrics, app.state.audit)
             await context.start_background()
             try:
                 yield
@@ -66,13 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Operations: metrics, audit trail, request ids (app/api/observability.py); authentication when enabled
     # (app/api/auth.py); CORS for viewers served from another origin.
     app.state.metrics = Metrics()
-    app.state.audit = AuditLog(settings.audit_log)
+    app.state.audit = AuditLog(settings.audit_log, settings.audit_format)
     app.state.authenticator = Authenticator(settings) if settings.auth_enabled else None
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Accept", "Content-Type", "X-Request-ID"],
             expose_headers=["Warning", "X-Request-ID", "Content-Location", "X-Deleted-Instances"],
             max_age=600,
@@ -99,7 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(delete.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     app.include_router(admin.router, prefix=admin.ADMIN_PREFIX, dependencies=admin_only)
     app.include_router(changes.router, prefix=changes.CHANGES_PREFIX, dependencies=by_method)
+    app.include_router(changes.admin_router, prefix=changes.CHANGES_PREFIX, dependencies=admin_only)
     app.include_router(fhir.router, prefix=fhir.FHIR_PREFIX, dependencies=admin_only)
+    app.include_router(aes.router, prefix=aes.AES_PREFIX, dependencies=admin_only)
     app.include_router(observability.router, dependencies=admin_only)  # /metrics
     app.include_router(observability.probes)  # /health, /ready: open to orchestrators
     return app

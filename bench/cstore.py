@@ -30,17 +30,17 @@ from bench.common import ct_copies, our_server, record
 AE_TITLE = "DICOMWEB"
 
 
-def storescu(port: int, files: Sequence[Path]) -> subprocess.Popen[bytes]:
+def storescu(port: int, files: Sequence[Path], called_ae: str = AE_TITLE) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TCP_NODELAY": "1"}
-    command = ["storescu", "-aet", "BENCH", "-aec", AE_TITLE, "127.0.0.1", str(port), *map(str, files)]
+    command = ["storescu", "-aet", "BENCH", "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def send(port: int, files: Sequence[Path], associations: int) -> float:
+def send(port: int, files: Sequence[Path], associations: int, called_ae: str = AE_TITLE) -> float:
     """Seconds to send `files` over `associations` concurrent storescu runs (files split evenly)."""
     groups = [files[i::associations] for i in range(associations)]
     start = time.perf_counter()
-    senders = [storescu(port, group) for group in groups]
+    senders = [storescu(port, group, called_ae) for group in groups]
     for sender in senders:
         _, err = sender.communicate(timeout=900)
         if sender.returncode != 0:

@@ -6,21 +6,9 @@ context.py). They never touch the repository and never start an event loop: they
 protocol-neutral outcome to a status with status.py. (The one direct storage call is `stage()`: the received
 bytes are written to a staging file from the association thread, so that file I/O stays off the loop.)
 
-Adding C-FIND / C-GET / C-MOVE: write `handle_find(event, dimse)` here as a generator, pynetdicom's protocol
-(PS3.4 C.4.1.3: one (0xFF00, identifier) per match; pynetdicom sends the final 0x0000 when it ends). A sketch,
-the query API's names being the query service's to choose:
-
-    def handle_find(event, dimse):
-        query = QueryModel.from_identifier(event.identifier)
-        for match in dimse.bridge.stream(dimse.archive.query.search(query)):
-            if event.is_cancelled:
-                yield status.CANCEL, None
-                return
-            yield status.PENDING, match
-
-C-GET and C-MOVE generators first yield the number of sub-operations, then (0xFF00, dataset) per instance
-(C-MOVE yields the destination's (address, port) before that). Bind each in server.py `event_handlers()` and
-pass the Q/R SOP classes to `PresentationPolicy.supported_contexts(extra=...)`.
+The Query/Retrieve handlers (C-FIND, C-GET, C-MOVE) are generators of the same kind, in qr.py; a new
+handler is bound in server.py `event_handlers()` and its SOP classes passed to
+`PresentationPolicy.supported_contexts(extra=...)`.
 """
 
 from __future__ import annotations

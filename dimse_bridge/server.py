@@ -31,7 +31,7 @@ from pynetdicom.presentation import PresentationContext
 
 from app.config import Settings
 from app.core.context import ArchiveContext
-from dimse_bridge import access, handlers
+from dimse_bridge import access, commitment, handlers, qr
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
 from dimse_bridge.context import DimseContext
@@ -43,9 +43,13 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE: Final = 10.0
 
 
+# The non-storage services offered besides Verification: Query/Retrieve and Storage Commitment Push Model.
+SERVICE_SOP_CLASSES: Final = (*qr.QR_SOP_CLASSES, commitment.STORAGE_COMMITMENT_PUSH)
+
+
 def build_ae(settings: Settings, policy: PresentationPolicy, access_policy: AccessPolicy) -> AE:
     ae = AE(ae_title=settings.ae_title)
-    ae.supported_contexts = policy.supported_contexts()
+    ae.supported_contexts = policy.supported_contexts(extra=SERVICE_SOP_CLASSES)
     ae.maximum_pdu_size = settings.dimse_max_pdu
     ae.acse_timeout = settings.dimse_acse_timeout
     ae.dimse_timeout = settings.dimse_dimse_timeout
@@ -110,6 +114,10 @@ def event_handlers(dimse: DimseContext) -> list[evt.EventHandlerType]:
         (evt.EVT_REJECTED, access.handle_rejected, [dimse]),
         (evt.EVT_C_ECHO, handlers.handle_echo, [dimse]),
         (evt.EVT_C_STORE, handlers.handle_store, [dimse]),
+        (evt.EVT_C_FIND, qr.handle_find, [dimse]),
+        (evt.EVT_C_GET, qr.handle_get, [dimse]),
+        (evt.EVT_C_MOVE, qr.handle_move, [dimse]),
+        (evt.EVT_N_ACTION, commitment.handle_n_action, [dimse]),
     ]
 
 
@@ -144,7 +152,7 @@ class DimseServer:
         self._server = self.ae.start_server(
             (self.settings.dimse_host, self.settings.dimse_port),
             block=False,
-            contexts=SharedContexts(self.context.policy.supported_contexts()),
+            contexts=SharedContexts(self.context.policy.supported_contexts(extra=SERVICE_SOP_CLASSES)),
             evt_handlers=event_handlers(self.context),
             ssl_context=tls_context(self.settings),
         )

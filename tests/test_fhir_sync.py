@@ -212,26 +212,33 @@ def test_fhir_enabled_without_a_base_url_is_refused() -> None:
 
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is not installed")
-def test_a_study_sent_over_dimse_yields_one_imaging_study(tmp_path: Path, fhir_server: FhirTestServer) -> None:
+def test_studies_sent_over_dimse_yield_one_imaging_study_each(tmp_path: Path, fhir_server: FhirTestServer) -> None:
+    """One study wholly by C-STORE, and one whose instances come by C-STORE and STOW-RS in one burst
+    (completion is tracked per study whatever the door): exactly one ImagingStudy each, fired once."""
     dimse_port = free_port()
     settings = settings_for(tmp_path / "archive", fhir_server).model_copy(
-        update={"dimse_enabled": True, "dimse_port": dimse_port}
+        # A quiet period long enough that a loaded machine cannot split the mixed burst in two.
+        update={"dimse_enabled": True, "dimse_port": dimse_port, "study_quiet_seconds": 2.0}
     )
-    datasets = a_study(3)
+    by_dimse, mixed = a_study(3), a_study(3)
     files = []
     (tmp_path / "send").mkdir()
-    for i, ds in enumerate(datasets):
+    for i, ds in enumerate([*by_dimse, *mixed[:2]]):
         path = tmp_path / "send" / f"{i}.dcm"
         path.write_bytes(dicom_files.part10(ds))
         files.append(str(path))
-    with running_archive(settings):
+    with running_archive(settings) as server:
         subprocess.run(
             ["storescu", "-aec", "DICOMWEB", "-aet", "MODALITY", "127.0.0.1", str(dimse_port), *files],
             check=True, timeout=120, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True,
         )
-        uid = datasets[0].StudyInstanceUID
-        wait_for(lambda: len(studies_named(fhir_server, uid)) == 1, "one ImagingStudy")
-        (study,) = studies_named(fhir_server, uid)
-        assert study["numberOfInstances"] == 3
-        time.sleep(1.0)  # no second completion for the same burst
-        assert len(studies_named(fhir_server, uid)) == 1
+        stow(server, mixed[2:])
+        for datasets in (by_dimse, mixed):
+            uid = datasets[0].StudyInstanceUID
+            wait_for(lambda uid=uid: len(studies_named(fhir_server, uid)) == 1, "one ImagingStudy")
+            (study,) = studies_named(fhir_server, uid)
+            assert study["numberOfInstances"] == 3 and study["numberOfSeries"] == 2
+        time.sleep(2.5)  # no second completion for the same burst
+        for datasets in (by_dimse, mixed):
+            (study,) = studies_named(fhir_server, datasets[0].StudyInstanceUID)
+            assert study["meta"]["versionId"] == "1"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,58 @@ def test_cli_reindex_and_stats_rebuild_a_lost_index(tmp_path: Path) -> None:
     assert "indexed 3 files, failed 0" in rebuilt.stdout
     stats = json.loads(run_cli(tmp_path, "stats").stdout)
     assert stats["studies"] == 1 and stats["series"] == 1 and stats["instances"] == 3
+
+
+def test_the_change_feed_records_each_deleted_instance(archive_server: ArchiveServer) -> None:
+    datasets = one_study(1, 2)
+    store(archive_server, datasets)
+    since = httpx.get(f"{archive_server.base_url}/api/changes", params={"limit": 10000}).json()["last"]
+    assert httpx.delete(f"{archive_server.dicomweb}/studies/{datasets[0].StudyInstanceUID}").status_code == 204
+    deadline = time.monotonic() + 10
+    deleted: list[str] = []
+    while time.monotonic() < deadline and len(deleted) < 2:
+        changes = httpx.get(f"{archive_server.base_url}/api/changes", params={"since": since}).json()["changes"]
+        deleted = [c["SOPInstanceUID"] for c in changes if c["type"] == "instance.deleted"]
+        time.sleep(0.05)
+    assert sorted(deleted) == sorted(ds.SOPInstanceUID for ds in datasets)
+
+
+def test_a_study_deleted_over_http_is_gone_from_c_find(tmp_path: Path) -> None:
+    from tests.test_dimse_store import AE_TITLE, dcmtk, storescu
+    from tests.test_dimse_store import running_archive as dimse_archive
+
+    datasets = one_study(1, 2)
+    files = []
+    for n, ds in enumerate(datasets):
+        files.append(tmp_path / f"{n}.dcm")
+        files[-1].write_bytes(dicom_files.part10(ds))
+    study = datasets[0].StudyInstanceUID
+
+    def c_find() -> str:
+        found = dcmtk("findscu", "-S", "-aet", "FINDSCU", "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=STUDY",
+                      "-k", f"StudyInstanceUID={study}", "127.0.0.1", archive.dimse_port)
+        assert found.returncode == 0, found.stderr
+        return found.stderr + found.stdout
+
+    with dimse_archive(tmp_path) as archive:
+        assert storescu(archive, *files).returncode == 0
+        assert study in c_find()
+        assert httpx.delete(f"http://127.0.0.1:{archive.http_port}/dicom-web/studies/{study}").status_code == 204
+        assert study not in c_find()
+        assert not (archive.storage / study).exists()
+
+
+def test_admin_applies_a_pending_migration(tmp_path: Path) -> None:
+    import sqlite3
+
+    settings = Settings(data_dir=tmp_path, dimse_enabled=False, _env_file=None)  # type: ignore[call-arg]
+    with running_archive(settings) as server:
+        status = httpx.get(f"{server.base_url}/api/admin/migrations").json()
+        latest = status["latest"]
+        # As if the archive's code had been upgraded under a running database: the last step is not recorded.
+        with sqlite3.connect(settings.sqlite_path) as db:
+            db.execute("DELETE FROM schema_migrations WHERE version = ?", (latest,))
+        pending = httpx.get(f"{server.base_url}/api/admin/migrations").json()
+        assert pending["schema_version"] < latest and len(pending["pending"]) == 1
+        applied = httpx.post(f"{server.base_url}/api/admin/migrations/apply").json()
+        assert applied["schema_version"] == latest and applied["pending"] == []

@@ -3,9 +3,12 @@ through the real HTTP door."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -278,3 +281,143 @@ def test_the_audit_trail_names_the_client_a_trusted_proxy_forwards(tmp_path: Pat
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [r["client"] for r in records] == ["203.0.113.9", "127.0.0.1"]
     assert uuid.UUID(str(records[0]["request_id"]))
+
+
+# --------------------------------------------------------------------------- the DIMSE door
+
+
+def test_the_dimse_door_is_audited_counted_and_logged_with_an_association_id(tmp_path: Path) -> None:
+    from tests.test_dimse_store import AE_TITLE, CALLING, dcmtk, storescu
+    from tests.test_dimse_store import running_archive as dimse_archive
+
+    audit = tmp_path / "audit.jsonl"
+    ds = dicom_files.renewed("CT_small.dcm")
+    sent = tmp_path / "ct.dcm"
+    sent.write_bytes(dicom_files.part10(ds))
+    # The same instance twice in one association, with duplicates rejected: the second store is refused, and
+    # the refusal is logged by the ingest service on the app's event loop.
+    with dimse_archive(tmp_path, AUDIT_LOG=str(audit), LOG_FORMAT="json", DUPLICATE_POLICY="reject") as archive:
+        storescu(archive, sent, sent)
+        found = dcmtk("findscu", "-S", "-aet", "FINDSCU", "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=STUDY",
+                      "-k", f"StudyInstanceUID={ds.StudyInstanceUID}", "127.0.0.1", archive.dimse_port)
+        assert found.returncode == 0, found.stderr
+        text = httpx.get(f"http://127.0.0.1:{archive.http_port}/metrics").text
+        deadline = time.monotonic() + 10
+        records: list[dict[str, object]] = []
+        while time.monotonic() < deadline and len(records) < 5:
+            records = [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
+            time.sleep(0.1)
+        server_log = archive.log()
+
+    store = [r for r in records if r["action"] == "store"]
+    query = [r for r in records if r["action"] == "query"]
+    ends = [r for r in records if r["action"] == "association"]
+    assert len(store) == 2 and len(query) == 1 and len(ends) == 2, records
+    assert [(r["instance"], r["outcome"]) for r in store] == [(ds.SOPInstanceUID, "0x0000"),
+                                                              (ds.SOPInstanceUID, "0x0111")]
+    assert store[0]["request_id"] == store[1]["request_id"]
+    assert (store[0]["user"], store[0]["client"], store[0]["protocol"]) == (CALLING, "127.0.0.1", "DIMSE")
+    assert query[0]["outcome"] == "0x0000" and query[0]["user"] == "FINDSCU"
+    assert {r["outcome"] for r in ends} == {"released"}
+    association_id = str(store[0]["request_id"])
+    assert association_id.startswith("assoc-") and query[0]["request_id"] != association_id
+    assert metric(text, "dicomweb_dimse_associations_total", outcome="accepted") == 2
+    assert metric(text, "dicomweb_instances_events_total", event="stored") == 1
+    # Log lines written while serving the association carry its id (JSON logs), even from the event loop.
+    lines = [json.loads(line) for line in server_log.splitlines() if line.startswith("{")]
+    refusal = [line for line in lines if "store refused" in line["message"]]
+    assert refusal and refusal[0]["request_id"] == association_id, server_log[-3000:]
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_serve_speaks_https_with_a_configured_certificate(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("MONGO_", "STORAGE_", "HTTP_"))}
+    env.update({"DIMSE_ENABLED": "false", "DATA_DIR": str(tmp_path / "data"), "HTTP_TLS_CERT": str(cert),
+                "HTTP_TLS_KEY": str(key)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"https://127.0.0.1:{port}/dicom-web/studies", verify=trust)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert response.status_code == 200
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/health")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_ready_is_503_when_the_storage_volume_is_gone(tmp_path: Path) -> None:
+    with running_archive(settings_for(tmp_path)) as server:
+        assert httpx.get(f"{server.base_url}/ready").status_code == 200
+        shutil.rmtree(server.settings.storage_path)  # as an unmounted volume
+        response = httpx.get(f"{server.base_url}/ready")
+        assert response.status_code == 503
+        assert response.json()["storage"].startswith("unavailable")
+        assert response.json()["repository"] == "ok"
+
+
+def test_the_audit_trail_can_be_written_as_dicom_audit_messages(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    audit = tmp_path / "audit.xml"
+    with running_archive(settings_for(tmp_path, audit_log=str(audit), audit_format="atna")) as server:
+        (study,) = stow(server, "CT_small.dcm")
+        httpx.get(f"{server.dicomweb}/studies", params={"PatientID": "X*"})
+        httpx.delete(f"{server.dicomweb}/studies/{study}/series/1.2.3")  # 404: a failed delete
+    messages = [ET.fromstring(line) for line in audit.read_text().splitlines()]
+    events = [(m.find("EventIdentification/EventID").get("csd-code"),  # type: ignore[union-attr]
+               m.find("EventIdentification").get("EventActionCode"),  # type: ignore[union-attr]
+               m.find("EventIdentification").get("EventOutcomeIndicator"))  # type: ignore[union-attr]
+              for m in messages]
+    assert events == [("110104", "C", "0"), ("110112", "E", "0"), ("110103", "D", "4")]
+    requestor = messages[0].find("ActiveParticipant[@UserIsRequestor='true']")
+    assert requestor is not None and requestor.get("NetworkAccessPointID") == "127.0.0.1"
+    assert requestor.get("UserID") == "anonymous"
+    query = messages[1].find("ParticipantObjectIdentification/ParticipantObjectQuery")
+    assert query is not None and base64.b64decode(query.text or "") == b"PatientID=X%2A"
+    studies = [p.get("ParticipantObjectID") for p in messages[2].iter("ParticipantObjectIdentification")
+               if p.find("ParticipantObjectIDTypeCode[@csd-code='110180']") is not None]
+    assert studies == [study]

@@ -1,4 +1,5 @@
-"""The admin API under `/api/admin`: statistics, deletion with a report, orphan sweep, re-index, migrations.
+"""The admin API under `/api/admin`: statistics, deletion with a report, orphan sweep, re-index, migrations
+(status and apply).
 
 Plain JSON, for operators and scripts; the same work is reachable from the CLI (`python -m app stats |
 reindex | sweep | migrate`). With authentication on, every route needs the `admin` scope (app/api/auth.py).
@@ -26,6 +27,14 @@ async def get_statistics(context: Context) -> dict[str, int]:
 
 @router.get("/migrations", summary="Applied schema version and pending migration steps")
 async def get_migrations(context: Context) -> dict[str, Any]:
+    return await migration_status(context.repository)
+
+
+@router.post("/migrations/apply", summary="Apply pending migration steps (idempotent); answers the new status")
+async def post_migrations_apply(context: Context) -> dict[str, Any]:
+    # `open` applies whatever is pending; every step is idempotent, so a repeat or a race with another
+    # instance of the archive does no harm.
+    await context.repository.open()
     return await migration_status(context.repository)
 
 

@@ -10,7 +10,8 @@ and `/ready` needs `Authorization: Bearer <token>`, where the token is either
   the key's name.
 
 Scopes: `read` (GET: QIDO-RS, WADO-RS, WADO-URI, change feed), `write` (POST: STOW-RS), `delete` (DELETE under
-/dicom-web) and `admin` (the admin API, /metrics, FHIR status). Each is separate: a token carries the ones it
+/dicom-web) and `admin` (the operations APIs under /api: admin, AE registry, FHIR and webhook status; and
+/metrics). Each is separate: a token carries the ones it
 needs. Answers per RFC 6750 3.1: no token 401 with `WWW-Authenticate: Bearer realm="dicomweb-archive"`; a bad
 one 401 with `error="invalid_token"`; a good one without the scope 403 with `error="insufficient_scope"` and
 the scope needed. JWKS fetches are cached (5 minutes, refetched at once for an unknown `kid`) and run in a

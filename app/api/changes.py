@@ -9,6 +9,8 @@ holds, or `since` when it holds none) and `done` (no later entry exists yet), so
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -17,6 +19,7 @@ from app.deps import Context
 
 CHANGES_PREFIX = "/api"
 MAX_LIMIT = 10000
+FLUSH_SECONDS = 5.0
 router = APIRouter(tags=["Changes"])
 
 
@@ -27,8 +30,10 @@ async def get_changes(
     limit: int = Query(100, ge=1, le=MAX_LIMIT, description="At most this many entries."),
 ) -> dict[str, Any]:
     if context.change_feed is not None:
-        # Entries still queued for writing are part of the feed already: make them visible.
-        await context.change_feed.flush()
+        # Entries still queued for writing are part of the feed already: make them visible (bounded, so a
+        # metadata store that is down delays the answer, never hangs it).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(context.change_feed.flush(), FLUSH_SECONDS)
     changes = await context.repository.changes(since, limit + 1)
     page = changes[:limit]
     return {
@@ -36,3 +41,14 @@ async def get_changes(
         "last": page[-1].seq if page else since,
         "done": len(changes) <= limit,
     }
+
+
+# Webhook URLs may carry credentials: their status is for administrators (app/main.py mounts this router so).
+admin_router = APIRouter(tags=["Changes"])
+
+
+@admin_router.get("/webhooks/status", summary="Webhook delivery: each URL's position in the change feed")
+async def get_webhook_status(context: Context) -> dict[str, Any]:
+    if context.webhooks is None:
+        return {"enabled": False, "webhooks": []}
+    return {"enabled": True, "webhooks": context.webhooks.status()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from app.core.events import Event, EventBus, StudyCompleted
 from app.core.feed import NewChange
@@ -31,6 +32,13 @@ class ChangeFeed:
         self.repository = repository
         self._queue: asyncio.Queue[NewChange] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # Entries queued and written so far (counts, in queue order), and who waits for which count: `flush`
+        # waits for what was queued when it was called, not for the queue to run dry (it may never, under load).
+        self._queued = 0
+        self._written = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.listeners: list[Callable[[], None]] = []
+        """Called after each batch is written (webhook workers wake up on it)."""
 
     def attach(self, bus: EventBus) -> None:
         bus.subscribe(self.on_event)
@@ -50,15 +58,22 @@ class ChangeFeed:
                 at=event.at,
             )
         )
+        self._queued += 1
         if isinstance(event, StudyCompleted):
             await self.flush()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is in the repository."""
         if self._task is None:
-            await self._write_all()
+            while not self._queue.empty():
+                await self._write_batch(self._take(self._queue.get_nowait()))
             return
-        await self._queue.join()
+        target = self._queued
+        if self._written >= target:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        await waiter
 
     async def close(self) -> None:
         try:
@@ -71,10 +86,6 @@ class ChangeFeed:
                 await self._task
             self._task = None
 
-    async def _write_all(self) -> None:
-        while not self._queue.empty():
-            await self._write_batch(self._take(self._queue.get_nowait()))
-
     def _take(self, first: NewChange) -> list[NewChange]:
         batch = [first]
         while len(batch) < BATCH and not self._queue.empty():
@@ -83,19 +94,26 @@ class ChangeFeed:
 
     async def _write_batch(self, batch: list[NewChange]) -> None:
         delay = RETRY_FIRST_SECONDS
-        try:
-            while True:
-                try:
-                    await self.repository.append_changes(batch)
-                    return
-                except Exception as exc:
-                    log.warning("change feed: cannot append %d entries (%s); retrying in %.1f s",
-                                len(batch), exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_SECONDS)
-        finally:
-            for _ in batch:
-                self._queue.task_done()
+        while True:
+            try:
+                await self.repository.append_changes(batch)
+                break
+            except Exception as exc:
+                log.warning("change feed: cannot append %d entries (%s); retrying in %.1f s",
+                            len(batch), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self._written += len(batch)
+        still = []
+        for target, waiter in self._waiters:
+            if target <= self._written:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((target, waiter))
+        self._waiters = still
+        for listener in self.listeners:
+            listener()
 
     async def _run(self) -> None:
         while True:

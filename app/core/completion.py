@@ -7,7 +7,9 @@ costs no extra round trip and a restart loses nothing. A background task looks, 
 studies quiet for the period, delivers `StudyCompleted` to the subscribers (change feed, FHIR outbox, webhooks)
 and then clears the flag, but only if no store came in meanwhile (`mark_completed` compares the activity time).
 So each burst of activity fires exactly one completion, at least once even across a crash (delivery comes
-before the flag is cleared), and a study that receives more instances later completes again.
+before the flag is cleared), and a study that receives more instances later completes again. A subscriber that
+fails is logged and does not hold the completion back (one broken subscriber must not re-fire completions for
+every study forever); the FHIR subscriber only records work in its persistent outbox, which rarely fails.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from app.config import Settings
+from app.core.aes import AERegistry, parse_remote_aes
 from app.core.changefeed import ChangeFeed
 from app.core.completion import CompletionTracker
 from app.core.events import EventBus, InstanceDeleted
@@ -19,6 +20,7 @@ from app.core.ingest import IngestService
 from app.core.lifecycle import LifecycleService
 from app.core.retrieve import RetrieveService
 from app.core.rules import IngestRules
+from app.core.webhooks import Webhooks
 from app.repository.base import Repository
 from app.storage.base import Storage
 from app.storage.filesystem import FileSystemStorage
@@ -41,6 +43,21 @@ def open_repository(settings: Settings) -> Repository:
 
 
 def open_storage(settings: Settings) -> Storage:
+    """The filesystem tree under STORAGE_ROOT, or an S3-compatible bucket (STORAGE_BACKEND=s3)."""
+    if settings.storage_backend == "s3":
+        from app.storage.s3 import S3Storage
+
+        assert settings.s3_bucket  # checked by Settings
+        secret = settings.s3_secret_access_key
+        return S3Storage(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            staging=settings.data_dir / "staging",
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret is not None else None,
+        )
     return FileSystemStorage(settings.storage_path, fsync=settings.storage_fsync)
 
 
@@ -58,6 +75,9 @@ class ArchiveContext:
     change_feed: ChangeFeed | None = None
     completion: CompletionTracker | None = None
     fhir: FhirSync | None = None  # FHIR ImagingStudy sync, when FHIR_ENABLED
+    webhooks: Webhooks | None = None  # change feed -> WEBHOOK_URLS
+    # Remote AEs (C-MOVE destinations, SCU actions, Storage Commitment reports), kept in the repository.
+    aes: AERegistry = field(init=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> ArchiveContext:
@@ -95,7 +115,7 @@ class ArchiveContext:
                 )
             )
         )
-        return cls(
+        context = cls(
             settings=settings,
             repository=repository,
             storage=storage,
@@ -106,7 +126,14 @@ class ArchiveContext:
             change_feed=change_feed,
             completion=CompletionTracker(repository, events, settings.study_quiet_seconds),
             fhir=_fhir_sync(settings, repository, events),
+            webhooks=_webhooks(settings, repository, change_feed),
         )
+        # The AEs configured in DIMSE_REMOTE_AES (validated by Settings), upserted over those stored.
+        await context.aes.load(parse_remote_aes(settings.dimse_remote_aes))
+        return context
+
+    def __post_init__(self) -> None:
+        self.aes = AERegistry(self.repository)
 
     async def start_background(self) -> None:
         """Start the long-running jobs of a serving archive (study completion; FHIR sync and webhooks when
@@ -115,12 +142,16 @@ class ArchiveContext:
             self.completion.start()
         if self.fhir is not None:
             self.fhir.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
 
     async def stop_background(self) -> None:
         if self.completion is not None:
             await self.completion.stop()
         if self.fhir is not None:
             await self.fhir.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
 
     async def close(self) -> None:
         await self.stop_background()
@@ -138,3 +169,13 @@ def _fhir_sync(settings: Settings, repository: Repository, events: EventBus) -> 
     sync = FhirSync(repository, settings)
     sync.attach(events)
     return sync
+
+
+def _webhooks(settings: Settings, repository: Repository, feed: ChangeFeed) -> Webhooks | None:
+    if not settings.webhook_urls:
+        return None
+    hooks = Webhooks(
+        repository, settings.webhook_urls, source=settings.ae_title, retry_seconds=settings.outbox_retry_seconds
+    )
+    hooks.attach(feed)
+    return hooks

@@ -105,6 +105,10 @@ async def reindex(repository: Repository, storage: Storage, ingest: IngestServic
             else:
                 with ingest._lock(result.sop_instance_uid) as lock:
                     async with lock:
+                        # A delete (or a replace that moved the instance) may have come first: never index
+                        # a file that is no longer there.
+                        if not await asyncio.to_thread(storage.exists, key):
+                            continue
                         await repository.store_instance(result)
             report.indexed += 1
     report.failed.sort()

@@ -413,7 +413,7 @@ class RetrieveService:
             ds = self._read(ref, cache=False)
             if target == ref.transfer_syntax_uid:
                 return ds
-            return self._transcode(ds, ref, target)
+            return _encoded_as(self._transcode(ds, ref, target), target)
 
         return await asyncio.to_thread(work)
 
@@ -649,6 +649,25 @@ class RetrieveService:
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
+
+
+def _encoded_as(ds: Dataset, target: str) -> Dataset:
+    """`ds` with its recorded original encoding matching `target`, for writers that trust it.
+
+    A transcoded Dataset still says it was read as the stored syntax (`original_encoding`); pynetdicom's
+    send_c_store refuses a data set whose encoding disagrees with its File Meta Transfer Syntax. Every element
+    is decoded first (iterall), since pydicom writes undecoded raw elements as they were read when the
+    recorded encoding equals the target's, which would corrupt sequence items read in another syntax.
+    """
+    syntax = UID(target)
+    if not syntax.is_transfer_syntax:
+        return ds
+    implicit, little = bool(syntax.is_implicit_VR), bool(syntax.is_little_endian)
+    if ds.original_encoding != (implicit, little):
+        for _ in ds.iterall():
+            pass
+        ds.set_original_encoding(implicit, little)
+    return ds
 
 
 def _accepted(accepted: AcceptedSyntaxes | Iterable[str]) -> AcceptedSyntaxes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from app.core.aes import RemoteAE
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query import QueryModel, SearchResult
 from app.core.records import InstanceRecord, StoredDataset, StoredInstance
@@ -109,3 +110,20 @@ class Repository(Protocol):
         """Record a failed attempt of the entry at `version` and when to try again."""
 
     async def outbox_status(self, target: str) -> OutboxStatus: ...
+
+    async def get_cursor(self, name: str) -> int | None:
+        """A named position in the change feed (e.g. a webhook's last delivered seq), None if never set."""
+
+    async def set_cursor(self, name: str, value: int) -> None: ...
+
+    # -- remote AEs (app/core/aes.py AERegistry): titles arrive validated and normalised ---------------
+    async def get_ae(self, ae_title: str) -> RemoteAE | None: ...
+
+    async def list_aes(self) -> list[RemoteAE]:
+        """Every registered AE, in AE title order."""
+
+    async def put_ae(self, ae: RemoteAE) -> bool:
+        """Create or replace the entry of `ae.ae_title`; True if it was created."""
+
+    async def delete_ae(self, ae_title: str) -> bool:
+        """Remove the entry; True if there was one."""

@@ -52,6 +52,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
+from app.core.aes import RemoteAE
 from app.core.attributes import Kind, Level, stored_at
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query import QueryModel, SearchResult
@@ -123,6 +124,13 @@ def _stored(doc: Mapping[str, Any]) -> StoredInstance:
     return StoredInstance(*(doc[name] for name in _INSTANCE_FIELDS))
 
 
+_AE_PROJECTION: dict[str, int] = {"_id": 0, "ae_title": 1, "host": 1, "port": 1, "tls": 1}
+
+
+def _remote_ae(doc: Mapping[str, Any]) -> RemoteAE:
+    return RemoteAE(str(doc["ae_title"]), str(doc["host"]), int(doc["port"]), bool(doc.get("tls", False)))
+
+
 @contextmanager
 def _guarded() -> Iterator[None]:
     """Turn "the server cannot be reached" into the repository's own outcome (503 / 0xA700 at the doors).
@@ -157,6 +165,8 @@ class MongoRepository:
         self._changes: AsyncCollection[Document] = db["changes"]
         self._counters: AsyncCollection[Document] = db["counters"]
         self._outbox: AsyncCollection[Document] = db["outbox"]
+        self._remote_aes: AsyncCollection[Document] = db["remote_aes"]
+        self._cursors: AsyncCollection[Document] = db["cursors"]
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -434,6 +444,44 @@ class MongoRepository:
             None if oldest is None else oldest["created_at"],
             None if errored is None else errored["last_error"],
         )
+
+    # -- remote AEs ----------------------------------------------------------------------------------------
+    async def get_ae(self, ae_title: str) -> RemoteAE | None:
+        with _guarded():
+            doc = await self._remote_aes.find_one({"ae_title": ae_title}, _AE_PROJECTION)
+        return None if doc is None else _remote_ae(doc)
+
+    async def list_aes(self) -> list[RemoteAE]:
+        with _guarded():
+            return [
+                _remote_ae(doc)
+                async for doc in self._remote_aes.find({}, _AE_PROJECTION).sort("ae_title", 1)
+            ]
+
+    async def put_ae(self, ae: RemoteAE) -> bool:
+        update = {"$set": {"host": ae.host, "port": ae.port, "tls": ae.tls, "updated_at": time.time()}}
+        with _guarded():
+            for _ in range(2):
+                try:
+                    result = await self._remote_aes.update_one({"ae_title": ae.ae_title}, update, upsert=True)
+                except DuplicateKeyError:
+                    continue  # a concurrent put created it between our match and insert: now it matches
+                return result.upserted_id is not None
+        return False
+
+    async def delete_ae(self, ae_title: str) -> bool:
+        with _guarded():
+            result = await self._remote_aes.delete_one({"ae_title": ae_title})
+        return result.deleted_count > 0
+
+    async def get_cursor(self, name: str) -> int | None:
+        with _guarded():
+            doc = await self._cursors.find_one({"_id": name})
+        return None if doc is None else int(doc["value"])
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        with _guarded():
+            await self._cursors.update_one({"_id": name}, {"$set": {"value": value}}, upsert=True)
 
     # -- the unit of work ----------------------------------------------------------------------------------
     async def _add(self, record: InstanceRecord) -> bool:

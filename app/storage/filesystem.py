@@ -108,6 +108,11 @@ class FileSystemStorage:
                     if entry.is_file() and entry.name.endswith(".dcm"):
                         yield f"{study.name}/{series.name}/{entry.name}", entry.stat().st_mtime
 
+    def ping(self) -> None:
+        """Raise unless the tree can be written (readiness probe): an unmounted volume or a read-only one fails."""
+        if not self._staging.is_dir() or not os.access(self._staging, os.W_OK | os.X_OK):
+            raise StorageError(5, f"storage root {self.root} is not a writable folder")
+
     def clear_staging(self) -> int:
         # A `.old` left here is the predecessor of a replace that crashed before finalize; the new file is
         # in place and its sender was either acknowledged or will retry, so the old copy goes too.

@@ -33,3 +33,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (target, key)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (target, next_attempt_at);
+
+-- Named positions in the change feed (each webhook URL's last delivered seq).
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);

@@ -1,0 +1,131 @@
+"""The AE registry API under `/api/aes`: the remote AEs we send to, and actions on them.
+
+* `GET /api/aes`, `GET /api/aes/{AET}`: the registered AEs (app/core/aes.py);
+* `PUT /api/aes/{AET}` `{"host": "...", "port": N, "tls": false}`: create (201) or replace (200);
+* `DELETE /api/aes/{AET}`: 204, or 404 when not registered;
+* `POST /api/aes/{AET}/echo`: C-ECHO from our AE title; `{"status": 0, ...}`, or 502 with the reason when no
+  association can be made;
+* `POST /api/aes/{AET}/store` `{"StudyInstanceUID": ..., "SeriesInstanceUID"?: ..., "SOPInstanceUID"?: ...}`:
+  C-STORE of the study, series or instance to the AE, answered with the sub-operation counts.
+
+The DIMSE work (dimse_bridge/scu.py) blocks, so it runs in a worker thread; the instances it sends are read by
+the retrieve service on this loop, through a LoopBridge. With authentication on, every route needs the `admin`
+scope (the registry decides where the archive's data may be sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.errors import DicomWebError
+from app.core.aes import InvalidAE, RemoteAE, normalise_ae_title
+from app.core.records import StoredInstance
+from app.core.retrieve import NotFound
+from app.core.uids import is_valid_uid
+from app.deps import Context
+from dimse_bridge import scu
+from dimse_bridge.bridge import LoopBridge
+
+AES_PREFIX = "/api/aes"
+router = APIRouter(tags=["AE registry"])
+
+
+class AEAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(description="Host name or IP address of the remote AE.")
+    port: int = Field(description="Its DICOM port (1-65535).")
+    tls: bool = Field(False, description="Associate over TLS (PS3.15 B.1).")
+
+
+class StoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    StudyInstanceUID: str
+    SeriesInstanceUID: str | None = None
+    SOPInstanceUID: str | None = None
+
+
+def _json(ae: RemoteAE) -> dict[str, Any]:
+    return {"aeTitle": ae.ae_title, "host": ae.host, "port": ae.port, "tls": ae.tls}
+
+
+def _title(aet: str) -> str:
+    try:
+        return normalise_ae_title(aet)
+    except InvalidAE as exc:
+        raise DicomWebError(400, str(exc)) from exc
+
+
+async def _registered(context: Context, aet: str) -> RemoteAE:
+    remote = await context.aes.get(_title(aet))
+    if remote is None:
+        raise DicomWebError(404, f"no AE {aet!r} is registered")
+    return remote
+
+
+@router.get("", summary="The registered remote AEs, in AE title order")
+async def list_aes(context: Context) -> list[dict[str, Any]]:
+    return [_json(ae) for ae in await context.aes.all()]
+
+
+@router.get("/{aet}", summary="One registered remote AE")
+async def get_ae(aet: str, context: Context) -> dict[str, Any]:
+    return _json(await _registered(context, aet))
+
+
+@router.put("/{aet}", summary="Register a remote AE, or change its address (201 created, 200 replaced)")
+async def put_ae(aet: str, address: AEAddress, context: Context, response: Response) -> dict[str, Any]:
+    try:
+        created = await context.aes.put(RemoteAE(_title(aet), address.host, address.port, address.tls))
+    except InvalidAE as exc:
+        raise DicomWebError(400, str(exc)) from exc
+    response.status_code = 201 if created else 200
+    return _json(await _registered(context, aet))
+
+
+@router.delete("/{aet}", status_code=204, summary="Remove a remote AE from the registry")
+async def delete_ae(aet: str, context: Context) -> Response:
+    if not await context.aes.delete(_title(aet)):
+        raise DicomWebError(404, f"no AE {aet!r} is registered")
+    return Response(status_code=204)
+
+
+@router.post("/{aet}/echo", summary="C-ECHO the remote AE (502 when no association can be made)")
+async def echo_ae(aet: str, context: Context) -> dict[str, Any]:
+    remote = await _registered(context, aet)
+    try:
+        result = await asyncio.to_thread(scu.echo, remote, scu.ScuOptions.from_settings(context.settings))
+    except scu.ScuError as exc:
+        raise DicomWebError(502, str(exc)) from exc
+    return {**_json(remote), "status": result.status, "seconds": round(result.seconds, 3)}
+
+
+@router.post("/{aet}/store", summary="C-STORE a study, series or instance to the remote AE")
+async def store_to_ae(aet: str, request: StoreRequest, context: Context) -> dict[str, Any]:
+    remote = await _registered(context, aet)
+    uids = (request.StudyInstanceUID, request.SeriesInstanceUID, request.SOPInstanceUID)
+    for uid in uids:
+        if uid is not None and not is_valid_uid(uid):
+            raise DicomWebError(400, f"{uid[:80]!r} is not a valid UID (PS3.5 9.1)")
+    try:
+        refs = await context.retrieve.resolve(*uids)
+    except NotFound as exc:
+        raise DicomWebError(404, str(exc)) from exc
+    options = scu.ScuOptions.from_settings(context.settings)
+    bridge = LoopBridge(asyncio.get_running_loop(), timeout=options.timeout)
+
+    def load(ref: StoredInstance, syntaxes: list[str]) -> Any:
+        return bridge.call(context.retrieve.load(ref, syntaxes))
+
+    try:
+        report = await asyncio.to_thread(scu.store, remote, refs, load, options)
+    except scu.ScuError as exc:
+        raise DicomWebError(502, str(exc)) from exc
+    finally:
+        bridge.close()
+    return report.as_dict()

@@ -1,0 +1,89 @@
+"""Observability of the DIMSE door: an id per association for the logs, association metrics, and audit records.
+
+Bound to the running server as extra notification handlers (pynetdicom allows any number per notification
+event, so the protocol handlers in server.py stay as they are):
+* EVT_REQUESTED (the first event in the association's own thread) gives the thread an association id in the
+  logging context (app/core/logs.py); coroutines the bridge runs for the association copy that context, so
+  every log line about its stores and queries carries the id, as HTTP requests carry theirs.
+* EVT_ACCEPTED / EVT_REJECTED count associations (`dicomweb_dimse_associations_total{outcome}`).
+* EVT_DIMSE_SENT writes one audit record per C-STORE, and per C-FIND / C-GET / C-MOVE when the final
+  (non-pending) response goes, with the DIMSE status as the outcome; EVT_RELEASED / EVT_ABORTED / EVT_REJECTED
+  write the association's own record. The user is the calling AE title, the client the peer's address.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pynetdicom import evt
+
+from app.core.audit import AuditLog
+from app.core.logs import REQUEST_ID
+from app.core.metrics import Metrics
+from dimse_bridge.server import DimseServer
+
+PENDING = frozenset({0xFF00, 0xFF01})
+_ACTIONS = {"C_STORE_RSP": "store", "C_FIND_RSP": "query", "C_GET_RSP": "retrieve", "C_MOVE_RSP": "retrieve"}
+
+
+def observe(server: DimseServer, metrics: Metrics, audit: AuditLog) -> None:
+    """Bind the observers to a started server."""
+    listening = server._server
+    if listening is None:
+        raise RuntimeError("the DIMSE server is not started")
+    listening.bind(evt.EVT_REQUESTED, _requested)
+    listening.bind(evt.EVT_ACCEPTED, _accepted, [metrics])
+    listening.bind(evt.EVT_REJECTED, _rejected, [metrics, audit])
+    if audit.enabled:
+        listening.bind(evt.EVT_DIMSE_SENT, _sent, [audit])
+        listening.bind(evt.EVT_RELEASED, _ended, [audit, "released"])
+        listening.bind(evt.EVT_ABORTED, _ended, [audit, "aborted"])
+
+
+def _who(assoc: Any) -> tuple[str, str]:
+    requestor = assoc.requestor
+    title = str(getattr(requestor.primitive, "calling_ae_title", "") or requestor.ae_title or "").strip()
+    return title or "?", f"{requestor.address}"
+
+
+def _requested(event: Any) -> None:
+    REQUEST_ID.set(f"assoc-{uuid.uuid4().hex[:16]}")
+
+
+def _accepted(event: Any, metrics: Metrics) -> None:
+    metrics.associations.labels("accepted").inc()
+
+
+def _rejected(event: Any, metrics: Metrics, audit: AuditLog) -> None:
+    metrics.associations.labels("rejected").inc()
+    user, client = _who(event.assoc)
+    audit.record("association", outcome="rejected", user=user, client=client, protocol="DIMSE")
+
+
+def _ended(event: Any, audit: AuditLog, outcome: str) -> None:
+    user, client = _who(event.assoc)
+    audit.record("association", outcome=outcome, user=user, client=client, protocol="DIMSE",
+                 called=str(event.assoc.acceptor.ae_title).strip())
+
+
+def _sent(event: Any, audit: AuditLog) -> None:
+    message = event.message
+    action = _ACTIONS.get(type(message).__name__)
+    if action is None:
+        return
+    command = message.command_set
+    status = int(getattr(command, "Status", 0) or 0)
+    if status in PENDING:
+        return
+    user, client = _who(event.assoc)
+    audit.record(
+        action,
+        outcome=f"0x{status:04X}",
+        user=user,
+        client=client,
+        protocol="DIMSE",
+        instance=str(command.AffectedSOPInstanceUID) if action == "store" and "AffectedSOPInstanceUID" in command
+        else None,
+        sop_class=str(command.AffectedSOPClassUID) if "AffectedSOPClassUID" in command else None,
+    )

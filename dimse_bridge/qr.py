@@ -1,0 +1,495 @@
+"""Query/Retrieve SCP (PS3.4 Annex C): C-FIND, C-GET and C-MOVE over the Patient Root and Study Root models.
+
+Three generator handlers, pynetdicom's protocol (see its `_c_find_scp`, `_get_scp`, `_move_scp`), each a thin
+adapter onto the archive services, so DIMSE and DICOMweb give the same answers:
+
+* `handle_find` parses the identifier with `app.core.query.from_identifier` (the very matching QIDO-RS uses:
+  single value, wildcard, range, UID list, sequence, on the same indexes), pages through `repository.search`
+  on the app loop through the bridge, and yields one (0xFF00, identifier) per match holding only the keys that
+  were asked for plus the ones the answer needs (QueryRetrieveLevel and the unique keys of the level and the
+  levels above, PS3.4 C.4.1.2.1 / C.6.1.1.3, C.6.2.1.3).
+* `handle_get` and `handle_move` share `matching_instances` (which instances an identifier names) and
+  `_sub_operations` (load each instance in a transfer syntax the receiving side accepted, through the one
+  retrieve service, and hand it to pynetdicom, which sends the C-STORE sub-operation and keeps the
+  Remaining/Completed/Failed/Warning counts of the pending and final responses).
+
+Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4): a malformed identifier or a level the information model
+does not have is 0xA900 "Identifier does not match SOP Class"; a value the archive cannot match as given is
+0xC000 "Unable to process", both with Error Comment and a log line; the archive out of reach is 0xA700 (find)
+or 0xA701 (get/move, "unable to calculate number of matches"); C-CANCEL is 0xFE00; an unknown move destination
+is 0xA801. Each sub-operation that cannot be performed (no presentation context for its SOP class, no
+acceptable transfer syntax, unreadable file) is counted as failed and listed in Failed SOP Instance UID List,
+so the final status is 0xB000 (some failed) or 0xA702 (all failed), as pynetdicom computes them.
+
+Not supported (README, DIMSE section): relational queries and retrieves (SOP Class Extended Negotiation is not
+answered, so only hierarchical ones are negotiated, PS3.4 C.4.1.2.2.1); the Patient/Study Only and Composite
+Instance Root models; fuzzy semantic matching and timezone adjustment (C.4.1.3.1); C-FIND priority.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final
+
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.presentation import build_context
+
+from app.core.attributes import Level
+from app.core.query import QueryError, QueryModel, from_identifier
+from app.core.records import JSONDict, StoredInstance
+from app.core.retrieve import NotAcceptable, NotFound, RetrieveFailed
+from dimse_bridge import scu, status
+from dimse_bridge.access import peer
+from dimse_bridge.bridge import BridgeClosed, BridgeError
+from dimse_bridge.context import DimseContext
+from dimse_bridge.policy import VERIFICATION
+
+log = logging.getLogger(__name__)
+
+# PS3.4 C.6.1 (Patient Root) and C.6.2 (Study Root) information models.
+PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.2.3"
+QR_SOP_CLASSES: Final = (
+    PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET,
+)  # fmt: skip
+_PATIENT_ROOT: Final = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
+
+# The levels of each model, top first (PS3.4 C.6.1.1, C.6.2.1).
+_PATIENT_LEVELS: Final = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+_STUDY_LEVELS: Final = (Level.STUDY, Level.SERIES, Level.IMAGE)
+
+# The unique key of each level (PS3.4 C.6.1.1.2-5, C.6.2.1.2-4), as DICOM JSON keys and as keywords.
+UNIQUE_KEY: Final = {
+    Level.PATIENT: "00100020",  # PatientID
+    Level.STUDY: "0020000D",  # StudyInstanceUID
+    Level.SERIES: "0020000E",  # SeriesInstanceUID
+    Level.IMAGE: "00080018",  # SOPInstanceUID
+}
+QUERY_RETRIEVE_LEVEL: Final = 0x00080052
+SPECIFIC_CHARACTER_SET: Final = 0x00080005
+RETRIEVE_AE_TITLE: Final = 0x00080054
+INSTANCE_AVAILABILITY: Final = 0x00080056
+_NOT_RETURN_KEYS: Final = frozenset({QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET})
+
+# PS3.4 Table C.4-1 (C-FIND), C.4-2 (C-MOVE), C.4-3 (C-GET) status codes not in status.py.
+PENDING_OPTIONAL_KEYS_NOT_SUPPORTED: Final = 0xFF01  # Pending, optional keys not supported for matching
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+UNABLE_TO_PROCESS: Final = 0xC000
+OUT_OF_RESOURCES_MATCHES: Final = 0xA701  # Refused: unable to calculate number of matches
+OUT_OF_RESOURCES_SUBOPERATIONS: Final = 0xA702  # Refused: unable to perform sub-operations
+MOVE_DESTINATION_UNKNOWN: Final = 0xA801
+
+# C-FIND answers are read a page at a time, so a huge match list neither sits in memory nor delays the first
+# pending response, and a C-CANCEL is seen between pages.
+FIND_PAGE_SIZE: Final = 200
+CHARSET_UTF8: Final = "ISO_IR 192"
+
+
+class IdentifierError(ValueError):
+    """The identifier cannot be used as a query or retrieve of this information model; `code` says how."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the identifier -------------------------------------------------------------------------------------------
+
+
+def model_levels(sop_class_uid: str) -> tuple[Level, ...]:
+    return _PATIENT_LEVELS if sop_class_uid in _PATIENT_ROOT else _STUDY_LEVELS
+
+
+def request_level(identifier: Dataset, sop_class_uid: str) -> Level:
+    """The QueryRetrieveLevel (0008,0052) of the identifier, which must be a level of the model (C.4.1.2.1)."""
+    element = identifier.get(QUERY_RETRIEVE_LEVEL)
+    text = str(element.value or "").strip().upper() if element is not None else ""
+    levels = model_levels(sop_class_uid)
+    for level in levels:
+        if level.value == text:
+            return level
+    if not text:
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "QueryRetrieveLevel (0008,0052) is missing"
+        )
+    model = "Patient Root" if sop_class_uid in _PATIENT_ROOT else "Study Root"
+    raise IdentifierError(
+        IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        f"QueryRetrieveLevel {text!r} is not a level of the {model} model ({', '.join(levels)})",
+    )
+
+
+def required_keys(level: Level, sop_class_uid: str) -> tuple[str, ...]:
+    """Unique keys of `level` and the levels above it in the model: every answer carries them."""
+    levels = model_levels(sop_class_uid)
+    return tuple(UNIQUE_KEY[lv] for lv in levels[: levels.index(level) + 1])
+
+
+def _decode_identifier(event: Any) -> Dataset:
+    try:
+        identifier = event.identifier
+        if not isinstance(identifier, Dataset):
+            raise TypeError("no identifier")
+        for _ in identifier:  # decode every element now, so a damaged one is a refusal, not a crash later
+            pass
+    except Exception as exc:
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"the identifier cannot be decoded: {exc}"
+        ) from exc
+    return identifier
+
+
+def find_model(identifier: Dataset, level: Level, sop_class_uid: str) -> QueryModel:
+    """The query of a C-FIND identifier; the required keys are added as return keys (on a copy)."""
+    query = Dataset()
+    for element in identifier:
+        query.add(element)
+    for key in required_keys(level, sop_class_uid):
+        tag = int(key, 16)
+        if tag not in query:
+            query.add_new(tag, "LO" if key == UNIQUE_KEY[Level.PATIENT] else "UI", None)
+    try:
+        return from_identifier(level, query)
+    except QueryError as exc:
+        raise IdentifierError(UNABLE_TO_PROCESS, str(exc)) from exc
+
+
+def retrieve_model(identifier: Dataset, level: Level, sop_class_uid: str) -> QueryModel:
+    """The instances a C-GET / C-MOVE identifier names (PS3.4 C.4.2.2.1, C.4.3.2.1), as a query at IMAGE level.
+
+    Hierarchical retrieve: only the unique keys of the requested level (required, a value or a UID list) and
+    of the levels above (optional) are used; other keys are ignored. A unique key with a wildcard is refused:
+    `PatientID=*` must not move the whole archive. The model is trimmed to return nothing but the UIDs.
+    """
+    keys = Dataset()
+    for key in required_keys(level, sop_class_uid):
+        element = identifier.get(int(key, 16))
+        text = "" if element is None or element.value is None else str(element.value).strip()
+        if key == UNIQUE_KEY[level] and not text:
+            raise IdentifierError(
+                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                f"the unique key {keyword_for_tag(int(key, 16))} of level {level} is missing or empty",
+            )
+        if "*" in text or "?" in text:
+            raise IdentifierError(
+                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                f"wildcards are not allowed in the unique key {keyword_for_tag(int(key, 16))}",
+            )
+        if element is not None and text:
+            keys.add(element)
+    try:
+        model = from_identifier(Level.IMAGE, keys)
+    except QueryError as exc:
+        raise IdentifierError(UNABLE_TO_PROCESS, str(exc)) from exc
+    return dataclasses.replace(
+        model, include=frozenset(), returned_levels=frozenset(), upper_keys={}, dataset_tags=frozenset()
+    )
+
+
+# -- answers ------------------------------------------------------------------------------------------------
+
+
+def _picked(value: JSONDict, request: Dataset | None) -> JSONDict:
+    """A sequence element's items reduced to the keys of the request's item (PS3.4 C.2.2.2.6); all of each
+    item when the request's sequence had no item or an empty one."""
+    if request is None or len(request) == 0 or value.get("vr") != "SQ":
+        return value
+    wanted = {f"{int(e.tag):08X}": e for e in request if e.tag not in _NOT_RETURN_KEYS}
+    items = []
+    for item in value.get("Value") or ():
+        picked: JSONDict = {}
+        for key, element in wanted.items():
+            held = item.get(key) if isinstance(item, dict) else None
+            if held is None or "BulkDataURI" in held:
+                picked[key] = {"vr": element.VR}
+            else:
+                picked[key] = _picked(held, _first_item(element))
+        items.append(picked)
+    return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+
+
+def _first_item(element: Any) -> Dataset | None:
+    if element.VR != "SQ" or not element.value:
+        return None
+    item = element.value[0]
+    return item if isinstance(item, Dataset) else None
+
+
+def find_answer(
+    row: JSONDict, identifier: Dataset, level: Level, required: tuple[str, ...], ae_title: str
+) -> Dataset:
+    """One C-FIND response identifier: the requested keys (zero length when the archive holds no value,
+    PS3.4 C.2.2.1.2) and the required ones, nothing else; Specific Character Set ISO_IR 192 when a value is not
+    ASCII (the archive's values are Unicode: DICOM JSON), per PS3.4 C.4.1.1.3.2 / C.2.2.2.1."""
+    out: JSONDict = {}
+    for element in identifier:
+        tag = int(element.tag)
+        if tag in _NOT_RETURN_KEYS or element.tag.element == 0:  # group lengths are not keys (PS3.5 7.2)
+            continue
+        key = f"{tag:08X}"
+        if tag == RETRIEVE_AE_TITLE:
+            out[key] = {"vr": "AE", "Value": [ae_title]}
+        elif tag == INSTANCE_AVAILABILITY:
+            out[key] = {"vr": "CS", "Value": ["ONLINE"]}  # every instance is held on line (PS3.3 C.4.23.1.1)
+        else:
+            held = row.get(key)
+            if held is None or "BulkDataURI" in held:
+                out[key] = {"vr": element.VR}
+            else:
+                out[key] = _picked(held, _first_item(element))
+    for key in required:
+        if key in row:
+            out[key] = row[key]
+    ds = Dataset.from_json(out)
+    ds.QueryRetrieveLevel = level.value
+    if not json.dumps(out, ensure_ascii=False).isascii():
+        ds.SpecificCharacterSet = CHARSET_UTF8
+    return ds
+
+
+async def _find_pages(archive: Any, model: QueryModel) -> AsyncIterator[list[JSONDict]]:
+    offset = 0
+    while True:
+        result = await archive.repository.search(
+            dataclasses.replace(model, limit=FIND_PAGE_SIZE, offset=offset)
+        )
+        if result.rows:
+            yield result.rows
+        if not result.remaining or not result.rows:
+            return
+        offset += len(result.rows)
+
+
+# -- C-FIND ---------------------------------------------------------------------------------------------------
+
+
+def handle_find(event: Any, dimse: DimseContext) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """C-FIND SCP (PS3.4 C.4.1): one pending response per match, then pynetdicom's final Success.
+
+    0xFF01 instead of 0xFF00 when the identifier held optional keys the archive cannot match on (valid
+    attributes that are not indexed, keys below the level): Table C.4-1 "Matches are continuing - Warning that
+    one or more Optional Keys were not supported for existence and/or matching for this Identifier".
+    """
+    sop_class = str(event.request.AffectedSOPClassUID)
+    who = peer(event.assoc)
+    try:
+        identifier = _decode_identifier(event)
+        level = request_level(identifier, sop_class)
+        model = find_model(identifier, level, sop_class)
+    except IdentifierError as exc:
+        log.warning("C-FIND from %s refused (0x%04X): %s", who, exc.code, exc)
+        yield status.status_dataset(exc.code, str(exc)), None
+        return
+    pending = PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if model.ignored else status.PENDING
+    if model.ignored:
+        log.info("C-FIND from %s: keys not supported for matching: %s", who, ", ".join(model.ignored))
+    required = required_keys(level, sop_class)
+    matches = 0
+    pages = dimse.bridge.stream(_find_pages(dimse.archive, model))
+    try:
+        for page in pages:
+            for row in page:
+                if event.is_cancelled:
+                    log.info("C-FIND from %s cancelled after %d matches", who, matches)
+                    yield status.CANCEL, None
+                    return
+                matches += 1
+                yield pending, find_answer(row, identifier, level, required, dimse.ae_title)
+    except BridgeError as exc:
+        log.warning("C-FIND from %s failed after %d matches: %s", who, matches, exc)
+        yield status.status_dataset(status.OUT_OF_RESOURCES, str(exc)), None
+        return
+    finally:
+        # Stopped early (cancel, abort): close the stream now, which ends the query on the loop.
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
+    if event.is_cancelled:
+        yield status.CANCEL, None
+        return
+    log.debug("C-FIND from %s at %s level: %d matches", who, level, matches)
+
+
+# -- C-GET and C-MOVE -----------------------------------------------------------------------------------------
+
+
+async def _resolve(archive: Any, model: QueryModel) -> list[StoredInstance]:
+    """The stored instances behind the matching rows, in series then instance-number order, one repository
+    read per matching series (rather than one per instance)."""
+    result = await archive.repository.search(model)
+    series: dict[tuple[str, str], set[str]] = {}
+    for row in result.rows:
+        study, serie, sop = (
+            row.get(k, {}).get("Value", [""])[0] for k in ("0020000D", "0020000E", "00080018")
+        )
+        series.setdefault((study, serie), set()).add(sop)
+    refs: list[StoredInstance] = []
+    for (study, serie), sops in series.items():
+        try:
+            found = await archive.retrieve.resolve(study, serie)
+        except NotFound:
+            continue  # deleted since the search
+        refs.extend(ref for ref in found if ref.sop_instance_uid in sops)
+    return refs
+
+
+def matching_instances(dimse: DimseContext, identifier: Dataset, sop_class_uid: str) -> list[StoredInstance]:
+    """The instances a C-GET or C-MOVE identifier names. IdentifierError when it names none validly,
+    BridgeError when the archive cannot be asked."""
+    level = request_level(identifier, sop_class_uid)
+    model = retrieve_model(identifier, level, sop_class_uid)
+    return dimse.bridge.call(_resolve(dimse.archive, model))
+
+
+def accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:
+    """Transfer syntaxes of the contexts accepted on `assoc` in which we may send a C-STORE of the SOP class
+    (we are SCU of it: our own request's contexts, or a C-GET requestor's role selection, PS3.7 D.3.3.4)."""
+    if assoc is None:
+        return []
+    return [
+        str(cx.transfer_syntax[0])
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == sop_class_uid and cx.as_scu
+    ]
+
+
+def _unsendable(ref: StoredInstance) -> Dataset:
+    """A stand-in for an instance that cannot be sent, so pynetdicom counts a failed sub-operation and lists
+    the instance in Failed SOP Instance UID List: it has no SOP Class UID, so `send_c_store` refuses it before
+    anything goes on the wire (pynetdicom has no other way for a handler to report one failed sub-operation
+    and go on; yielding a failure status would end the whole retrieve)."""
+    ds = Dataset()
+    ds.SOPInstanceUID = ref.sop_instance_uid
+    return ds
+
+
+def _sub_operations(
+    event: Any, dimse: DimseContext, refs: list[StoredInstance], receiver: Callable[[], Any], who: str
+) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """(0xFF00, data set) per instance for pynetdicom to send; (0xFE00, None) on C-CANCEL."""
+    for sent, ref in enumerate(refs):
+        if event.is_cancelled:
+            log.info("%s cancelled after %d of %d sub-operations", who, sent, len(refs))
+            yield status.CANCEL, None
+            return
+        accepted = accepted_syntaxes(receiver(), ref.sop_class_uid)
+        if not accepted:
+            log.warning(
+                "%s: instance %s not sent: no accepted presentation context for SOP class %s",
+                who, ref.sop_instance_uid, ref.sop_class_uid,
+            )  # fmt: skip
+            yield status.PENDING, _unsendable(ref)
+            continue
+        try:
+            ds = dimse.bridge.call(dimse.archive.retrieve.load(ref, accepted))
+        except (NotFound, NotAcceptable, RetrieveFailed) as exc:
+            log.warning("%s: instance %s not sent: %s", who, ref.sop_instance_uid, exc)
+            yield status.PENDING, _unsendable(ref)
+            continue
+        except BridgeClosed as exc:
+            log.warning("%s stopped after %d of %d sub-operations: %s", who, sent, len(refs), exc)
+            yield status.status_dataset(OUT_OF_RESOURCES_SUBOPERATIONS, str(exc)), None
+            return
+        except BridgeError as exc:
+            log.warning("%s: instance %s not sent: %s", who, ref.sop_instance_uid, exc)
+            yield status.PENDING, _unsendable(ref)
+            continue
+        yield status.PENDING, ds
+
+
+def _refusal(code: int, comment: str) -> Iterator[Any]:
+    """A failure before any sub-operation. pynetdicom reads a count first, then a final status: one nominal
+    sub-operation lets the failure (with its Error Comment) be the final response."""
+    yield 1
+    yield status.status_dataset(code, comment), None
+
+
+def handle_get(event: Any, dimse: DimseContext) -> Iterator[Any]:
+    """C-GET SCP (PS3.4 C.4.3): C-STORE sub-operations on the requestor's own association."""
+    sop_class = str(event.request.AffectedSOPClassUID)
+    who = f"C-GET from {peer(event.assoc)}"
+    try:
+        refs = matching_instances(dimse, _decode_identifier(event), sop_class)
+    except IdentifierError as exc:
+        log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
+        yield from _refusal(exc.code, str(exc))
+        return
+    except BridgeError as exc:
+        log.warning("%s refused: %s", who, exc)
+        yield from _refusal(OUT_OF_RESOURCES_MATCHES, str(exc))
+        return
+    log.info("%s: %d instances to send", who, len(refs))
+    yield len(refs)
+    yield from _sub_operations(event, dimse, refs, lambda: event.assoc, who)
+
+
+class _Receiver:
+    """The association pynetdicom opens to the move destination, caught when it is accepted (EVT_ACCEPTED),
+    so each instance is loaded in a transfer syntax the destination accepted."""
+
+    def __init__(self) -> None:
+        self.assoc: Any = None
+
+    def accepted(self, event: Any) -> None:
+        self.assoc = event.assoc
+
+
+def handle_move(event: Any, dimse: DimseContext) -> Iterator[Any]:
+    """C-MOVE SCP (PS3.4 C.4.2): C-STORE sub-operations on a new association to the Move Destination, whose
+    address comes from the AE registry (app/core/aes.py). pynetdicom opens and releases that association,
+    and answers 0xA801 when the destination is unknown or cannot be reached."""
+    sop_class = str(event.request.AffectedSOPClassUID)
+    destination_title = str(event.move_destination or "").strip()
+    who = f"C-MOVE from {peer(event.assoc)} to {destination_title}"
+    try:
+        destination = dimse.bridge.call(dimse.archive.aes.get(destination_title))
+    except BridgeError as exc:
+        log.warning("%s refused: %s", who, exc)
+        destination = None
+    if destination is None:
+        log.warning("%s refused: unknown move destination (register it with PUT /api/aes/{title})", who)
+        yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
+        return
+    failure: tuple[int, str] | None = None
+    refs: list[StoredInstance] = []
+    try:
+        refs = matching_instances(dimse, _decode_identifier(event), sop_class)
+    except IdentifierError as exc:
+        log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
+        failure = (exc.code, str(exc))
+    except BridgeError as exc:
+        log.warning("%s refused: %s", who, exc)
+        failure = (OUT_OF_RESOURCES_MATCHES, str(exc))
+    from dimse_bridge.server import handle_connection_open  # the server imports this module
+
+    receiver = _Receiver()
+    # The contexts scu.store proposes: per SOP class its stored syntaxes, then Explicit/Implicit VR LE. Only
+    # one association is made, so instances of SOP classes beyond its 128 contexts fail (counted, listed).
+    groups = scu.storage_contexts(refs)
+    options: dict[str, Any] = {
+        # Verification alone when nothing is to be sent (a refusal sent after the association, see _refusal).
+        "contexts": groups[0] if groups else [build_context(VERIFICATION)],
+        "evt_handlers": [
+            (evt.EVT_CONN_OPEN, handle_connection_open),
+            (evt.EVT_ACCEPTED, receiver.accepted),
+        ],
+    }
+    tls = scu.client_tls(scu.ScuOptions.from_settings(dimse.settings), destination)
+    if tls is not None:
+        options["tls_args"] = tls
+    yield destination.host, destination.port, options
+    if failure is not None:
+        yield from _refusal(*failure)
+        return
+    log.info("%s (%s:%d): %d instances to send", who, destination.host, destination.port, len(refs))
+    yield len(refs)
+    yield from _sub_operations(event, dimse, refs, lambda: receiver.assoc, who)

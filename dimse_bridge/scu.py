@@ -1,0 +1,325 @@
+"""Associations the archive opens itself, as association requester: C-ECHO and C-STORE to a registered remote AE
+(the REST actions of app/api/aes.py) and the Storage Commitment N-EVENT-REPORT (commitment.py).
+
+Every function here blocks, as pynetdicom's SCU API does: call them from a worker thread (`asyncio.to_thread`),
+never on the event loop. A function that needs the archive (to read an instance) takes a plain callable that
+the caller built over a LoopBridge, so this module knows nothing about the loop.
+
+Presentation contexts proposed for a C-STORE (PS3.4 B.2, PS3.7 7.1.1.13, PS3.8 9.3.2.2): for each SOP class
+to send, one context per stored transfer syntax, alone (so an instance goes unchanged whenever the peer can take
+it: an acceptor picks one syntax per context by its own preference, so a stored syntax offered beside others
+could lose to one that needs transcoding), and one with Explicit then Implicit VR Little Endian (Implicit is
+the default every storage SCP must accept, PS3.5 10.1, and a decodable instance can be transcoded into it). More
+than 128 contexts (the limit of PS3.8 9.3.2.2: odd IDs 1-255) are split over several associations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from pydicom import Dataset
+from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import code_to_category
+
+from app.config import Settings
+from app.core.aes import RemoteAE
+from app.core.records import StoredInstance
+
+log = logging.getLogger(__name__)
+
+VERIFICATION: Final = "1.2.840.10008.1.1"
+EXPLICIT_VR_LE: Final = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
+MAX_CONTEXTS: Final = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
+
+# Status of a sub-operation we could not even attempt (no context accepted, unreadable instance, association
+# lost): 0xA900 is "Data Set does not match SOP Class" for C-STORE, so use the generic "unable to process".
+UNABLE_TO_PROCESS: Final = 0xC000
+
+Loader = Callable[[StoredInstance, list[str]], Dataset]
+"""Read one instance as a Dataset in one of the given transfer syntaxes (RetrieveService.load over a bridge)."""
+
+
+class ScuError(RuntimeError):
+    """No association could be made with the remote AE (unreachable, rejected, aborted); says why."""
+
+
+@dataclass(frozen=True)
+class ScuOptions:
+    """How we associate: our AE title, timeouts, PDU size and our TLS identity (from Settings)."""
+
+    calling_ae_title: str
+    timeout: float = 30.0
+    connection_timeout: float | None = None
+    max_pdu: int = 262144
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScuOptions:
+        return cls(
+            calling_ae_title=settings.ae_title,
+            timeout=settings.dimse_scu_timeout,
+            connection_timeout=settings.dimse_connection_timeout,
+            max_pdu=settings.dimse_max_pdu,
+            tls_cert=settings.dimse_tls_cert,
+            tls_key=settings.dimse_tls_key,
+            tls_ca=settings.dimse_tls_ca,
+        )
+
+
+def client_tls(options: ScuOptions, remote: RemoteAE) -> tuple[ssl.SSLContext, str] | None:
+    """The TLS context for a remote AE registered with `tls` (PS3.15 B.1): the peer is verified against
+    DIMSE_TLS_CA (the system store when unset) and our certificate is presented when we have one."""
+    if not remote.tls:
+        return None
+    cafile = str(options.tls_ca) if options.tls_ca else None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if options.tls_cert is not None and options.tls_key is not None:
+        context.load_cert_chain(str(options.tls_cert), str(options.tls_key))
+    return context, remote.host
+
+
+@dataclass
+class _Attempt:
+    """What the association attempt saw, to say why it failed."""
+
+    connected: bool = False
+    answer: A_ASSOCIATE | None = None
+
+
+def _nodelay(event: Any) -> None:
+    # As the server does (server.handle_connection_open): small DIMSE messages must not wait for delayed ACKs.
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def associate(
+    remote: RemoteAE,
+    options: ScuOptions,
+    contexts: Sequence[PresentationContext],
+    *,
+    roles: Sequence[SCP_SCU_RoleSelectionNegotiation] = (),
+    handlers: Iterable[evt.EventHandlerType] = (),
+) -> Association:
+    """An established association with `remote` proposing `contexts`, or ScuError saying why not."""
+    ae = AE(ae_title=options.calling_ae_title)
+    ae.acse_timeout = options.timeout
+    ae.dimse_timeout = options.timeout
+    ae.network_timeout = options.timeout
+    ae.connection_timeout = options.connection_timeout or options.timeout
+    attempt = _Attempt()
+
+    def connected(event: Any) -> None:
+        attempt.connected = True
+        _nodelay(event)
+
+    def acse_received(event: Any) -> None:
+        if isinstance(event.primitive, A_ASSOCIATE):
+            attempt.answer = event.primitive
+
+    assoc = ae.associate(
+        remote.host,
+        remote.port,
+        contexts=list(contexts),
+        ae_title=remote.ae_title,
+        max_pdu=options.max_pdu,
+        ext_neg=list(roles) or None,
+        tls_args=client_tls(options, remote),
+        evt_handlers=[(evt.EVT_CONN_OPEN, connected), (evt.EVT_ACSE_RECV, acse_received), *handlers],
+    )
+    if assoc.is_established:
+        return assoc
+    where = f"{remote.ae_title} at {remote.host}:{remote.port}"
+    if assoc.is_rejected and attempt.answer is not None:
+        answer = attempt.answer
+        raise ScuError(
+            f"association rejected by {where}: {answer.result_str}, {answer.source_str}, {answer.reason_str}"
+        )
+    if not attempt.connected:
+        raise ScuError(f"cannot connect to {where}")
+    if attempt.answer is None:
+        raise ScuError(f"no answer to the association request from {where} (timeout or abort)")
+    if attempt.answer.result == 0x00:  # accepted, then aborted by pynetdicom because no context was accepted
+        proposed = ", ".join(sorted({str(cx.abstract_syntax) for cx in contexts}))
+        raise ScuError(f"{where} accepted none of the presentation contexts proposed ({proposed})")
+    raise ScuError(f"association with {where} aborted")
+
+
+# -- C-ECHO ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    status: int
+    seconds: float
+
+
+def echo(remote: RemoteAE, options: ScuOptions) -> EchoResult:
+    """C-ECHO (PS3.4 A.4) on a new association; ScuError when none can be made or the peer does not answer."""
+    started = time.monotonic()
+    assoc = associate(remote, options, [build_context(VERIFICATION)])
+    try:
+        if not any(cx.abstract_syntax == VERIFICATION for cx in assoc.accepted_contexts):
+            raise ScuError(f"{remote.ae_title} does not accept the Verification SOP Class")
+        status = assoc.send_c_echo()
+        if "Status" not in status:
+            raise ScuError(f"no C-ECHO response from {remote.ae_title} (timeout or abort)")
+        return EchoResult(int(status.Status), time.monotonic() - started)
+    finally:
+        _release(assoc)
+
+
+# -- C-STORE --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreReport:
+    """The outcome of a set of C-STORE sub-operations, counted as a C-MOVE counts them (PS3.4 C.4.2.1.5)."""
+
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_sop_instance_uids: list[str] = field(default_factory=list)
+
+    def fail(self, ref: StoredInstance) -> None:
+        self.failed += 1
+        self.failed_sop_instance_uids.append(ref.sop_instance_uid)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "completed": self.completed,
+            "failed": self.failed,
+            "warning": self.warning,
+            "failedSOPInstanceUIDs": self.failed_sop_instance_uids,
+        }
+
+
+def storage_contexts(refs: Sequence[StoredInstance]) -> list[list[PresentationContext]]:
+    """The presentation contexts to propose for `refs`, split into groups of at most MAX_CONTEXTS (one
+    association each), a SOP class never split over two groups."""
+    syntaxes: dict[str, list[str]] = {}
+    for ref in refs:
+        stored = syntaxes.setdefault(ref.sop_class_uid, [])
+        if ref.transfer_syntax_uid not in stored:
+            stored.append(ref.transfer_syntax_uid)
+    groups: list[list[PresentationContext]] = [[]]
+    for sop_class, stored in syntaxes.items():
+        contexts = [build_context(sop_class, syntax) for syntax in stored[: MAX_CONTEXTS - 1]]
+        contexts.append(build_context(sop_class, [EXPLICIT_VR_LE, IMPLICIT_VR_LE]))
+        if len(groups[-1]) + len(contexts) > MAX_CONTEXTS:
+            groups.append([])
+        groups[-1].extend(contexts)
+    return [group for group in groups if group]
+
+
+def store(remote: RemoteAE, refs: Sequence[StoredInstance], load: Loader, options: ScuOptions) -> StoreReport:
+    """C-STORE every instance of `refs` to `remote` (PS3.4 B.2), each in a transfer syntax accepted for its SOP
+    class. ScuError only when no association at all could be made; after that, what could not be sent is
+    counted as failed and the rest is still tried."""
+    report = StoreReport()
+    groups = storage_contexts(refs)
+    for number, contexts in enumerate(groups):
+        classes = {str(cx.abstract_syntax) for cx in contexts}
+        batch = [ref for ref in refs if ref.sop_class_uid in classes]
+        try:
+            assoc = associate(remote, options, contexts)
+        except ScuError:
+            if number == 0 and report.completed + report.warning + report.failed == 0:
+                raise
+            log.warning("C-STORE to %s: association %d failed", remote.ae_title, number + 1, exc_info=True)
+            for ref in batch:
+                report.fail(ref)
+            continue
+        try:
+            _store_batch(assoc, remote, batch, load, report)
+        finally:
+            _release(assoc)
+    return report
+
+
+def _store_batch(
+    assoc: Association, remote: RemoteAE, refs: Sequence[StoredInstance], load: Loader, report: StoreReport
+) -> None:
+    accepted: dict[str, list[str]] = {}
+    for cx in assoc.accepted_contexts:
+        accepted.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+    for index, ref in enumerate(refs):
+        if not assoc.is_established:
+            log.warning("C-STORE to %s: association lost, %d not sent", remote.ae_title, len(refs) - index)
+            for rest in refs[index:]:
+                report.fail(rest)
+            return
+        syntaxes = accepted.get(ref.sop_class_uid)
+        if not syntaxes:
+            log.info("C-STORE to %s: SOP class %s not accepted", remote.ae_title, ref.sop_class_uid)
+            report.fail(ref)
+            continue
+        try:
+            dataset = load(ref, syntaxes)
+        except Exception as exc:  # not acceptable, unreadable, deleted meanwhile, archive unreachable
+            log.warning("C-STORE to %s: cannot read %s: %s", remote.ae_title, ref.sop_instance_uid, exc)
+            report.fail(ref)
+            continue
+        try:
+            status = assoc.send_c_store(dataset)
+        except (ValueError, AttributeError, RuntimeError) as exc:  # no matching context, not encodable
+            log.warning("C-STORE to %s: cannot send %s: %s", remote.ae_title, ref.sop_instance_uid, exc)
+            report.fail(ref)
+            continue
+        code = int(status.Status) if "Status" in status else UNABLE_TO_PROCESS
+        category = code_to_category(code)
+        if category == "Success":
+            report.completed += 1
+        elif category == "Warning":
+            report.warning += 1
+        else:
+            log.info("C-STORE to %s: %s answered 0x%04X", remote.ae_title, ref.sop_instance_uid, code)
+            report.fail(ref)
+
+
+def _release(assoc: Association) -> None:
+    if assoc.is_established:
+        assoc.release()
+
+
+# -- N-EVENT-REPORT (Storage Commitment results) ------------------------------------------------------------
+
+
+def send_event_report(
+    remote: RemoteAE,
+    options: ScuOptions,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    event_type: int,
+    information: Dataset,
+) -> int:
+    """N-EVENT-REPORT on a new association, where we propose the SCP role for `sop_class_uid` (SCP/SCU Role
+    Selection, PS3.7 D.3.3.4; PS3.4 J.3.3: the commitment SCP that opens the association to report is its
+    requester but stays the SCP of the SOP class). Returns the peer's status; ScuError when no association can
+    be made or the peer does not answer."""
+    context = build_context(sop_class_uid, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+    assoc = associate(remote, options, [context], roles=[build_role(sop_class_uid, scp_role=True)])
+    try:
+        status, _reply = assoc.send_n_event_report(information, event_type, sop_class_uid, sop_instance_uid)
+        if "Status" not in status:
+            raise ScuError(f"no N-EVENT-REPORT response from {remote.ae_title} (timeout or abort)")
+        return int(status.Status)
+    finally:
+        _release(assoc)

@@ -1,0 +1,28 @@
+"""Ingest hooks used by tests/test_ingest_rules.py through INGEST_HOOK."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from app.core.hooks import HookContext, HookReject
+from app.core.outcomes import FailureReason
+
+
+async def hook(dataset: Dataset, context: HookContext) -> str | HookReject | Mapping[str, Any] | None:
+    patient_id = str(dataset.get("PatientID", ""))
+    if patient_id == "BLOCK-ME":
+        return "patient BLOCK-ME is not archived here"
+    if patient_id == "NOT-YOU":
+        return HookReject("not authorised", FailureReason.NOT_AUTHORIZED)
+    if patient_id == "BROKEN":
+        raise RuntimeError("hook bug")
+    if patient_id == "TAG-ME":
+        return {"InstitutionName": f"via {context.origin or 'api'}", "PatientComments": None}
+    return None
+
+
+def not_async(dataset: Dataset, context: HookContext) -> None:
+    return None

@@ -1,0 +1,531 @@
+"""The Query/Retrieve SCP (C-FIND, C-GET, C-MOVE; dimse_bridge/qr.py) against real peers.
+
+The archive is the real CLI (`python -m app serve`) in a subprocess, as in test_dimse_store.py, whose helpers
+are reused. Peers: DCMTK's findscu, getscu and movescu (TCP_NODELAY=1), pynetdicom's storescp CLI bound to
+127.0.0.1 as a move destination, and pynetdicom SCUs where a test needs exact statuses or a C-CANCEL. Data goes
+in through STOW-RS (and C-STORE), so every door is seen answering for what another door stored.
+
+Every patient of this module has a PatientID starting with "QR-", so queries stay within this module's data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from tests import dicom_files
+from tests.test_dimse_store import AE_TITLE, DimseArchive, dcmtk, free_port, running_archive, storescu
+
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("findscu", "getscu", "movescu", "storescu")),
+    reason="DCMTK is not installed",
+)
+
+DEST = "QRDEST"  # pynetdicom's storescp CLI, registered through PUT /api/aes/{AET}
+SLOW = "QRSLOW"  # an in-test storage SCP answering each C-STORE slowly (C-CANCEL test)
+DOWN = "QRDOWN"  # registered through DIMSE_REMOTE_AES, nothing listens there
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+BIG_STUDY_SIZE = 40
+PEER_TIMEOUT = 60
+
+
+# -- data --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Study:
+    uid: str
+    series: str
+    instances: list[Dataset]
+
+    @property
+    def sop_uids(self) -> list[str]:
+        return [ds.SOPInstanceUID for ds in self.instances]
+
+
+def make_study(name: str, count: int, **attributes: object) -> Study:
+    """`count` instances of one series of a new study, each a renewed copy of pydicom's test file `name`."""
+    study, series = generate_uid(), generate_uid()
+    instances = []
+    for number in range(1, count + 1):
+        ds = dicom_files.renewed(name, **attributes)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, number
+        instances.append(ds)
+    return Study(study, series, instances)
+
+
+def stow(archive: DimseArchive, instances: list[Dataset]) -> None:
+    body = dicom_files.multipart([dicom_files.part10(ds) for ds in instances])
+    response = httpx.post(
+        f"http://127.0.0.1:{archive.http_port}/dicom-web/studies",
+        content=body,
+        headers={"Content-Type": f"{MULTIPART_DICOM}; boundary=dicom-boundary"},
+        timeout=PEER_TIMEOUT,
+    )
+    assert response.status_code == 200, response.text
+
+
+# -- peers -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """A storage SCP in this process, bound to 127.0.0.1, keeping what it receives."""
+
+    delay: float = 0.0
+    received: list[Dataset] = field(default_factory=list)
+    port: int = 0
+    server: Any = None
+
+    def handle_store(self, event: Any) -> int:
+        if self.delay:
+            time.sleep(self.delay)
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.received.append(ds)
+        return 0x0000
+
+    def __enter__(self) -> Receiver:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        ae = AE(ae_title=SLOW)
+        ae.supported_contexts = AllStoragePresentationContexts
+        self.port = free_port()
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.handle_store)]
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+@dataclass
+class QrArchive:
+    archive: DimseArchive
+    dest_dir: Path
+    slow: Receiver
+    a: Study  # DOE^JOHN, 2010, three CT instances
+    b: Study  # DOE^JANE, 1999, one MR instance
+    c: Study  # a non-ASCII name, 2020
+    big: Study  # BIG_STUDY_SIZE small CT instances
+
+
+def _register(archive: DimseArchive, title: str, port: int) -> None:
+    response = httpx.put(
+        f"http://127.0.0.1:{archive.http_port}/api/aes/{title}",
+        json={"host": "127.0.0.1", "port": port, "tls": False},
+        timeout=PEER_TIMEOUT,
+    )
+    assert response.status_code in (200, 201), response.text
+
+
+@pytest.fixture(scope="module")
+def qr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QrArchive]:
+    root = tmp_path_factory.mktemp("qr")
+    dest_dir = root / "dest"
+    dest_dir.mkdir()
+    dest_port = free_port()
+    down_port = free_port()  # nothing will listen there
+    storescp = subprocess.Popen(
+        [sys.executable, "-m", "pynetdicom", "storescp", str(dest_port), "-ba", "127.0.0.1", "-aet", DEST,
+         "-od", str(dest_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with (
+            running_archive(root, DIMSE_REMOTE_AES=f"{DOWN}@127.0.0.1:{down_port}") as archive,
+            Receiver(delay=0.05) as slow,
+        ):
+            _register(archive, DEST, dest_port)
+            _register(archive, SLOW, slow.port)
+            a = make_study("CT_small.dcm", 3, PatientName="DOE^JOHN", PatientID="QR-1", StudyDate="20100105")
+            b = make_study("MR_small.dcm", 1, PatientName="DOE^JANE", PatientID="QR-2", StudyDate="19990101")
+            c = make_study(
+                "CT_small.dcm", 1, PatientName="MÜLLER^JÜRGEN", PatientID="QR-3", StudyDate="20200101"
+            )
+            for ds in c.instances:
+                ds.SpecificCharacterSet = "ISO_IR 192"
+            big = make_study("CT_small.dcm", BIG_STUDY_SIZE, PatientName="BIG^STUDY", PatientID="QR-BIG",
+                             StudyDate="19800101")  # fmt: skip
+            for study in (a, b, c, big):
+                stow(archive, study.instances)
+            yield QrArchive(archive, dest_dir, slow, a, b, c, big)
+    finally:
+        storescp.terminate()
+        storescp.wait(timeout=30)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def findscu(qr: QrArchive, out: Path, model: str, *keys: str) -> list[Dataset]:
+    """findscu's responses (extracted with -X), in order."""
+    result = dcmtk(
+        "findscu", "-aet", "FINDSCU", "-aec", AE_TITLE, model, "-X", "-od", out,
+        *[arg for key in keys for arg in ("-k", key)], "127.0.0.1", str(qr.archive.dimse_port),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+def keywords(ds: Dataset) -> set[str]:
+    return {element.keyword for element in ds}
+
+
+@pytest.fixture
+def scu() -> dict[str, Any]:
+    """A pynetdicom SCU proposing the Study Root FIND/GET/MOVE contexts and, for C-GET, CT Image Storage with
+    itself as SCP (role selection): MR instances then have no context to come back on."""
+    from pynetdicom import AE, build_role, evt
+
+    ae = AE(ae_title="PYSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = PEER_TIMEOUT
+    for uid in (STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE, CT_IMAGE_STORAGE):
+        ae.add_requested_context(uid)
+    received: list[Dataset] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    return {
+        "ae": ae,
+        "received": received,
+        "role": build_role(CT_IMAGE_STORAGE, scp_role=True),
+        "handlers": [(evt.EVT_C_STORE, on_store)],
+    }
+
+
+def associate(qr: QrArchive, scu: dict[str, Any]) -> Any:
+    assoc = scu["ae"].associate(
+        "127.0.0.1",
+        qr.archive.dimse_port,
+        ae_title=AE_TITLE,
+        ext_neg=[scu["role"]],
+        evt_handlers=scu["handlers"],
+    )
+    assert assoc.is_established
+    return assoc
+
+
+def study_identifier(level: str = "STUDY", **keys: object) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+# -- C-FIND ------------------------------------------------------------------------------------------------
+
+
+def test_findscu_patient_root_patient_level_wildcard(qr: QrArchive, tmp_path: Path) -> None:
+    answers = findscu(
+        qr,
+        tmp_path,
+        "-P",
+        "QueryRetrieveLevel=PATIENT",
+        "PatientName=DOE*",
+        "PatientID=QR-*",
+        "PatientBirthDate",
+    )
+    assert sorted(str(ds.PatientName) for ds in answers) == ["DOE^JANE", "DOE^JOHN"]
+    for ds in answers:
+        # Only what was asked, plus QueryRetrieveLevel; PatientID is both asked and the unique key.
+        assert keywords(ds) == {"QueryRetrieveLevel", "PatientName", "PatientID", "PatientBirthDate"}
+        assert ds.QueryRetrieveLevel == "PATIENT"
+
+
+def test_findscu_study_level_date_range_returns_only_requested_and_unique_keys(
+    qr: QrArchive, tmp_path: Path
+) -> None:
+    answers = findscu(
+        qr, tmp_path, "-S", "QueryRetrieveLevel=STUDY", "StudyDate=20000101-", "PatientID=QR-*", "PatientName",
+        "ModalitiesInStudy", "NumberOfStudyRelatedInstances",
+    )  # fmt: skip
+    assert {ds.StudyInstanceUID for ds in answers} == {qr.a.uid, qr.c.uid}
+    for ds in answers:
+        assert keywords(ds) - {"SpecificCharacterSet"} == {
+            "QueryRetrieveLevel", "StudyDate", "PatientID", "PatientName", "ModalitiesInStudy",
+            "NumberOfStudyRelatedInstances", "StudyInstanceUID",
+        }  # fmt: skip
+    a = next(ds for ds in answers if ds.StudyInstanceUID == qr.a.uid)
+    assert a.NumberOfStudyRelatedInstances == 3 and a.ModalitiesInStudy == "CT"
+    assert "SpecificCharacterSet" not in a  # ASCII only: the default repertoire
+
+
+def test_patient_root_study_level_answers_carry_the_patient_id(qr: QrArchive, tmp_path: Path) -> None:
+    answers = findscu(qr, tmp_path, "-P", "QueryRetrieveLevel=STUDY", "PatientID=QR-2", "StudyDate")
+    assert len(answers) == 1
+    assert keywords(answers[0]) == {"QueryRetrieveLevel", "PatientID", "StudyDate", "StudyInstanceUID"}
+    assert answers[0].StudyInstanceUID == qr.b.uid
+
+
+def test_findscu_series_level(qr: QrArchive, tmp_path: Path) -> None:
+    answers = findscu(
+        qr, tmp_path, "-S", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={qr.a.uid}", "Modality",
+        "NumberOfSeriesRelatedInstances",
+    )  # fmt: skip
+    assert len(answers) == 1
+    ds = answers[0]
+    assert keywords(ds) == {
+        "QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances",
+    }  # fmt: skip
+    assert (ds.SeriesInstanceUID, ds.Modality, ds.NumberOfSeriesRelatedInstances) == (qr.a.series, "CT", 3)
+
+
+def test_findscu_image_level_uid_list(qr: QrArchive, tmp_path: Path) -> None:
+    wanted = qr.a.sop_uids[:2]
+    answers = findscu(
+        qr, tmp_path, "-S", "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={qr.a.uid}",
+        f"SeriesInstanceUID={qr.a.series}", "SOPInstanceUID=" + "\\".join(wanted), "InstanceNumber",
+    )  # fmt: skip
+    assert sorted(ds.SOPInstanceUID for ds in answers) == sorted(wanted)
+    for ds in answers:
+        assert keywords(ds) == {
+            "QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber",
+        }  # fmt: skip
+
+
+def test_a_non_ascii_answer_is_sent_in_utf8(qr: QrArchive, tmp_path: Path) -> None:
+    answers = findscu(qr, tmp_path, "-S", "QueryRetrieveLevel=STUDY", "PatientID=QR-3", "PatientName")
+    assert len(answers) == 1
+    assert answers[0].SpecificCharacterSet == "ISO_IR 192"
+    assert str(answers[0].PatientName) == "MÜLLER^JÜRGEN"
+
+
+def test_a_latin1_request_matches_and_the_answer_is_utf8(qr: QrArchive, scu: dict[str, Any]) -> None:
+    request = study_identifier(PatientName="MÜLLER*", StudyInstanceUID="")
+    request.SpecificCharacterSet = "ISO_IR 100"  # pynetdicom encodes the identifier in Latin-1
+    assoc = associate(qr, scu)
+    try:
+        answers = [
+            ds for status, ds in assoc.send_c_find(request, STUDY_ROOT_FIND) if status.Status == 0xFF00
+        ]
+    finally:
+        assoc.release()
+    assert [ds.StudyInstanceUID for ds in answers] == [qr.c.uid]
+    assert answers[0].SpecificCharacterSet == "ISO_IR 192"
+    assert str(answers[0].PatientName) == "MÜLLER^JÜRGEN"
+
+
+def test_a_study_stored_by_stow_is_found_at_once(qr: QrArchive, tmp_path: Path) -> None:
+    fresh = make_study("MR_small.dcm", 1, PatientID="QR-FRESH", PatientName="FRESH^ONE")
+    stow(qr.archive, fresh.instances)
+    answers = findscu(
+        qr, tmp_path, "-S", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={fresh.uid}", "PatientName"
+    )
+    assert [str(ds.PatientName) for ds in answers] == ["FRESH^ONE"]
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
+def test_find_statuses(qr: QrArchive, scu: dict[str, Any]) -> None:
+    assoc = associate(qr, scu)
+    try:
+        # A key the archive does not index, given a value: matches continue with 0xFF01 (PS3.4 Table C.4-1).
+        answers = list(
+            assoc.send_c_find(
+                study_identifier(PatientID="QR-1", StudyInstanceUID="", PatientComments="x"), STUDY_ROOT_FIND
+            )
+        )
+        assert [status.Status for status, _ in answers] == [0xFF01, 0x0000]
+        assert answers[0][1].StudyInstanceUID == qr.a.uid
+        # PATIENT is not a level of the Study Root model: 0xA900 with a comment.
+        [(status, _)] = list(
+            assoc.send_c_find(study_identifier("PATIENT", PatientID="QR-1"), STUDY_ROOT_FIND)
+        )
+        assert status.Status == 0xA900 and "PATIENT" in status.ErrorComment
+        # A value that cannot be matched as given: 0xC000, "unable to process".
+        [(status, _)] = list(assoc.send_c_find(study_identifier(StudyDate="2010-13-45"), STUDY_ROOT_FIND))
+        assert status.Status == 0xC000 and "StudyDate" in status.ErrorComment
+    finally:
+        assoc.release()
+    qr.archive.wait_for_log("C-FIND from PYSCU@")
+
+
+# -- C-GET -------------------------------------------------------------------------------------------------
+
+
+def test_getscu_retrieves_a_study(qr: QrArchive, tmp_path: Path) -> None:
+    result = dcmtk(
+        "getscu", "-aet", "GETSCU", "-aec", AE_TITLE, "-S", "-k", "QueryRetrieveLevel=STUDY",
+        "-k", f"StudyInstanceUID={qr.a.uid}", "-od", tmp_path, "127.0.0.1", str(qr.archive.dimse_port),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, tmp_path.iterdir())}
+    assert set(got) == set(qr.a.sop_uids)
+    for sent in qr.a.instances:
+        assert got[sent.SOPInstanceUID].PixelData == sent.PixelData
+        assert got[sent.SOPInstanceUID].PatientName == "DOE^JOHN"
+
+
+def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, scu: dict[str, Any]) -> None:
+    """The SCU takes CT back (role selection) but not MR: the MR instance fails, the final status is 0xB000."""
+    assoc = associate(qr, scu)
+    try:
+        identifier = study_identifier(StudyInstanceUID=f"{qr.a.uid}\\{qr.b.uid}")
+        responses = [status for status, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET)]
+    finally:
+        assoc.release()
+    final = responses[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 1)
+    assert [p.NumberOfRemainingSuboperations for p in responses[:-1]] == [3, 2, 1, 0]
+    assert sorted(ds.SOPInstanceUID for ds in scu["received"]) == sorted(qr.a.sop_uids)
+    qr.archive.wait_for_log(f"instance {qr.b.sop_uids[0]} not sent: no accepted presentation context")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, scu: dict[str, Any]) -> None:
+    assoc = associate(qr, scu)
+    try:
+        responses = [s for s, _ in assoc.send_c_get(study_identifier("SERIES", StudyInstanceUID=qr.a.uid),
+                                                    STUDY_ROOT_GET)]  # fmt: skip
+        wildcard = [
+            s for s, _ in assoc.send_c_get(study_identifier("STUDY", StudyInstanceUID="*"), STUDY_ROOT_GET)
+        ]
+    finally:
+        assoc.release()
+    assert responses[-1].Status == 0xA900 and "SeriesInstanceUID" in responses[-1].ErrorComment
+    assert wildcard[-1].Status == 0xA900
+    assert scu["received"] == []
+
+
+# -- C-MOVE ------------------------------------------------------------------------------------------------
+
+
+def test_movescu_sends_every_instance_to_a_registered_destination(qr: QrArchive) -> None:
+    result = dcmtk(
+        "movescu", "-aet", "MOVESCU", "-aec", AE_TITLE, "-aem", DEST, "-S", "-k", "QueryRetrieveLevel=SERIES",
+        "-k", f"StudyInstanceUID={qr.a.uid}", "-k", f"SeriesInstanceUID={qr.a.series}",
+        "127.0.0.1", str(qr.archive.dimse_port),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 10
+    while len(list(qr.dest_dir.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, qr.dest_dir.iterdir())}
+    assert set(qr.a.sop_uids) <= set(got)
+    for sent in qr.a.instances:
+        assert np.array_equal(got[sent.SOPInstanceUID].pixel_array, sent.pixel_array)
+
+
+def test_movescu_patient_root_patient_level(qr: QrArchive) -> None:
+    result = dcmtk(
+        "movescu", "-aet", "MOVESCU", "-aec", AE_TITLE, "-aem", DEST, "-P", "-k", "QueryRetrieveLevel=PATIENT",
+        "-k", "PatientID=QR-2", "127.0.0.1", str(qr.archive.dimse_port),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 10
+    while not (qr.dest_dir / f"MR.{qr.b.sop_uids[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pydicom.dcmread(qr.dest_dir / f"MR.{qr.b.sop_uids[0]}").StudyInstanceUID == qr.b.uid
+
+
+def test_a_move_transcodes_for_a_destination_without_the_stored_syntax(
+    qr: QrArchive, scu: dict[str, Any]
+) -> None:
+    """RLE is stored as sent; the receiver accepts only native syntaxes, so the instance is decoded for it."""
+    study = make_study("MR_small_RLE.dcm", 1, PatientID="QR-RLE")
+    stow(qr.archive, study.instances)
+    qr.slow.received.clear()
+    assoc = associate(qr, scu)
+    try:
+        responses = [s for s, _ in assoc.send_c_move(study_identifier(StudyInstanceUID=study.uid), SLOW,
+                                                     STUDY_ROOT_MOVE)]  # fmt: skip
+    finally:
+        assoc.release()
+    assert responses[-1].Status == 0x0000
+    [got] = qr.slow.received
+    assert not got.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(got.pixel_array, study.instances[0].pixel_array)
+
+
+def test_a_move_of_nothing_succeeds_with_no_sub_operations(qr: QrArchive, scu: dict[str, Any]) -> None:
+    assoc = associate(qr, scu)
+    try:
+        responses = [s for s, _ in assoc.send_c_move(study_identifier(StudyInstanceUID=generate_uid()), SLOW,
+                                                     STUDY_ROOT_MOVE)]  # fmt: skip
+    finally:
+        assoc.release()
+    assert [r.Status for r in responses] == [0x0000]
+    assert responses[0].NumberOfCompletedSuboperations == 0
+
+
+def test_movescu_to_an_unknown_destination_is_refused_with_a801(qr: QrArchive) -> None:
+    result = dcmtk(
+        "movescu", "-aet", "MOVESCU", "-aec", AE_TITLE, "-aem", "NOBODY", "-S", "-k", "QueryRetrieveLevel=STUDY",
+        "-k", f"StudyInstanceUID={qr.a.uid}", "127.0.0.1", str(qr.archive.dimse_port),
+    )  # fmt: skip
+    assert "MoveDestinationUnknown" in result.stderr, result.stderr
+    qr.archive.wait_for_log("to NOBODY refused: unknown move destination")
+
+
+def test_a_destination_that_is_down_gets_a801(qr: QrArchive, scu: dict[str, Any]) -> None:
+    assoc = associate(qr, scu)
+    try:
+        responses = [s for s, _ in assoc.send_c_move(study_identifier(StudyInstanceUID=qr.a.uid), DOWN,
+                                                     STUDY_ROOT_MOVE)]  # fmt: skip
+    finally:
+        assoc.release()
+    assert responses[-1].Status == 0xA801
+
+
+def test_c_cancel_stops_a_move(qr: QrArchive, scu: dict[str, Any]) -> None:
+    qr.slow.received.clear()
+    assoc = associate(qr, scu)
+    statuses = []
+    try:
+        context_id = next(
+            cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == STUDY_ROOT_MOVE
+        )
+        for status, _ in assoc.send_c_move(study_identifier(StudyInstanceUID=qr.big.uid), SLOW, STUDY_ROOT_MOVE,
+                                           msg_id=7):  # fmt: skip
+            statuses.append(status)
+            if len(statuses) == 2:
+                assoc.send_c_cancel(7, context_id)
+    finally:
+        assoc.release()
+    final = statuses[-1]
+    assert final.Status == 0xFE00
+    assert final.NumberOfRemainingSuboperations > 0
+    assert 0 < len(qr.slow.received) < BIG_STUDY_SIZE
+    assert final.NumberOfCompletedSuboperations == len(qr.slow.received)
+
+
+# -- the doors agree ---------------------------------------------------------------------------------------
+
+
+def test_an_instance_stored_by_c_store_is_retrieved_by_wado_rs(qr: QrArchive, tmp_path: Path) -> None:
+    path = tmp_path / "sent.dcm"
+    sent = dicom_files.renewed("CT_small.dcm", PatientID="QR-WADO")
+    path.write_bytes(dicom_files.part10(sent))
+    assert storescu(qr.archive, path).returncode == 0
+    response = httpx.get(
+        f"http://127.0.0.1:{qr.archive.http_port}/dicom-web/studies/{sent.StudyInstanceUID}/series/"
+        f"{sent.SeriesInstanceUID}/instances/{sent.SOPInstanceUID}",
+        headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"},
+        timeout=PEER_TIMEOUT,
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("multipart/related")
+    assert sent.SOPInstanceUID.encode() in response.content
+    assert sent.PixelData in response.content
