@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     fhir_enabled: bool = False
     fhir_base_url: str | None = None
 
+    ingest_workers: int = Field(
+        1, ge=0, description="Processes that parse headers for ingest (0: in a thread of the server process)."
+    )
+
     log_level: str = "INFO"
 
     # Operations (app/core/logs.py, app/core/metrics.py, app/core/audit.py)

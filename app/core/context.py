@@ -18,6 +18,7 @@ from app.core.events import EventBus, InstanceDeleted
 from app.core.hooks import load_hook
 from app.core.ingest import IngestService
 from app.core.lifecycle import LifecycleService
+from app.core.parsing import HeaderParser
 from app.core.retrieve import RetrieveService
 from app.core.rules import IngestRules
 from app.core.webhooks import Webhooks
@@ -100,7 +101,13 @@ class ArchiveContext:
         change_feed.attach(events)
         change_feed.start()
         ingest = IngestService(
-            repository, storage, settings.duplicate_policy, events=events, rules=rules, hook=hook
+            repository,
+            storage,
+            settings.duplicate_policy,
+            events=events,
+            rules=rules,
+            hook=hook,
+            parser=HeaderParser(settings.ingest_workers),
         )
         retrieve = RetrieveService(repository, storage)
         lifecycle = LifecycleService(repository, storage, ingest)
@@ -159,6 +166,7 @@ class ArchiveContext:
         if self.change_feed is not None:
             await self.change_feed.close()
         await self.repository.close()
+        self.ingest.parser.close()
 
 
 def _fhir_sync(settings: Settings, repository: Repository, events: EventBus) -> FhirSync | None:

@@ -26,9 +26,9 @@ from pydicom.dataset import Dataset
 
 from app.config import DuplicatePolicy
 from app.core.events import EventBus, InstanceReplaced, InstanceStored
-from app.core.header import HeaderError, build_record, read_header
 from app.core.hooks import HookContext, HookReject, IngestHook
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus, WarningReason
+from app.core.parsing import HeaderParser, ParseFailure, parse_instance
 from app.core.records import InstanceRecord
 from app.core.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
 from app.core.uids import InvalidUIDError
@@ -56,8 +56,10 @@ class IngestService:
         events: EventBus | None = None,
         rules: IngestRules | None = None,
         hook: IngestHook | None = None,
+        parser: HeaderParser | None = None,
     ) -> None:
         self.repository = repository
+        self.parser = parser if parser is not None else HeaderParser(workers=0)
         self.storage = storage
         self.duplicate_policy = duplicate_policy
         # Stored and replaced instances are published here (change feed, webhooks...); never waited for.
@@ -80,7 +82,7 @@ class IngestService:
         `calling_ae_title` is the peer's AE title when the instance came over DIMSE (C-STORE), for the ingest
         rules that match on it; None from the other doors.
         """
-        prepared = await asyncio.to_thread(self._prepare, payload)
+        prepared = await self._prepare(payload)
         if prepared.outcome is not None:
             return self._failed(prepared, origin)
         record = prepared.record
@@ -133,7 +135,10 @@ class IngestService:
                         for name, value in answer.items():
                             verdict.edits.append(set_attribute(attribute_tag(name), value))
                     except (ValueError, KeyError) as exc:
-                        verdict.reject = (FailureReason.PROCESSING_FAILURE, f"ingest hook answer unusable: {exc}")
+                        verdict.reject = (
+                            FailureReason.PROCESSING_FAILURE,
+                            f"ingest hook answer unusable: {exc}",
+                        )
                     verdict.changes.append("ingest hook coerced " + ", ".join(answer))
         if verdict.reject is not None:
             prepared.outcome = _fail(outcome, verdict.reject[0], verdict.reject[1])
@@ -143,7 +148,9 @@ class IngestService:
         try:
             await asyncio.to_thread(self._rewrite, prepared, verdict.edits)
         except InvalidUIDError as exc:
-            prepared.outcome = _fail(outcome, FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"after coercion: {exc}")
+            prepared.outcome = _fail(
+                outcome, FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"after coercion: {exc}"
+            )
             return self._failed(prepared, origin)
         except Exception as exc:
             log.exception("coercion of %s failed", outcome.sop_instance_uid)
@@ -176,8 +183,9 @@ class IngestService:
         buffer = io.BytesIO()
         full.save_as(buffer, enforce_file_format=True)
         data = buffer.getvalue()
-        ds, pixel_data_present = read_header(io.BytesIO(data))
-        record = build_record(ds, pixel_data_present=pixel_data_present)
+        parsed = parse_instance(data, keep_dataset=True)
+        if isinstance(parsed, ParseFailure):
+            raise InvalidUIDError(parsed.message)
         staged = self.storage.stage()
         try:
             staged.write(data)
@@ -185,7 +193,7 @@ class IngestService:
             self.storage.discard(staged)
             raise
         self.storage.discard(prepared.staged)
-        prepared.staged, prepared.dataset, prepared.record = staged, ds, record
+        prepared.staged, prepared.dataset, prepared.record = staged, parsed.dataset, parsed.record
 
     async def _commit(
         self, prepared: _Prepared, record: InstanceRecord, outcome: StoreOutcome, origin: str
@@ -193,12 +201,16 @@ class IngestService:
         try:
             held = await self.repository.get_instance(record.sop_instance_uid)
         except RepositoryUnavailable as exc:
-            prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}")
+            prepared.outcome = _fail(
+                outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}"
+            )
             return self._failed(prepared, origin)
         if held is not None and self.duplicate_policy is not DuplicatePolicy.REPLACE:
             await asyncio.to_thread(self.storage.discard, prepared.staged)
             if self.duplicate_policy is DuplicatePolicy.REJECT:
-                prepared.outcome = _fail(outcome, FailureReason.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already held")
+                prepared.outcome = _fail(
+                    outcome, FailureReason.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already held"
+                )
                 return self._failed(prepared, origin)
             outcome.status = StoreStatus.KEPT
             return outcome
@@ -215,10 +227,14 @@ class IngestService:
         except BaseException as exc:
             await asyncio.to_thread(commit.rollback)
             if isinstance(exc, RepositoryUnavailable):
-                prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}")
+                prepared.outcome = _fail(
+                    outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}"
+                )
             elif isinstance(exc, Exception):
                 log.exception("metadata write failed for %s", record.sop_instance_uid)
-                prepared.outcome = _fail(outcome, FailureReason.PROCESSING_FAILURE, f"metadata write failed: {exc}")
+                prepared.outcome = _fail(
+                    outcome, FailureReason.PROCESSING_FAILURE, f"metadata write failed: {exc}"
+                )
             else:
                 raise
             return self._failed(prepared, origin, discard=False)
@@ -240,30 +256,33 @@ class IngestService:
         )
         return outcome
 
-    def _prepare(self, payload: bytes | StagedFile) -> _Prepared:
-        """Stage and parse, in a worker thread: both block, and a big header should not stall the loop."""
+    async def _prepare(self, payload: bytes | StagedFile) -> _Prepared:
+        """Stage (worker thread) and parse (worker process, see app/core/parsing.py) one instance."""
         if isinstance(payload, StagedFile):
             prepared = _Prepared(staged=payload)
-            payload.handle.flush()
-            source: str | io.BytesIO = str(payload.path)
+            await asyncio.to_thread(payload.handle.flush)
+            source: bytes | str = str(payload.path)
         else:
-            prepared = _Prepared(staged=self.storage.stage())
+            prepared = _Prepared(staged=await asyncio.to_thread(self.storage.stage))
             try:
-                prepared.staged.write(payload)
+                await asyncio.to_thread(prepared.staged.write, payload)
             except OSError as exc:
-                prepared.outcome = _fail(StoreOutcome(StoreStatus.FAILED), FailureReason.OUT_OF_RESOURCES, str(exc))
+                prepared.outcome = _fail(
+                    StoreOutcome(StoreStatus.FAILED), FailureReason.OUT_OF_RESOURCES, str(exc)
+                )
                 return prepared
-            source = io.BytesIO(payload)
-        try:
-            ds, pixel_data_present = read_header(source)
-            prepared.dataset = ds
-            prepared.record = build_record(ds, pixel_data_present=pixel_data_present)
-        except InvalidUIDError as exc:
-            outcome = StoreOutcome(StoreStatus.FAILED, sop_class_uid=_uid(ds, "SOPClassUID"),
-                                   sop_instance_uid=_uid(ds, "SOPInstanceUID"))
-            prepared.outcome = _fail(outcome, FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
-        except HeaderError as exc:
-            prepared.outcome = _fail(StoreOutcome(StoreStatus.FAILED), FailureReason.CANNOT_UNDERSTAND, str(exc))
+            source = payload
+        # Rules and hooks read the pydicom Dataset, which stays in this process.
+        parsed = await self.parser.parse(source, keep_dataset=self.rules is not None or self.hook is not None)
+        if isinstance(parsed, ParseFailure):
+            outcome = StoreOutcome(
+                StoreStatus.FAILED,
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
+            )
+            prepared.outcome = _fail(outcome, parsed.reason, parsed.message)
+        else:
+            prepared.record, prepared.dataset = parsed.record, parsed.dataset
         return prepared
 
     def _failed(self, prepared: _Prepared, origin: str, *, discard: bool = True) -> StoreOutcome:
@@ -299,8 +318,3 @@ def _fail(outcome: StoreOutcome, reason: FailureReason, message: str) -> StoreOu
     outcome.failure = reason
     outcome.reason = message
     return outcome
-
-
-def _uid(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    return str(value) if value else None
