@@ -37,12 +37,13 @@ from typing import Any, Final
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 
 from app.core.attributes import Level
 from app.core.query import QueryError, QueryModel, from_identifier
 from app.core.records import JSONDict, StoredInstance
 from app.core.retrieve import NotAcceptable, NotFound, RetrieveFailed
+from app.core.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from dimse_bridge import scu, status
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeClosed, BridgeError
@@ -61,6 +62,7 @@ STUDY_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.2.3"
 QR_SOP_CLASSES: Final = (
     PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET,
 )  # fmt: skip
+SECONDARY_CAPTURE: Final = "1.2.840.10008.5.1.4.1.1.7"
 _PATIENT_ROOT: Final = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
 
 # The levels of each model, top first (PS3.4 C.6.1.1, C.6.2.1).
@@ -79,14 +81,6 @@ SPECIFIC_CHARACTER_SET: Final = 0x00080005
 RETRIEVE_AE_TITLE: Final = 0x00080054
 INSTANCE_AVAILABILITY: Final = 0x00080056
 _NOT_RETURN_KEYS: Final = frozenset({QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET})
-
-# PS3.4 Table C.4-1 (C-FIND), C.4-2 (C-MOVE), C.4-3 (C-GET) status codes not in status.py.
-PENDING_OPTIONAL_KEYS_NOT_SUPPORTED: Final = 0xFF01  # Pending, optional keys not supported for matching
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
-UNABLE_TO_PROCESS: Final = 0xC000
-OUT_OF_RESOURCES_MATCHES: Final = 0xA701  # Refused: unable to calculate number of matches
-OUT_OF_RESOURCES_SUBOPERATIONS: Final = 0xA702  # Refused: unable to perform sub-operations
-MOVE_DESTINATION_UNKNOWN: Final = 0xA801
 
 # C-FIND answers are read a page at a time, so a huge match list neither sits in memory nor delays the first
 # pending response, and a C-CANCEL is seen between pages.
@@ -119,11 +113,11 @@ def request_level(identifier: Dataset, sop_class_uid: str) -> Level:
             return level
     if not text:
         raise IdentifierError(
-            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "QueryRetrieveLevel (0008,0052) is missing"
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "QueryRetrieveLevel (0008,0052) is missing"
         )
     model = "Patient Root" if sop_class_uid in _PATIENT_ROOT else "Study Root"
     raise IdentifierError(
-        IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
         f"QueryRetrieveLevel {text!r} is not a level of the {model} model ({', '.join(levels)})",
     )
 
@@ -143,7 +137,7 @@ def _decode_identifier(event: Any) -> Dataset:
             pass
     except Exception as exc:
         raise IdentifierError(
-            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"the identifier cannot be decoded: {exc}"
+            status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"the identifier cannot be decoded: {exc}"
         ) from exc
     return identifier
 
@@ -160,7 +154,7 @@ def find_model(identifier: Dataset, level: Level, sop_class_uid: str) -> QueryMo
     try:
         return from_identifier(level, query)
     except QueryError as exc:
-        raise IdentifierError(UNABLE_TO_PROCESS, str(exc)) from exc
+        raise IdentifierError(status.UNABLE_TO_PROCESS, str(exc)) from exc
 
 
 def retrieve_model(identifier: Dataset, level: Level, sop_class_uid: str) -> QueryModel:
@@ -176,12 +170,12 @@ def retrieve_model(identifier: Dataset, level: Level, sop_class_uid: str) -> Que
         text = "" if element is None or element.value is None else str(element.value).strip()
         if key == UNIQUE_KEY[level] and not text:
             raise IdentifierError(
-                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                 f"the unique key {keyword_for_tag(int(key, 16))} of level {level} is missing or empty",
             )
         if "*" in text or "?" in text:
             raise IdentifierError(
-                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                 f"wildcards are not allowed in the unique key {keyword_for_tag(int(key, 16))}",
             )
         if element is not None and text:
@@ -189,7 +183,7 @@ def retrieve_model(identifier: Dataset, level: Level, sop_class_uid: str) -> Que
     try:
         model = from_identifier(Level.IMAGE, keys)
     except QueryError as exc:
-        raise IdentifierError(UNABLE_TO_PROCESS, str(exc)) from exc
+        raise IdentifierError(status.UNABLE_TO_PROCESS, str(exc)) from exc
     return dataclasses.replace(
         model, include=frozenset(), returned_levels=frozenset(), upper_keys={}, dataset_tags=frozenset()
     )
@@ -289,7 +283,7 @@ def handle_find(event: Any, dimse: DimseContext) -> Iterator[tuple[int | Dataset
         log.warning("C-FIND from %s refused (0x%04X): %s", who, exc.code, exc)
         yield status.status_dataset(exc.code, str(exc)), None
         return
-    pending = PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if model.ignored else status.PENDING
+    pending = status.PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if model.ignored else status.PENDING
     if model.ignored:
         log.info("C-FIND from %s: keys not supported for matching: %s", who, ", ".join(model.ignored))
     required = required_keys(level, sop_class)
@@ -302,8 +296,17 @@ def handle_find(event: Any, dimse: DimseContext) -> Iterator[tuple[int | Dataset
                     log.info("C-FIND from %s cancelled after %d matches", who, matches)
                     yield status.CANCEL, None
                     return
+                try:
+                    answer = find_answer(row, identifier, level, required, dimse.ae_title)
+                except Exception as exc:  # a held value pydicom cannot take back (should not happen)
+                    log.exception("C-FIND from %s: cannot build answer %d", who, matches + 1)
+                    yield (
+                        status.status_dataset(status.UNABLE_TO_PROCESS, f"cannot build an answer: {exc}"),
+                        None,
+                    )
+                    return
                 matches += 1
-                yield pending, find_answer(row, identifier, level, required, dimse.ae_title)
+                yield pending, answer
     except BridgeError as exc:
         log.warning("C-FIND from %s failed after %d matches: %s", who, matches, exc)
         yield status.status_dataset(status.OUT_OF_RESOURCES, str(exc)), None
@@ -397,7 +400,7 @@ def _sub_operations(
             continue
         except BridgeClosed as exc:
             log.warning("%s stopped after %d of %d sub-operations: %s", who, sent, len(refs), exc)
-            yield status.status_dataset(OUT_OF_RESOURCES_SUBOPERATIONS, str(exc)), None
+            yield status.status_dataset(status.OUT_OF_RESOURCES_SUBOPERATIONS, str(exc)), None
             return
         except BridgeError as exc:
             log.warning("%s: instance %s not sent: %s", who, ref.sop_instance_uid, exc)
@@ -425,11 +428,21 @@ def handle_get(event: Any, dimse: DimseContext) -> Iterator[Any]:
         return
     except BridgeError as exc:
         log.warning("%s refused: %s", who, exc)
-        yield from _refusal(OUT_OF_RESOURCES_MATCHES, str(exc))
+        yield from _refusal(status.OUT_OF_RESOURCES_MATCHES, str(exc))
         return
     log.info("%s: %d instances to send", who, len(refs))
     yield len(refs)
     yield from _sub_operations(event, dimse, refs, lambda: event.assoc, who)
+
+
+# Proposed when nothing is to be sent (a refusal answered after the association, see handle_move): contexts a
+# destination is all but sure to accept, Verification (PS3.4 A) and Secondary Capture (any storage SCP's
+# fallback), so the association is made and the refusal, not 0xA801, reaches the requestor.
+def _placeholder_contexts() -> list[PresentationContext]:
+    return [
+        build_context(VERIFICATION),
+        build_context(SECONDARY_CAPTURE, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]),
+    ]
 
 
 class _Receiver:
@@ -453,8 +466,10 @@ def handle_move(event: Any, dimse: DimseContext) -> Iterator[Any]:
     try:
         destination = dimse.bridge.call(dimse.archive.aes.get(destination_title))
     except BridgeError as exc:
-        log.warning("%s refused: %s", who, exc)
-        destination = None
+        # pynetdicom lets the first answer be a destination or 0xA801, so that is the status here too.
+        log.warning("%s refused: the AE registry cannot be read: %s", who, exc)
+        yield None, None
+        return
     if destination is None:
         log.warning("%s refused: unknown move destination (register it with PUT /api/aes/{title})", who)
         yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
@@ -468,7 +483,7 @@ def handle_move(event: Any, dimse: DimseContext) -> Iterator[Any]:
         failure = (exc.code, str(exc))
     except BridgeError as exc:
         log.warning("%s refused: %s", who, exc)
-        failure = (OUT_OF_RESOURCES_MATCHES, str(exc))
+        failure = (status.OUT_OF_RESOURCES_MATCHES, str(exc))
     from dimse_bridge.server import handle_connection_open  # the server imports this module
 
     receiver = _Receiver()
@@ -476,8 +491,7 @@ def handle_move(event: Any, dimse: DimseContext) -> Iterator[Any]:
     # one association is made, so instances of SOP classes beyond its 128 contexts fail (counted, listed).
     groups = scu.storage_contexts(refs)
     options: dict[str, Any] = {
-        # Verification alone when nothing is to be sent (a refusal sent after the association, see _refusal).
-        "contexts": groups[0] if groups else [build_context(VERIFICATION)],
+        "contexts": groups[0] if groups else _placeholder_contexts(),
         "evt_handlers": [
             (evt.EVT_CONN_OPEN, handle_connection_open),
             (evt.EVT_ACCEPTED, receiver.accepted),
@@ -487,6 +501,8 @@ def handle_move(event: Any, dimse: DimseContext) -> Iterator[Any]:
     if tls is not None:
         options["tls_args"] = tls
     yield destination.host, destination.port, options
+    # pynetdicom associates with the destination before it reads our final status, so a refused identifier is
+    # answered after that association (or with 0xA801 when the destination is down).
     if failure is not None:
         yield from _refusal(*failure)
         return

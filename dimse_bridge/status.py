@@ -39,6 +39,14 @@ DUPLICATE_SOP_INSTANCE: Final = 0x0111
 # with the same low bits, and the reason in Error Comment.
 PROCESSING_FAILURE: Final = 0xC110
 
+# PS3.4 Tables C.4-1 (C-FIND), C.4-2 (C-MOVE) and C.4-3 (C-GET), Query/Retrieve (dimse_bridge/qr.py).
+PENDING_OPTIONAL_KEYS_NOT_SUPPORTED: Final = 0xFF01  # Pending: optional keys not supported for matching
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900  # Failed: Identifier does not match SOP Class
+UNABLE_TO_PROCESS: Final = 0xC000  # Failed: Unable to process (0xC000-0xCFFF)
+OUT_OF_RESOURCES_MATCHES: Final = 0xA701  # Refused: Out of resources - unable to calculate number of matches
+OUT_OF_RESOURCES_SUBOPERATIONS: Final = 0xA702  # Refused: Out of resources - unable to perform sub-operations
+MOVE_DESTINATION_UNKNOWN: Final = 0xA801  # Refused: Move Destination unknown
+
 # Domain failure reason -> C-STORE status. FailureReason values are DICOM's own codes, but the table is explicit
 # so a new reason added to the core cannot leak onto the wire unmapped.
 _STORE_FAILURE: Final[dict[FailureReason, int]] = {

@@ -489,6 +489,19 @@ def test_a_destination_that_is_down_gets_a801(qr: QrArchive, scu: dict[str, Any]
     assert responses[-1].Status == 0xA801
 
 
+def test_a_move_with_a_malformed_identifier_is_refused_with_a900(qr: QrArchive, scu: dict[str, Any]) -> None:
+    qr.slow.received.clear()
+    assoc = associate(qr, scu)
+    try:
+        identifier = study_identifier("SERIES", StudyInstanceUID=qr.a.uid)  # no SeriesInstanceUID
+        responses = [s for s, _ in assoc.send_c_move(identifier, SLOW, STUDY_ROOT_MOVE)]
+    finally:
+        assoc.release()
+    assert responses[-1].Status == 0xA900
+    assert "SeriesInstanceUID" in responses[-1].ErrorComment
+    assert qr.slow.received == []
+
+
 def test_c_cancel_stops_a_move(qr: QrArchive, scu: dict[str, Any]) -> None:
     qr.slow.received.clear()
     assoc = associate(qr, scu)
