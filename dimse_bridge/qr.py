@@ -69,7 +69,7 @@ _PATIENT_ROOT: Final = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_
 _PATIENT_LEVELS: Final = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
 _STUDY_LEVELS: Final = (Level.STUDY, Level.SERIES, Level.IMAGE)
 
-# The unique key of each level (PS3.4 C.6.1.1.2-5, C.6.2.1.2-4), as DICOM JSON keys and as keywords.
+# The unique key of each level (PS3.4 C.6.1.1.2-5, C.6.2.1.2-4), as DICOM JSON keys.
 UNIQUE_KEY: Final = {
     Level.PATIENT: "00100020",  # PatientID
     Level.STUDY: "0020000D",  # StudyInstanceUID
@@ -435,10 +435,10 @@ def handle_get(event: Any, dimse: DimseContext) -> Iterator[Any]:
     yield from _sub_operations(event, dimse, refs, lambda: event.assoc, who)
 
 
-# Proposed when nothing is to be sent (a refusal answered after the association, see handle_move): contexts a
-# destination is all but sure to accept, Verification (PS3.4 A) and Secondary Capture (any storage SCP's
-# fallback), so the association is made and the refusal, not 0xA801, reaches the requestor.
 def _placeholder_contexts() -> list[PresentationContext]:
+    """Proposed when nothing is to be sent (a refusal answered after the association, see handle_move):
+    contexts a destination is all but sure to accept, Verification (PS3.4 A) and Secondary Capture (every
+    storage SCP's fallback), so the association is made and the refusal, not 0xA801, reaches the requestor."""
     return [
         build_context(VERIFICATION),
         build_context(SECONDARY_CAPTURE, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]),
