@@ -50,6 +50,10 @@ def test_env_template_lists_every_setting_once() -> None:
 
 def test_compose_hands_the_archive_every_setting_and_nothing_else() -> None:
     environment = compose_file()["services"]["archive"]["environment"]
+    template = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", (ROOT / ".env.template").read_text(), flags=re.MULTILINE))
+    missing = sorted(settings_variables() - set(environment))
+    lines = "\n".join(f'      {name}: "${{{name}:-{template.get(name, "")}}}"' for name in missing)
+    assert not missing, f"add to the archive's environment in docker-compose.yaml:\n{lines}"
     assert set(environment) == settings_variables()
 
 

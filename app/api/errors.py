@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.core.uids import is_valid_uid
 
 DICOM_JSON = "application/dicom+json"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ class DicomWebError(Exception):
 
 
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    safe = reason.replace('"', "'").replace("\r", " ").replace("\n", " ")[:500]
+    # Control characters (CR, LF, NUL...) cannot go into the Warning header: the server would drop the answer.
+    safe = _CONTROL.sub(" ", reason.replace('"', "'"))[:500]
     return JSONResponse(
         _body(safe),
         status_code=status,

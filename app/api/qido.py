@@ -21,6 +21,7 @@ Decisions taken from the standard:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
@@ -127,8 +128,12 @@ async def _search(request: Request, context: Context, level: Level, scope: dict[
     for text in warnings:
         safe = text.replace('"', "'").replace("\r", " ").replace("\n", " ")[:1000]
         safe = safe.encode("ascii", "backslashreplace").decode()  # header values are Latin-1 on the wire
+        safe = _CONTROL.sub(" ", safe)  # a control character (NUL...) would make the server drop the answer
         response.headers.append("Warning", f'299 {SERVICE}: "{safe}"')
     return response
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _paging_warnings(request: Request, limit: int | None, result: SearchResult, max_limit: int) -> list[str]:

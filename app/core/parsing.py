@@ -59,6 +59,12 @@ def parse_instance(source: bytes | str, keep_dataset: bool = False) -> Parsed | 
             _uid(ds, "SOPClassUID"),
             _uid(ds, "SOPInstanceUID"),
         )
+    except Exception as exc:
+        # pydicom converts values lazily, so a damaged element (unknown VR, bad length) only raises here:
+        # like a damaged header, it is "cannot understand", never an unhandled error (tests/test_hostile.py).
+        return ParseFailure(
+            FailureReason.CANNOT_UNDERSTAND, f"cannot parse the DICOM header: {type(exc).__name__}: {exc}"
+        )
     return Parsed(record, ds if keep_dataset else None)
 
 
@@ -95,5 +101,8 @@ class HeaderParser:
 
 
 def _uid(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a damaged element raises when read (lazy conversion): no identity to report
+        return None
     return str(value) if value else None
