@@ -14,7 +14,7 @@ from app.config import Settings
 from app.core.aes import AERegistry, parse_remote_aes
 from app.core.changefeed import ChangeFeed
 from app.core.completion import CompletionTracker
-from app.core.events import EventBus, InstanceDeleted
+from app.core.events import Event, EventBus, InstanceDeleted, InstanceReplaced
 from app.core.hooks import load_hook
 from app.core.ingest import IngestService
 from app.core.lifecycle import LifecycleService
@@ -112,6 +112,12 @@ class ArchiveContext:
         retrieve = RetrieveService(repository, storage)
         lifecycle = LifecycleService(repository, storage, ingest)
         lifecycle.listeners.append(lambda _removed: retrieve.invalidate())
+
+        async def forget_replaced(_event: Event) -> None:
+            # A replace keeps the storage key (and may keep the size): parsed copies of the old file must go.
+            retrieve.invalidate()
+
+        events.subscribe(forget_replaced, InstanceReplaced)
         lifecycle.listeners.append(
             lambda removed: events.publish(
                 InstanceDeleted(

@@ -294,8 +294,8 @@ class _DatasetCache:
     """Parsed instances kept for a short while, bounded in bytes.
 
     Viewers ask for the frames of one multi-frame instance one request at a time; parsing the file once
-    instead of once per frame is what makes that fast. Entries expire after `ttl` seconds, and the key holds
-    the storage key and size, so a replaced instance is seen again quickly without any store/delete hook.
+    instead of once per frame is what makes that fast. Entries expire after `ttl` seconds; deletes and replaces
+    clear the cache (ArchiveContext wires `invalidate` to both), since a replace may keep the key and the size.
     """
 
     def __init__(self, budget: int = 256 * 1024 * 1024, ttl: float = 30.0) -> None:
@@ -559,7 +559,7 @@ class RetrieveService:
         return refs[len(refs) // 2]
 
     def invalidate(self) -> None:
-        """Forget cached parsed instances (after a delete, or in tests)."""
+        """Forget cached parsed instances (after a delete or a replace, or in tests)."""
         self._datasets.clear()
 
     # -- blocking helpers, run in worker threads -------------------------------------------------------------
