@@ -143,7 +143,7 @@ async def _sweep(settings: Settings) -> int:
 
     context = await ArchiveContext.open(settings)
     try:
-        report = await sweep(context.repository, context.storage)
+        report = await sweep(context.lifecycle)
     finally:
         await context.close()
     print(f"removed {report.orphan_files} files without metadata, {report.orphan_records} records without files")

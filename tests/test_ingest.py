@@ -104,7 +104,7 @@ async def test_the_sweep_removes_files_without_metadata_and_metadata_without_fil
     for path in stored_files(context):
         if lost.SOPInstanceUID in path.name:
             path.unlink()
-    report = await sweep(context.repository, context.storage, grace_seconds=0)
+    report = await sweep(context.lifecycle, grace_seconds=0)
     assert (report.orphan_files, report.orphan_records) == (1, 1)
     assert [p.name for p in stored_files(context)] == [f"{kept.SOPInstanceUID}.dcm"]
     assert await context.repository.count_instances() == 1
@@ -148,3 +148,17 @@ def test_import_loads_folders_through_the_ingest_path_and_reports_a_summary(tmp_
     assert "stored 3, duplicates 1, failed 1" in result.stdout, result.stderr
     assert result.returncode == 1
     assert len(list((tmp_path / "data" / "storage").rglob("*.dcm"))) == 3
+
+
+async def test_the_sweep_never_takes_an_instance_replaced_elsewhere_for_an_orphan(context: ArchiveContext) -> None:
+    ds = dicom_files.renewed("CT_small.dcm")
+    await context.ingest.store(dicom_files.part10(ds))
+    (old,) = stored_files(context)
+    stale_key = old.relative_to(context.settings.storage_path).as_posix()
+    ds.SeriesInstanceUID = "1.2.3.4.5"  # the replacement moves the instance to another series and key
+    await context.ingest.store(dicom_files.part10(ds))
+    # What a sweep page read before the replace would ask: the stale key is gone, the instance is not.
+    assert await context.lifecycle.delete_instance(ds.SOPInstanceUID, only_if_key=stale_key) is None
+    assert await context.repository.count_instances() == 1
+    assert (await sweep(context.lifecycle, grace_seconds=0)).orphan_records == 0
+    assert len(stored_files(context)) == 1

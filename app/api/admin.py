@@ -43,7 +43,7 @@ async def post_sweep(
     context: Context,
     grace_seconds: float = Query(60.0, ge=0, description="Leave files younger than this (stores in flight)."),
 ) -> dict[str, int]:
-    report = await sweep(context.repository, context.storage, grace_seconds=grace_seconds)
+    report = await sweep(context.lifecycle, grace_seconds=grace_seconds)
     return {"orphan_files": report.orphan_files, "orphan_records": report.orphan_records}
 
 

@@ -108,7 +108,7 @@ class IngestService:
                 return judged
             record = prepared.record
             assert record is not None
-        with self._lock(record.sop_instance_uid) as lock:
+        with self.locked(record.sop_instance_uid) as lock:
             async with lock:
                 return await self._commit(prepared, record, outcome, origin)
 
@@ -300,7 +300,7 @@ class IngestService:
         return outcome
 
     @contextmanager
-    def _lock(self, uid: str) -> Iterator[asyncio.Lock]:
+    def locked(self, uid: str) -> Iterator[asyncio.Lock]:
         """A lock per SOP Instance UID: two copies of one instance arriving at once are stored one after the
         other, so the duplicate policy sees the first before deciding on the second."""
         lock = self._locks.setdefault(uid, asyncio.Lock())

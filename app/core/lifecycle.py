@@ -73,10 +73,18 @@ class LifecycleService:
             raise NothingToDelete("the instances were deleted meanwhile")
         return report
 
-    async def delete_instance(self, sop_instance_uid: str, report: DeleteReport | None = None) -> StoredInstance | None:
+    async def delete_instance(
+        self, sop_instance_uid: str, report: DeleteReport | None = None, *, only_if_key: str | None = None
+    ) -> StoredInstance | None:
+        """Delete one instance; with `only_if_key`, only while its record still names that file (the sweep
+        uses this so that an instance replaced meanwhile, at another key, is never taken for an orphan)."""
         # The ingest lock serialises this with any store of the same SOP Instance UID (see the module doc).
-        with self.ingest._lock(sop_instance_uid) as lock:
+        with self.ingest.locked(sop_instance_uid) as lock:
             async with lock:
+                if only_if_key is not None:
+                    held = await self.repository.get_instance(sop_instance_uid)
+                    if held is None or held.storage_key != only_if_key:
+                        return None
                 removed = await self.repository.delete_instance(sop_instance_uid)
                 if removed is None:
                     return None
@@ -84,8 +92,12 @@ class LifecycleService:
                     await asyncio.to_thread(self.storage.delete, removed.storage_key)
                 except (OSError, StorageError) as exc:
                     # The metadata is gone, so nothing names the file: the sweep removes it later.
-                    log.warning("metadata of %s deleted but not its file %s: %s",
-                                sop_instance_uid, removed.storage_key, exc)
+                    log.warning(
+                        "metadata of %s deleted but not its file %s: %s",
+                        sop_instance_uid,
+                        removed.storage_key,
+                        exc,
+                    )
                     if report is not None:
                         report.files_not_removed += 1
         for listener in self.listeners:

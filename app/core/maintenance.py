@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from app.core.header import HeaderError, build_record, read_header
+from app.core.header import build_record, read_header
 from app.core.ingest import IngestService
 from app.core.records import InstanceRecord
-from app.core.uids import InvalidUIDError
 from app.repository.base import Repository
 from app.storage.base import Storage
 
@@ -76,7 +75,9 @@ def _record_of(storage: Storage, key: str) -> InstanceRecord:
     return record
 
 
-async def reindex(repository: Repository, storage: Storage, ingest: IngestService | None = None) -> ReindexReport:
+async def reindex(
+    repository: Repository, storage: Storage, ingest: IngestService | None = None
+) -> ReindexReport:
     """Index every file of the storage tree into `repository` (insert or replace, per SOP Instance UID).
 
     Files whose header cannot be read, or whose UIDs are invalid, are reported and left alone. With `ingest`
@@ -95,15 +96,16 @@ async def reindex(repository: Repository, storage: Storage, ingest: IngestServic
             *(asyncio.to_thread(_record_of, storage, key) for key in batch), return_exceptions=True
         )
         for key, result in zip(batch, results, strict=True):
-            if isinstance(result, HeaderError | InvalidUIDError | OSError):
-                report.failed.append(f"{key}: {result}")
+            if isinstance(result, Exception):
+                # One damaged file is reported and left alone; it does not end the re-index of the others.
+                report.failed.append(f"{key}: {type(result).__name__}: {result}")
                 continue
             if isinstance(result, BaseException):
                 raise result
             if ingest is None:
                 await repository.store_instance(result)
             else:
-                with ingest._lock(result.sop_instance_uid) as lock:
+                with ingest.locked(result.sop_instance_uid) as lock:
                     async with lock:
                         # A delete (or a replace that moved the instance) may have come first: never index
                         # a file that is no longer there.

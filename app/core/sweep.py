@@ -2,7 +2,9 @@
 
 Ingest writes the file before the metadata, so a crash can leave a file that no metadata names (invisible to
 every door, but taking space); metadata naming a missing file only comes from outside interference. The sweep
-removes both kinds. Files younger than `grace_seconds` are left alone: they may belong to a store in flight.
+removes both kinds, each decision re-checked under the instance's ingest lock so that a store or replace in
+flight in this process is never mistaken for an orphan. Files younger than `grace_seconds` are left alone too:
+they may belong to a store in flight in another process (the CLI sweeping beside a running server).
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from app.repository.base import Repository
-from app.storage.base import Storage
+from app.core.lifecycle import LifecycleService
 
 log = logging.getLogger(__name__)
 PAGE = 1000
@@ -25,7 +26,8 @@ class SweepReport:
     orphan_records: int = 0
 
 
-async def sweep(repository: Repository, storage: Storage, *, grace_seconds: float = 60.0) -> SweepReport:
+async def sweep(lifecycle: LifecycleService, *, grace_seconds: float = 60.0) -> SweepReport:
+    repository, storage = lifecycle.repository, lifecycle.storage
     report = SweepReport()
     known: set[str] = set()
     after: str | None = None
@@ -33,7 +35,11 @@ async def sweep(repository: Repository, storage: Storage, *, grace_seconds: floa
         for instance in page:
             if await asyncio.to_thread(storage.exists, instance.storage_key):
                 known.add(instance.storage_key)
-            elif await repository.delete_instance(instance.sop_instance_uid) is not None:
+                continue
+            removed = await lifecycle.delete_instance(
+                instance.sop_instance_uid, only_if_key=instance.storage_key
+            )
+            if removed is not None:
                 log.warning("metadata of %s named a missing file; removed", instance.sop_instance_uid)
                 report.orphan_records += 1
         after = page[-1].sop_instance_uid
@@ -42,8 +48,12 @@ async def sweep(repository: Repository, storage: Storage, *, grace_seconds: floa
         if key in known or mtime > cutoff:
             continue
         sop_instance_uid = key.rsplit("/", 1)[-1].removesuffix(".dcm")
-        if await repository.get_instance(sop_instance_uid) is None:
-            await asyncio.to_thread(storage.delete, key)
-            log.warning("file %s had no metadata; removed", key)
-            report.orphan_files += 1
+        with lifecycle.ingest.locked(sop_instance_uid) as lock:
+            async with lock:
+                held = await repository.get_instance(sop_instance_uid)
+                if held is not None and held.storage_key == key:
+                    continue  # stored after the first pass looked
+                await asyncio.to_thread(storage.delete, key)
+        log.warning("file %s had no metadata; removed", key)
+        report.orphan_files += 1
     return report

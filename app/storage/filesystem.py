@@ -70,6 +70,8 @@ class FileSystemStorage:
             if final.exists():
                 backup = self._staging / f"{uuid.uuid4().hex}.old"
                 os.link(final, backup)
+            # The sweep's grace period counts from the commit, not from the last write of a long upload.
+            os.utime(staged.path)
             os.replace(staged.path, final)
             if self.fsync:
                 _fsync_dir(final.parent)
