@@ -191,9 +191,6 @@ class PresentationPolicy:
                 seen.add(uid)
         return contexts
 
-    def accepts_sop_class(self, uid: str) -> bool:
-        return uid in self.sop_classes or (self.any_storage and is_storage_like(uid))
-
     def runtime_contexts(
         self, requested: Iterable[str], supported: Iterable[str]
     ) -> list[PresentationContext]:

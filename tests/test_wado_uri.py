@@ -22,7 +22,15 @@ from tests import dicom_files
 from tests.servers import ArchiveServer
 from tests.test_wado import EXPLICIT_LE, RLE, error_comment, on_disk, windowed
 
-NAMES = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "emri_small.dcm", "test-SR.dcm", "rtplan.dcm")
+NAMES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_RLE.dcm",
+    "JPEG2000.dcm",
+    "emri_small.dcm",
+    "test-SR.dcm",
+    "rtplan.dcm",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +40,20 @@ def stored(archive_server: ArchiveServer) -> dict[str, Dataset]:
     return datasets
 
 
-def wado(server: ArchiveServer, ds: Dataset | None = None, *, prefix: str = "", **params: str) -> httpx.Response:
+def wado(
+    server: ArchiveServer, ds: Dataset | None = None, *, prefix: str = "", **params: str
+) -> httpx.Response:
     query: dict[str, str] = {"requestType": "WADO"}
     if ds is not None:
-        query |= {"studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID, "objectUID": ds.SOPInstanceUID}
+        query |= {
+            "studyUID": ds.StudyInstanceUID,
+            "seriesUID": ds.SeriesInstanceUID,
+            "objectUID": ds.SOPInstanceUID,
+        }
     query |= params
-    return httpx.get(f"{server.base_url}{prefix}/wado", params={k: v for k, v in query.items() if v != ""}, timeout=60)
+    return httpx.get(
+        f"{server.base_url}{prefix}/wado", params={k: v for k, v in query.items() if v != ""}, timeout=60
+    )
 
 
 def image(response: httpx.Response) -> Image.Image:
@@ -46,7 +62,9 @@ def image(response: httpx.Response) -> Image.Image:
     return picture
 
 
-def test_application_dicom_is_the_stored_file(archive_server: ArchiveServer, stored: dict[str, Dataset]) -> None:
+def test_application_dicom_is_the_stored_file(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
     ds = stored["CT_small.dcm"]
     response = wado(archive_server, ds, contentType="application/dicom")
     assert response.status_code == 200
@@ -66,7 +84,9 @@ def test_the_default_transfer_syntax_decodes_lossless_and_keeps_lossy(
     assert got.file_meta.TransferSyntaxUID == lossy.file_meta.TransferSyntaxUID
 
 
-def test_a_transfer_syntax_is_produced_on_request(archive_server: ArchiveServer, stored: dict[str, Dataset]) -> None:
+def test_a_transfer_syntax_is_produced_on_request(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
     ds = stored["MR_small.dcm"]
     response = wado(archive_server, ds, contentType="application/dicom", transferSyntax=RLE)
     assert response.headers["content-type"] == f"application/dicom; transfer-syntax={RLE}"
@@ -81,7 +101,9 @@ def test_an_image_is_a_jpeg_by_default(archive_server: ArchiveServer, stored: di
     assert image(response).size == (128, 128)
 
 
-def test_a_report_is_the_dicom_object_by_default(archive_server: ArchiveServer, stored: dict[str, Dataset]) -> None:
+def test_a_report_is_the_dicom_object_by_default(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
     for name in ("test-SR.dcm", "rtplan.dcm"):
         response = wado(archive_server, stored[name])
         assert response.status_code == 200
@@ -128,7 +150,9 @@ def test_content_type_alternatives(archive_server: ArchiveServer, stored: dict[s
     assert response.headers["content-type"] == "image/png"
 
 
-def test_the_dicomweb_prefixed_path_works_too(archive_server: ArchiveServer, stored: dict[str, Dataset]) -> None:
+def test_the_dicomweb_prefixed_path_works_too(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
     assert wado(archive_server, stored["CT_small.dcm"], prefix="/dicom-web").status_code == 200
 
 
@@ -154,7 +178,9 @@ def test_the_dicomweb_prefixed_path_works_too(archive_server: ArchiveServer, sto
         {"contentType": "image"},
     ],
 )
-def test_bad_requests_are_400(archive_server: ArchiveServer, stored: dict[str, Dataset], params: dict[str, str]) -> None:
+def test_bad_requests_are_400(
+    archive_server: ArchiveServer, stored: dict[str, Dataset], params: dict[str, str]
+) -> None:
     response = wado(archive_server, stored["emri_small.dcm"], **params)
     assert response.status_code == 400, response.text
     assert error_comment(response)
@@ -162,7 +188,13 @@ def test_bad_requests_are_400(archive_server: ArchiveServer, stored: dict[str, D
 
 def test_unknown_instances_are_404(archive_server: ArchiveServer, stored: dict[str, Dataset]) -> None:
     ds = stored["CT_small.dcm"]
-    response = wado(archive_server, None, studyUID=ds.StudyInstanceUID, seriesUID=ds.SeriesInstanceUID, objectUID=generate_uid())
+    response = wado(
+        archive_server,
+        None,
+        studyUID=ds.StudyInstanceUID,
+        seriesUID=ds.SeriesInstanceUID,
+        objectUID=generate_uid(),
+    )
     assert response.status_code == 404
     assert error_comment(response)
 
@@ -182,3 +214,11 @@ def test_unproducible_content_is_406(
     response = wado(archive_server, stored[name], **params)
     assert response.status_code == 406
     assert error_comment(response)
+
+
+def test_a_size_in_unicode_digits_is_a_400_not_a_crash(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
+    ds = next(iter(stored.values()))
+    response = wado(archive_server, ds, contentType="image/jpeg", rows="²")
+    assert response.status_code == 400

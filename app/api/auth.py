@@ -103,9 +103,9 @@ class Authenticator:
                 assert self.issuer is not None
                 try:
                     discovery = _fetch_json(self.issuer.rstrip("/") + "/.well-known/openid-configuration")
-                except OSError as exc:
-                    raise Unavailable(f"cannot read the OIDC discovery document: {exc}") from exc
-                url = str(discovery["jwks_uri"])
+                    url = str(discovery["jwks_uri"])
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    raise Unavailable(f"cannot read the OIDC discovery document: {exc!r}") from exc
             self._jwks = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=FETCH_TIMEOUT)
         return self._jwks
 
@@ -140,7 +140,9 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _challenge(error: str | None = None, description: str | None = None, scope: str | None = None) -> dict[str, str]:
+def _challenge(
+    error: str | None = None, description: str | None = None, scope: str | None = None
+) -> dict[str, str]:
     parts = [f'realm="{REALM}"']
     if error:
         parts.append(f'error="{error}"')
@@ -170,7 +172,9 @@ def authorize(scope: str | None = None) -> Callable[[Request], Awaitable[None]]:
         needed = scope or METHOD_SCOPES.get(request.method, "admin")
         token = bearer_token(request)
         if token is None:
-            raise DicomWebError(401, "authentication required: send Authorization: Bearer <token>", _challenge())
+            raise DicomWebError(
+                401, "authentication required: send Authorization: Bearer <token>", _challenge()
+            )
         try:
             principal = await authenticator.authenticate(token)
         except Unavailable as exc:

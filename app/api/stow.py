@@ -35,6 +35,7 @@ SPOOL_IN_MEMORY = 8 * 1024 * 1024
 # Instances of one request being parsed and written at once: enough to overlap I/O, few enough to bound memory.
 PIPELINE_DEPTH = 4
 
+RETRY_AFTER_SECONDS = 5  # Retry-After on answers with 0xA700 failures, as QIDO/WADO give with their 503
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 
@@ -73,6 +74,9 @@ async def _store(request: Request, context: Context, content_type: str | None, s
     if replaced:
         # The duplicate policy `replace` is a success that the sender should hear about (DuplicatePolicy).
         headers["Warning"] = f'299 dicomweb-archive: "replaced {len(replaced)} instance(s) already held"'
+    if any(o.failure == FailureReason.OUT_OF_RESOURCES for o in outcomes):
+        # 0xA700: the disk or the metadata store is unavailable for now; the sender may try again later.
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return Response(render_dataset(body, response_type), status_code=status, media_type=response_type, headers=headers)
 
 
@@ -110,7 +114,7 @@ async def _ingest_parts(
         finally:
             gate.release()
 
-    assembler = JsonInstanceAssembler(context.storage) if part_type == DICOM_JSON else None
+    assembler = JsonInstanceAssembler() if part_type == DICOM_JSON else None
     try:
         async for part in iter_parts(_limited(request, context.settings.max_request_bytes), boundary):
             if assembler is not None:

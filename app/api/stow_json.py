@@ -7,6 +7,7 @@ ingest path as any other instance; nothing about it is stored differently.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
@@ -18,7 +19,6 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from app.api.multipart import MultipartError, Part, parse_content_type
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
-from app.storage.base import Storage
 
 # Bulk data of this form of STOW is held in memory until its metadata arrives; larger bodies should use
 # application/dicom parts, which stream.
@@ -26,8 +26,7 @@ MAX_BULK_BYTES = 512 * 1024 * 1024
 
 
 class JsonInstanceAssembler:
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
+    def __init__(self) -> None:
         self._datasets: list[dict[str, Any]] = []
         self._bulk: dict[str, tuple[bytes, str | None]] = {}
         self._bulk_size = 0
@@ -47,7 +46,8 @@ class JsonInstanceAssembler:
         self._bulk[location] = (data, params.get("transfer-syntax"))
 
     async def instances(self) -> list[bytes | StoreOutcome]:
-        return [self._assemble(body) for body in self._datasets]
+        # Dataset.from_json and dcmwrite block: assembled in a worker thread, not on the event loop.
+        return await asyncio.to_thread(lambda: [self._assemble(body) for body in self._datasets])
 
     def _assemble(self, body: Any) -> bytes | StoreOutcome:
         syntax: list[str | None] = [None]
@@ -78,7 +78,9 @@ class JsonInstanceAssembler:
             pydicom.dcmwrite(out, ds, enforce_file_format=True)
             return out.getvalue()
         except Exception as exc:  # any defect of the client's metadata is that instance's failure alone
-            outcome = StoreOutcome(StoreStatus.FAILED, failure=FailureReason.CANNOT_UNDERSTAND, reason=str(exc))
+            outcome = StoreOutcome(
+                StoreStatus.FAILED, failure=FailureReason.CANNOT_UNDERSTAND, reason=str(exc)
+            )
             if isinstance(body, dict):
                 outcome.sop_class_uid = _first(body, "00080016")
                 outcome.sop_instance_uid = _first(body, "00080018")

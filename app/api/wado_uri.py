@@ -31,7 +31,15 @@ router = APIRouter(tags=["WADO-URI"])
 
 DICOM: Final = "application/dicom"
 # Parameters that only make sense for a rendered image (PS3.18 §9.1.2.2, Table 9.1-1 "image only").
-_RENDERING_PARAMETERS: Final = ("frameNumber", "rows", "columns", "region", "windowCenter", "windowWidth", "imageQuality")
+_RENDERING_PARAMETERS: Final = (
+    "frameNumber",
+    "rows",
+    "columns",
+    "region",
+    "windowCenter",
+    "windowWidth",
+    "imageQuality",
+)
 # PS3.18 §9.1.2.2: parameters the archive does not implement are refused, never silently ignored, because
 # ignoring them would hand back something other than what was asked (an identified object for `anonymize`).
 _UNSUPPORTED: Final = ("anonymize", "presentationUID", "presentationSeriesUID")
@@ -159,7 +167,8 @@ def _positive(params: QueryParams, name: str) -> int | None:
     raw = params.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) < 1:
+    # isascii: str.isdigit accepts '²' and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise DicomWebError(400, f"{name} must be a positive integer (PS3.18 9.1.2.2)")
     return int(raw)
 

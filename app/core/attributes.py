@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 
 class Level(StrEnum):
@@ -175,7 +175,3 @@ def aggregates_at(level: Level) -> tuple[str, ...]:
 def stored_at(level: Level) -> tuple[Attribute, ...]:
     """Attributes read from an instance header into a level's record (aggregates are computed instead)."""
     return tuple(a for a in ATTRIBUTES if a.level is level and a.kind is not Kind.AGGREGATE)
-
-
-def keyword_of(tag: int) -> str:
-    return str(keyword_for_tag(tag) or f"{tag:08X}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Iterable
 from typing import Any, BinaryIO, NamedTuple
 
@@ -26,6 +27,8 @@ from app.core.dicom_json import DEFAULT_ENCODING, element_json, encoding_for, ra
 from app.core.records import InstanceRecord, JSONDict, LevelRecord
 from app.core.uids import check_uid
 from app.core.values import name_words, normalize, study_datetime
+
+log = logging.getLogger(__name__)
 
 # Values of these VRs longer than this are served as bulk data rather than inline (PS3.18 8.6.1.2.1 leaves the
 # threshold to the origin server).
@@ -192,7 +195,8 @@ def _level_record(ds: Dataset, level: Level) -> LevelRecord:
                 if elem.VR == "SQ"
                 else element_json(elem)
             )
-        except Exception:
+        except Exception as exc:
+            log.warning("%s of %s not indexed: %s", attribute.keyword, ds.get("SOPInstanceUID", "?"), exc)
             continue
         if attribute.kind is Kind.COLUMN:
             first = next(iter(_normalized(attribute, _as_list(elem.value))), None)
