@@ -8,7 +8,10 @@ call them from worker threads, together with parsing, so one instance costs one 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,36 @@ class StagedFile:
     def write(self, data: bytes) -> None:
         self.handle.write(data)
         self.size += len(data)
+
+
+class LocalStaging:
+    """Staged files in a local folder, for every storage: the bytes of an instance are written here while it
+    arrives and is parsed, then committed to the storage's own place (a rename, or an upload)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def stage(self) -> StagedFile:
+        path = self.folder / f"{uuid.uuid4().hex}.part"
+        try:
+            handle = open(path, "xb")  # noqa: SIM115 - closed by commit or discard
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot stage a file: {exc.strerror}") from exc
+        return StagedFile(path=path, handle=handle)
+
+    def discard(self, staged: StagedFile) -> None:
+        with contextlib.suppress(OSError):
+            staged.handle.close()
+        staged.path.unlink(missing_ok=True)
+
+    def clear(self) -> int:
+        """Remove what a crash left staged; returns how many files."""
+        removed = 0
+        for entry in os.scandir(self.folder):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+        return removed
 
 
 class Commit(Protocol):

@@ -7,14 +7,13 @@ rename (unless disabled) so an acknowledged instance survives a power cut, not o
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from app.storage.base import Commit, StagedFile, StorageError, check_key
+from app.storage.base import Commit, LocalStaging, StagedFile, StorageError, check_key
 
 STAGING = ".incoming"
 
@@ -39,24 +38,17 @@ class FileSystemStorage:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root.resolve()
         self.fsync = fsync
-        self._staging = self.root / STAGING
-        self._staging.mkdir(parents=True, exist_ok=True)
+        self._staging_area = LocalStaging(self.root / STAGING)
+        self._staging = self._staging_area.folder
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     def stage(self) -> StagedFile:
-        path = self._staging / f"{uuid.uuid4().hex}.part"
-        try:
-            handle = open(path, "xb")  # noqa: SIM115 - closed by commit or discard
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot stage a file: {exc.strerror}") from exc
-        return StagedFile(path=path, handle=handle)
+        return self._staging_area.stage()
 
     def discard(self, staged: StagedFile) -> None:
-        with contextlib.suppress(OSError):
-            staged.handle.close()
-        staged.path.unlink(missing_ok=True)
+        self._staging_area.discard(staged)
 
     def commit(self, staged: StagedFile, key: str) -> Commit:
         final = self._path(key)
@@ -118,11 +110,7 @@ class FileSystemStorage:
     def clear_staging(self) -> int:
         # A `.old` left here is the predecessor of a replace that crashed before finalize; the new file is
         # in place and its sender was either acknowledged or will retry, so the old copy goes too.
-        removed = 0
-        for entry in os.scandir(self._staging):
-            Path(entry.path).unlink(missing_ok=True)
-            removed += 1
-        return removed
+        return self._staging_area.clear()
 
 
 def _fsync_dir(path: Path) -> None:

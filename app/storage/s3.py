@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from app.storage.base import KEY_PATTERN, Commit, StagedFile, StorageError, check_key
+from app.storage.base import KEY_PATTERN, Commit, LocalStaging, StagedFile, StorageError, check_key
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -46,8 +45,9 @@ log = logging.getLogger(__name__)
 
 REPLACED = ".replaced/"
 READ_BUFFER = 1024 * 1024
-TRANSFER = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024,
-                          max_concurrency=4)
+TRANSFER = TransferConfig(
+    multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4
+)
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
@@ -73,8 +73,7 @@ class S3Storage:
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
-        self._staging = staging
-        self._staging.mkdir(parents=True, exist_ok=True)
+        self._staging_area = LocalStaging(staging)
         session = boto3.session.Session()
         self.client: S3Client = session.client(
             "s3",
@@ -96,17 +95,10 @@ class S3Storage:
     # -- the protocol ------------------------------------------------------------------------------------------
 
     def stage(self) -> StagedFile:
-        path = self._staging / f"{uuid.uuid4().hex}.part"
-        try:
-            handle = open(path, "xb")  # noqa: SIM115 - closed by commit or discard
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot stage a file: {exc.strerror}") from exc
-        return StagedFile(path=path, handle=handle)
+        return self._staging_area.stage()
 
     def discard(self, staged: StagedFile) -> None:
-        with contextlib.suppress(OSError):
-            staged.handle.close()
-        staged.path.unlink(missing_ok=True)
+        self._staging_area.discard(staged)
 
     def commit(self, staged: StagedFile, key: str) -> Commit:
         name = self._object(key)
@@ -149,20 +141,19 @@ class S3Storage:
 
     def iter_keys(self) -> Iterator[tuple[str, float]]:
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
             for page in pages:
                 for item in page.get("Contents", ()):
-                    key = item["Key"][len(self.prefix):]
+                    key = item["Key"][len(self.prefix) :]
                     if KEY_PATTERN.fullmatch(key):
                         yield key, item["LastModified"].timestamp()
         except (ClientError, BotoCoreError) as exc:
             raise _failure("cannot list the bucket", exc) from exc
 
     def clear_staging(self) -> int:
-        removed = 0
-        for entry in os.scandir(self._staging):
-            Path(entry.path).unlink(missing_ok=True)
-            removed += 1
+        removed = self._staging_area.clear()
         # Copies kept aside by a replace that crashed before finalize (see the filesystem storage).
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.prefix + REPLACED
