@@ -30,7 +30,9 @@ async def get_migrations(context: Context) -> dict[str, Any]:
     return await migration_status(context.repository)
 
 
-@router.post("/migrations/apply", summary="Apply pending migration steps (idempotent); answers the new status")
+@router.post(
+    "/migrations/apply", summary="Apply pending migration steps (idempotent); answers the new status"
+)
 async def post_migrations_apply(context: Context) -> dict[str, Any]:
     # `open` applies whatever is pending; every step is idempotent, so a repeat or a race with another
     # instance of the archive does no harm.
@@ -65,12 +67,15 @@ async def delete_series(study: str, series: str, context: Context) -> dict[str, 
 
 
 @router.delete(
-    "/studies/{study}/series/{series}/instances/{instance}", summary="Delete an instance; answers what was removed"
+    "/studies/{study}/series/{series}/instances/{instance}",
+    summary="Delete an instance; answers what was removed",
 )
 async def delete_instance(study: str, series: str, instance: str, context: Context) -> dict[str, int]:
     return await _delete(context, study, series, instance)
 
 
-async def _delete(context: Context, study: str, series: str | None = None, instance: str | None = None) -> dict[str, int]:
+async def _delete(
+    context: Context, study: str, series: str | None = None, instance: str | None = None
+) -> dict[str, int]:
     report = await delete_uids(context, study, series, instance)
     return {"instances": report.count, "bytes": report.bytes, "files_not_removed": report.files_not_removed}

@@ -21,11 +21,10 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.errors import DicomWebError
+from app.api.errors import DicomWebError, check_uids
 from app.core.aes import InvalidAE, RemoteAE, normalise_ae_title
 from app.core.records import StoredInstance
 from app.core.retrieve import NotFound
-from app.core.uids import is_valid_uid
 from app.deps import Context
 from dimse_bridge import scu
 from dimse_bridge.bridge import LoopBridge
@@ -109,9 +108,7 @@ async def echo_ae(aet: str, context: Context) -> dict[str, Any]:
 async def store_to_ae(aet: str, request: StoreRequest, context: Context) -> dict[str, Any]:
     remote = await _registered(context, aet)
     uids = (request.StudyInstanceUID, request.SeriesInstanceUID, request.SOPInstanceUID)
-    for uid in uids:
-        if uid is not None and not is_valid_uid(uid):
-            raise DicomWebError(400, f"{uid[:80]!r} is not a valid UID (PS3.5 9.1)")
+    check_uids(*uids)
     try:
         refs = await context.retrieve.resolve(*uids)
     except NotFound as exc:

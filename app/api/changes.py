@@ -26,7 +26,8 @@ router = APIRouter(tags=["Changes"])
 @router.get("/changes", summary="Ordered feed of instance changes and completed studies")
 async def get_changes(
     context: Context,
-    since: int = Query(0, ge=0, description="Answer entries after this sequence number."),
+    # Bounded to a 64-bit integer: a larger one cannot be compared in the store (it was a 500, tests/test_schema.py).
+    since: int = Query(0, ge=0, le=2**63 - 1, description="Answer entries after this sequence number."),
     limit: int = Query(100, ge=1, le=MAX_LIMIT, description="At most this many entries."),
 ) -> dict[str, Any]:
     if context.change_feed is not None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.api.errors import DicomWebError
+from app.api.errors import DicomWebError, check_uids
 from app.core.lifecycle import DeleteReport, NothingToDelete
-from app.core.uids import InvalidUIDError, check_uid
 from app.deps import Context
 
 router = APIRouter(tags=["Delete"])
@@ -41,18 +40,15 @@ async def delete_uids(
     context: Context, study: str, series: str | None = None, instance: str | None = None
 ) -> DeleteReport:
     """Check the UIDs (400 before any I/O), delete, and turn "not held" into 404."""
-    try:
-        for uid, name in ((study, "StudyInstanceUID"), (series, "SeriesInstanceUID"), (instance, "SOPInstanceUID")):
-            if uid is not None:
-                check_uid(uid, name)
-    except InvalidUIDError as exc:
-        raise DicomWebError(400, str(exc)) from exc
+    check_uids(study, series, instance)
     try:
         return await context.lifecycle.delete(study, series, instance)
     except NothingToDelete as exc:
         raise DicomWebError(404, str(exc)) from exc
 
 
-async def _delete(context: Context, study: str, series: str | None = None, instance: str | None = None) -> Response:
+async def _delete(
+    context: Context, study: str, series: str | None = None, instance: str | None = None
+) -> Response:
     report = await delete_uids(context, study, series, instance)
     return Response(status_code=204, headers={"X-Deleted-Instances": str(report.count)})

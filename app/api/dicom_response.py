@@ -34,7 +34,10 @@ def negotiate_dataset_media_type(accept: str | None) -> str:
         if media_type == "multipart/related":
             media_type = params.get("type", "").lower()
         candidate = {
-            DICOM_JSON: DICOM_JSON, "application/json": DICOM_JSON, "*/*": DICOM_JSON, "application/*": DICOM_JSON,
+            DICOM_JSON: DICOM_JSON,
+            "application/json": DICOM_JSON,
+            "*/*": DICOM_JSON,
+            "application/*": DICOM_JSON,
             DICOM_XML: DICOM_XML,
         }.get(media_type)
         if candidate is None:
@@ -57,9 +60,11 @@ def render_dataset(body: Mapping[str, Any], media_type: str) -> bytes:
 
 
 def to_xml(body: Mapping[str, Any]) -> str:
-    return '<?xml version="1.0" encoding="UTF-8"?>\n<NativeDicomModel xml:space="preserve">' + "".join(
-        _attributes(body)
-    ) + "</NativeDicomModel>"
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<NativeDicomModel xml:space="preserve">'
+        + "".join(_attributes(body))
+        + "</NativeDicomModel>"
+    )
 
 
 def _attributes(body: Mapping[str, Any]) -> Iterable[str]:
@@ -90,5 +95,7 @@ def _person_name(value: Mapping[str, str]) -> Iterable[str]:
     for group in ("Alphabetic", "Ideographic", "Phonetic"):
         if group in value:
             parts = value[group].split("^")
-            inner = "".join(f"<{n}>{escape(p)}</{n}>" for n, p in zip(_PN_COMPONENTS, parts, strict=False) if p)
+            inner = "".join(
+                f"<{n}>{escape(p)}</{n}>" for n, p in zip(_PN_COMPONENTS, parts, strict=False) if p
+            )
             yield f"<{group}>{inner}</{group}>"

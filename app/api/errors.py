@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.uids import is_valid_uid
+from app.core.uids import InvalidUIDError, check_uid, is_valid_uid
 
 DICOM_JSON = "application/dicom+json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -33,6 +33,18 @@ class DicomWebError(Exception):
         self.headers = headers or {}
 
 
+def check_uids(study: str, series: str | None = None, instance: str | None = None) -> None:
+    """Every path UID is checked before any I/O (PS3.5 §9.1); a bad one is a bad request (400)."""
+    try:
+        check_uid(study, "StudyInstanceUID")
+        if series is not None:
+            check_uid(series, "SeriesInstanceUID")
+        if instance is not None:
+            check_uid(instance, "SOPInstanceUID")
+    except InvalidUIDError as exc:
+        raise DicomWebError(400, str(exc)) from exc
+
+
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
     # Control characters (CR, LF, NUL...) cannot go into the Warning header: the server would drop the answer.
     safe = _CONTROL.sub(" ", reason.replace('"', "'"))[:500]
@@ -41,8 +53,10 @@ def error_response(status: int, reason: str, headers: dict[str, str] | None = No
         status_code=status,
         media_type=DICOM_JSON,
         # Header values are Latin-1 on the wire: anything else (a query value echoed in the reason) is escaped.
-        headers={"Warning": f'299 dicomweb-archive: "{safe.encode("ascii", "backslashreplace").decode()}"',
-                 **(headers or {})},
+        headers={
+            "Warning": f'299 dicomweb-archive: "{safe.encode("ascii", "backslashreplace").decode()}"',
+            **(headers or {}),
+        },
     )
 
 

@@ -92,7 +92,9 @@ async def metrics(request: Request, context: Context) -> Response:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, audit: AuditLog, trusted_proxies: list[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, audit: AuditLog, trusted_proxies: list[str]
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.audit = audit
@@ -132,7 +134,9 @@ class ObservabilityMiddleware:
             template = _template(scope, route)
             # Any token is a method on the wire: unknown ones share a label, so the series stay bounded.
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self.metrics.observe_request(method, template, status, time.perf_counter() - started, received, sent)
+            self.metrics.observe_request(
+                method, template, status, time.perf_counter() - started, received, sent
+            )
             if self.audit.enabled:
                 self._audit(scope, route, method, status)
             REQUEST_ID.reset(token)
@@ -145,8 +149,11 @@ class ObservabilityMiddleware:
         if action == "admin" and method == "DELETE":
             action = "delete"
         params = scope.get("path_params") or {}
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())
-                   if k in (b"x-forwarded-for",)}
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope.get("headers", ())
+            if k in (b"x-forwarded-for",)
+        }
         state = scope.get("state") or {}
         self.audit.record(
             action,

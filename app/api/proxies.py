@@ -42,7 +42,9 @@ def peer_of(scope: Mapping[str, Any]) -> str | None:
     return str(client[0]) if client else None
 
 
-def client_address(scope: Mapping[str, Any], headers: Mapping[str, str], trusted: Iterable[str]) -> str | None:
+def client_address(
+    scope: Mapping[str, Any], headers: Mapping[str, str], trusted: Iterable[str]
+) -> str | None:
     """The client's address: the peer, or, from a trusted proxy, the nearest untrusted X-Forwarded-For hop."""
     trusted = tuple(trusted)
     peer = peer_of(scope)

@@ -28,13 +28,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.dicom_response import DICOM_XML, negotiate_dataset_media_type, to_xml
-from app.api.errors import DicomWebError
+from app.api.errors import DicomWebError, check_uids
 from app.api.multipart import close_delimiter, multipart_content_type, new_boundary, part_head
 from app.api.urls import instance_url, series_url, service_root, study_url
 from app.core.attributes import Level
 from app.core.query import QueryError, SearchResult, parse_qido
 from app.core.records import JSONDict
-from app.core.uids import InvalidUIDError, check_uid
 from app.deps import Context
 from app.repository.base import RepositoryUnavailable
 
@@ -61,7 +60,9 @@ async def search_series(request: Request, context: Context) -> Response:
     return await _search(request, context, Level.SERIES, {})
 
 
-@router.get("/studies/{study}/series/{series}/instances", summary="Search for instances of a series (QIDO-RS)")
+@router.get(
+    "/studies/{study}/series/{series}/instances", summary="Search for instances of a series (QIDO-RS)"
+)
 async def search_series_instances(study: str, series: str, request: Request, context: Context) -> Response:
     return await _search(
         request, context, Level.IMAGE, _scope(StudyInstanceUID=study, SeriesInstanceUID=series)
@@ -86,11 +87,7 @@ async def search_patients(request: Request, context: Context) -> Response:
 
 def _scope(**uids: str) -> dict[str, str]:
     """Path UIDs, checked before any query (PS3.5 9.1): a malformed one is a bad request."""
-    for keyword, uid in uids.items():
-        try:
-            check_uid(uid, keyword)
-        except InvalidUIDError as exc:
-            raise DicomWebError(400, str(exc)) from exc
+    check_uids(uids["StudyInstanceUID"], uids.get("SeriesInstanceUID"))
     return uids
 
 
@@ -115,7 +112,9 @@ async def _search(request: Request, context: Context, level: Level, scope: dict[
         raise DicomWebError(503, f"metadata store unavailable: {exc}", {"Retry-After": "5"}) from exc
     root = service_root(request, settings)
     rows = [_with_retrieve_url(row, level, root) for row in result.rows]
-    warnings = list(parsed.warnings) + _paging_warnings(request, parsed.model.limit, result, settings.qido_max_limit)
+    warnings = list(parsed.warnings) + _paging_warnings(
+        request, parsed.model.limit, result, settings.qido_max_limit
+    )
     if media_type == DICOM_XML:
         boundary = new_boundary()
         response = Response(
@@ -140,7 +139,9 @@ def _paging_warnings(request: Request, limit: int | None, result: SearchResult, 
     out = []
     asked = request.query_params.get("limit", "")
     if asked.isdigit() and int(asked) > max_limit:
-        out.append(f"The limit {asked} exceeds the maximum of {max_limit} results per request; {max_limit} used")
+        out.append(
+            f"The limit {asked} exceeds the maximum of {max_limit} results per request; {max_limit} used"
+        )
     if result.remaining:
         # PS3.18 8.3.4.4: the exact text clients look for.
         out.append(f"There are {result.remaining} additional results that can be requested")

@@ -17,13 +17,12 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from app.api.dicom_response import negotiate_dataset_media_type, render_dataset
-from app.api.errors import DicomWebError
+from app.api.errors import DicomWebError, check_uids
 from app.api.multipart import MultipartError, Part, iter_parts, parse_content_type
 from app.api.stow_json import JsonInstanceAssembler
 from app.api.urls import instance_url, service_root, study_url
 from app.core.context import ArchiveContext
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
-from app.core.uids import InvalidUIDError, check_uid
 from app.deps import Context
 from app.storage.base import StagedFile
 
@@ -51,10 +50,7 @@ async def store_instances(
 async def store_study_instances(
     study: str, request: Request, context: Context, content_type: Annotated[str | None, Header()] = None
 ) -> Response:
-    try:
-        check_uid(study, "StudyInstanceUID")
-    except InvalidUIDError as exc:
-        raise DicomWebError(400, str(exc)) from exc
+    check_uids(study)
     return await _store(request, context, content_type, study)
 
 
@@ -77,7 +73,9 @@ async def _store(request: Request, context: Context, content_type: str | None, s
     if any(o.failure == FailureReason.OUT_OF_RESOURCES for o in outcomes):
         # 0xA700: the disk or the metadata store is unavailable for now; the sender may try again later.
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return Response(render_dataset(body, response_type), status_code=status, media_type=response_type, headers=headers)
+    return Response(
+        render_dataset(body, response_type), status_code=status, media_type=response_type, headers=headers
+    )
 
 
 def _check_request(request: Request, context: ArchiveContext, content_type: str | None) -> tuple[str, str]:
@@ -122,7 +120,9 @@ async def _ingest_parts(
                 continue
             if (part.content_type or DICOM).split(";")[0].strip().lower() != DICOM:
                 await _drain(part)
-                tasks.append(_done(_unreadable(f"a part of type {part.content_type} is not application/dicom")))
+                tasks.append(
+                    _done(_unreadable(f"a part of type {part.content_type} is not application/dicom"))
+                )
                 continue
             payload = await _spool(part, context)
             await gate.acquire()
@@ -194,7 +194,9 @@ def _response_dataset(root: str, outcomes: list[StoreOutcome], study: str | None
     """The STOW-RS response (PS3.18 Table I.1-1): RetrieveURL, ReferencedSOPSequence, FailedSOPSequence."""
     stored_studies = {o.study_instance_uid for o in outcomes if o.ok and o.study_instance_uid}
     study_for_url = study or (next(iter(stored_studies)) if len(stored_studies) == 1 else None)
-    body: dict[str, object] = {"00081190": _ur(study_url(root, study_for_url)) if study_for_url else {"vr": "UR"}}
+    body: dict[str, object] = {
+        "00081190": _ur(study_url(root, study_for_url)) if study_for_url else {"vr": "UR"}
+    }
     referenced, failed, other = [], [], []
     for o in outcomes:
         if o.ok:
@@ -205,7 +207,9 @@ def _response_dataset(root: str, outcomes: list[StoreOutcome], study: str | None
                 item["00081196"] = _us(int(o.warnings[0]))  # Warning Reason (PS3.18 Table I.1-1)
             referenced.append(item)
         elif o.sop_instance_uid and o.sop_class_uid:
-            failed.append({**_reference(o), "00081197": _us(int(o.failure or FailureReason.PROCESSING_FAILURE))})
+            failed.append(
+                {**_reference(o), "00081197": _us(int(o.failure or FailureReason.PROCESSING_FAILURE))}
+            )
         else:
             # No identifiable instance: Other Failures Sequence (PS3.18 Table I.1-1).
             other.append({"00081197": _us(int(o.failure or FailureReason.CANNOT_UNDERSTAND))})
@@ -219,7 +223,10 @@ def _response_dataset(root: str, outcomes: list[StoreOutcome], study: str | None
 
 
 def _reference(o: StoreOutcome) -> dict[str, object]:
-    return {"00081150": {"vr": "UI", "Value": [o.sop_class_uid]}, "00081155": {"vr": "UI", "Value": [o.sop_instance_uid]}}
+    return {
+        "00081150": {"vr": "UI", "Value": [o.sop_class_uid]},
+        "00081155": {"vr": "UI", "Value": [o.sop_instance_uid]},
+    }
 
 
 def _ur(url: str) -> dict[str, object]:

@@ -29,7 +29,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from app.api.accept import MediaRange, parse_accept, tiers
 from app.api.dicom_response import DICOM_JSON, DICOM_XML, negotiate_dataset_media_type, to_xml
-from app.api.errors import DicomWebError
+from app.api.errors import DicomWebError, check_uids
 from app.api.multipart import (
     close_delimiter,
     multipart_content_type,
@@ -55,7 +55,6 @@ from app.core.retrieve import (
     RetrieveFailed,
     RetrieveService,
 )
-from app.core.uids import InvalidUIDError, check_uid
 from app.deps import Context
 from app.repository.base import RepositoryUnavailable
 from app.storage.base import Storage
@@ -96,18 +95,6 @@ def domain_errors() -> Iterator[None]:
         raise DicomWebError(500, str(exc)) from exc
     except RepositoryUnavailable as exc:
         raise DicomWebError(503, f"metadata store unavailable: {exc}", {"Retry-After": "5"}) from exc
-
-
-def check_uids(study: str, series: str | None = None, instance: str | None = None) -> None:
-    """Every path UID is checked before any I/O (PS3.5 §9.1); a bad one is a bad request (400)."""
-    try:
-        check_uid(study, "StudyInstanceUID")
-        if series is not None:
-            check_uid(series, "SeriesInstanceUID")
-        if instance is not None:
-            check_uid(instance, "SOPInstanceUID")
-    except InvalidUIDError as exc:
-        raise DicomWebError(400, str(exc)) from exc
 
 
 # --- negotiation ----------------------------------------------------------------------------------------------
@@ -205,7 +192,9 @@ async def retrieve_series(study: str, series: str, request: Request, context: Co
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}", summary="Retrieve an instance (WADO-RS)")
-async def retrieve_instance(study: str, series: str, instance: str, request: Request, context: Context) -> Response:
+async def retrieve_instance(
+    study: str, series: str, instance: str, request: Request, context: Context
+) -> Response:
     return await _retrieve(request, context, study, series, instance)
 
 
@@ -213,7 +202,9 @@ async def _retrieve(
     request: Request, context: Context, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
     check_uids(study, series, instance)
-    packaging, accepted = negotiate_instances(request.headers.get("accept"), single_allowed=instance is not None)
+    packaging, accepted = negotiate_instances(
+        request.headers.get("accept"), single_allowed=instance is not None
+    )
     service = context.retrieve
     with domain_errors():
         refs = await service.resolve(study, series, instance)
@@ -250,7 +241,10 @@ async def _retrieve(
 
 
 async def _instance_parts(
-    service: RetrieveService, rest: Sequence[StoredInstance], accepted: AcceptedSyntaxes, first: InstanceStream
+    service: RetrieveService,
+    rest: Sequence[StoredInstance],
+    accepted: AcceptedSyntaxes,
+    first: InstanceStream,
 ) -> AsyncIterator[tuple[Mapping[str, str], AsyncIterable[bytes]]]:
     """Each instance as a part whose Content-Type names its transfer syntax (PS3.18 §8.7.3.5), with the next
     PREFETCH instances opened (small files read, others transcoded) in worker threads meanwhile."""
@@ -353,7 +347,9 @@ async def series_metadata(study: str, series: str, request: Request, context: Co
     "/studies/{study}/series/{series}/instances/{instance}/metadata",
     summary="Retrieve an instance's metadata (WADO-RS)",
 )
-async def instance_metadata(study: str, series: str, instance: str, request: Request, context: Context) -> Response:
+async def instance_metadata(
+    study: str, series: str, instance: str, request: Request, context: Context
+) -> Response:
     return await _metadata(request, context, study, series, instance)
 
 
@@ -427,9 +423,11 @@ def _frames_response(frames: Sequence[Frame], bare: bool, status: int = 200) -> 
             headers["Content-Range"] = f"bytes {_range_text(frame)}"
         parts.append((headers, frame.data))
     first = frames[0]
-    params = {"transfer_syntax": first.transfer_syntax} if first.transfer_syntax and all(
-        f.transfer_syntax == first.transfer_syntax for f in frames
-    ) else {}
+    params = (
+        {"transfer_syntax": first.transfer_syntax}
+        if first.transfer_syntax and all(f.transfer_syntax == first.transfer_syntax for f in frames)
+        else {}
+    )
     return Response(
         multipart_body(parts, boundary),
         status_code=status,
@@ -668,7 +666,8 @@ async def frames_rendered(
     numbers = parse_frame_list(frames)
     media_type = negotiate_rendered(request.headers.get("accept"))
     options = [
-        render_options(media_type, window=window, viewport=viewport, quality=quality, frame=n) for n in numbers
+        render_options(media_type, window=window, viewport=viewport, quality=quality, frame=n)
+        for n in numbers
     ]
     with domain_errors():
         ref = (await context.retrieve.resolve(study, series, instance))[0]
@@ -697,7 +696,9 @@ async def _thumbnail(
 
 
 @router.get("/studies/{study}/thumbnail", summary="Retrieve a study thumbnail (WADO-RS)")
-async def study_thumbnail(study: str, request: Request, context: Context, viewport: ViewportParam = None) -> Response:
+async def study_thumbnail(
+    study: str, request: Request, context: Context, viewport: ViewportParam = None
+) -> Response:
     check_uids(study)
     with domain_errors():
         ref = await context.retrieve.representative(study)
