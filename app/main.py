@@ -17,12 +17,19 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app.api import admin, aes, changes, delete, fhir, observability, qido, stow, wado, wado_uri
 from app.api.auth import Authenticator, authorize
-from app.api.errors import DicomWebError, dicomweb_error_handler, http_error_handler, validation_error_handler
+from app.api.errors import (
+    DicomWebError,
+    dicomweb_error_handler,
+    http_error_handler,
+    repository_unavailable_handler,
+    validation_error_handler,
+)
 from app.api.urls import DICOMWEB_PREFIX
 from app.config import Settings
 from app.core.audit import AuditLog
 from app.core.context import ArchiveContext
 from app.core.metrics import Metrics
+from app.repository.base import RepositoryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         context = await ArchiveContext.open(settings)
         app.state.context = context
         app.state.metrics.attach(context.events)
-        log.info("archive open: data in %s, metadata in %s", settings.storage_path,
-                 "MongoDB" if settings.mongo_url else settings.sqlite_path)
+        log.info(
+            "archive open: data in %s, metadata in %s",
+            settings.storage_path,
+            "MongoDB" if settings.mongo_url else settings.sqlite_path,
+        )
         try:
             # The DIMSE door shares this context (and this loop) with the HTTP door; it stops first, so its
             # last stores finish before the repository closes.
@@ -93,12 +103,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(DicomWebError, dicomweb_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(RepositoryUnavailable, repository_unavailable_handler)
     app.include_router(stow.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     app.include_router(qido.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     app.include_router(wado.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     # PS3.18 §9: /wado, outside the DICOMweb root as viewers expect
     app.include_router(wado_uri.router, dependencies=by_method)
-    app.include_router(wado_uri.router, prefix=DICOMWEB_PREFIX, include_in_schema=False, dependencies=by_method)
+    app.include_router(
+        wado_uri.router, prefix=DICOMWEB_PREFIX, include_in_schema=False, dependencies=by_method
+    )
     app.include_router(delete.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     app.include_router(admin.router, prefix=admin.ADMIN_PREFIX, dependencies=admin_only)
     app.include_router(changes.router, prefix=changes.CHANGES_PREFIX, dependencies=by_method)

@@ -9,13 +9,17 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.core.retrieve import InvalidRequest, NotAcceptable, NotFound, RangeNotSatisfiable, RetrieveFailed
 from app.core.uids import InvalidUIDError, check_uid, is_valid_uid
+from app.repository.base import RepositoryUnavailable
 
 DICOM_JSON = "application/dicom+json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -43,6 +47,35 @@ def check_uids(study: str, series: str | None = None, instance: str | None = Non
             check_uid(instance, "SOPInstanceUID")
     except InvalidUIDError as exc:
         raise DicomWebError(400, str(exc)) from exc
+
+
+@contextmanager
+def domain_errors() -> Iterator[None]:
+    """Retrieve outcomes -> HTTP statuses (PS3.18 §8.6.1.2 / §10.4.3)."""
+    try:
+        yield
+    except NotFound as exc:
+        raise DicomWebError(404, str(exc)) from exc
+    except NotAcceptable as exc:
+        raise DicomWebError(406, str(exc)) from exc
+    except RangeNotSatisfiable as exc:
+        raise DicomWebError(416, str(exc)) from exc
+    except InvalidRequest as exc:
+        raise DicomWebError(400, str(exc)) from exc
+    except RetrieveFailed as exc:
+        log.error("retrieve failed: %s", exc)
+        raise DicomWebError(500, str(exc)) from exc
+
+
+# How long a client should wait before trying again when the metadata store is down (RFC 9110 10.2.3).
+RETRY_AFTER_SECONDS = "5"
+
+
+async def repository_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Any door that meets a metadata store outage answers 503 with Retry-After, never a 500."""
+    assert isinstance(exc, RepositoryUnavailable)
+    log.warning("%s %s -> 503: metadata store unavailable: %s", request.method, request.url.path, exc)
+    return error_response(503, f"metadata store unavailable: {exc}", {"Retry-After": RETRY_AFTER_SECONDS})
 
 
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -35,7 +35,6 @@ from app.core.attributes import Level
 from app.core.query import QueryError, SearchResult, parse_qido
 from app.core.records import JSONDict
 from app.deps import Context
-from app.repository.base import RepositoryUnavailable
 
 router = APIRouter(tags=["QIDO-RS"])
 
@@ -106,10 +105,7 @@ async def _search(request: Request, context: Context, level: Level, scope: dict[
         )
     except QueryError as exc:
         raise DicomWebError(400, str(exc)) from exc
-    try:
-        result = await context.repository.search(parsed.model)
-    except RepositoryUnavailable as exc:
-        raise DicomWebError(503, f"metadata store unavailable: {exc}", {"Retry-After": "5"}) from exc
+    result = await context.repository.search(parsed.model)  # an outage answers 503 (api/errors.py)
     root = service_root(request, settings)
     rows = [_with_retrieve_url(row, level, root) for row in result.rows]
     warnings = list(parsed.warnings) + _paging_warnings(

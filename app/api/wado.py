@@ -20,7 +20,6 @@ import time
 import zipfile
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from enum import Enum
 from typing import Annotated, Final
 
@@ -29,7 +28,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from app.api.accept import MediaRange, parse_accept, tiers
 from app.api.dicom_response import DICOM_JSON, DICOM_XML, negotiate_dataset_media_type, to_xml
-from app.api.errors import DicomWebError, check_uids
+from app.api.errors import DicomWebError, check_uids, domain_errors
 from app.api.multipart import (
     close_delimiter,
     multipart_content_type,
@@ -50,13 +49,10 @@ from app.core.retrieve import (
     InstanceStream,
     InvalidRequest,
     NotAcceptable,
-    NotFound,
-    RangeNotSatisfiable,
     RetrieveFailed,
     RetrieveService,
 )
 from app.deps import Context
-from app.repository.base import RepositoryUnavailable
 from app.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -75,26 +71,6 @@ _WINDOW_FUNCTIONS: Final = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", 
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def domain_errors() -> Iterator[None]:
-    """Retrieve outcomes -> HTTP statuses (PS3.18 §8.6.1.2 / §10.4.3)."""
-    try:
-        yield
-    except NotFound as exc:
-        raise DicomWebError(404, str(exc)) from exc
-    except NotAcceptable as exc:
-        raise DicomWebError(406, str(exc)) from exc
-    except RangeNotSatisfiable as exc:
-        raise DicomWebError(416, str(exc)) from exc
-    except InvalidRequest as exc:
-        raise DicomWebError(400, str(exc)) from exc
-    except RetrieveFailed as exc:
-        log.error("retrieve failed: %s", exc)
-        raise DicomWebError(500, str(exc)) from exc
-    except RepositoryUnavailable as exc:
-        raise DicomWebError(503, f"metadata store unavailable: {exc}", {"Retry-After": "5"}) from exc
 
 
 # --- negotiation ----------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import QueryParams
 
 from app.api.accept import split_header
-from app.api.errors import DicomWebError, check_uids
-from app.api.wado import domain_errors, render_options
+from app.api.errors import DicomWebError, check_uids, domain_errors
+from app.api.wado import render_options
 from app.core.render import RENDER_MEDIA_TYPES, RenderOptions
 from app.core.retrieve import ANY, DEFAULT, AcceptedSyntaxes
 from app.core.uids import is_valid_uid
