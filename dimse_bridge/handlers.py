@@ -46,10 +46,6 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
     sop_class_uid, sop_instance_uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
     raw = request.DataSet.getbuffer()  # the peer's encoded data set, without a copy
     try:
-        mismatch = _identifier_mismatch(raw, transfer_syntax, sop_class_uid, sop_instance_uid)
-        if mismatch:
-            log.warning("store refused from %s: %s", origin, mismatch)
-            return status.status_dataset(status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, mismatch)
         meta = part10.encode_file_meta(
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,
@@ -73,7 +69,11 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
         # Not cancelled on timeout: a store stopped half-way could leave a file without its metadata row.
         outcome = dimse.bridge.call(
             dimse.archive.ingest.store(
-                staged, origin=origin, calling_ae_title=str(event.assoc.requestor.ae_title or "").strip()
+                staged,
+                expected_sop_class_uid=sop_class_uid,
+                expected_sop_instance_uid=sop_instance_uid,
+                origin=origin,
+                calling_ae_title=str(event.assoc.requestor.ae_title or "").strip(),
             ),
             cancel_on_timeout=False,
         )
@@ -86,24 +86,3 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
         return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
     return status.store_response(outcome)
 
-
-def _identifier_mismatch(
-    raw: memoryview, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str
-) -> str | None:
-    """Why the data set's SOP Class / Instance UIDs differ from the C-STORE request's, or None.
-
-    PS3.4 B.2.3 answers "Data Set does not match SOP Class" (0xA900) for a data set at odds with the request.
-    Only the elements up to (0008,0018) are read. A data set that cannot be read that way is left to ingest,
-    which parses it properly and gives its own reason.
-    """
-    found = part10.leading_uids(raw, transfer_syntax)
-    if not found:
-        return None
-    # The first words fit the 64 characters of Error Comment; the UIDs are for the log line.
-    held_instance = found.get(part10.SOP_INSTANCE_UID)
-    if held_instance is not None and held_instance != sop_instance_uid:
-        return f"SOP Instance UID differs from the request: {held_instance} vs {sop_instance_uid}"
-    held_class = found.get(part10.SOP_CLASS_UID)
-    if held_class is not None and held_class != sop_class_uid:
-        return f"SOP Class UID differs from the request: {held_class} vs {sop_class_uid}"
-    return None

@@ -74,11 +74,15 @@ class IngestService:
         payload: bytes | StagedFile,
         *,
         expected_study_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+        expected_sop_instance_uid: str | None = None,
         origin: str = "",
         calling_ae_title: str | None = None,
     ) -> StoreOutcome:
         """Store one Part 10 instance given as bytes or as a file already staged by `self.storage.stage()`.
 
+        The `expected_*` UIDs are what the request claims (the STOW-RS URL's study, the C-STORE request's
+        Affected SOP Class and Instance UIDs); an instance that contradicts its request fails with 0xA900.
         `calling_ae_title` is the peer's AE title when the instance came over DIMSE (C-STORE), for the ingest
         rules that match on it; None from the other doors.
         """
@@ -94,14 +98,21 @@ class IngestService:
             study_instance_uid=record.study_instance_uid,
             series_instance_uid=record.series_instance_uid,
         )
-        if expected_study_uid is not None and record.study_instance_uid != expected_study_uid:
-            # PS3.18 10.5.1: every instance POSTed to /studies/{study} must belong to that study.
-            prepared.outcome = _fail(
-                outcome,
-                FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                f"StudyInstanceUID {record.study_instance_uid} differs from {expected_study_uid} in the request",
-            )
-            return self._failed(prepared, origin)
+        # PS3.18 10.5.1: every instance POSTed to /studies/{study} belongs to that study; PS3.4 B.2.3: a C-STORE
+        # data set at odds with its request's Affected SOP Class/Instance UIDs "does not match" (0xA900).
+        for name, expected, found in (
+            ("StudyInstanceUID", expected_study_uid, record.study_instance_uid),
+            ("SOPClassUID", expected_sop_class_uid, record.sop_class_uid),
+            ("SOPInstanceUID", expected_sop_instance_uid, record.sop_instance_uid),
+        ):
+            if expected is not None and found != expected:
+                prepared.outcome = _fail(
+                    outcome,
+                    FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                    # The meaning first: a DIMSE Error Comment keeps only 64 characters.
+                    f"{name} differs from the request: {found} vs {expected}",
+                )
+                return self._failed(prepared, origin)
         if self.rules is not None or self.hook is not None:
             judged = await self._apply_rules(prepared, outcome, origin, calling_ae_title)
             if judged is not None:
