@@ -12,14 +12,11 @@ text by text substitution of the relative BulkDataURIs, so no JSON is parsed or 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import re
-import time
-import zipfile
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from enum import Enum
 from typing import Annotated, Final
 
@@ -40,7 +37,6 @@ from app.api.urls import instance_url, service_root
 from app.core.records import StoredDataset, StoredInstance
 from app.core.render import RENDER_MEDIA_TYPES, RenderOptions
 from app.core.retrieve import (
-    CHUNK_SIZE,
     DEFAULT,
     AcceptedFrames,
     AcceptedSyntaxes,
@@ -53,7 +49,6 @@ from app.core.retrieve import (
     RetrieveService,
 )
 from app.deps import Context
-from app.storage.base import Storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS"])
@@ -187,7 +182,7 @@ async def _retrieve(
     if packaging is Packaging.ZIP:
         name = instance or series or study
         return StreamingResponse(
-            _zip_chunks(context.storage, refs),
+            service.zip_stored(refs),
             media_type=ZIP,
             headers={"Content-Disposition": f'attachment; filename="{name}.zip"'},
         )
@@ -255,55 +250,6 @@ async def _instance_parts(
         for outcome in await asyncio.gather(*pending, return_exceptions=True):
             if isinstance(outcome, InstanceStream):
                 await outcome.aclose()
-
-
-class _Sink(io.RawIOBase):
-    """An unseekable writable buffer: zipfile then writes data descriptors and never seeks back, which is
-    what lets a zip be streamed as it is made."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.buffer += data
-        return len(data)
-
-    def take(self) -> bytes:
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        return data
-
-
-def _zip_chunks(storage: Storage, refs: Sequence[StoredInstance]) -> Iterator[bytes]:
-    """The instances as stored, in a zip (PS3.18 Table 8.7.3-2 application/zip), made while it is sent.
-
-    A plain generator: Starlette runs each step in a worker thread, so file reads never block the loop.
-    Entries are stored, not deflated (DICOM pixel data is often compressed already, and speed matters more).
-    """
-    sink = _Sink()
-    stamp = time.localtime()[:6]
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for ref in refs:
-            info = zipfile.ZipInfo(
-                f"{ref.study_instance_uid}/{ref.series_instance_uid}/{ref.sop_instance_uid}.dcm", stamp
-            )
-            info.file_size = ref.size  # decides whether the entry needs Zip64 sizes
-            try:
-                handle = storage.open(ref.storage_key)
-            except (OSError, ValueError) as exc:
-                log.warning("instance %s left out of a zip: %s", ref.sop_instance_uid, exc)
-                continue
-            with handle, archive.open(info, "w") as entry:
-                while chunk := handle.read(CHUNK_SIZE):
-                    entry.write(chunk)
-                    if len(sink.buffer) >= CHUNK_SIZE:
-                        yield sink.take()
-            if len(sink.buffer) >= CHUNK_SIZE:
-                yield sink.take()
-    yield sink.take()
 
 
 # --- metadata -------------------------------------------------------------------------------------------------

@@ -18,11 +18,14 @@ This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import re
 import threading
 import time
+import zipfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
@@ -47,6 +50,8 @@ from app.core.transfer_syntax import (
 )
 from app.repository.base import Repository
 from app.storage.base import Storage
+
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE: Final = 1024 * 1024
 """Files are read and sent 1 MiB at a time: big enough that thread hops cost little, small enough to stream."""
@@ -117,10 +122,14 @@ class AcceptedSyntaxes:
                 return [stored]  # PS3.18 §8.7.3.4: only the lossy form is available
             # Lossless compressed: Explicit VR LE, unless it cannot be produced here (no decoder), then as
             # stored, which is the other case §8.7.3.4 allows.
-            return [EXPLICIT_VR_LITTLE_ENDIAN] if stored == EXPLICIT_VR_LITTLE_ENDIAN else [
-                EXPLICIT_VR_LITTLE_ENDIAN,
-                stored,
-            ]
+            return (
+                [EXPLICIT_VR_LITTLE_ENDIAN]
+                if stored == EXPLICIT_VR_LITTLE_ENDIAN
+                else [
+                    EXPLICIT_VR_LITTLE_ENDIAN,
+                    stored,
+                ]
+            )
         if self.web and entry in NOT_FOR_WEB_SERVICES:
             return []
         return [entry]
@@ -290,6 +299,26 @@ class InstanceStream:
 # --- a small cache of parsed instances ------------------------------------------------------------------------
 
 
+class _ZipSink(io.RawIOBase):
+    """An unseekable writable buffer: zipfile then writes data descriptors and never seeks back, which is
+    what lets a zip be streamed as it is made."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.buffer += data
+        return len(data)
+
+    def take(self) -> bytes:
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+
 class _DatasetCache:
     """Parsed instances kept for a short while, bounded in bytes.
 
@@ -344,7 +373,9 @@ class _DatasetCache:
 class RetrieveService:
     """Resolve instances and read them in the representation a client can use."""
 
-    def __init__(self, repository: Repository, storage: Storage, *, cache_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(
+        self, repository: Repository, storage: Storage, *, cache_bytes: int = 256 * 1024 * 1024
+    ) -> None:
         self.repository = repository
         self.storage = storage
         self._datasets = _DatasetCache(cache_bytes)
@@ -419,7 +450,9 @@ class RetrieveService:
 
     # -- frames, bulk data, rendering ------------------------------------------------------------------------
 
-    async def frames(self, ref: StoredInstance, numbers: Sequence[int], accepted: AcceptedFrames) -> list[Frame]:
+    async def frames(
+        self, ref: StoredInstance, numbers: Sequence[int], accepted: AcceptedFrames
+    ) -> list[Frame]:
         """Frames `numbers` (1-based, PS3.18 §10.4.1.1.4), as stored or decoded per `accepted`."""
         encoding = accepted.choose(ref.transfer_syntax_uid)
         if encoding is None:
@@ -507,8 +540,12 @@ class RetrieveService:
 
         return await asyncio.to_thread(work)
 
-    async def _bulk_value(self, ref: StoredInstance, steps: list[int], accepted: AcceptedFrames) -> list[Frame]:
-        if not any(r.media_type in ("*/*", OCTET_STREAM, "application/*") for tier in accepted.tiers for r in tier):
+    async def _bulk_value(
+        self, ref: StoredInstance, steps: list[int], accepted: AcceptedFrames
+    ) -> list[Frame]:
+        if not any(
+            r.media_type in ("*/*", OCTET_STREAM, "application/*") for tier in accepted.tiers for r in tier
+        ):
             raise NotAcceptable("bulk data other than pixel data is only given as application/octet-stream")
 
         def work() -> list[Frame]:
@@ -557,6 +594,34 @@ class RetrieveService:
             if images:
                 return images[len(images) // 2]
         return refs[len(refs) // 2]
+
+    def zip_stored(self, refs: Sequence[StoredInstance]) -> Iterator[bytes]:
+        """The instances as stored, in a zip (PS3.18 Table 8.7.3-2 application/zip), made while it is sent.
+
+        A plain (blocking) generator: the HTTP door runs each step in a worker thread, so reads never block the loop.
+        Entries are stored, not deflated (DICOM pixel data is often compressed already, and speed matters more).
+        """
+        sink = _ZipSink()
+        stamp = time.localtime()[:6]
+        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for ref in refs:
+                info = zipfile.ZipInfo(
+                    f"{ref.study_instance_uid}/{ref.series_instance_uid}/{ref.sop_instance_uid}.dcm", stamp
+                )
+                info.file_size = ref.size  # decides whether the entry needs Zip64 sizes
+                try:
+                    handle = self.storage.open(ref.storage_key)
+                except (OSError, ValueError) as exc:
+                    log.warning("instance %s left out of a zip: %s", ref.sop_instance_uid, exc)
+                    continue
+                with handle, archive.open(info, "w") as entry:
+                    while chunk := handle.read(CHUNK_SIZE):
+                        entry.write(chunk)
+                        if len(sink.buffer) >= CHUNK_SIZE:
+                            yield sink.take()
+                if len(sink.buffer) >= CHUNK_SIZE:
+                    yield sink.take()
+        yield sink.take()
 
     def invalidate(self) -> None:
         """Forget cached parsed instances (after a delete or a replace, or in tests)."""
@@ -619,7 +684,9 @@ class RetrieveService:
         try:
             return tc.encode_part10(ds)
         except tc.TranscodeError as exc:
-            raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be encoded as {_name(target)}: {exc}") from exc
+            raise NotAcceptable(
+                f"instance {ref.sop_instance_uid} cannot be encoded as {_name(target)}: {exc}"
+            ) from exc
 
     @staticmethod
     def _check_frame(ds: Dataset, ref: StoredInstance, number: int) -> int:
@@ -637,7 +704,9 @@ class RetrieveService:
         self, ds: Dataset, ref: StoredInstance, numbers: Sequence[int], encoding: FrameEncoding
     ) -> list[bytes]:
         if "PixelData" not in ds:
-            raise InvalidRequest(f"instance {ref.sop_instance_uid} has no (7FE0,0010) Pixel Data to cut frames from")
+            raise InvalidRequest(
+                f"instance {ref.sop_instance_uid} has no (7FE0,0010) Pixel Data to cut frames from"
+            )
         try:
             if encoding.decode:
                 return tc.decoded_frame_bytes(ds, numbers)
@@ -716,4 +785,3 @@ def _walk_path(ds: Dataset, steps: list[int], ref: StoredInstance) -> bytes:
         # Read from a Big Endian file (PS3.5 §A.3): bulk data goes out little-endian (PS3.18 §8.7.3.3.1).
         value = np.frombuffer(value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
     return value
-
