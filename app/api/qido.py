@@ -20,9 +20,11 @@ Decisions taken from the standard:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -111,15 +113,16 @@ async def _search(request: Request, context: Context, level: Level, scope: dict[
     warnings = list(parsed.warnings) + _paging_warnings(
         request, parsed.model.limit, result, settings.qido_max_limit
     )
+    # A page of up to QIDO_MAX_LIMIT rows is megabytes of text: written off the event loop when it is large.
+    offload = len(rows) > 100
     if media_type == DICOM_XML:
         boundary = new_boundary()
-        response = Response(
-            _xml_multipart(rows, boundary),
-            media_type=multipart_content_type(boundary, DICOM_XML),
-        )
+        body = await asyncio.to_thread(_xml_multipart, rows, boundary)
+        response = Response(body, media_type=multipart_content_type(boundary, DICOM_XML))
     else:
-        body = json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        response = Response(body, media_type=DICOM_JSON)
+        encode = partial(json.dumps, rows, separators=(",", ":"), ensure_ascii=False)
+        text = await asyncio.to_thread(encode) if offload else encode()
+        response = Response(text.encode("utf-8"), media_type=DICOM_JSON)
     for text in warnings:
         safe = text.replace('"', "'").replace("\r", " ").replace("\n", " ")[:1000]
         safe = safe.encode("ascii", "backslashreplace").decode()  # header values are Latin-1 on the wire

@@ -294,11 +294,20 @@ async def _metadata(
         return Response(body, media_type=DICOM_JSON)
     # Native DICOM Model XML: one part per instance (PS3.18 §10.4.1.1.2, §8.7.3.2).
     boundary = new_boundary()
-    parts = [
-        ({"Content-Type": DICOM_XML}, to_xml(json.loads(absolute_bulk_data(root, study, d))).encode("utf-8"))
-        for d in datasets
-    ]
-    return Response(multipart_body(parts, boundary), media_type=multipart_content_type(boundary, DICOM_XML))
+
+    def xml_parts() -> bytes:
+        parts = [
+            (
+                {"Content-Type": DICOM_XML},
+                to_xml(json.loads(absolute_bulk_data(root, study, d))).encode("utf-8"),
+            )
+            for d in datasets
+        ]
+        return multipart_body(parts, boundary)
+
+    # XML is written element by element in Python: always off the event loop.
+    body = await asyncio.to_thread(xml_parts)
+    return Response(body, media_type=multipart_content_type(boundary, DICOM_XML))
 
 
 def absolute_bulk_data(root: str, study: str, dataset: StoredDataset) -> str:

@@ -88,7 +88,7 @@ class IngestService:
         """
         prepared = await self._prepare(payload)
         if prepared.outcome is not None:
-            return self._failed(prepared, origin)
+            return await self._failed(prepared, origin)
         record = prepared.record
         assert record is not None
         outcome = StoreOutcome(
@@ -112,7 +112,7 @@ class IngestService:
                     # The meaning first: a DIMSE Error Comment keeps only 64 characters.
                     f"{name} differs from the request: {found} vs {expected}",
                 )
-                return self._failed(prepared, origin)
+                return await self._failed(prepared, origin)
         if self.rules is not None or self.hook is not None:
             judged = await self._apply_rules(prepared, outcome, origin, calling_ae_title)
             if judged is not None:
@@ -153,7 +153,7 @@ class IngestService:
                     verdict.changes.append("ingest hook coerced " + ", ".join(answer))
         if verdict.reject is not None:
             prepared.outcome = _fail(outcome, verdict.reject[0], verdict.reject[1])
-            return self._failed(prepared, origin)
+            return await self._failed(prepared, origin)
         if not verdict.edits:
             return None
         try:
@@ -162,11 +162,11 @@ class IngestService:
             prepared.outcome = _fail(
                 outcome, FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"after coercion: {exc}"
             )
-            return self._failed(prepared, origin)
+            return await self._failed(prepared, origin)
         except Exception as exc:
             log.exception("coercion of %s failed", outcome.sop_instance_uid)
             prepared.outcome = _fail(outcome, FailureReason.PROCESSING_FAILURE, f"coercion failed: {exc}")
-            return self._failed(prepared, origin)
+            return await self._failed(prepared, origin)
         record = prepared.record
         assert record is not None
         outcome.sop_class_uid = record.sop_class_uid
@@ -215,14 +215,14 @@ class IngestService:
             prepared.outcome = _fail(
                 outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}"
             )
-            return self._failed(prepared, origin)
+            return await self._failed(prepared, origin)
         if held is not None and self.duplicate_policy is not DuplicatePolicy.REPLACE:
             await asyncio.to_thread(self.storage.discard, prepared.staged)
             if self.duplicate_policy is DuplicatePolicy.REJECT:
                 prepared.outcome = _fail(
                     outcome, FailureReason.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already held"
                 )
-                return self._failed(prepared, origin)
+                return await self._failed(prepared, origin)
             outcome.status = StoreStatus.KEPT
             return outcome
 
@@ -232,7 +232,7 @@ class IngestService:
             commit = await asyncio.to_thread(self.storage.commit, prepared.staged, key)
         except StorageError as exc:
             prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"cannot write the file: {exc}")
-            return self._failed(prepared, origin, discard=False)
+            return await self._failed(prepared, origin, discard=False)
         try:
             replaced = await self.repository.store_instance(record)
         except BaseException as exc:
@@ -248,7 +248,7 @@ class IngestService:
                 )
             else:
                 raise
-            return self._failed(prepared, origin, discard=False)
+            return await self._failed(prepared, origin, discard=False)
         await asyncio.to_thread(commit.finalize)
         if replaced is not None:
             outcome.status = StoreStatus.REPLACED
@@ -296,11 +296,11 @@ class IngestService:
             prepared.record, prepared.dataset = parsed.record, parsed.dataset
         return prepared
 
-    def _failed(self, prepared: _Prepared, origin: str, *, discard: bool = True) -> StoreOutcome:
+    async def _failed(self, prepared: _Prepared, origin: str, *, discard: bool = True) -> StoreOutcome:
         outcome = prepared.outcome
         assert outcome is not None
         if discard:
-            self.storage.discard(prepared.staged)
+            await asyncio.to_thread(self.storage.discard, prepared.staged)
         log.warning(
             "store refused from %s: SOPInstanceUID=%s reason=0x%04X %s",
             origin or "?",
