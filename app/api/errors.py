@@ -23,6 +23,7 @@ from app.repository.base import RepositoryUnavailable
 
 DICOM_JSON = "application/dicom+json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+WARN_AGENT = "dicomweb-archive"  # who adds the Warning headers (RFC 7234 5.5)
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +79,21 @@ async def repository_unavailable_handler(request: Request, exc: Exception) -> JS
     return error_response(503, f"metadata store unavailable: {exc}", {"Retry-After": RETRY_AFTER_SECONDS})
 
 
+def warning(text: str) -> str:
+    """A `Warning: 299` header value (RFC 7234 5.5, as PS3.18 8.3.4 uses it) carrying `text` safely."""
+    # Control characters (CR, LF, NUL...) cannot go into a header: the server would drop the answer. Header
+    # values are Latin-1 on the wire: anything else (a query value echoed in the text) is escaped.
+    safe = _CONTROL.sub(" ", text.replace('"', "'"))[:1000].encode("ascii", "backslashreplace").decode()
+    return f'299 {WARN_AGENT}: "{safe}"'
+
+
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    # Control characters (CR, LF, NUL...) cannot go into the Warning header: the server would drop the answer.
-    safe = _CONTROL.sub(" ", reason.replace('"', "'"))[:500]
+    safe = _CONTROL.sub(" ", reason)[:500]
     return JSONResponse(
         _body(safe),
         status_code=status,
         media_type=DICOM_JSON,
-        # Header values are Latin-1 on the wire: anything else (a query value echoed in the reason) is escaped.
-        headers={
-            "Warning": f'299 dicomweb-archive: "{safe.encode("ascii", "backslashreplace").decode()}"',
-            **(headers or {}),
-        },
+        headers={"Warning": warning(safe), **(headers or {})},
     )
 
 

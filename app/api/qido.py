@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Sequence
 from functools import partial
 
@@ -30,7 +29,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.dicom_response import DICOM_XML, negotiate_dataset_media_type, to_xml
-from app.api.errors import DicomWebError, check_uids
+from app.api.errors import DicomWebError, check_uids, warning
 from app.api.multipart import close_delimiter, multipart_content_type, new_boundary, part_head
 from app.api.urls import instance_url, series_url, service_root, study_url
 from app.core.attributes import Level
@@ -40,7 +39,6 @@ from app.deps import Context
 
 router = APIRouter(tags=["QIDO-RS"])
 
-SERVICE = "dicomweb-archive"  # the warn-agent of Warning headers, as in app/api/errors.py
 DICOM_JSON = "application/dicom+json"
 # Query parameters about the response, not the search (PS3.18 8.3.3.1).
 _RESPONSE_PARAMETERS = frozenset({"accept", "charset"})
@@ -124,14 +122,8 @@ async def _search(request: Request, context: Context, level: Level, scope: dict[
         text = await asyncio.to_thread(encode) if offload else encode()
         response = Response(text.encode("utf-8"), media_type=DICOM_JSON)
     for text in warnings:
-        safe = text.replace('"', "'").replace("\r", " ").replace("\n", " ")[:1000]
-        safe = safe.encode("ascii", "backslashreplace").decode()  # header values are Latin-1 on the wire
-        safe = _CONTROL.sub(" ", safe)  # a control character (NUL...) would make the server drop the answer
-        response.headers.append("Warning", f'299 {SERVICE}: "{safe}"')
+        response.headers.append("Warning", warning(text))
     return response
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _paging_warnings(request: Request, limit: int | None, result: SearchResult, max_limit: int) -> list[str]:

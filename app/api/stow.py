@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from app.api.dicom_response import negotiate_dataset_media_type, render_dataset
-from app.api.errors import DicomWebError, check_uids
+from app.api.errors import DicomWebError, check_uids, warning
 from app.api.multipart import MultipartError, Part, iter_parts, parse_content_type
 from app.api.stow_json import JsonInstanceAssembler
 from app.api.urls import instance_url, service_root, study_url
@@ -69,7 +69,7 @@ async def _store(request: Request, context: Context, content_type: str | None, s
     replaced = [o.sop_instance_uid for o in outcomes if o.status is StoreStatus.REPLACED]
     if replaced:
         # The duplicate policy `replace` is a success that the sender should hear about (DuplicatePolicy).
-        headers["Warning"] = f'299 dicomweb-archive: "replaced {len(replaced)} instance(s) already held"'
+        headers["Warning"] = warning(f"replaced {len(replaced)} instance(s) already held")
     if any(o.failure == FailureReason.OUT_OF_RESOURCES for o in outcomes):
         # 0xA700: the disk or the metadata store is unavailable for now; the sender may try again later.
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)

@@ -25,7 +25,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from app.api.accept import MediaRange, parse_accept, tiers
 from app.api.dicom_response import DICOM_JSON, DICOM_XML, negotiate_dataset_media_type, to_xml
-from app.api.errors import DicomWebError, check_uids, domain_errors
+from app.api.errors import DicomWebError, check_uids, domain_errors, warning
 from app.api.multipart import (
     close_delimiter,
     multipart_content_type,
@@ -196,8 +196,8 @@ async def _retrieve(
         first = await service.open_instance(plan[0][0], accepted)
     headers: dict[str, str] = {}
     if len(plan) < len(refs):
-        headers["Warning"] = (
-            f'299 dicomweb-archive: "{len(refs) - len(plan)} instance(s) left out: no accepted transfer syntax"'
+        headers["Warning"] = warning(
+            f"{len(refs) - len(plan)} instance(s) left out: no accepted transfer syntax"
         )
     if packaging is Packaging.SINGLE:
         return StreamingResponse(first, media_type=f"{DICOM}; transfer-syntax={first.transfer_syntax}")
