@@ -36,6 +36,7 @@ from app.repository.base import Repository, RepositoryUnavailable
 from app.storage.base import StagedFile, Storage, StorageError, instance_key
 
 log = logging.getLogger(__name__)
+HOOK_TIMEOUT_SECONDS = 30.0  # an INGEST_HOOK taking longer fails the instance with 0x0110
 
 
 @dataclass
@@ -132,10 +133,13 @@ class IngestService:
         verdict = self.rules.evaluate(prepared.dataset, calling_ae_title) if self.rules else Verdict()
         if verdict.reject is None and self.hook is not None:
             try:
-                answer = await self.hook(prepared.dataset, HookContext(calling_ae_title, origin))
+                # A hung hook must not hold the store (and a DIMSE association) forever.
+                answer = await asyncio.wait_for(
+                    self.hook(prepared.dataset, HookContext(calling_ae_title, origin)), HOOK_TIMEOUT_SECONDS
+                )
             except Exception as exc:
                 log.exception("ingest hook failed on %s", outcome.sop_instance_uid)
-                verdict.reject = (FailureReason.PROCESSING_FAILURE, f"ingest hook failed: {exc}")
+                verdict.reject = (FailureReason.PROCESSING_FAILURE, f"ingest hook failed: {type(exc).__name__} {exc}")
             else:
                 if isinstance(answer, str):
                     verdict.reject = (FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, answer)

@@ -57,20 +57,32 @@ class FileSystemStorage:
             if self.fsync:
                 os.fsync(staged.handle.fileno())
             staged.handle.close()
-            final.parent.mkdir(parents=True, exist_ok=True)
             backup: Path | None = None
             if final.exists():
                 backup = self._staging / f"{uuid.uuid4().hex}.old"
                 os.link(final, backup)
             # The sweep's grace period counts from the commit, not from the last write of a long upload.
             os.utime(staged.path)
-            os.replace(staged.path, final)
+            self._place(staged.path, final)
             if self.fsync:
                 _fsync_dir(final.parent)
         except OSError as exc:
             self.discard(staged)
             raise StorageError(exc.errno, f"cannot store {key}: {exc.strerror}") from exc
         return _FileCommit(backup, final)
+
+    @staticmethod
+    def _place(source: Path, final: Path) -> None:
+        # A delete of the series' last instance removes its empty folder (see `delete`); if that happens between
+        # mkdir and the rename, the rename meets no folder: make it again, once.
+        for attempt in (1, 2):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(source, final)
+                return
+            except FileNotFoundError:
+                if attempt == 2 or not source.exists():
+                    raise
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
