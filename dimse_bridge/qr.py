@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from pydicom.datadict import keyword_for_tag
@@ -40,7 +40,7 @@ from pynetdicom import evt
 from pynetdicom.presentation import PresentationContext, build_context
 
 from app.core.attributes import Level
-from app.core.query import QueryError, QueryModel, from_identifier
+from app.core.query import QueryError, QueryModel, from_identifier, search_pages
 from app.core.records import JSONDict, StoredInstance
 from app.core.retrieve import NotAcceptable, NotFound, RetrieveFailed
 from app.core.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
@@ -250,19 +250,6 @@ def find_answer(
     return ds
 
 
-async def _find_pages(archive: Any, model: QueryModel) -> AsyncIterator[list[JSONDict]]:
-    offset = 0
-    while True:
-        result = await archive.repository.search(
-            dataclasses.replace(model, limit=FIND_PAGE_SIZE, offset=offset)
-        )
-        if result.rows:
-            yield result.rows
-        if not result.remaining or not result.rows:
-            return
-        offset += len(result.rows)
-
-
 # -- C-FIND ---------------------------------------------------------------------------------------------------
 
 
@@ -288,7 +275,7 @@ def handle_find(event: Any, dimse: DimseContext) -> Iterator[tuple[int | Dataset
         log.info("C-FIND from %s: keys not supported for matching: %s", who, ", ".join(model.ignored))
     required = required_keys(level, sop_class)
     matches = 0
-    pages = dimse.bridge.stream(_find_pages(dimse.archive, model))
+    pages = dimse.bridge.stream(search_pages(dimse.archive.repository, model, FIND_PAGE_SIZE))
     try:
         for page in pages:
             for row in page:
@@ -325,32 +312,12 @@ def handle_find(event: Any, dimse: DimseContext) -> Iterator[tuple[int | Dataset
 # -- C-GET and C-MOVE -----------------------------------------------------------------------------------------
 
 
-async def _resolve(archive: Any, model: QueryModel) -> list[StoredInstance]:
-    """The stored instances behind the matching rows, in series then instance-number order, one repository
-    read per matching series (rather than one per instance)."""
-    result = await archive.repository.search(model)
-    series: dict[tuple[str, str], set[str]] = {}
-    for row in result.rows:
-        study, serie, sop = (
-            row.get(k, {}).get("Value", [""])[0] for k in ("0020000D", "0020000E", "00080018")
-        )
-        series.setdefault((study, serie), set()).add(sop)
-    refs: list[StoredInstance] = []
-    for (study, serie), sops in series.items():
-        try:
-            found = await archive.retrieve.resolve(study, serie)
-        except NotFound:
-            continue  # deleted since the search
-        refs.extend(ref for ref in found if ref.sop_instance_uid in sops)
-    return refs
-
-
 def matching_instances(dimse: DimseContext, identifier: Dataset, sop_class_uid: str) -> list[StoredInstance]:
     """The instances a C-GET or C-MOVE identifier names. IdentifierError when it names none validly,
     BridgeError when the archive cannot be asked."""
     level = request_level(identifier, sop_class_uid)
     model = retrieve_model(identifier, level, sop_class_uid)
-    return dimse.bridge.call(_resolve(dimse.archive, model))
+    return dimse.bridge.call(dimse.archive.retrieve.resolve_matching(model))
 
 
 def accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:

@@ -249,11 +249,11 @@ async def test_patient_level_find_and_patient_level_retrieve_on_each_repository(
         3,
     )
 
-    archive = SimpleNamespace(repository=repository, retrieve=RetrieveService(repository, None))  # type: ignore[arg-type]
+    retrieval = RetrieveService(repository, None)  # type: ignore[arg-type]
     retrieve = qr.retrieve_model(
         identifier("PATIENT", PatientID="QRU-1"), Level.PATIENT, qr.PATIENT_ROOT_MOVE
     )
-    refs = await qr._resolve(archive, retrieve)
+    refs = await retrieval.resolve_matching(retrieve)
     assert [ref.sop_instance_uid for ref in refs] == ["1.9.1.1.1", "1.9.2.1.1", "1.9.2.1.2"]
     listed = qr.retrieve_model(
         identifier(
@@ -265,4 +265,4 @@ async def test_patient_level_find_and_patient_level_retrieve_on_each_repository(
         Level.IMAGE,
         qr.STUDY_ROOT_GET,
     )
-    assert [ref.sop_instance_uid for ref in await qr._resolve(archive, listed)] == ["1.9.2.1.2"]
+    assert [ref.sop_instance_uid for ref in await retrieval.resolve_matching(listed)] == ["1.9.2.1.2"]

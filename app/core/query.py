@@ -22,13 +22,14 @@ shall ignore any unsupported Query Parameters"), and the door turns the report i
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 from pydicom.dataset import Dataset
@@ -76,15 +77,35 @@ AGGREGATE_SOURCES: dict[str, tuple[Level, str]] = {
 # Maximum value lengths (PS3.5 Table 6.2-1), in characters. A longer query value can match nothing the
 # archive holds and is almost always a client bug, so it is refused rather than silently finding nothing.
 MAX_LENGTH: dict[str, int] = {
-    "AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "LT": 10240, "PN": 64,
-    "SH": 16, "ST": 1024, "TM": 14, "UI": 64, "UC": 2**32 - 2, "UR": 2**32 - 2, "UT": 2**32 - 2,
+    "AE": 16,
+    "AS": 4,
+    "CS": 16,
+    "DA": 8,
+    "DS": 16,
+    "DT": 26,
+    "IS": 12,
+    "LO": 64,
+    "LT": 10240,
+    "PN": 64,
+    "SH": 16,
+    "ST": 1024,
+    "TM": 14,
+    "UI": 64,
+    "UC": 2**32 - 2,
+    "UR": 2**32 - 2,
+    "UT": 2**32 - 2,
 }
 _TEXT_VRS = frozenset({"LT", "ST", "UT"})  # may hold CR, LF, TAB, FF (PS3.5 6.1.3)
 # Wildcards apply to string VRs other than DA, TM, DT, UI and the numeric ones (PS3.4 C.2.2.2.4).
 _WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _INT_BOUNDS = {
-    "IS": (-(2**31), 2**31 - 1), "US": (0, 2**16 - 1), "SS": (-(2**15), 2**15 - 1),
-    "UL": (0, 2**32 - 1), "SL": (-(2**31), 2**31 - 1), "UV": (0, 2**64 - 1), "SV": (-(2**63), 2**63 - 1),
+    "IS": (-(2**31), 2**31 - 1),
+    "US": (0, 2**16 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "UV": (0, 2**64 - 1),
+    "SV": (-(2**63), 2**63 - 1),
 }
 _TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
 _KEYWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*")
@@ -170,10 +191,13 @@ class ParsedQuery:
         out = []
         if self.ignored_attributes:
             out.append(
-                "The following attributes are not supported as query keys: " + ", ".join(self.ignored_attributes)
+                "The following attributes are not supported as query keys: "
+                + ", ".join(self.ignored_attributes)
             )
         if self.ignored_parameters:
-            out.append("The following query parameters are not supported: " + ", ".join(self.ignored_parameters))
+            out.append(
+                "The following query parameters are not supported: " + ", ".join(self.ignored_parameters)
+            )
         return out
 
 
@@ -306,8 +330,10 @@ def _attribute_key(name: str) -> str | None:
     if first and (first.isupper() or first.isdigit() or "." in name):
         return resolve_path(name)[0]
     if _KEYWORD_RE.fullmatch(name) and _keyword_ci().get(name.lower()):
-        raise QueryError(f"unknown attribute {name!r}: keywords are case-sensitive, did you mean "
-                         f"{_keyword_ci()[name.lower()]}?")
+        raise QueryError(
+            f"unknown attribute {name!r}: keywords are case-sensitive, did you mean "
+            f"{_keyword_ci()[name.lower()]}?"
+        )
     return None
 
 
@@ -436,11 +462,19 @@ def keyword_of_path(key: str) -> str:
 
 
 def _matches(raw: Mapping[Attribute, str], fuzzy: bool) -> tuple[Match, ...]:
-    matches = [m for attribute, value in raw.items() if (m := parse_value(attribute, value, fuzzy)).kind
-               is not MatchKind.UNIVERSAL]
+    matches = [
+        m
+        for attribute, value in raw.items()
+        if (m := parse_value(attribute, value, fuzzy)).kind is not MatchKind.UNIVERSAL
+    ]
     combined = _combine_datetime(matches)
     for m in combined:
-        if m.kind is MatchKind.RANGE and not m.combined and None not in m.values and m.values[0] > m.values[1]:
+        if (
+            m.kind is MatchKind.RANGE
+            and not m.combined
+            and None not in m.values
+            and m.values[0] > m.values[1]
+        ):
             raise QueryError(f"{m.attribute.keyword}: the range ends before it starts (PS3.4 C.2.2.2.5)")
     return tuple(combined)
 
@@ -448,8 +482,12 @@ def _matches(raw: Mapping[Attribute, str], fuzzy: bool) -> tuple[Match, ...]:
 def _combine_datetime(matches: list[Match]) -> list[Match]:
     """StudyDate and StudyTime both given as ranges match as one date-time range (PS3.4 C.2.2.2.5.1): from the
     first date at the first time to the last date at the last time, not "each day between the two times"."""
-    date = next((m for m in matches if m.attribute.keyword == "StudyDate" and m.kind is MatchKind.RANGE), None)
-    time = next((m for m in matches if m.attribute.keyword == "StudyTime" and m.kind is MatchKind.RANGE), None)
+    date = next(
+        (m for m in matches if m.attribute.keyword == "StudyDate" and m.kind is MatchKind.RANGE), None
+    )
+    time = next(
+        (m for m in matches if m.attribute.keyword == "StudyTime" and m.kind is MatchKind.RANGE), None
+    )
     if date is None or time is None or time.point:
         return matches
     low = None if date.values[0] is None else date.values[0] + (time.values[0] or "000000.000000")
@@ -491,8 +529,9 @@ def parse_value(attribute: Attribute, value: str, fuzzy: bool = False) -> Match:
             words = tuple(w for w in name_words(normalised.replace("*", " ").replace("?", " ")) if w)
             if not words:
                 return Match(attribute, MatchKind.UNIVERSAL)
-            return Match(attribute, MatchKind.WILDCARD if wildcard else MatchKind.SINGLE, (normalised,),
-                         words=words)
+            return Match(
+                attribute, MatchKind.WILDCARD if wildcard else MatchKind.SINGLE, (normalised,), words=words
+            )
         return Match(attribute, MatchKind.WILDCARD if wildcard else MatchKind.SINGLE, (normalised,))
     return Match(attribute, MatchKind.WILDCARD if wildcard else MatchKind.SINGLE, (text,))
 
@@ -555,7 +594,9 @@ def _parse_range(attribute: Attribute, text: str) -> Match:
             return Match(attribute, MatchKind.SINGLE, (text,))
         return Match(attribute, MatchKind.RANGE, (low_text or None, high_text or None))
     if text.count("-") > 1:
-        raise QueryError(f"{name}: {_show(text)} is not a {_VR_NAME[vr]} or a range of them (PS3.4 C.2.2.2.5)")
+        raise QueryError(
+            f"{name}: {_show(text)} is not a {_VR_NAME[vr]} or a range of them (PS3.4 C.2.2.2.5)"
+        )
     if "-" not in text:
         if vr == "DA":
             return Match(attribute, MatchKind.SINGLE, (_date(attribute, text),))
@@ -595,7 +636,9 @@ def _time(attribute: Attribute, text: str) -> tuple[str, str]:
     compact = text.replace(":", "")
     found = _TIME_RE.fullmatch(compact) if compact.isascii() else None
     if found is None or (found.group(4) and not found.group(3)) or len(text) > MAX_LENGTH["TM"]:
-        raise QueryError(f"{attribute.keyword}: {_show(text)} is not a time (HHMMSS.FFFFFF, PS3.5 Table 6.2-1)")
+        raise QueryError(
+            f"{attribute.keyword}: {_show(text)} is not a time (HHMMSS.FFFFFF, PS3.5 Table 6.2-1)"
+        )
     hh, mm, ss, frac = found.groups()
     if int(hh) > 23 or int(mm or 0) > 59 or int(ss or 0) > 60:
         raise QueryError(f"{attribute.keyword}: {_show(text)} is not a valid time")
@@ -701,8 +744,11 @@ def assemble(
     for level, keys in model.upper_keys.items():
         source = {**(levels.get(level) or {}), **(aggregates.get(level) or {})}
         out.update({k: source[k] for k in keys if k in source})
-    for keyword, tag in (("StudyInstanceUID", "0020000D"), ("SeriesInstanceUID", "0020000E"),
-                         ("SOPInstanceUID", "00080018")):
+    for keyword, tag in (
+        ("StudyInstanceUID", "0020000D"),
+        ("SeriesInstanceUID", "0020000E"),
+        ("SOPInstanceUID", "00080018"),
+    ):
         uid = uids.get(keyword)
         if uid and tag not in out:
             out[tag] = {"vr": "UI", "Value": [uid]}
@@ -754,3 +800,21 @@ def wildcard_regex(pattern: str) -> str:
 def _show(value: str) -> str:
     text = value if len(value) <= 80 else value[:77] + "..."
     return repr(text)
+
+
+class _Searcher(Protocol):
+    async def search(self, query: QueryModel) -> SearchResult: ...
+
+
+async def search_pages(
+    repository: _Searcher, model: QueryModel, page_size: int
+) -> AsyncIterator[list[JSONDict]]:
+    """Every match of `model`, a page at a time (C-FIND streams its pending responses from these)."""
+    offset = 0
+    while True:
+        result = await repository.search(dataclasses.replace(model, limit=page_size, offset=offset))
+        if result.rows:
+            yield result.rows
+        if not result.remaining or not result.rows:
+            return
+        offset += len(result.rows)

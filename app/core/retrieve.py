@@ -37,6 +37,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from app.core import transcode as tc
+from app.core.query import QueryModel
 from app.core.records import StoredDataset, StoredInstance
 from app.core.render import RenderError, RenderOptions, render, thumbnail
 from app.core.transfer_syntax import (
@@ -390,6 +391,25 @@ class RetrieveService:
         if not found:
             raise NotFound(_describe(study, series, instance))
         return found
+
+    async def resolve_matching(self, model: QueryModel) -> list[StoredInstance]:
+        """The stored instances behind a query's matches (C-GET, C-MOVE), in series then instance-number order,
+        one repository read per matching series rather than one per instance."""
+        result = await self.repository.search(model)
+        series: dict[tuple[str, str], set[str]] = {}
+        for row in result.rows:
+            study, serie, sop = (
+                row.get(k, {}).get("Value", [""])[0] for k in ("0020000D", "0020000E", "00080018")
+            )
+            series.setdefault((study, serie), set()).add(sop)
+        refs: list[StoredInstance] = []
+        for (study, serie), sops in series.items():
+            try:
+                found = await self.resolve(study, serie)
+            except NotFound:
+                continue  # deleted since the search
+            refs.extend(ref for ref in found if ref.sop_instance_uid in sops)
+        return refs
 
     async def metadata(
         self, study: str, series: str | None = None, instance: str | None = None
