@@ -24,7 +24,6 @@ the N-ACTION-RSP is never held up by the check or by the other association.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -37,8 +36,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pynetdicom import evt
 
 from app.core.aes import RemoteAE
-from app.repository.base import Repository
-from app.storage.base import Storage
+from app.core.retrieve import RetrieveService
 from dimse_bridge import scu
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeError
@@ -150,18 +148,14 @@ def parse_request(information: Dataset | None) -> CommitmentRequest:
 
 
 async def check(
-    repository: Repository, storage: Storage, references: Sequence[Reference]
+    retrieve: RetrieveService, references: Sequence[Reference]
 ) -> list[tuple[Reference, int | None]]:
     """Each reference with None when we hold it (metadata and file), else its Failure Reason."""
-    found = [await repository.get_instance(ref.sop_instance_uid) for ref in references]
-
-    def files_exist() -> list[bool]:
-        return [stored is not None and storage.exists(stored.storage_key) for stored in found]
-
-    exists = await asyncio.to_thread(files_exist)
+    held = await retrieve.held([ref.sop_instance_uid for ref in references])
     results: list[tuple[Reference, int | None]] = []
-    for ref, stored, present in zip(references, found, exists, strict=True):
-        if stored is None or not present:
+    for ref in references:
+        stored = held.get(ref.sop_instance_uid)
+        if stored is None:
             results.append((ref, FAILURE_NO_SUCH_OBJECT_INSTANCE))
         elif stored.sop_class_uid != ref.sop_class_uid:
             results.append((ref, FAILURE_CLASS_INSTANCE_CONFLICT))
@@ -178,7 +172,7 @@ def commit(dimse: DimseContext, request: CommitmentRequest) -> CommitmentResult:
     for start in range(0, len(request.references), CHECK_BATCH):
         batch = request.references[start : start + CHECK_BATCH]
         try:
-            checked = dimse.bridge.call(check(archive.repository, archive.storage, batch))
+            checked = dimse.bridge.call(check(archive.retrieve, batch))
         except Exception as exc:  # BridgeError, RepositoryUnavailable, storage errors
             log.warning("storage commitment %s: cannot check instances: %s", request.transaction_uid, exc)
             checked = [(ref, FAILURE_PROCESSING) for ref in batch]
@@ -214,7 +208,10 @@ def handle_n_action(event: Any, dimse: DimseContext) -> tuple[int, Dataset | Non
     requester = str(event.assoc.requestor.ae_title or "").strip()
     response_sent = _watch_response(event.assoc, int(request.MessageID))
     log.info(
-        "storage commitment %s from %s: %d instances", commitment.transaction_uid, origin, len(commitment.references)
+        "storage commitment %s from %s: %d instances",
+        commitment.transaction_uid,
+        origin,
+        len(commitment.references),
     )
     threading.Thread(
         target=_report,
@@ -231,9 +228,10 @@ def _watch_response(assoc: Any, message_id: int) -> threading.Event:
 
     def on_sent(event: Any) -> None:
         message = event.message
-        if type(message).__name__ == "N_ACTION_RSP" and getattr(
-            message.command_set, "MessageIDBeingRespondedTo", None
-        ) == message_id:
+        if (
+            type(message).__name__ == "N_ACTION_RSP"
+            and getattr(message.command_set, "MessageIDBeingRespondedTo", None) == message_id
+        ):
             sent.set()
             event.assoc.unbind(evt.EVT_DIMSE_SENT, on_sent)
 
@@ -242,7 +240,11 @@ def _watch_response(assoc: Any, message_id: int) -> threading.Event:
 
 
 def _report(
-    dimse: DimseContext, assoc: Any, requester: str, request: CommitmentRequest, response_sent: threading.Event
+    dimse: DimseContext,
+    assoc: Any,
+    requester: str,
+    request: CommitmentRequest,
+    response_sent: threading.Event,
 ) -> None:
     try:
         result = commit(dimse, request)

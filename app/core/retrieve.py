@@ -392,6 +392,15 @@ class RetrieveService:
             raise NotFound(_describe(study, series, instance))
         return found
 
+    async def held(self, sop_instance_uids: Sequence[str]) -> dict[str, StoredInstance]:
+        """Those of these instances the archive holds, metadata and file both (Storage Commitment, PS3.4 J)."""
+        found = [await self.repository.get_instance(uid) for uid in sop_instance_uids]
+
+        def present() -> list[StoredInstance]:
+            return [ref for ref in found if ref is not None and self.storage.exists(ref.storage_key)]
+
+        return {ref.sop_instance_uid: ref for ref in await asyncio.to_thread(present)}
+
     async def resolve_matching(self, model: QueryModel) -> list[StoredInstance]:
         """The stored instances behind a query's matches (C-GET, C-MOVE), in series then instance-number order,
         one repository read per matching series rather than one per instance."""
