@@ -55,7 +55,11 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
             sending_ae_title=str(event.assoc.requestor.ae_title or "").strip(),
             receiving_ae_title=dimse.ae_title,
         )
-        staged = dimse.archive.storage.stage()
+        try:
+            staged = dimse.archive.storage.stage()
+        except OSError as exc:  # StorageError too: disk full, staging area gone (PS3.4 B.2.3 A7xx)
+            log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
+            return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
         try:
             staged.write(meta)
             staged.write(raw)
@@ -85,4 +89,3 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
         log.warning("store from %s not answered in time: %s", origin, exc)
         return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
     return status.store_response(outcome)
-

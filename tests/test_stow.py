@@ -206,3 +206,26 @@ def test_metadata_and_bulk_data_parts_are_assembled_into_an_instance(archive_ser
     stored = pydicom.dcmread(stored_file(archive_server, ds))
     assert stored.PixelData == ds.PixelData
     assert stored.PatientName == ds.PatientName
+
+
+def test_when_nothing_can_be_staged_each_instance_fails_with_0xA700_and_the_service_goes_on(
+    tmp_path: Path,
+) -> None:
+    from app.config import Settings
+    from tests.servers import running_archive
+
+    settings = Settings(data_dir=tmp_path, dimse_enabled=False, _env_file=None)  # type: ignore[call-arg]
+    instances = [dicom_files.renewed("CT_small.dcm") for _ in range(3)]
+    with running_archive(settings) as server:
+        staging = settings.storage_path / ".incoming"
+        for entry in staging.iterdir():
+            entry.unlink()
+        staging.rmdir()
+        staging.write_text("a file where the staging folder should be")  # every stage() now fails
+        response = post(server, dicom_files.multipart([dicom_files.part10(ds) for ds in instances]))
+        assert response.status_code == 409
+        failures = response.json()["0008119A"]["Value"]
+        assert [f["00081197"]["Value"] for f in failures] == [[0xA700]] * 3
+        staging.unlink()
+        staging.mkdir()
+        assert post(server, dicom_files.multipart([dicom_files.part10(instances[0])])).status_code == 200

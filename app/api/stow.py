@@ -109,6 +109,10 @@ async def _ingest_parts(
     async def ingest(payload: bytes | StagedFile) -> StoreOutcome:
         try:
             return await context.ingest.store(payload, expected_study_uid=study, origin=origin)
+        except Exception as exc:
+            # An unforeseen fault in one instance is that instance's failure, not the whole request's.
+            log.exception("store of a STOW-RS part failed")
+            return StoreOutcome(StoreStatus.FAILED, failure=FailureReason.PROCESSING_FAILURE, reason=str(exc))
         finally:
             gate.release()
 
@@ -124,7 +128,21 @@ async def _ingest_parts(
                     _done(_unreadable(f"a part of type {part.content_type} is not application/dicom"))
                 )
                 continue
-            payload = await _spool(part, context)
+            try:
+                payload = await _spool(part, context)
+            except OSError as exc:  # disk full, staging area gone: this part fails, the others go on
+                await _drain(part)
+                log.warning("a STOW-RS part could not be staged: %s", exc)
+                tasks.append(
+                    _done(
+                        StoreOutcome(
+                            StoreStatus.FAILED,
+                            failure=FailureReason.OUT_OF_RESOURCES,
+                            reason=f"cannot stage the instance: {exc}",
+                        )
+                    )
+                )
+                continue
             await gate.acquire()
             tasks.append(asyncio.create_task(ingest(payload)))
         if assembler is not None:
@@ -140,6 +158,11 @@ async def _ingest_parts(
         if not outcomes:
             raise DicomWebError(400, f"malformed multipart body: {exc}") from exc
         return [*outcomes, _unreadable(f"malformed multipart body: {exc}")]
+    except BaseException:
+        # A refusal mid-body (413 past the limit, the client gone): the instances already being stored finish
+        # first, so each ends stored or not, never half-way and unobserved.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     return list(await asyncio.gather(*tasks))
 
 

@@ -87,7 +87,12 @@ class IngestService:
         `calling_ae_title` is the peer's AE title when the instance came over DIMSE (C-STORE), for the ingest
         rules that match on it; None from the other doors.
         """
-        prepared = await self._prepare(payload)
+        try:
+            prepared = await self._prepare(payload)
+        except OSError as exc:  # StorageError too: the staging area cannot take the instance (disk full...)
+            log.warning("store refused from %s: cannot stage the instance: %s", origin or "?", exc)
+            failed = StoreOutcome(StoreStatus.FAILED)
+            return _fail(failed, FailureReason.OUT_OF_RESOURCES, f"cannot stage the instance: {exc}")
         if prepared.outcome is not None:
             return await self._failed(prepared, origin)
         record = prepared.record
@@ -139,7 +144,10 @@ class IngestService:
                 )
             except Exception as exc:
                 log.exception("ingest hook failed on %s", outcome.sop_instance_uid)
-                verdict.reject = (FailureReason.PROCESSING_FAILURE, f"ingest hook failed: {type(exc).__name__} {exc}")
+                verdict.reject = (
+                    FailureReason.PROCESSING_FAILURE,
+                    f"ingest hook failed: {type(exc).__name__} {exc}",
+                )
             else:
                 if isinstance(answer, str):
                     verdict.reject = (FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, answer)
