@@ -94,7 +94,7 @@ def test_fuzzed_multipart_bodies_parse_or_fail_with_multipart_error(body: bytes,
         asyncio.run(_consume(body, chunk))
 
 
-@FUZZ
+@settings(FUZZ, max_examples=3000)  # the Content-Type grammar is small; the bodies above get the 10,000
 @given(value=st.one_of(st.text(max_size=80), st.lists(st.sampled_from(
     ["multipart/related", ";", " type=", '"application/dicom"', "boundary=", '"', "\\", "=", "x", "\x00", "é"]
 ), max_size=12).map("".join)))  # fmt: skip
@@ -350,6 +350,44 @@ def test_hostile_uids_in_paths_are_refused_before_any_io(
             assert not touched, (method, path, touched)
     # Nothing escaped the storage root either.
     assert not (server.settings.storage_path.parent / "etc").exists()
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+@pytest.mark.parametrize("uid", ["../../../../tmp/x", "/etc/passwd", "1.2\x003", "1." + "2" * 70, "1.2.é"])
+def test_hostile_uids_inside_a_dicom_file_are_refused_before_any_write(
+    client: httpx.Client, server: ArchiveServer, keyword: str, uid: str
+) -> None:
+    root = server.settings.storage_path
+    before = {p for p in root.parent.rglob("*") if p.is_file()}
+    ds = dicom_files.renewed("CT_small.dcm")
+    setattr(ds, keyword, uid)
+    if keyword == "SOPInstanceUID":
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+    response = client.post(
+        "/dicom-web/studies",
+        content=dicom_files.multipart([dicom_files.part10(ds)]),
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'},
+    )
+    assert response.status_code == 409, response.text
+    body = response.json()
+    failed = body.get("00081198", {}).get("Value", []) + body.get("0008119A", {}).get("Value", [])
+    assert [item["00081197"]["Value"][0] for item in failed] in ([0xA900], [0xC000]), response.text
+    # Nothing was written, in the storage tree or beside it (the index may only have grown its own files).
+    after = {p for p in root.parent.rglob("*") if p.is_file() and not p.name.startswith("index.sqlite3")}
+    assert after <= before
+
+
+@pytest.mark.parametrize(
+    "key", ["../x.dcm", "a/../../x.dcm", "/etc/passwd", "a/b/c\x00.dcm", "a/b/" + "1" * 300 + ".dcm", "a/b/é.dcm"]
+)
+def test_storage_keys_that_could_leave_the_root_are_refused_before_any_io(tmp_path: Path, key: str) -> None:
+    from app.storage.filesystem import FileSystemStorage
+
+    storage = FileSystemStorage(tmp_path / "root")
+    for call in (storage.open, storage.exists, storage.delete, storage.size):
+        with pytest.raises(ValueError):
+            call(key)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 def test_a_file_whose_study_contradicts_the_url_is_refused_and_not_stored(
