@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     fhir_enabled: bool = False
     fhir_base_url: str | None = None
 
+    startup_sweep: bool = Field(
+        True, description="Remove files without metadata and metadata without files once after start-up."
+    )
     ingest_workers: int = Field(
         1, ge=0, description="Processes that parse headers for ingest (0: in a thread of the server process)."
     )

@@ -162,3 +162,19 @@ async def test_the_sweep_never_takes_an_instance_replaced_elsewhere_for_an_orpha
     assert await context.repository.count_instances() == 1
     assert (await sweep(context.lifecycle, grace_seconds=0)).orphan_records == 0
     assert len(stored_files(context)) == 1
+
+
+def test_a_file_a_crash_left_without_metadata_is_swept_after_start_up(tmp_path: Path) -> None:
+    import os
+    import time
+
+    orphan = tmp_path / "storage" / "1.2.3" / "4.5.6" / "7.8.9.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(dicom_files.part10(dicom_files.renewed("CT_small.dcm")))
+    os.utime(orphan, (time.time() - 3600, time.time() - 3600))  # older than the sweep's grace period
+    settings = Settings(data_dir=tmp_path, dimse_enabled=False, _env_file=None)  # type: ignore[call-arg]
+    with running_archive(settings):
+        deadline = time.monotonic() + 30
+        while orphan.exists():
+            assert time.monotonic() < deadline, "the start-up sweep did not remove the orphan file"
+            time.sleep(0.1)

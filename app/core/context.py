@@ -6,6 +6,8 @@ the same object, so an instance stored through one door is visible through the o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -79,6 +81,7 @@ class ArchiveContext:
     webhooks: Webhooks | None = None  # change feed -> WEBHOOK_URLS
     # Remote AEs (C-MOVE destinations, SCU actions, Storage Commitment reports), kept in the repository.
     aes: AERegistry = field(init=False)
+    _sweeping: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> ArchiveContext:
@@ -157,8 +160,31 @@ class ArchiveContext:
             self.fhir.start()
         if self.webhooks is not None:
             await self.webhooks.start()
+        if self.settings.startup_sweep:
+            # Files a crash left without metadata take space until swept; the sweep runs beside the serving
+            # archive (its grace period and the ingest locks keep stores in flight safe).
+            self._sweeping = asyncio.get_running_loop().create_task(self._sweep_once())
+
+    async def _sweep_once(self) -> None:
+        from app.core.sweep import sweep
+
+        try:
+            report = await sweep(self.lifecycle)
+        except Exception:
+            log.exception("the start-up sweep failed; `python -m app sweep` can be run by hand")
+            return
+        if report.orphan_files or report.orphan_records:
+            log.warning(
+                "start-up sweep removed %d files without metadata and %d records without files",
+                report.orphan_files,
+                report.orphan_records,
+            )
 
     async def stop_background(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeping
         if self.completion is not None:
             await self.completion.stop()
         if self.fhir is not None:
