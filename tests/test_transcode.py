@@ -497,3 +497,13 @@ def test_frame_bytes_without_pixel_data_raise_transcode_error() -> None:
     del ds.PixelData
     with pytest.raises(TranscodeError, match="Pixel Data"):
         frame_bytes(ds, [1])
+
+
+def test_a_compressed_frame_claiming_a_huge_size_is_refused_before_decoding() -> None:
+    ds = load("MR_small_RLE.dcm")
+    ds.Rows, ds.Columns = 20000, 20000  # 800 MB of 16-bit pixels claimed by a few kilobytes
+    with pytest.raises(TranscodeError, match="over"):
+        decoded_frame_bytes(ds, [1])
+    ds.NumberOfFrames = 4  # 3.2 GB for the whole instance
+    with pytest.raises(TranscodeError, match="over"):
+        transcode(ds, EXPLICIT)

@@ -124,6 +124,7 @@ def transcode(ds: Dataset, transfer_syntax_uid: str) -> Dataset:
         return out
 
     if "PixelData" in out and _is_encapsulated(source):
+        _check_decoded_size(out, frame_count(out), MAX_DECODED_INSTANCE_BYTES)
         _decompress(out, source)
     elif source == EXPLICIT_VR_BIG_ENDIAN:
         _big_to_little_endian(out)
@@ -206,6 +207,22 @@ def frame_bytes(ds: Dataset, frame_numbers: Sequence[int]) -> list[bytes]:
     return [_native_frame(ds, number) for number in frame_numbers]
 
 
+# Decoded pixels are held in memory, and a small compressed file can claim any Rows x Columns: decoding is
+# bounded by the header's own claims before a pixel is touched (as rendered output is, app/core/render.py).
+MAX_DECODED_FRAME_BYTES: Final = 256 * 1024 * 1024
+MAX_DECODED_INSTANCE_BYTES: Final = 2 * 1024 * 1024 * 1024
+
+
+def _check_decoded_size(ds: Dataset, frames: int, limit: int) -> None:
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 8) or 8)
+    size = rows * columns * samples * max(bits, 8) // 8 * frames
+    if size > limit:
+        raise TranscodeError(
+            f"decoding {rows}x{columns} x {frames} frame(s) would take {size} bytes, over {limit}"
+        )
+
+
 def decoded_frame_bytes(ds: Dataset, frame_numbers: Sequence[int]) -> list[bytes]:
     """Each requested frame decoded to native little-endian octets, for a client that cannot read the stored
     compressed syntax (PS3.18 §8.7.3.3.1, application/octet-stream).
@@ -221,6 +238,7 @@ def decoded_frame_bytes(ds: Dataset, frame_numbers: Sequence[int]) -> list[bytes
     source = source_transfer_syntax(ds)
     if not _is_encapsulated(source) and source != EXPLICIT_VR_BIG_ENDIAN:
         return [_native_frame(ds, number) for number in frame_numbers]
+    _check_decoded_size(ds, 1, MAX_DECODED_FRAME_BYTES)
     return [_decode_frame_le(ds, source, number, as_rgb=True) for number in frame_numbers]
 
 
