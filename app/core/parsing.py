@@ -91,12 +91,13 @@ class HeaderParser:
         except BrokenProcessPool:
             # A worker died (killed, out of memory): this instance is parsed here, and a fresh pool serves the next.
             log.error("a header parser process died; restarting the pool")
-            self.close()
+            self.close(wait=False)
             return await asyncio.to_thread(parse_instance, source)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the workers; with `wait`, join them, so a server that stops leaves no process behind."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
 
