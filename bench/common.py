@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,15 +66,18 @@ def our_server(data_dir: Path, *, dimse: bool = False, env: dict[str, str] | Non
         **(env or {}),
     }
     command = [sys.executable, "-m", "app", "serve", "--port", str(ports["http"]), "--dimse-port", str(ports["dimse"])]
-    process = subprocess.Popen(command, cwd=ROOT, env=environment)
+    # Its own process group, so that the header-parser pool (forkserver, resource tracker) goes with it.
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, start_new_session=True)
     try:
         wait_for_port(ports["http"])
         if dimse:
             wait_for_port(ports["dimse"])
-        yield ports
+        yield {**ports, "pid": process.pid}
     finally:
         process.terminate()
         process.wait(timeout=30)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
 
 
 def wait_for_port(port: int, timeout: float = 30) -> None:
@@ -88,10 +92,11 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
 
 
 def machine() -> dict[str, object]:
-    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
-def record(name: str, rows: list[dict[str, object]]) -> Path:
+def record(name: str, rows: list[dict[str, object]], note: str = "") -> Path:
     """Write rows as JSON lines plus a Markdown table to bench/results/, one file pair per run."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -102,6 +107,8 @@ def record(name: str, rows: list[dict[str, object]]) -> Path:
     columns = list(rows[0])
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    if note:
+        table += ["", note]
     base.with_suffix(".md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     return base

@@ -187,15 +187,13 @@ def _where(builder: _Builder) -> str:
     level = model.level
     conditions: list[str] = []
     lower: dict[Level, list[tuple[Match, str]]] = {}
+    aggregates: list[tuple[Level, Match]] = []
     for match in model.matches:
         aggregate = match.aggregate
         if aggregate is not None:
-            # ModalitiesInStudy / SOPClassesInStudy: some series / instance of the study has the value. Its own
-            # subquery: it need not be the series that other series-level keys match.
             source_level, column = aggregate
             proxy = Match(_column_attribute(match.attribute, column), match.kind, match.values)
-            anchor = Level.PATIENT if level is Level.PATIENT else Level.STUDY
-            conditions.append(builder.lower(anchor, {source_level: [(proxy, column)]}))
+            aggregates.append((source_level, proxy))
             continue
         holder = table_level(match.attribute, level)
         if depth(holder) <= depth(level):
@@ -206,6 +204,23 @@ def _where(builder: _Builder) -> str:
             lower.setdefault(holder, []).append((match, match.field))
     if lower:
         conditions.append(builder.lower(level, lower))
+    # ModalitiesInStudy / SOPClassesInStudy: some series / instance of the study has the value; a subquery of
+    # its own, since it need not be the series that other series-level keys match. Alone, `uid IN (SELECT ...)`
+    # (the matching series first). Next to other conditions, a correlated EXISTS on the (study, modality) /
+    # (study, SOP class) index: SQLite would otherwise drive the search from the IN list, which for a common
+    # modality is most of the archive (a date range + ModalitiesInStudy=CT took 130 ms at 100k instances).
+    narrowed = any(c != "1" for c in conditions)
+    for source_level, proxy in aggregates:
+        if narrowed and level is not Level.PATIENT:
+            alias = f"{ALIASES[source_level]}{next(builder._aliases)}"
+            inner = builder.condition(proxy, source_level, alias)
+            conditions.append(
+                f"EXISTS (SELECT 1 FROM {LEVEL_TABLE[source_level]} {alias} "
+                f"WHERE {alias}.study_instance_uid = st.study_instance_uid AND {inner})"
+            )
+        else:
+            anchor = Level.PATIENT if level is Level.PATIENT else Level.STUDY
+            conditions.append(builder.lower(anchor, {source_level: [(proxy, proxy.field)]}))
     return " AND ".join(conditions)
 
 
