@@ -148,16 +148,17 @@ class ArchiveProcess:
         """SOP Instance UID -> storage key, from the SQLite index."""
         db = sqlite3.connect(f"file:{self.data_dir / 'index.sqlite3'}?mode=ro", uri=True, timeout=30)
         try:
-            return {str(sop): str(key) for sop, key in db.execute("SELECT sop_instance_uid, storage_key FROM instances")}
+            return {
+                str(sop): str(key)
+                for sop, key in db.execute("SELECT sop_instance_uid, storage_key FROM instances")
+            }
         finally:
             db.close()
 
     def stored_keys(self) -> set[str]:
         """Keys of the committed files in the storage tree (staging excluded)."""
         root = self.storage
-        return {
-            str(p.relative_to(root)) for p in root.glob("*/*/*.dcm") if p.is_file()
-        }
+        return {str(p.relative_to(root)) for p in root.glob("*/*/*.dcm") if p.is_file()}
 
     def staged_files(self) -> list[Path]:
         staging = self.storage / ".incoming"  # app/storage/filesystem.py STAGING
@@ -227,11 +228,14 @@ class Sender:
     With `loop`, fresh instances are sent after the given ones until `stop` is set (the load test).
     """
 
-    def __init__(self, kind: str, archive: ArchiveProcess, instances: list[Dataset], *, loop: bool = False) -> None:
+    def __init__(
+        self, kind: str, archive: ArchiveProcess, instances: list[Dataset], *, loop: bool = False
+    ) -> None:
         self.kind, self.archive, self.instances, self.loop = kind, archive, instances, loop
         self.sent: dict[str, Sent] = {}
         self.errors: list[str] = []
         self.statuses: dict[int, int] = {}
+        self.lost_answers = 0  # C-STORE responses the pynetdicom client dropped (re-sent; see _run_cstore)
         self.stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -247,7 +251,9 @@ class Sender:
         return self._thread is not None and self._thread.is_alive()
 
     def pending(self) -> list[Dataset]:
-        return [ds for ds in self.instances if not self.sent.get(ds.SOPInstanceUID, Sent("", "", "")).acknowledged]
+        return [
+            ds for ds in self.instances if not self.sent.get(ds.SOPInstanceUID, Sent("", "", "")).acknowledged
+        ]
 
     def _todo(self) -> Iterator[Dataset]:
         yield from self.pending()
@@ -279,7 +285,9 @@ class Sender:
                 raw = dicom_files.part10(ds)
                 entry = self._record(ds, data_set_bytes(raw))
                 response = client.post(
-                    "/dicom-web/studies", content=dicom_files.multipart([raw]), headers={"Content-Type": STOW_TYPE}
+                    "/dicom-web/studies",
+                    content=dicom_files.multipart([raw]),
+                    headers={"Content-Type": STOW_TYPE},
                 )
                 self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
                 if response.status_code != 200:
@@ -308,6 +316,18 @@ class Sender:
                 entry = self._record(ds, encode(ds, False, True))
                 answer = assoc.send_c_store(ds)
                 code = int(answer.Status) if "Status" in answer else -1
+                if code == -1 and self.loop and assoc.is_established:
+                    # pynetdicom's requestor can drop a response it did receive ("Received unexpected C-STORE
+                    # service message", pydicom/pynetdicom#875); a sender that hears nothing re-sends on a new
+                    # association, as a modality would. Counted, so a run shows how often the client lost one.
+                    self.lost_answers += 1
+                    assoc.abort()
+                    assoc = ae.associate("127.0.0.1", self.archive.dimse_port, ae_title=AE_TITLE)
+                    if not assoc.is_established:
+                        self.errors.append("association refused on re-send")
+                        return
+                    answer = assoc.send_c_store(ds)
+                    code = int(answer.Status) if "Status" in answer else -1
                 self.statuses[code] = self.statuses.get(code, 0) + 1
                 if code != 0:
                     self.errors.append(f"C-STORE status {code:#06x}" if code >= 0 else "C-STORE: no answer")

@@ -90,7 +90,9 @@ class Reader:
             self.reads += 1
             return
         if response.status_code != 200:
-            self.errors.append(f"{response.request.url.path} -> {response.status_code}: {response.text[:200]}")
+            self.errors.append(
+                f"{response.request.url.path} -> {response.status_code}: {response.text[:200]}"
+            )
         self.reads += 1
 
 
@@ -130,7 +132,9 @@ def test_eight_senders_and_eight_readers_for_two_minutes(tmp_path: Path) -> None
         assert archive.stored_keys() == set(indexed.values())
         for entry in acknowledged:
             stored = (archive.storage / indexed[entry.sop]).read_bytes()
-            assert digest(data_set_bytes(stored)) == entry.data_set_sha, f"{entry.sop} differs from what was sent"
+            assert digest(data_set_bytes(stored)) == entry.data_set_sha, (
+                f"{entry.sop} differs from what was sent"
+            )
 
         quarter = LOAD_SECONDS / 4
         second = [kib for t, kib in samples if quarter <= t < 2 * quarter]
@@ -140,7 +144,8 @@ def test_eight_senders_and_eight_readers_for_two_minutes(tmp_path: Path) -> None
         print(
             f"\n[load {LOAD_SECONDS:.0f} s] sent={len(attempted)} (STOW-RS {stow}, C-STORE {len(attempted) - stow}) "
             f"acknowledged={len(acknowledged)} indexed={len(indexed)} checksummed={len(acknowledged)} "
-            f"reads={sum(r.reads for r in readers)} peak_rss={peak_kib / 1024:.0f} MiB "
+            f"reads={sum(r.reads for r in readers)} client_lost_answers={sum(s.lost_answers for s in senders)} "
+            f"peak_rss={peak_kib / 1024:.0f} MiB "
             f"rss_second_quarter={sum(second) / len(second) / 1024:.0f} MiB "
             f"rss_last_quarter={sum(last) / len(last) / 1024:.0f} MiB",
             flush=True,
