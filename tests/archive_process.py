@@ -14,7 +14,6 @@ import io
 import os
 import re
 import signal
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -33,6 +32,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from tests import dicom_files
+from tests.servers import free_port
+from tests.tools import listening
 
 START_TIMEOUT = 60
 AE_TITLE = "DICOMWEB"
@@ -40,17 +41,6 @@ STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=dicom-boundar
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _server_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -106,7 +96,7 @@ class ArchiveProcess:
                 command, cwd=self.root, env=_server_env(self.settings), stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not (_listening(self.http_port) and _listening(self.dimse_port)):
+        while not (listening(self.http_port) and listening(self.dimse_port)):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the archive did not start:\n{self.log()[-5000:]}")

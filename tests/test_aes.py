@@ -8,7 +8,6 @@ it receives to a directory), and in-test pynetdicom SCPs that accept only some c
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -32,6 +31,7 @@ from app.config import Settings
 from tests import dicom_files
 from tests.conftest import REPOSITORY_KINDS
 from tests.servers import ArchiveServer, free_port, running_archive
+from tests.tools import make_pki
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -345,26 +345,10 @@ def test_store_to_an_unreachable_ae_is_502(archive: ArchiveServer, study: list[D
 # -- TLS --------------------------------------------------------------------------------------------------------
 
 
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throw-away CA with a certificate for the peer (127.0.0.1) and one for the archive."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA",
-             "-keyout", folder / "ca.key", "-out", folder / "ca.crt")  # fmt: skip
-    for name in ("peer", "archive"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", folder / f"{name}.key", "-out", folder / f"{name}.csr")  # fmt: skip
-        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        _openssl("x509", "-req", "-in", folder / f"{name}.csr", "-CA", folder / "ca.crt", "-CAkey", folder / "ca.key",
-                 "-CAcreateserial", "-days", "2", "-extfile", folder / f"{name}.ext",
-                 "-out", folder / f"{name}.crt")  # fmt: skip
-    return folder
+    return make_pki(tmp_path_factory.mktemp("pki"), ("peer", "archive"))
 
 
 @contextmanager

@@ -10,7 +10,6 @@ Every patient of this module has a PatientID starting with "QR-", so queries sta
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -27,12 +26,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from tests import dicom_files
-from tests.test_dimse_store import AE_TITLE, DimseArchive, dcmtk, free_port, running_archive, storescu
+from tests.servers import free_port
+from tests.test_dimse_store import AE_TITLE, DimseArchive, dcmtk, running_archive, storescu
+from tests.tools import DCMTK, require
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("findscu", "getscu", "movescu", "storescu")),
-    reason="DCMTK is not installed",
-)
+
+@pytest.fixture(autouse=True)
+def _dcmtk() -> None:
+    require(*DCMTK)
 
 DEST = "QRDEST"  # pynetdicom's storescp CLI, registered through PUT /api/aes/{AET}
 SLOW = "QRSLOW"  # an in-test storage SCP answering each C-STORE slowly (C-CANCEL test)

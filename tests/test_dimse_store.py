@@ -10,9 +10,7 @@ and the instance row in the SQLite index, read as soon as the SCU has its answer
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -35,10 +33,13 @@ from app.core.transfer_syntax import (
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
 from tests import dicom_files
+from tests.servers import free_port
+from tests.tools import DCMTK, listening, make_pki, require
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("storescu") is None or shutil.which("dcmsend") is None, reason="DCMTK is not installed"
-)
+
+@pytest.fixture(autouse=True)
+def _dcmtk() -> None:
+    require(*DCMTK)
 
 TOOL_TIMEOUT = 120
 START_TIMEOUT = 60
@@ -60,17 +61,6 @@ NAMED_IN_ISSUE = {
 
 # -- the archive under test ---------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -140,7 +130,7 @@ def running_archive(root: Path, **settings: str) -> Iterator[DimseArchive]:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        while not (_listening(archive.http_port) and _listening(archive.dimse_port)):
+        while not (listening(archive.http_port) and listening(archive.dimse_port)):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the archive did not start:\n{archive.log()[-5000:]}")
             time.sleep(0.1)
@@ -284,7 +274,7 @@ def test_echoscu_is_answered(archive: DimseArchive) -> None:
 
 
 def test_the_http_door_runs_in_the_same_process(archive: DimseArchive) -> None:
-    assert _listening(archive.http_port)
+    assert listening(archive.http_port)
     assert "DIMSE server DICOMWEB listening on 127.0.0.1:" in archive.log()
 
 
@@ -526,26 +516,10 @@ def test_uncompressed_only_refuses_a_compressed_file_sent_as_is(
 # -- TLS ---------------------------------------------------------------------------------------------------
 
 
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate, PEM files."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA",
-             "-keyout", folder / "ca.key", "-out", folder / "ca.crt")  # fmt: skip
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", folder / f"{name}.key", "-out", folder / f"{name}.csr")  # fmt: skip
-        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        _openssl("x509", "-req", "-in", folder / f"{name}.csr", "-CA", folder / "ca.crt", "-CAkey", folder / "ca.key",
-                 "-CAcreateserial", "-days", "2", "-extfile", folder / f"{name}.ext",
-                 "-out", folder / f"{name}.crt")  # fmt: skip
-    return folder
+    return make_pki(tmp_path_factory.mktemp("pki"), ("server", "client"))
 
 
 @pytest.fixture(scope="module")

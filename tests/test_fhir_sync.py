@@ -4,7 +4,6 @@ fhir.resources): over STOW-RS and C-STORE, re-sends, deletes, and a FHIR server 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -22,6 +21,7 @@ from app.fhir.builder import StudySummary, build_imaging_study, build_patient
 from tests import dicom_files
 from tests.fhir_server import FhirTestServer, running_fhir_server
 from tests.servers import ArchiveServer, free_port, running_archive
+from tests.tools import require
 
 MULTIPART = 'multipart/related; type="application/dicom"; boundary=dicom-boundary'
 WAIT_SECONDS = 20
@@ -211,10 +211,10 @@ def test_fhir_enabled_without_a_base_url_is_refused() -> None:
 # --------------------------------------------------------------------------- over C-STORE
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is not installed")
 def test_studies_sent_over_dimse_yield_one_imaging_study_each(tmp_path: Path, fhir_server: FhirTestServer) -> None:
     """One study wholly by C-STORE, and one whose instances come by C-STORE and STOW-RS in one burst
     (completion is tracked per study whatever the door): exactly one ImagingStudy each, fired once."""
+    require("storescu")
     dimse_port = free_port()
     settings = settings_for(tmp_path / "archive", fhir_server).model_copy(
         # A quiet period long enough that a loaded machine cannot split the mixed burst in two.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from app.core.outcomes import FailureReason, StoreStatus, WarningReason
 from app.core.rules import IngestRules, RulesError
 from tests import dicom_files
 from tests.servers import free_port, running_archive
+from tests.tools import require
 
 MULTIPART = 'multipart/related; type="application/dicom"; boundary=dicom-boundary'
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -304,7 +304,6 @@ def test_rules_over_stow_rs_answer_failure_reasons_and_coercion_warnings(tmp_pat
         assert only_refused.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0122]
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is not installed")
 @pytest.mark.parametrize(("calling", "changes", "status"), [
     ("BLOCKED", {}, 0x0124),
     ("MODALITY", {"Modality": "OT"}, 0xA900),
@@ -313,6 +312,7 @@ def test_rules_over_stow_rs_answer_failure_reasons_and_coercion_warnings(tmp_pat
 def test_rules_over_c_store_answer_the_same_reasons(
     tmp_path: Path, calling: str, changes: dict[str, str], status: int
 ) -> None:
+    require("storescu")
     port = free_port()
     settings = Settings(data_dir=tmp_path / "a", dimse_port=port, ingest_rules_file=write_rules(tmp_path), _env_file=None)  # type: ignore[call-arg]
     refused, accepted = ct(**changes), ct(PatientID="5")
