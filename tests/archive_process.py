@@ -306,12 +306,14 @@ class Sender:
                 entry = self._record(ds, encode(ds, False, True))
                 answer = assoc.send_c_store(ds)
                 code = int(answer.Status) if "Status" in answer else -1
-                if code == -1 and self.loop and assoc.is_established:
+                # (pynetdicom aborts the association when its DIMSE timeout expires, so it may be closed here.)
+                if code == -1 and self.loop:
                     # pynetdicom's requestor can drop a response it did receive ("Received unexpected C-STORE
                     # service message", pydicom/pynetdicom#875); a sender that hears nothing re-sends on a new
                     # association, as a modality would. Counted, so a run shows how often the client lost one.
                     self.lost_answers += 1
-                    assoc.abort()
+                    if assoc.is_established:
+                        assoc.abort()
                     assoc = ae.associate("127.0.0.1", self.archive.dimse_port, ae_title=AE_TITLE)
                     if not assoc.is_established:
                         self.errors.append("association refused on re-send")
