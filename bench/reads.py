@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from bench.qido import GIVEN, measure, surnames
-from bench.wado import store, timed_get
+from bench.wado import curl_get, store, timed_get
 
 INSTANCES_PER_STUDY = 5
 RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -128,7 +129,11 @@ def measure_reads(base: str, data: ReadSet, *, clients: int = 4, seconds: float 
         study = f"/studies/{data.big_study}"
         timed_get(client, study, RETRIEVE_ACCEPT)  # warm
         seconds_each = _repeat(lambda: timed_get(client, study, RETRIEVE_ACCEPT)[0], 3, budget * 2)
-        out[f"WADO study retrieve, {count} instances, instances/s"] = count / statistics.median(seconds_each)
+        out[f"WADO study retrieve, {count} instances, httpx, instances/s"] = count / statistics.median(seconds_each)
+        if shutil.which("curl"):
+            url = f"{base}{study}"
+            seconds_each = _repeat(lambda: curl_get(url, RETRIEVE_ACCEPT), 5, budget * 2)
+            out[f"WADO study retrieve, {count} instances, curl, instances/s"] = count / statistics.median(seconds_each)
         metadata = f"{study}/series/{data.big_series}/metadata"
         timed_get(client, metadata, "application/dicom+json")  # warm
         seconds_each = _repeat(lambda: timed_get(client, metadata, "application/dicom+json")[0], runs, budget)

