@@ -279,6 +279,23 @@ async def test_concurrent_stores_into_one_study_count_every_instance_once(
     assert await repository.patient_aggregates(same[0].patient_key) == patient_aggregates(1, 2, 5)
 
 
+async def test_a_record_that_cannot_be_written_fails_alone_among_concurrent_stores(
+    repository: Repository, instance_record: Factory
+) -> None:
+    # SQLite writes concurrent stores in one transaction (group commit): a failing record must not take the
+    # others with it, nor leave anything of itself behind.
+    records = [instance_record(StudyInstanceUID=uid(3), SOPInstanceUID=uid(3, 1, n)) for n in range(5)]
+    broken = records[2]
+    broken.instance.values["instance_number"] = object()  # no store can encode this value
+
+    outcomes = await asyncio.gather(*(repository.store_instance(r) for r in records), return_exceptions=True)
+
+    assert [isinstance(o, Exception) for o in outcomes] == [False, False, True, False, False]
+    assert await repository.get_instance(broken.sop_instance_uid) is None
+    assert await repository.count_instances() == 4
+    assert await repository.study_aggregates(uid(3)) == study_aggregates(1, 4, ["CT"], [CT])
+
+
 async def test_concurrent_stores_replaces_and_deletes_keep_every_aggregate_true(
     repository: Repository, instance_record: Factory
 ) -> None:

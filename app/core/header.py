@@ -38,6 +38,8 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 # (7FE0,0010) Pixel Data as the next tag in a little- or big-endian stream.
 _PIXEL_DATA_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 BULK_DATA_PREFIX = "bulkdata/"
+# VRs whose empty value pydicom reads as None rather than "": not indexed nor returned when empty.
+_NO_EMPTY_VALUE = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT", "IS", "DS"})
 
 
 class HeaderError(ValueError):
@@ -82,7 +84,10 @@ def build_record(ds: Dataset, *, pixel_data_present: bool) -> InstanceRecord:
     """The repository record of a header read by `read_header`."""
     study_uid, series_uid, sop_uid, sop_class_uid = identify(ds)
     transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-    levels = {level: _level_record(ds, level) for level in Level}
+    # The header becomes DICOM JSON once; the indexed values are read from that rather than from pydicom's
+    # elements, whose conversion cost more than the rest of ingest together.
+    body = dataset_json(ds, pixel_data_present=pixel_data_present)
+    levels = {level: _level_record(body, level) for level in Level}
     study = levels[Level.STUDY]
     stamp = study_datetime(_str(study.values.get("study_date")), _str(study.values.get("study_time")))
     if stamp:
@@ -103,12 +108,12 @@ def build_record(ds: Dataset, *, pixel_data_present: bool) -> InstanceRecord:
         study=study,
         series=levels[Level.SERIES],
         instance=levels[Level.IMAGE],
-        dataset_json=dataset_json(ds, pixel_data_present=pixel_data_present),
+        dataset_json=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
     )
 
 
-def dataset_json(ds: Dataset, *, pixel_data_present: bool) -> str:
-    """The whole header as DICOM JSON text, with bulk data and the pixel data as relative BulkDataURIs."""
+def dataset_json(ds: Dataset, *, pixel_data_present: bool) -> JSONDict:
+    """The whole header as DICOM JSON, with bulk data and the pixel data as relative BulkDataURIs."""
     body = _to_json(ds, ())
     if pixel_data_present and "PixelData" not in ds:
         # The header was read with stop_before_pixels: the pixel data is in the file, served as bulk data.
@@ -116,7 +121,7 @@ def dataset_json(ds: Dataset, *, pixel_data_present: bool) -> str:
         bits = int(ds.get("BitsAllocated", 8) or 8)
         vr = "OB" if encapsulated or bits <= 8 else "OW"
         body["7FE00010"] = {"vr": vr, "BulkDataURI": BULK_DATA_PREFIX + "7FE00010"}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return body
 
 
 def _to_json(ds: Dataset, path: tuple[str, ...], inherited: str | None = DEFAULT_ENCODING) -> JSONDict:
@@ -178,46 +183,44 @@ def _implicit_vr(tag: int) -> str | None:
     return vr if " " not in vr else None
 
 
-def _level_record(ds: Dataset, level: Level) -> LevelRecord:
+def _level_record(body: JSONDict, level: Level) -> LevelRecord:
+    """A level's indexed values and returned attributes, read from the header's DICOM JSON."""
     record = LevelRecord()
     for attribute in stored_at(level):
         if attribute.kind is Kind.MULTI:
-            values = [str(v) for v in _normalized(attribute, _values_along(ds, attribute.path)) if v != ""]
+            values = [str(v) for v in _normalized(attribute, _values_along(body, attribute.path)) if v != ""]
             if values:
                 record.multi[attribute.key] = values
             continue
-        elem = ds.get(Tag(attribute.tag))
-        if elem is None or elem.value is None:
+        element = body.get(f"{attribute.tag:08X}")
+        if element is None or (len(element) == 1 and element["vr"] in _NO_EMPTY_VALUE):
             continue
-        try:
-            record.attributes[attribute.key] = (
-                {"vr": "SQ", "Value": [_to_json(item, ()) for item in elem.value]}
-                if elem.VR == "SQ"
-                else element_json(elem)
-            )
-        except Exception as exc:
-            log.warning("%s of %s not indexed: %s", attribute.keyword, ds.get("SOPInstanceUID", "?"), exc)
-            continue
+        record.attributes[attribute.key] = element
         if attribute.kind is Kind.COLUMN:
-            first = next(iter(_normalized(attribute, _as_list(elem.value))), None)
+            values = [_indexable(v) for v in element.get("Value", ())]
+            first = next(iter(_normalized(attribute, values[:1])), None)
             if first is not None and first != "":
                 record.values[attribute.field] = first
-            if attribute.vr == "PN" and elem.value:
+            if attribute.vr == "PN" and values:
                 # Every name component is indexed so fuzzy matching is a prefix match on an index.
-                record.multi[attribute.key] = name_words(str(_as_list(elem.value)[0]))
+                record.multi[attribute.key] = name_words(values[0] or "")
     return record
 
 
-def _values_along(ds: Dataset, path: tuple[int, ...]) -> list[Any]:
-    datasets: list[Dataset] = [ds]
+def _values_along(body: JSONDict, path: tuple[int, ...]) -> list[Any]:
+    items: list[JSONDict] = [body]
     for tag in path[:-1]:
-        datasets = [item for d in datasets if (e := d.get(Tag(tag))) is not None for item in (e.value or ())]
-    values: list[Any] = []
-    for d in datasets:
-        elem = d.get(Tag(path[-1]))
-        if elem is not None and elem.value is not None:
-            values.extend(_as_list(elem.value))
-    return values
+        key = f"{tag:08X}"
+        items = [item for d in items for item in d.get(key, {}).get("Value", ()) if isinstance(item, dict)]
+    key = f"{path[-1]:08X}"
+    return [_indexable(v) for d in items for v in d.get(key, {}).get("Value", ())]
+
+
+def _indexable(value: Any) -> Any:
+    """A DICOM JSON value as the text or number that is indexed: a person name by its alphabetic group."""
+    if isinstance(value, dict):
+        return value.get("Alphabetic", "")
+    return value
 
 
 def _normalized(attribute: Attribute, values: Iterable[Any]) -> list[str | int]:

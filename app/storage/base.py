@@ -85,6 +85,11 @@ class LocalStaging:
 class Commit(Protocol):
     """A committed file whose replaced predecessor, if any, is still kept aside."""
 
+    @property
+    def keeps_predecessor(self) -> bool:
+        """Whether a replaced file is kept aside, so that `finalize` has something to do."""
+        ...
+
     def finalize(self) -> None:
         """Forget the predecessor: the metadata now names the new file."""
 

@@ -23,6 +23,10 @@ class _FileCommit:
         self._backup = backup
         self._final = final
 
+    @property
+    def keeps_predecessor(self) -> bool:
+        return self._backup is not None
+
     def finalize(self) -> None:
         if self._backup is not None:
             self._backup.unlink(missing_ok=True)

@@ -190,6 +190,10 @@ class _ObjectCommit:
         self._name = name
         self._backup = backup
 
+    @property
+    def keeps_predecessor(self) -> bool:
+        return self._backup is not None
+
     def finalize(self) -> None:
         if self._backup is not None:
             self._storage.client.delete_object(Bucket=self._storage.bucket, Key=self._backup)
