@@ -209,12 +209,7 @@ class IngestService:
         parsed = parse_instance(data, keep_dataset=True)
         if isinstance(parsed, ParseFailure):
             raise InvalidUIDError(parsed.message)
-        staged = self.storage.stage()
-        try:
-            staged.write(data)
-        except BaseException:
-            self.storage.discard(staged)
-            raise
+        staged = self._stage(data)
         self.storage.discard(prepared.staged)
         prepared.staged, prepared.dataset, prepared.record = staged, parsed.dataset, parsed.record
 
