@@ -39,6 +39,7 @@ from app.core.query import (
     wildcard_regex,
 )
 from app.core.records import InstanceRecord
+from app.repository import sqlite_query
 from app.repository.base import Repository
 from app.repository.mongo import MongoRepository
 from app.repository.mongo_query import explain as mongo_explain
@@ -428,6 +429,32 @@ async def test_the_compiled_queries_use_indexes(
             await client.close()
         plan = json.dumps(explained["queryPlanner"]["winningPlan"])
         assert "IXSCAN" in plan and "COLLSCAN" not in plan, plan
+
+
+@pytest.mark.parametrize("repository", ["sqlite"], indirect=True)
+async def test_a_common_modality_is_walked_study_by_study_and_a_rare_one_drawn_from_its_series(
+    repository: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_query, "COMMON_LOWER_MATCHES", 3)  # "common" from 3 series up, not 1000
+    await _store(repository, [
+        make_record(StudyInstanceUID=f"1.2.{n}", SeriesInstanceUID=f"1.4.{n}", SOPInstanceUID=f"1.3.{n}",
+                    Modality="MR" if n == 2 else "CT")
+        for n in range(6)
+    ])
+    assert isinstance(repository, SQLiteRepository)
+    conn = sqlite3.connect(repository.path)
+    try:
+        common, rare = model(Level.STUDY, ("ModalitiesInStudy", "CT"), default_limit=2), model(
+            Level.STUDY, ("ModalitiesInStudy", "MR"), default_limit=2
+        )
+        # Walked in order, a page ends the walk; drawn from the (modality, study) index, the few are sorted.
+        assert "SCAN st" in sqlite_explain(conn, common)
+        assert any("COVERING INDEX series_modality_study" in step for step in sqlite_explain(conn, rare))
+    finally:
+        conn.close()
+    page = await repository.search(common)
+    assert [row["0020000D"]["Value"][0] for row in page.rows] == ["1.2.0", "1.2.1"] and page.remaining == 3
+    assert [row["0020000D"]["Value"][0] for row in (await repository.search(rare)).rows] == ["1.2.2"]
 
 
 # -- the two compilers agree ----------------------------------------------------------------------------------
