@@ -26,8 +26,10 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 from app.api.multipart import MultipartError, iter_parts, parse_content_type
 from app.config import Settings
 from app.core.attributes import BY_KEYWORD, Level
+from app.core.header import dataset_json, read_header
 from app.core.parsing import Parsed, ParseFailure, parse_instance
 from app.core.query import QueryError, parse_qido
+from app.core.raw_header import read_json
 from app.repository.sqlite import SQLiteRepository
 from tests import dicom_files
 from tests.servers import ArchiveServer, running_archive
@@ -158,6 +160,17 @@ def test_fuzzed_dicom_headers_parse_or_fail_with_a_reason(data: bytes) -> None:
     assert isinstance(result, Parsed | ParseFailure)
     if isinstance(result, ParseFailure):
         assert result.message
+
+
+@FUZZ
+@given(data=_mutated())
+def test_a_damaged_header_the_byte_reader_takes_is_one_pydicom_reads_the_same_way(data: bytes) -> None:
+    """The fast path (app/core/raw_header.py) may decline anything, but what it answers, pydicom agrees with."""
+    fast = read_json(data)
+    if fast is None:
+        return
+    header = read_header(io.BytesIO(data))  # raises if pydicom cannot read what the byte reader took
+    assert fast.body == dataset_json(header.dataset, pixel_data_present=header.pixel_data_present)
 
 
 def test_the_header_seeds_parse() -> None:

@@ -16,6 +16,10 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Values of these VRs longer than this are served as bulk data rather than inline (PS3.18 8.6.1.2.1 leaves the
+# threshold to the origin server), as BulkDataURIs relative to the instance.
+BULK_DATA_THRESHOLD = 1024
+BULK_DATA_PREFIX = "bulkdata/"
 _NATIVE_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
@@ -44,6 +48,21 @@ def element_json(elem: DataElement) -> dict[str, Any]:
     else:
         converted = [None if v is None else str(v) for v in values]
     return {"vr": vr, "Value": converted}
+
+
+def binary_json(vr: str, value: bytes, path: tuple[str, ...], key: str) -> dict[str, Any]:
+    """A binary value found at `path` (sequence keys and item numbers) + `key`: inline, or bulk data."""
+    if len(value) > BULK_DATA_THRESHOLD:
+        return {"vr": vr, "BulkDataURI": BULK_DATA_PREFIX + "/".join((*path, key))}
+    if not value:
+        return {"vr": vr}
+    return {"vr": vr, "InlineBinary": base64.b64encode(bytes(value)).decode("ascii")}
+
+
+def pixel_data_json(compressed: bool, bits_allocated: int) -> dict[str, Any]:
+    """Pixel Data of a header read up to it: in the file, served as bulk data."""
+    vr = "OB" if compressed or bits_allocated <= 8 else "OW"
+    return {"vr": vr, "BulkDataURI": BULK_DATA_PREFIX + "7FE00010"}
 
 
 def _json_number(v: Any) -> Any:
@@ -97,6 +116,11 @@ def raw_value_json(vr: str, value: bytes, encoding: str | None) -> dict[str, Any
         if len(value) % size:
             return None
         values = [_json_number(v) for v in struct.unpack(f"<{len(value) // size}{code}", value)]
+    elif vr == "AT":
+        if len(value) % 4:
+            return None
+        pairs = struct.unpack(f"<{len(value) // 2}H", value)
+        values = [f"{group:04X}{element:04X}" for group, element in zip(pairs[::2], pairs[1::2], strict=True)]
     elif vr in _SPLIT_RSTRIP:
         values = value.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\")
     elif vr == "AE":

@@ -8,7 +8,6 @@ WADO-RS metadata answers need no file read.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Iterable
@@ -19,25 +18,27 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from app.core.attributes import Attribute, Kind, Level, stored_at
-from app.core.dicom_json import DEFAULT_ENCODING, element_json, encoding_for, raw_value_json
+from app.core.dicom_json import (
+    DEFAULT_ENCODING,
+    binary_json,
+    element_json,
+    encoding_for,
+    pixel_data_json,
+    raw_value_json,
+)
 from app.core.records import InstanceRecord, JSONDict, LevelRecord
 from app.core.uids import check_uid
 from app.core.values import name_words, normalize, study_datetime
 
 log = logging.getLogger(__name__)
 
-# Values of these VRs longer than this are served as bulk data rather than inline (PS3.18 8.6.1.2.1 leaves the
-# threshold to the origin server).
-BULK_DATA_THRESHOLD = 1024
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 SPECIFIC_CHARACTER_SET = 0x00080005
 # (7FE0,0010) Pixel Data as the next tag in a little- or big-endian stream.
 _PIXEL_DATA_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
-BULK_DATA_PREFIX = "bulkdata/"
 # VRs whose empty value pydicom reads as None rather than "": not indexed nor returned when empty.
 _NO_EMPTY_VALUE = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT", "IS", "DS"})
 
@@ -70,23 +71,42 @@ def read_header(source: str | BinaryIO) -> Header:
     return Header(ds, following in _PIXEL_DATA_TAG_BYTES)
 
 
-def identify(ds: Dataset) -> tuple[str, str, str, str]:
+_IDENTITY = (
+    ("0020000D", "StudyInstanceUID"),
+    ("0020000E", "SeriesInstanceUID"),
+    ("00080018", "SOPInstanceUID"),
+    ("00080016", "SOPClassUID"),
+)
+
+
+def identify(body: JSONDict) -> tuple[str, str, str, str]:
     """Study, Series, SOP Instance and SOP Class UIDs, each checked (PS3.5 9.1) before it can become a path."""
-    return (
-        check_uid(_text(ds.get("StudyInstanceUID")), "StudyInstanceUID"),
-        check_uid(_text(ds.get("SeriesInstanceUID")), "SeriesInstanceUID"),
-        check_uid(_text(ds.get("SOPInstanceUID")), "SOPInstanceUID"),
-        check_uid(_text(ds.get("SOPClassUID")), "SOPClassUID"),
-    )
+    study, series, instance, sop_class = (check_uid(first_text(body, key), name) for key, name in _IDENTITY)
+    return study, series, instance, sop_class
+
+
+def first_text(body: JSONDict, key: str) -> str | None:
+    """The first value of a top-level attribute as text, or None."""
+    values = body.get(key, {}).get("Value")
+    if not values or values[0] is None:
+        return None
+    return str(values[0]).strip()
 
 
 def build_record(ds: Dataset, *, pixel_data_present: bool) -> InstanceRecord:
     """The repository record of a header read by `read_header`."""
-    study_uid, series_uid, sop_uid, sop_class_uid = identify(ds)
-    transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-    # The header becomes DICOM JSON once; the indexed values are read from that rather than from pydicom's
-    # elements, whose conversion cost more than the rest of ingest together.
-    body = dataset_json(ds, pixel_data_present=pixel_data_present)
+    return record_from_json(
+        dataset_json(ds, pixel_data_present=pixel_data_present), str(ds.file_meta.TransferSyntaxUID)
+    )
+
+
+def record_from_json(body: JSONDict, transfer_syntax: str) -> InstanceRecord:
+    """The repository record of a header as DICOM JSON (`dataset_json`, or app.core.raw_header's fast path).
+
+    The indexed values are read from the JSON rather than from pydicom's elements, whose conversion cost more
+    than the rest of ingest together. Raises InvalidUIDError when an identifying UID is missing or malformed.
+    """
+    study_uid, series_uid, sop_uid, sop_class_uid = identify(body)
     levels = {level: _level_record(body, level) for level in Level}
     study = levels[Level.STUDY]
     stamp = study_datetime(_str(study.values.get("study_date")), _str(study.values.get("study_time")))
@@ -117,10 +137,9 @@ def dataset_json(ds: Dataset, *, pixel_data_present: bool) -> JSONDict:
     body = _to_json(ds, ())
     if pixel_data_present and "PixelData" not in ds:
         # The header was read with stop_before_pixels: the pixel data is in the file, served as bulk data.
-        encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
-        bits = int(ds.get("BitsAllocated", 8) or 8)
-        vr = "OB" if encapsulated or bits <= 8 else "OW"
-        body["7FE00010"] = {"vr": vr, "BulkDataURI": BULK_DATA_PREFIX + "7FE00010"}
+        body["7FE00010"] = pixel_data_json(
+            ds.file_meta.TransferSyntaxUID.is_compressed, int(ds.get("BitsAllocated", 8) or 8)
+        )
     return body
 
 
@@ -141,7 +160,7 @@ def _to_json(ds: Dataset, path: tuple[str, ...], inherited: str | None = DEFAULT
         ):
             vr = raw.VR or _implicit_vr(tag)
             if vr in BULK_VRS:
-                out[key] = _binary_json(vr, raw.value, path, key)
+                out[key] = binary_json(vr, raw.value, path, key)
                 continue
             if (
                 vr is not None
@@ -155,7 +174,7 @@ def _to_json(ds: Dataset, path: tuple[str, ...], inherited: str | None = DEFAULT
             items = [_to_json(item, (*path, key, str(i)), encoding) for i, item in enumerate(elem.value)]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         elif elem.VR in BULK_VRS and elem.value is not None:
-            out[key] = _binary_json(elem.VR, elem.value, path, key)
+            out[key] = binary_json(elem.VR, elem.value, path, key)
         else:
             try:
                 out[key] = element_json(elem)
@@ -164,14 +183,6 @@ def _to_json(ds: Dataset, path: tuple[str, ...], inherited: str | None = DEFAULT
             ):  # a value that cannot be converted is kept as its VR only, not fatal to the store
                 out[key] = {"vr": elem.VR}
     return out
-
-
-def _binary_json(vr: str, value: bytes, path: tuple[str, ...], key: str) -> JSONDict:
-    if len(value) > BULK_DATA_THRESHOLD:
-        return {"vr": vr, "BulkDataURI": BULK_DATA_PREFIX + "/".join((*path, key))}
-    if not value:
-        return {"vr": vr}
-    return {"vr": vr, "InlineBinary": base64.b64encode(bytes(value)).decode("ascii")}
 
 
 def _implicit_vr(tag: int) -> str | None:
@@ -225,16 +236,6 @@ def _indexable(value: Any) -> Any:
 
 def _normalized(attribute: Attribute, values: Iterable[Any]) -> list[str | int]:
     return [n for v in values if (n := normalize(attribute.vr, v)) is not None]
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-
-
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    return str(value[0] if isinstance(value, MultiValue) else value).strip()
 
 
 def _str(value: object) -> str | None:

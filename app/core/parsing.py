@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from app.core.header import HeaderError, build_record, read_header
+from app.core.header import HeaderError, dataset_json, first_text, read_header, record_from_json
 from app.core.outcomes import FailureReason
+from app.core.raw_header import read_json
 from app.core.records import InstanceRecord
 from app.core.uids import InvalidUIDError
 
@@ -43,27 +44,38 @@ class Parsed:
 
 
 def parse_instance(source: bytes | str, keep_dataset: bool = False) -> Parsed | ParseFailure:
-    """Read the header of a Part 10 instance given as bytes or a file path, and build its record."""
+    """Read the header of a Part 10 instance given as bytes or a file path, and build its record.
+
+    Bytes in the common shape are read straight into DICOM JSON (app/core/raw_header.py); a file path (a
+    large instance, staged), any other shape, or a caller that wants the pydicom Dataset takes pydicom's path.
+    """
+    fast = read_json(source) if isinstance(source, bytes) and not keep_dataset else None
+    ds: Dataset | None = None
+    if fast is not None:
+        body, syntax = fast.body, fast.transfer_syntax_uid
+    else:
+        try:
+            header = read_header(io.BytesIO(source) if isinstance(source, bytes) else source)
+            ds = header.dataset
+            body = dataset_json(ds, pixel_data_present=header.pixel_data_present)
+            syntax = str(ds.file_meta.TransferSyntaxUID)
+        except HeaderError as exc:
+            return ParseFailure(FailureReason.CANNOT_UNDERSTAND, str(exc))
+        except Exception as exc:
+            # pydicom converts values lazily, so a damaged element (unknown VR, bad length) only raises here:
+            # like a damaged header, it is "cannot understand", never an unhandled error (tests/test_hostile.py).
+            return ParseFailure(
+                FailureReason.CANNOT_UNDERSTAND, f"cannot parse the DICOM header: {type(exc).__name__}: {exc}"
+            )
     try:
-        header = read_header(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except HeaderError as exc:
-        return ParseFailure(FailureReason.CANNOT_UNDERSTAND, str(exc))
-    ds = header.dataset
-    try:
-        record = build_record(ds, pixel_data_present=header.pixel_data_present)
+        record = record_from_json(body, syntax)
     except InvalidUIDError as exc:
         # Missing or malformed identifying UIDs: the data set does not satisfy its IOD (PS3.4 B.2.3 A9xx).
         return ParseFailure(
             FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             str(exc),
-            _uid(ds, "SOPClassUID"),
-            _uid(ds, "SOPInstanceUID"),
-        )
-    except Exception as exc:
-        # pydicom converts values lazily, so a damaged element (unknown VR, bad length) only raises here:
-        # like a damaged header, it is "cannot understand", never an unhandled error (tests/test_hostile.py).
-        return ParseFailure(
-            FailureReason.CANNOT_UNDERSTAND, f"cannot parse the DICOM header: {type(exc).__name__}: {exc}"
+            first_text(body, "00080016"),
+            first_text(body, "00080018"),
         )
     return Parsed(record, ds if keep_dataset else None)
 
@@ -99,11 +111,3 @@ class HeaderParser:
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
-
-
-def _uid(ds: Dataset, keyword: str) -> str | None:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # a damaged element raises when read (lazy conversion): no identity to report
-        return None
-    return str(value) if value else None
