@@ -66,7 +66,7 @@ def our_server(data_dir: Path, *, dimse: bool = False, env: dict[str, str] | Non
         **(env or {}),
     }
     command = [sys.executable, "-m", "app", "serve", "--port", str(ports["http"]), "--dimse-port", str(ports["dimse"])]
-    # Its own process group, so that the header-parser pool (forkserver, resource tracker) goes with it.
+    # Its own process group, so that the header-parser pool (worker, resource tracker) goes with it.
     process = subprocess.Popen(command, cwd=ROOT, env=environment, start_new_session=True)
     try:
         wait_for_port(ports["http"])

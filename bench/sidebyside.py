@@ -1,6 +1,7 @@
 """The quick suite, side by side with Orthanc 1.10 on the same data: STOW-RS, C-STORE, QIDO-RS and WADO-RS.
 
-Run: `python bench/sidebyside.py [--count 500] [--runs 2]`. Each write workload starts each server from empty;
+Run: `python bench/sidebyside.py [--count 500] [--runs 2]`. Each write workload starts each server from empty:
+STOW-RS with dicomweb-client and with curl posting pre-encoded bodies (bench/stow.py), C-STORE with storescu;
 then each server is started from empty once more per run, given the read set of bench/reads.py over STOW-RS
 (COUNT instances over COUNT/5 studies, plus one 600-instance series) and measured: QIDO-RS by PatientID, by
 wildcard name and by date range + modality (4 clients; req/s, p50, p99), WADO-RS study retrieve (instances/s),
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import orthanc, reads
 from bench.common import ct_copies, our_server, record
 from bench.cstore import send
-from bench.stow import stow
+from bench.stow import encode_bodies, stow, stow_raw
 
 Server = Callable[[Path], AbstractContextManager[dict[str, int]]]
 
@@ -50,10 +51,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         files = ct_copies(work / "files", args.count)
+        bodies = encode_bodies(files, 50, work / "bodies")
         read_set = None if args.no_reads else reads.make_read_set(work / "reads", args.count, args.series_size)
         workloads: dict[str, Callable[[dict[str, int], str], float]] = {
             "STOW-RS, batches of 50, 1 client": lambda p, aet: stow(_dicomweb(p), files, 50, 1),
             "STOW-RS, batches of 50, 4 clients": lambda p, aet: stow(_dicomweb(p), files, 50, 4),
+            "STOW-RS, pre-encoded batches of 50, curl, 1 client": lambda p, aet: stow_raw(
+                _dicomweb(p), bodies, 1, len(files)),
+            "STOW-RS, pre-encoded batches of 50, curl, 4 clients": lambda p, aet: stow_raw(
+                _dicomweb(p), bodies, 4, len(files)),
             "C-STORE storescu, 1 association": lambda p, aet: len(files) / send(p["dimse"], files, 1, aet),
             "C-STORE storescu, 4 associations": lambda p, aet: len(files) / send(p["dimse"], files, 4, aet),
         }

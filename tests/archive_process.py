@@ -102,6 +102,17 @@ class ArchiveProcess:
                 raise RuntimeError(f"the archive did not start:\n{self.log()[-5000:]}")
             time.sleep(0.05)
 
+    def descendants(self) -> set[int]:
+        """The live processes the server started (header parsers, multiprocessing's helpers), at any depth."""
+        assert self.process is not None
+        parents = {self.process.pid}
+        found: set[int] = set()
+        while parents:
+            children = {pid for pid, ppid in _live_processes().items() if ppid in parents} - found
+            found |= children
+            parents = children
+        return found
+
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a power cut of the process."""
         assert self.process is not None
@@ -356,3 +367,27 @@ def part10_of(ds: Dataset) -> Dataset:
 
 def any_sender_alive(senders: list[Any]) -> bool:
     return any(s.is_alive() for s in senders)
+
+
+def _live_processes() -> dict[int, int]:
+    """pid -> parent pid of every process not yet ended (zombies count as ended)."""
+    out: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            out[int(entry.name)] = int(fields[1])
+    return out
+
+
+def still_running(pids: set[int], timeout: float) -> set[int]:
+    """Those of `pids` still running after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (alive := pids & set(_live_processes())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+

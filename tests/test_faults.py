@@ -38,6 +38,7 @@ from tests.archive_process import (
     free_port,
     new_instance,
     retrieve_data_set,
+    still_running,
 )
 
 # The small filesystems are tmpfs mounts made by the test (root, as in CI); where mounting is not permitted
@@ -72,7 +73,11 @@ def test_kill_9_while_eight_senders_store(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, [s.errors for s in senders]
             assert any(s.is_alive() for s in senders), [s.errors for s in senders]
             time.sleep(0.01)
+        helpers = archive.descendants()
+        assert helpers, "the header parser process should be running"
         archive.kill()
+        # The header parser and multiprocessing's helpers end with the server, not left behind idle.
+        assert not still_running(helpers, timeout=10)
         for sender in senders:
             sender.join(timeout=60)
             assert not sender.is_alive()

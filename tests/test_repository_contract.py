@@ -279,6 +279,19 @@ async def test_concurrent_stores_into_one_study_count_every_instance_once(
     assert await repository.patient_aggregates(same[0].patient_key) == patient_aggregates(1, 2, 5)
 
 
+async def test_get_instances_answers_those_held_in_batches_however_many_are_asked(
+    repository: Repository, instance_record: Factory
+) -> None:
+    records = [instance_record(StudyInstanceUID=uid(4), SOPInstanceUID=uid(4, 1, n)) for n in range(3)]
+    for record in records:
+        await repository.store_instance(record)
+    # More than one `IN` / `$in` batch of UIDs, most not held.
+    asked = [uid(4, 9, n) for n in range(1200)] + [r.sop_instance_uid for r in records]
+    found = await repository.get_instances(asked)
+    assert found == {r.sop_instance_uid: stored(r) for r in records}
+    assert await repository.get_instances([]) == {}
+
+
 async def test_a_record_that_cannot_be_written_fails_alone_among_concurrent_stores(
     repository: Repository, instance_record: Factory
 ) -> None:

@@ -11,10 +11,10 @@ fails a store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from app.core.background import start_task, stop_tasks
 from app.core.events import Event, EventBus, StudyCompleted
 from app.core.feed import NewChange
 from app.repository.base import Repository
@@ -45,7 +45,7 @@ class ChangeFeed:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="change-feed")
+            self._task = start_task(self._run(), "change-feed")
 
     async def on_event(self, event: Event) -> None:
         # Before any await, so the feed keeps the order in which events were published.
@@ -80,11 +80,8 @@ class ChangeFeed:
             await asyncio.wait_for(self.flush(), CLOSE_SECONDS)
         except TimeoutError:
             log.warning("change feed: %d entries not written at shutdown", self._queue.qsize())
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
 
     def _take(self, first: NewChange) -> list[NewChange]:
         batch = [first]

@@ -15,10 +15,10 @@ every study forever); the FHIR subscriber only records work in its persistent ou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from app.core.background import run_rounds, start_task, stop_tasks
 from app.core.events import EventBus, StudyCompleted
 from app.repository.base import Repository
 
@@ -57,21 +57,15 @@ class CompletionTracker:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="study-completion")
+            work = run_rounds(self._round, what="study completion scan", interval=self.interval)
+            self._task = start_task(work, "study-completion")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                fired = await self.scan_once()
-                if fired:
-                    log.info("%d studies completed", fired)
-            except Exception as exc:
-                log.warning("study completion scan failed: %s", exc)
-            await asyncio.sleep(self.interval)
+    async def _round(self) -> int:
+        fired = await self.scan_once()
+        if fired:
+            log.info("%d studies completed", fired)
+        return fired

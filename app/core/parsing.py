@@ -9,9 +9,13 @@ the caller needs the pydicom Dataset itself (ingest rules and hooks), parsing ru
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from app.core.records import InstanceRecord
 from app.core.uids import InvalidUIDError
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,10 @@ class HeaderParser:
 
     def _executor(self) -> Executor:
         if self._pool is None:
-            # forkserver: workers start from a clean process, not a fork of one holding threads and locks.
-            context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            # spawn: workers start from a clean interpreter, not a fork of a process holding threads and locks,
+            # and are children of this process, so that they can end with it (`_end_with_parent`).
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_end_with_parent)
         return self._pool
 
     async def parse(self, source: bytes | str, *, keep_dataset: bool = False) -> Parsed | ParseFailure:
@@ -111,3 +117,20 @@ class HeaderParser:
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
+
+
+def _end_with_parent() -> None:
+    """In a worker: end when the archive ends, even when it is killed (SIGKILL, the OOM killer).
+
+    A worker waits on a queue it holds both ends of, so it never sees the archive go and would idle forever.
+    Linux's PR_SET_PDEATHSIG delivers SIGTERM when its parent ends; elsewhere workers still end with a clean
+    stop, which joins them. (multiprocessing's resource tracker then ends too: nothing holds its pipe.)
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent ended before the request was in place
+        os._exit(0)
+

@@ -409,10 +409,10 @@ class RetrieveService:
 
     async def held(self, sop_instance_uids: Sequence[str]) -> dict[str, StoredInstance]:
         """Those of these instances the archive holds, metadata and file both (Storage Commitment, PS3.4 J)."""
-        found = [await self.repository.get_instance(uid) for uid in sop_instance_uids]
+        found = await self.repository.get_instances(sop_instance_uids)
 
         def present() -> list[StoredInstance]:
-            return [ref for ref in found if ref is not None and self.storage.exists(ref.storage_key)]
+            return [ref for ref in found.values() if self.storage.exists(ref.storage_key)]
 
         return {ref.sop_instance_uid: ref for ref in await asyncio.to_thread(present)}
 

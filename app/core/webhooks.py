@@ -16,13 +16,14 @@ The body (`Content-Type: application/json`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from app.core.background import run_rounds, start_task, stop_tasks
 from app.core.changefeed import ChangeFeed
 from app.repository.base import Repository
 
@@ -77,14 +78,16 @@ class Webhooks:
                 cursor = last
                 await self.repository.set_cursor(_cursor(state.url), cursor)
             state.delivered_seq = cursor
-            self._tasks.append(asyncio.get_running_loop().create_task(self._run(state), name=f"webhook {state.url}"))
+            work = run_rounds(
+                functools.partial(self.deliver_pending, state),
+                what=f"webhook {state.url}: reading the change feed",
+                interval=POLL_SECONDS,
+                wake=self._wake,
+            )
+            self._tasks.append(start_task(work, f"webhook {state.url}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*self._tasks)
         self._tasks.clear()
         if self._client is not None:
             await self._client.aclose()
@@ -92,18 +95,6 @@ class Webhooks:
 
     def status(self) -> list[dict[str, Any]]:
         return [state.as_dict() for state in self.states]
-
-    async def _run(self, state: WebhookState) -> None:
-        while True:
-            try:
-                delivered = await self.deliver_pending(state)
-            except Exception as exc:  # the repository is down: try again later
-                log.warning("webhook %s: cannot read the change feed: %s", state.url, exc)
-                delivered = 0
-            if not delivered:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
     async def deliver_pending(self, state: WebhookState) -> int:
         """Deliver the entries after the URL's cursor, in order, until one fails; return how many went."""

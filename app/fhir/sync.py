@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from app.config import Settings
+from app.core.background import run_rounds, start_task, stop_tasks
 from app.core.events import Event, EventBus, InstanceDeleted, StudyCompleted
 from app.fhir.builder import (
     RFC3986,
@@ -93,29 +94,15 @@ class FhirSync:
     def start(self) -> None:
         if self._task is None:
             self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers={"Accept": FHIR_JSON})
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="fhir-sync")
+            work = run_rounds(self.run_once, what="FHIR sync round", interval=POLL_SECONDS, wake=self._wake)
+            self._task = start_task(work, "fhir-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                done = await self.run_once()
-            except Exception as exc:  # the repository is down: try again on the next round
-                log.warning("FHIR sync round failed: %s", exc)
-                done = 0
-            if not done:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
     async def run_once(self) -> int:
         """Sync every due outbox entry; return how many were attempted."""

@@ -34,6 +34,9 @@ class Repository(Protocol):
 
     async def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
 
+    async def get_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, StoredInstance]:
+        """Those of the instances held, by SOP Instance UID, in a few queries however many are asked for."""
+
     async def store_instance(self, record: InstanceRecord) -> StoredInstance | None:
         """Insert or replace the instance and update every aggregate; return the replaced one, if any."""
 

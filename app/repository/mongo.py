@@ -72,6 +72,7 @@ _INSTANCE_FIELDS = (
     "size",
 )
 _INSTANCE_PROJECTION: dict[str, int] = {"_id": 0, **dict.fromkeys(_INSTANCE_FIELDS, 1)}
+_IN_BATCH = 500  # UIDs per `$in`: bounded, so that a long request list stays within the document size limit
 _INSTANCE_ORDER = [("series_instance_uid", 1), ("instance_number", 1), ("sop_instance_uid", 1)]
 
 _SERIES_INSTANCES = "number_of_series_related_instances"
@@ -206,6 +207,16 @@ class MongoRepository:
         with _guarded():
             doc = await self._instances.find_one({"sop_instance_uid": sop_instance_uid}, _INSTANCE_PROJECTION)
         return None if doc is None else _stored(doc)
+
+    async def get_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, StoredInstance]:
+        found: dict[str, StoredInstance] = {}
+        with _guarded():
+            for start in range(0, len(sop_instance_uids), _IN_BATCH):
+                query = {"sop_instance_uid": {"$in": list(sop_instance_uids[start : start + _IN_BATCH])}}
+                async for doc in self._instances.find(query, _INSTANCE_PROJECTION):
+                    stored = _stored(doc)
+                    found[stored.sop_instance_uid] = stored
+        return found
 
     async def store_instance(self, record: InstanceRecord) -> StoredInstance | None:
         with _guarded():

@@ -36,6 +36,7 @@ _INSTANCE_COLUMNS = (
     "storage_key, size"
 )
 _STUDY_COUNTS = "number_of_study_related_series, number_of_study_related_instances"
+_IN_BATCH = 500  # UIDs per `IN (...)`: well under SQLite's bound-parameter limit
 _PATIENT_COUNTS = (
     "number_of_patient_related_studies, number_of_patient_related_series, number_of_patient_related_instances"
 )
@@ -157,6 +158,20 @@ class SQLiteRepository:
     async def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         def get(conn: sqlite3.Connection) -> StoredInstance | None:
             return _get_instance(conn, sop_instance_uid)
+
+        return await self._read(get)
+
+    async def get_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, StoredInstance]:
+        def get(conn: sqlite3.Connection) -> dict[str, StoredInstance]:
+            found: dict[str, StoredInstance] = {}
+            for start in range(0, len(sop_instance_uids), _IN_BATCH):
+                batch = list(sop_instance_uids[start : start + _IN_BATCH])
+                sql = (
+                    f"SELECT {_INSTANCE_COLUMNS} FROM instances "
+                    f"WHERE sop_instance_uid IN ({', '.join('?' * len(batch))})"
+                )
+                found.update((row[2], _stored(row)) for row in conn.execute(sql, batch))
+            return found
 
         return await self._read(get)
 
