@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,14 @@ def backend_archive_server(
     """The real app over HTTP on 127.0.0.1 once per metadata backend: embedded SQLite, then MongoDB (the
     session's server, a database of its own, dropped afterwards). `request.param` names the backend."""
     data_dir: Path = tmp_path_factory.mktemp(f"archive-{request.param}")
-    settings = Settings(data_dir=data_dir, dimse_enabled=False, _env_file=None)  # type: ignore[call-arg]
+    with archive_on_backend(request, Settings(data_dir=data_dir, dimse_enabled=False, _env_file=None)) as server:  # type: ignore[call-arg]
+        yield server
+
+
+@contextmanager
+def archive_on_backend(request: pytest.FixtureRequest, settings: Settings) -> Iterator[ArchiveServer]:
+    """`running_archive` with `settings` on the metadata backend `request.param` names: embedded SQLite, or
+    MongoDB (the session's server, a database of its own, dropped afterwards)."""
     url: str | None = None
     if request.param == "mongo":
         url = request.getfixturevalue("mongo_url")

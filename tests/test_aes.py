@@ -13,7 +13,6 @@ import ssl
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pynetdicom import AE, evt
 
 from app.config import Settings
 from tests import dicom_files
-from tests.conftest import REPOSITORY_KINDS
+from tests.conftest import REPOSITORY_KINDS, archive_on_backend
 from tests.servers import ArchiveServer, free_port, running_archive
 from tests.tools import make_pki
 
@@ -95,19 +94,8 @@ def archive(
         dimse_scu_timeout=5,
         _env_file=None,
     )
-    url: str | None = None
-    if request.param == "mongo":
-        url = request.getfixturevalue("mongo_url")
-        settings = settings.model_copy(update={"mongo_url": url, "mongo_database": f"test_{uuid.uuid4().hex[:16]}"})
-    try:
-        with running_archive(settings) as server:
-            yield server
-    finally:
-        if url is not None:
-            from pymongo import MongoClient
-
-            with MongoClient(url, serverSelectionTimeoutMS=5000) as admin:
-                admin.drop_database(settings.mongo_database)
+    with archive_on_backend(request, settings) as server:
+        yield server
 
 
 def api(server: ArchiveServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
