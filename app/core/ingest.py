@@ -216,22 +216,25 @@ class IngestService:
     async def _commit(
         self, prepared: _Prepared, record: InstanceRecord, outcome: StoreOutcome, origin: str
     ) -> StoreOutcome:
-        try:
-            held = await self.repository.get_instance(record.sop_instance_uid)
-        except RepositoryUnavailable as exc:
-            prepared.outcome = _fail(
-                outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}"
-            )
-            return await self._failed(prepared, origin)
-        if held is not None and self.duplicate_policy is not DuplicatePolicy.REPLACE:
-            await asyncio.to_thread(self.storage.discard, prepared.staged)
-            if self.duplicate_policy is DuplicatePolicy.REJECT:
+        if self.duplicate_policy is not DuplicatePolicy.REPLACE:
+            # Keep and reject must know before the file is written; replace (the default) learns what it
+            # replaced from the metadata write itself, and saves the lookup.
+            try:
+                held = await self.repository.get_instance(record.sop_instance_uid)
+            except RepositoryUnavailable as exc:
                 prepared.outcome = _fail(
-                    outcome, FailureReason.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already held"
+                    outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}"
                 )
                 return await self._failed(prepared, origin)
-            outcome.status = StoreStatus.KEPT
-            return outcome
+            if held is not None:
+                if self.duplicate_policy is DuplicatePolicy.REJECT:
+                    prepared.outcome = _fail(
+                        outcome, FailureReason.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already held"
+                    )
+                    return await self._failed(prepared, origin)
+                await asyncio.to_thread(self.storage.discard, prepared.staged)
+                outcome.status = StoreStatus.KEPT
+                return outcome
 
         key = instance_key(record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid)
         record.storage_key, record.size = key, prepared.staged.size
