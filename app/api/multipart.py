@@ -184,9 +184,17 @@ async def stream_multipart(
     _boundary_bytes(boundary)
     out = _Coalescer()
     first = True
+    heads: dict[tuple[tuple[str, str], ...], bytes] = {}  # the parts of a study mostly share their headers
     async for headers, body in parts:
-        out.pending.append(part_head(boundary, headers, first=first))
-        first = False
+        if first:
+            out.pending.append(part_head(boundary, headers, first=True))
+            first = False
+        else:
+            key = tuple(headers.items())
+            head = heads.get(key)
+            if head is None:
+                head = heads[key] = part_head(boundary, headers, first=False)
+            out.pending.append(head)
         if isinstance(body, bytes):
             for ready in out.add(body):
                 yield ready

@@ -18,6 +18,7 @@ This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import re
@@ -141,6 +142,10 @@ class AcceptedSyntaxes:
 
     def choose(self, stored: str) -> str | None:
         """The syntax to send an instance stored in `stored` in, or None when none can be produced."""
+        # Asked once per instance of a study retrieve, with a handful of distinct answers: remembered.
+        return _choose(self, stored)
+
+    def _choose_uncached(self, stored: str) -> str | None:
         for tier in self.tiers:
             expanded = [self._candidates(entry, stored) for entry in tier]
             if any(c and c[0] == stored for c in expanded):
@@ -150,6 +155,11 @@ class AcceptedSyntaxes:
                     if can_transcode(stored, candidate):
                         return candidate
         return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose(accepted: AcceptedSyntaxes, stored: str) -> str | None:
+    return accepted._choose_uncached(stored)
 
 
 @dataclass(frozen=True)
