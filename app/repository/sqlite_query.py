@@ -76,6 +76,8 @@ class _Builder:
         self.walk_studies = walk_studies
         # Queries that tell whether an aggregate key matches many lower rows (see `run_search`).
         self.probes: list[tuple[str, list[Any]]] = []
+        # A study query whose only condition is one aggregate key: its matches are counted from the lower table.
+        self.lone_aggregate: tuple[Level, Match] | None = None
 
     # -- values ---------------------------------------------------------------------------------------
     def value_condition(self, column: str, match: Match) -> str:
@@ -218,6 +220,8 @@ def _where(builder: _Builder) -> str:
     # at 100k instances; ModalitiesInStudy=CT alone 50 ms, 0.2 ms walked). Alone and rare, `uid IN (SELECT
     # ...)`, the few matching series first.
     narrowed = any(c != "1" for c in conditions)
+    if not narrowed and level is Level.STUDY and len(aggregates) == 1:
+        builder.lone_aggregate = aggregates[0]
     for source_level, proxy in aggregates:
         if (narrowed or builder.walk_studies) and level is not Level.PATIENT:
             alias = f"{ALIASES[source_level]}{next(builder._aliases)}"
@@ -239,13 +243,23 @@ def _where(builder: _Builder) -> str:
 COMMON_LOWER_MATCHES = 1000
 
 
+def _lower_count(source_level: Level, match: Match) -> tuple[str, list[Any]]:
+    table, inner, params = _lower_condition(source_level, match)
+    return f"SELECT count(DISTINCT x.study_instance_uid) FROM {table} x WHERE {inner}", params
+
+
 def _probe(source_level: Level, match: Match) -> tuple[str, list[Any]]:
     """How many `source_level` rows match, counted up to COMMON_LOWER_MATCHES (at most that many index
     entries read)."""
+    table, inner, params = _lower_condition(source_level, match)
+    return f"SELECT count(*) FROM (SELECT 1 FROM {table} x WHERE {inner} LIMIT {COMMON_LOWER_MATCHES})", params
+
+
+def _lower_condition(source_level: Level, match: Match) -> tuple[str, str, list[Any]]:
+    """An aggregate key's condition on its own lower table, aliased `x`: table, condition, parameters."""
     builder = _Builder(QueryModel(level=source_level))
     inner = builder.condition(match, source_level, "x")
-    table = LEVEL_TABLE[source_level]
-    return f"SELECT count(*) FROM (SELECT 1 FROM {table} x WHERE {inner} LIMIT {COMMON_LOWER_MATCHES})", builder.params
+    return LEVEL_TABLE[source_level], inner, builder.params
 
 
 def _column_attribute(attribute: Attribute, column: str) -> Attribute:
@@ -290,6 +304,10 @@ def compile_query(model: QueryModel, *, walk_studies: bool = False) -> CompiledQ
         sql += " LIMIT -1 OFFSET ?"
         params.append(model.offset)
     count_sql = f"SELECT count(*) FROM {_from(level)}{where_sql}"
+    if builder.lone_aggregate is not None:
+        # The distinct studies of the matching series (or instances), read from the (value, study) index alone:
+        # ModalitiesInStudy=CT at 100k instances, 15 -> 4 ms.
+        count_sql, count_params = _lower_count(*builder.lone_aggregate)
     return CompiledQuery(sql, params, count_sql, count_params, columns, builder.probes)
 
 
