@@ -1,7 +1,7 @@
 """Maintenance work shared by the admin API and the CLI: statistics, re-index from files, migration status.
 
 Re-index rebuilds the metadata repository from the storage tree alone: every stored file is read up to its
-pixel data with the same `read_header` + `build_record` ingest uses, so the rebuilt repository holds exactly the
+pixel data with the same `parse_instance` ingest uses, so the rebuilt repository holds exactly the
 facts a fresh ingest of the same files would have produced (and QIDO-RS/C-FIND answers are the same).
 It is the way back from a lost or corrupted index, and the way to re-extract after the indexed attributes change.
 """
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from app.core.header import build_record, read_header
+from app.core.header import HeaderError
 from app.core.ingest import IngestService
+from app.core.parsing import ParseFailure, parse_instance
 from app.core.records import InstanceRecord
 from app.repository.base import Repository
 from app.storage.base import Storage
@@ -67,22 +68,22 @@ class ReindexReport:
 def _record_of(storage: Storage, key: str) -> InstanceRecord:
     """Blocking: read the header of the file at `key` and build its record (worker thread)."""
     with storage.open(key) as stream:
-        header = read_header(stream)
-    record = build_record(header.dataset, pixel_data_present=header.pixel_data_present)
+        parsed = parse_instance(stream)  # as ingest parses: the same record, the same refusals
+    if isinstance(parsed, ParseFailure):
+        raise HeaderError(parsed.message)
+    record = parsed.record
     # The record names the file where it is, and its size as stored.
     record.storage_key = key
     record.size = storage.size(key)
     return record
 
 
-async def reindex(
-    repository: Repository, storage: Storage, ingest: IngestService | None = None
-) -> ReindexReport:
+async def reindex(repository: Repository, storage: Storage, ingest: IngestService) -> ReindexReport:
     """Index every file of the storage tree into `repository` (insert or replace, per SOP Instance UID).
 
-    Files whose header cannot be read, or whose UIDs are invalid, are reported and left alone. With `ingest`
-    given, each write takes its per-instance lock, so re-indexing a live archive cannot interleave with a
-    store of the same instance.
+    Files whose header cannot be read, or whose UIDs are invalid, are reported and left alone. Each write takes
+    ingest's per-instance lock, so re-indexing a live archive cannot interleave with a store of the same
+    instance.
     """
     report = ReindexReport()
     # Oldest file first: where instances disagree on a patient's or study's attributes the last one stored
@@ -102,16 +103,13 @@ async def reindex(
                 continue
             if isinstance(result, BaseException):
                 raise result
-            if ingest is None:
-                await repository.store_instance(result)
-            else:
-                with ingest.locked(result.sop_instance_uid) as lock:
-                    async with lock:
-                        # A delete (or a replace that moved the instance) may have come first: never index
-                        # a file that is no longer there.
-                        if not await asyncio.to_thread(storage.exists, key):
-                            continue
-                        await repository.store_instance(result)
+            with ingest.locked(result.sop_instance_uid) as lock:
+                async with lock:
+                    # A delete (or a replace that moved the instance) may have come first: never index a file
+                    # that is no longer there.
+                    if not await asyncio.to_thread(storage.exists, key):
+                        continue
+                    await repository.store_instance(result)
             report.indexed += 1
     report.failed.sort()
     if report.failed:

@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import io
 import logging
+import mmap
 import multiprocessing
 import os
 import signal
@@ -19,12 +20,13 @@ import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 
 from app.core.header import HeaderError, dataset_json, first_text, read_header, record_from_json
 from app.core.outcomes import FailureReason
-from app.core.raw_header import read_json
+from app.core.raw_header import RawHeader, read_json
 from app.core.records import InstanceRecord
 from app.core.uids import InvalidUIDError
 
@@ -48,13 +50,14 @@ class Parsed:
     dataset: Dataset | None = None  # only when asked for (rules and hooks read it)
 
 
-def parse_instance(source: bytes | str, keep_dataset: bool = False) -> Parsed | ParseFailure:
-    """Read the header of a Part 10 instance given as bytes or a file path, and build its record.
+def parse_instance(source: bytes | str | BinaryIO, keep_dataset: bool = False) -> Parsed | ParseFailure:
+    """Read the header of a Part 10 instance given as bytes, a file path or an open file, and build its record.
 
-    Bytes in the common shape are read straight into DICOM JSON (app/core/raw_header.py); a file path (a
-    large instance, staged), any other shape, or a caller that wants the pydicom Dataset takes pydicom's path.
+    The common shape is read straight into DICOM JSON (app/core/raw_header.py), a file through a memory map so
+    that only the header's pages are touched; any other shape, a stream with no file behind it, or a caller that
+    wants the pydicom Dataset takes pydicom's path.
     """
-    fast = read_json(source) if isinstance(source, bytes) and not keep_dataset else None
+    fast = None if keep_dataset else read_json(source) if isinstance(source, bytes) else _read_mapped(source)
     ds: Dataset | None = None
     if fast is not None:
         body, syntax = fast.body, fast.transfer_syntax_uid
@@ -83,6 +86,17 @@ def parse_instance(source: bytes | str, keep_dataset: bool = False) -> Parsed | 
             first_text(body, "00080018"),
         )
     return Parsed(record, ds if keep_dataset else None)
+
+
+def _read_mapped(source: str | BinaryIO) -> RawHeader | None:
+    try:
+        if isinstance(source, str):
+            with open(source, "rb") as stream:
+                return _read_mapped(stream)
+        with mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return read_json(view)
+    except (OSError, ValueError):  # an empty file; a stream with no file behind it (io.UnsupportedOperation)
+        return None
 
 
 class HeaderParser:

@@ -13,6 +13,7 @@ clear error for a damaged file.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from typing import NamedTuple
 
@@ -48,7 +49,7 @@ class _Unhandled(Exception):
     """The bytes are not in the shape this reader handles (pydicom's path takes over)."""
 
 
-def read_json(data: bytes) -> RawHeader | None:
+def read_json(data: bytes | mmap.mmap) -> RawHeader | None:
     """The header of a Part 10 instance as DICOM JSON, or None when pydicom's path must read it."""
     try:
         if data[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
@@ -74,7 +75,7 @@ def read_json(data: bytes) -> RawHeader | None:
     return RawHeader(str(syntax), body)
 
 
-def _meta(data: bytes, offset: int) -> tuple[dict[int, bytes], int]:
+def _meta(data: bytes | mmap.mmap, offset: int) -> tuple[dict[int, bytes], int]:
     """The File Meta Information group (always explicit VR little endian, PS3.10 7.1)."""
     meta: dict[int, bytes] = {}
     while offset + 8 <= len(data):
@@ -91,7 +92,7 @@ def _meta(data: bytes, offset: int) -> tuple[dict[int, bytes], int]:
     raise _Unhandled  # nothing after the meta group
 
 
-def _value_at(data: bytes, offset: int, vr: bytes) -> tuple[int, int]:
+def _value_at(data: bytes | mmap.mmap, offset: int, vr: bytes) -> tuple[int, int]:
     """Where the value of the explicit-VR element at `offset` starts, and its length (PS3.5 7.1.2)."""
     if vr in _LONG_VRS:
         return offset + 12, _U32.unpack_from(data, offset + 8)[0]
@@ -106,7 +107,7 @@ _NO_ITEMS: list[_Elements] = []  # shared by every element that is not a sequenc
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | mmap.mmap) -> None:
         self.data = data
 
     def top(self, offset: int) -> tuple[JSONDict, bool]:
