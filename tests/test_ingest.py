@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import subprocess
 import sys
@@ -178,3 +179,22 @@ def test_a_file_a_crash_left_without_metadata_is_swept_after_start_up(tmp_path: 
         while orphan.exists():
             assert time.monotonic() < deadline, "the start-up sweep did not remove the orphan file"
             time.sleep(0.1)
+
+
+async def test_a_store_cancelled_at_any_point_leaves_the_instance_wholly_stored_or_not_at_all(
+    context: ArchiveContext,
+) -> None:
+    # A cancelled caller (a client gone, a shutdown) must not split the file from its metadata.
+    held_or_not = []
+    for pause in range(40):
+        ds = dicom_files.renewed("CT_small.dcm")
+        store = asyncio.ensure_future(context.ingest.store(dicom_files.part10(ds)))
+        await asyncio.sleep(pause * 0.0002)  # from before the first step to after the last
+        store.cancel()
+        await asyncio.gather(store, return_exceptions=True)
+        await asyncio.sleep(0.05)  # anything the store left running in the background has ended
+        ref = await context.repository.get_instance(ds.SOPInstanceUID)
+        files = [p for p in stored_files(context) if p.name == f"{ds.SOPInstanceUID}.dcm"]
+        assert (ref is not None) == bool(files), f"cancelled after {pause * 0.2} ms: metadata {ref}, files {files}"
+        held_or_not.append(ref is not None)
+    assert not held_or_not[0]  # cancelled before it began: nothing stored

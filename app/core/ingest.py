@@ -127,7 +127,16 @@ class IngestService:
             assert record is not None
         with self.locked(record.sop_instance_uid) as lock:
             async with lock:
-                return await self._commit(prepared, record, outcome, origin)
+                # File, metadata and the replaced file's release go together: a caller cancelled half-way (a
+                # client gone, a shutdown) waits here, under the lock, until they are done or undone.
+                commit = asyncio.ensure_future(self._commit(prepared, record, outcome, origin))
+                try:
+                    return await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    await asyncio.wait({commit})
+                    if not commit.cancelled():
+                        commit.exception()  # seen: its failure is logged by _commit, the cancel goes on up
+                    raise
 
     async def _apply_rules(
         self, prepared: _Prepared, outcome: StoreOutcome, origin: str, calling_ae_title: str | None
