@@ -16,6 +16,7 @@ from app.api.multipart import (
     Part,
     close_delimiter,
     iter_parts,
+    multipart_body,
     multipart_content_type,
     new_boundary,
     parse_content_type,
@@ -56,21 +57,16 @@ async def collect(
     return [(part.headers, await part.read()) async for part in iter_parts(chunks, boundary, **kwargs)]
 
 
-def build(parts: Sequence[tuple[Mapping[str, str], bytes]], boundary: str = BOUNDARY) -> bytes:
-    out = bytearray()
-    for index, (headers, content) in enumerate(parts):
-        out += part_head(boundary, headers, first=index == 0)
-        out += content
-    out += close_delimiter(boundary) if parts else f"--{boundary}--\r\n".encode()
-    return bytes(out)
-
-
 async def emit(parts: Sequence[tuple[Mapping[str, str], Sequence[bytes]]], boundary: str) -> bytes:
     async def source() -> AsyncIterator[tuple[Mapping[str, str], AsyncIterator[bytes]]]:
         for headers, content_chunks in parts:
             yield headers, from_list(content_chunks)
 
     return b"".join([chunk async for chunk in stream_multipart(source(), boundary)])
+
+
+def build(parts: Sequence[tuple[Mapping[str, str], bytes]], boundary: str = BOUNDARY) -> bytes:
+    return multipart_body(parts, boundary)
 
 
 TWO_PARTS = build([({"Content-Type": "application/dicom"}, b"first"), ({"X-Id": "2"}, b"second")])

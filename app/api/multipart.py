@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,6 +29,7 @@ __all__ = [
     "Part",
     "close_delimiter",
     "iter_parts",
+    "multipart_body",
     "multipart_content_type",
     "new_boundary",
     "parse_content_type",
@@ -162,9 +163,19 @@ def part_head(boundary: str, headers: Mapping[str, str], *, first: bool) -> byte
     return b"".join(lines)
 
 
-def close_delimiter(boundary: str) -> bytes:
-    """The close delimiter that ends a body with at least one part."""
-    return b"\r\n--" + boundary.encode("ascii") + b"--\r\n"
+def close_delimiter(boundary: str, *, after_parts: bool = True) -> bytes:
+    """The close delimiter that ends a body; a body with no part is the bare `--boundary--` line."""
+    return (b"\r\n--" if after_parts else b"--") + boundary.encode("ascii") + b"--\r\n"
+
+
+def multipart_body(parts: Sequence[tuple[Mapping[str, str], bytes]], boundary: str) -> bytes:
+    """A whole multipart body from ``(headers, body)`` pairs, for answers built in memory."""
+    pieces: list[bytes] = []
+    for index, (headers, body) in enumerate(parts):
+        pieces.append(part_head(boundary, headers, first=index == 0))
+        pieces.append(body)
+    pieces.append(close_delimiter(boundary, after_parts=bool(parts)))
+    return b"".join(pieces)
 
 
 # Writes are coalesced up to this size: a response of many small parts (a study of 40 KB instances) then
@@ -202,7 +213,7 @@ async def stream_multipart(
         async for chunk in body:
             for ready in out.add(chunk):
                 yield ready
-    out.pending.append(b"--" + boundary.encode("ascii") + b"--\r\n" if first else close_delimiter(boundary))
+    out.pending.append(close_delimiter(boundary, after_parts=not first))
     yield b"".join(out.pending)
 
 

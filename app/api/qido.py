@@ -30,7 +30,7 @@ from fastapi.responses import Response
 
 from app.api.dicom_response import DICOM_XML, negotiate_dataset_media_type, to_xml
 from app.api.errors import DicomWebError, check_uids, warning
-from app.api.multipart import close_delimiter, multipart_content_type, new_boundary, part_head
+from app.api.multipart import multipart_body, multipart_content_type, new_boundary
 from app.api.urls import instance_url, series_url, service_root, study_url
 from app.core.attributes import Level
 from app.core.query import QueryError, SearchResult, parse_qido
@@ -164,9 +164,4 @@ def _uid(row: JSONDict, tag: str) -> str | None:
 def _xml_multipart(rows: Sequence[JSONDict], boundary: str) -> bytes:
     """One application/dicom+xml part per result (PS3.18 10.6.3.2); an empty answer is the close delimiter."""
     headers = {"Content-Type": f"{DICOM_XML}; charset=utf-8"}
-    pieces: list[bytes] = []
-    for index, row in enumerate(rows):
-        pieces.append(part_head(boundary, headers, first=index == 0))
-        pieces.append(to_xml(row).encode("utf-8"))
-    pieces.append(close_delimiter(boundary) if rows else f"--{boundary}--\r\n".encode("ascii"))
-    return b"".join(pieces)
+    return multipart_body([(headers, to_xml(row).encode("utf-8")) for row in rows], boundary)

@@ -25,13 +25,7 @@ from fastapi.responses import Response, StreamingResponse
 from app.api.accept import MediaRange, parse_accept, tiers
 from app.api.dicom_response import DICOM_JSON, DICOM_XML, negotiate_dataset_media_type, to_xml
 from app.api.errors import DicomWebError, check_uids, domain_errors, warning
-from app.api.multipart import (
-    close_delimiter,
-    multipart_content_type,
-    new_boundary,
-    part_head,
-    stream_multipart,
-)
+from app.api.multipart import multipart_body, multipart_content_type, new_boundary, stream_multipart
 from app.api.urls import instance_url, service_root
 from app.core.records import StoredDataset, StoredInstance
 from app.core.render import RENDER_MEDIA_TYPES, RenderOptions
@@ -60,9 +54,6 @@ _FRAME_LIST: Final = re.compile(r"[0-9]+(?:,[0-9]+)*")
 # dicomweb-client and older viewers still send the pre-registration names of these media types.
 _MEDIA_ALIASES: Final = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
 _WINDOW_FUNCTIONS: Final = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
-
-
-# --- errors ---------------------------------------------------------------------------------------------------
 
 
 # --- negotiation ----------------------------------------------------------------------------------------------
@@ -311,15 +302,6 @@ def metadata_json(root: str, study: str, datasets: Sequence[StoredDataset]) -> b
     return ("[" + ",".join([absolute_bulk_data(root, study, d) for d in datasets]) + "]").encode("utf-8")
 
 
-def multipart_body(parts: Sequence[tuple[Mapping[str, str], bytes]], boundary: str) -> bytes:
-    pieces: list[bytes] = []
-    for index, (headers, body) in enumerate(parts):
-        pieces.append(part_head(boundary, headers, first=index == 0))
-        pieces.append(body)
-    pieces.append(close_delimiter(boundary) if parts else f"--{boundary}--\r\n".encode("ascii"))
-    return b"".join(pieces)
-
-
 # --- bulk data and frames -------------------------------------------------------------------------------------
 
 
@@ -418,13 +400,6 @@ async def retrieve_frames(
 # --- rendered and thumbnails ----------------------------------------------------------------------------------
 
 
-def _numbers(text: str, name: str, count: int) -> list[str]:
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != count:
-        raise DicomWebError(400, f"{name} needs {count} comma-separated values, got {text[:80]!r}")
-    return parts
-
-
 def render_options(
     media_type: str,
     *,
@@ -520,22 +495,18 @@ async def _rendered_many(
     with domain_errors():
         refs = await service.resolve(study, series)
 
-    async def images() -> AsyncIterator[tuple[Mapping[str, str], AsyncIterable[bytes]]]:
+    async def images() -> AsyncIterator[tuple[Mapping[str, str], bytes]]:
         for ref in refs:
             try:
                 image = await service.rendered(ref, options)
             except (InvalidRequest, NotAcceptable, RetrieveFailed):
                 continue
-            yield {"Content-Type": media_type}, _once(image)
+            yield {"Content-Type": media_type}, image
 
     boundary = new_boundary()
     return StreamingResponse(
         stream_multipart(images(), boundary), media_type=multipart_content_type(boundary, media_type)
     )
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 @router.get(

@@ -12,6 +12,7 @@ Errors (PS3.18 §9.5 / §8.6.1.2): 400 for a malformed or inconsistent request, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Final
 
@@ -23,7 +24,7 @@ from app.api.accept import split_header
 from app.api.errors import DicomWebError, check_uids, domain_errors
 from app.api.wado import render_options
 from app.core.render import RENDER_MEDIA_TYPES, RenderOptions
-from app.core.retrieve import ANY, DEFAULT, AcceptedSyntaxes
+from app.core.retrieve import ANY, DEFAULT, PIXEL_DATA_TAGS, AcceptedSyntaxes
 from app.core.uids import is_valid_uid
 from app.deps import Context
 
@@ -65,7 +66,8 @@ async def wado(request: Request, context: Context) -> Response:
     service = context.retrieve
     with domain_errors():
         ref = (await service.resolve(study, series, instance))[0]
-    is_image = _has_pixels(await _header(context, study, series, instance))
+    header = await _header(context, study, series, instance)
+    is_image = _has_pixels(header)
     if not content_types:
         # PS3.18 §9.1.2.1: an image is returned as image/jpeg by default; other objects (reports, plans) as
         # the DICOM object itself, since this archive renders no text/html.
@@ -95,7 +97,7 @@ async def wado(request: Request, context: Context) -> Response:
                 continue
             if "transferSyntax" in params:
                 raise DicomWebError(400, "transferSyntax applies to application/dicom only")
-            options = await _render_options(context, params, media_type, study, series, instance)
+            options = _render_options(params, media_type, header)
             try:
                 with domain_errors():
                     image = await service.rendered(ref, options)
@@ -151,7 +153,7 @@ async def _header(context: Context, study: str, series: str, instance: str) -> d
 
 
 def _has_pixels(header: dict[str, object]) -> bool:
-    return any(tag in header for tag in ("7FE00010", "7FE00008", "7FE00009"))
+    return any(f"{tag:08X}" in header for tag in PIXEL_DATA_TAGS)
 
 
 def _int_value(header: dict[str, object], tag: str) -> int | None:
@@ -173,9 +175,7 @@ def _positive(params: QueryParams, name: str) -> int | None:
     return int(raw)
 
 
-async def _render_options(
-    context: Context, params: QueryParams, media_type: str, study: str, series: str, instance: str
-) -> RenderOptions:
+def _render_options(params: QueryParams, media_type: str, header: dict[str, object]) -> RenderOptions:
     center, width = params.get("windowCenter"), params.get("windowWidth")
     if (center is None) != (width is None):
         raise DicomWebError(400, "windowCenter and windowWidth go together (PS3.18 9.1.2.2)")
@@ -203,7 +203,6 @@ async def _render_options(
         raise DicomWebError(400, "region is x1,y1,x2,y2 with values from 0.0 to 1.0") from exc
     if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
         raise DicomWebError(400, "region needs 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
-    header = await _header(context, study, series, instance)
     image_rows, image_columns = _int_value(header, "00280010"), _int_value(header, "00280011")
     if not image_rows or not image_columns:
         raise DicomWebError(400, "region needs an image with Rows and Columns")
@@ -214,13 +213,6 @@ async def _render_options(
         max(1, round((y2 - y1) * image_rows)),
     )
     try:
-        return RenderOptions(
-            media_type=options.media_type,
-            quality=options.quality,
-            window=options.window,
-            viewport=options.viewport,
-            crop=crop,
-            frame=options.frame,
-        )
+        return dataclasses.replace(options, crop=crop)
     except ValueError as exc:
         raise DicomWebError(400, f"invalid rendering parameter: {exc}") from exc

@@ -22,6 +22,7 @@ from pydicom.tag import Tag
 
 from app.core.attributes import Attribute, Kind, Level, stored_at
 from app.core.dicom_json import (
+    BINARY_VRS,
     DEFAULT_ENCODING,
     binary_json,
     element_json,
@@ -35,7 +36,6 @@ from app.core.values import name_words, normalize, study_datetime
 
 log = logging.getLogger(__name__)
 
-BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 SPECIFIC_CHARACTER_SET = 0x00080005
 # (7FE0,0010) Pixel Data as the next tag in a little- or big-endian stream.
 _PIXEL_DATA_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
@@ -159,7 +159,7 @@ def _to_json(ds: Dataset, path: tuple[str, ...], inherited: str | None = DEFAULT
             and raw.VR != "UN"
         ):
             vr = raw.VR or _implicit_vr(tag)
-            if vr in BULK_VRS:
+            if vr in BINARY_VRS:
                 out[key] = binary_json(vr, raw.value, path, key)
                 continue
             if (
@@ -173,7 +173,7 @@ def _to_json(ds: Dataset, path: tuple[str, ...], inherited: str | None = DEFAULT
         if elem.VR == "SQ":
             items = [_to_json(item, (*path, key, str(i)), encoding) for i, item in enumerate(elem.value)]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-        elif elem.VR in BULK_VRS and elem.value is not None:
+        elif elem.VR in BINARY_VRS and elem.value is not None:
             out[key] = binary_json(elem.VR, elem.value, path, key)
         else:
             try:

@@ -165,8 +165,6 @@ class QueryModel:
     include: Include = frozenset()
     limit: int | None = None
     offset: int = 0
-    fuzzy: bool = False
-    scope: Mapping[str, str] = field(default_factory=dict)  # path UIDs, e.g. {"StudyInstanceUID": "1.2"}
     # What to return, decided by the parser (see `returned_levels` etc. in _plan_returns):
     returned_levels: frozenset[Level] = frozenset()
     upper_keys: Mapping[Level, frozenset[str]] = field(default_factory=dict)  # extra keys of other levels
@@ -182,8 +180,11 @@ class QueryModel:
 @dataclass(frozen=True)
 class ParsedQuery:
     model: QueryModel
-    ignored_attributes: tuple[str, ...] = ()
     ignored_parameters: tuple[str, ...] = ()
+
+    @property
+    def ignored_attributes(self) -> tuple[str, ...]:
+        return self.model.ignored
 
     @property
     def warnings(self) -> list[str]:
@@ -292,14 +293,12 @@ def parse_qido(
         include=included,
         limit=limit,
         offset=offset,
-        fuzzy=fuzzy,
-        scope=scope,
         returned_levels=returned,
         upper_keys=upper,
         dataset_tags=tags,
         ignored=tuple(ignored_attributes),
     )
-    return ParsedQuery(model, tuple(ignored_attributes), tuple(ignored_parameters))
+    return ParsedQuery(model, tuple(ignored_parameters))
 
 
 def _qido_default_levels(level: Level, scope: Mapping[str, str]) -> frozenset[Level]:
@@ -669,9 +668,7 @@ def _plan_returns(
     """Which levels' attributes to return, which single attributes of other upper levels, and which tags to
     copy from a representative instance header (for attributes the table does not hold at any level)."""
     if include is ALL:
-        top = Level.PATIENT if level is Level.PATIENT else Level.STUDY
-        levels = frozenset(lv for lv in LEVEL_ORDER if depth(top) <= depth(lv) <= depth(level))
-        return levels | defaults, {}, frozenset()
+        return _levels_down_to(level) | defaults, {}, frozenset()
     assert isinstance(include, frozenset)
     upper: dict[Level, set[str]] = {}
     tags: set[str] = set()

@@ -590,20 +590,6 @@ class RetrieveService:
 
         return await asyncio.to_thread(work)
 
-    async def frame_count(self, ref: StoredInstance) -> int:
-        """Number of Frames (1 for single-frame images); InvalidRequest when there is no pixel data."""
-
-        def work() -> int:
-            ds = self._read(ref, cache=True)
-            if not any(t in ds for t in PIXEL_DATA_TAGS):
-                raise InvalidRequest(f"instance {ref.sop_instance_uid} has no pixel data")
-            try:
-                return tc.frame_count(ds)
-            except tc.TranscodeError as exc:
-                raise RetrieveFailed(str(exc)) from exc
-
-        return await asyncio.to_thread(work)
-
     async def bulk(
         self,
         ref: StoredInstance,
@@ -619,11 +605,8 @@ class RetrieveService:
         inclusive) cuts a single-part answer, for HTTP Range requests.
         """
         steps = _bulk_path(path)
-        if len(steps) == 1 and steps[0] in PIXEL_DATA_TAGS:
-            if steps[0] != 0x7FE00010:
-                frames = await self._bulk_value(ref, steps, accepted)
-            else:
-                frames = await self._bulk_pixels(ref, accepted)
+        if steps == [0x7FE00010]:
+            frames = await self._bulk_pixels(ref, accepted)
         else:
             frames = await self._bulk_value(ref, steps, accepted)
         if byte_range is not None and len(frames) == 1:
@@ -648,15 +631,15 @@ class RetrieveService:
             ds = self._read(ref, cache=True)
             if "PixelData" not in ds:
                 raise NotFound(f"instance {ref.sop_instance_uid} has no Pixel Data")
-            count = tc.frame_count(ds)
-            data = self._frame_data(ds, ref, range(1, count + 1), encoding)
             stored = ref.transfer_syntax_uid
             native = not _encapsulated(stored)
-            if encoding.media_type == OCTET_STREAM and (encoding.decode or native):
+            if encoding.media_type == OCTET_STREAM and native and stored != EXPLICIT_VR_BIG_ENDIAN:
                 # Uncompressed bulk data is one part (PS3.18 §8.7.3.3.1). Little-endian native data goes as
                 # stored, so 1-bit frames that share bytes keep their packing.
-                whole = bytes(ds.PixelData) if native and stored != EXPLICIT_VR_BIG_ENDIAN else b"".join(data)
-                return [Frame(OCTET_STREAM, encoding.transfer_syntax, whole)]
+                return [Frame(OCTET_STREAM, encoding.transfer_syntax, bytes(ds.PixelData))]
+            data = self._frame_data(ds, ref, range(1, tc.frame_count(ds) + 1), encoding)
+            if encoding.media_type == OCTET_STREAM and (encoding.decode or native):
+                return [Frame(OCTET_STREAM, encoding.transfer_syntax, b"".join(data))]
             # Compressed bulk data: one frame per part (PS3.18 §8.7.3.3.2).
             return [Frame(encoding.media_type, encoding.transfer_syntax, d) for d in data]
 
