@@ -11,7 +11,7 @@ check each instance and send the result as an N-EVENT-REPORT-RQ (PS3.4 J.3.2.1.2
   under another SOP class), 0x0110 Processing failure (the archive could not be asked); Referenced SOP
   Sequence lists the committed ones, if any.
 
-An instance is committed when its metadata row exists (`repository.get_instance`, via the bridge) and its file
+An instance is committed when its metadata row exists (`RetrieveService.held`, via the bridge) and its file
 is in storage: the archive keeps both until an explicit delete.
 
 Where the report goes (PS3.4 J.3.3): on a NEW association from our AE to the requester, looked up by its
@@ -52,8 +52,6 @@ EVENT_SOME_FAILED: Final = 2  # Storage Commitment Request Complete - Failures E
 
 # N-ACTION response statuses (PS3.7 10.1.4.1.10 and Annex C).
 SUCCESS: Final = 0x0000
-PROCESSING_FAILURE: Final = 0x0110
-NO_SUCH_SOP_INSTANCE: Final = 0x0112  # (also the Failure Reason "no such object instance", PS3.4 J.3.3.1.1)
 INVALID_ARGUMENT: Final = 0x0115
 MISSING_ATTRIBUTE: Final = 0x0120
 INVALID_SOP_INSTANCE: Final = 0x0117

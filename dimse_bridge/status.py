@@ -45,7 +45,6 @@ IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900  # Failed: Identifier does n
 UNABLE_TO_PROCESS: Final = 0xC000  # Failed: Unable to process (0xC000-0xCFFF)
 OUT_OF_RESOURCES_MATCHES: Final = 0xA701  # Refused: Out of resources - unable to calculate number of matches
 OUT_OF_RESOURCES_SUBOPERATIONS: Final = 0xA702  # Refused: Out of resources - unable to perform sub-operations
-MOVE_DESTINATION_UNKNOWN: Final = 0xA801  # Refused: Move Destination unknown
 
 # Domain failure reason -> C-STORE status. FailureReason values are DICOM's own codes, but the table is explicit
 # so a new reason added to the core cannot leak onto the wire unmapped.

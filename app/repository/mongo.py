@@ -13,7 +13,7 @@ conversion either way and cannot fail to encode whatever the header holds.
 
 Multi-valued keys (every value of a multi-valued attribute, keys inside sequences, the words of person names)
 are arrays under a `multi` sub-document, one per attribute key, indexed as multikey indexes. MongoDB field names
-cannot contain dots, so the key of a sequence path is encoded with "_" for "." (`multi_field`):
+cannot contain dots, so the key of a sequence path is encoded with "_" for "." (`mongo_query.multi_key`):
 `{"multi": {"00100010": ["DOE", "JOHN"], "00101002_00100020": ["X"]}}`. As in SQLite, a study document also
 holds its patient's multi-valued keys, since in the Study Root model they are matched at study level.
 
@@ -33,7 +33,7 @@ high, possibly with no instance (crash before the instance insert, or after the 
 whose study moved to another patient with stale counts. No instance is ever left without its series, study and
 patient, and no file is lost: the instance documents are the truth. A retried store then succeeds normally but
 the counts stay one too high; `recount_study` recomputes a study's counts and sets from its instance documents
-(and drops emptied levels), which the start-up sweep can run for studies it suspects. An error that is not the
+(and drops emptied levels); nothing calls it on its own yet (the sweep does not track suspect studies). An error that is not the
 server going away (document too large, not encodable) undoes the counts before it is raised.
 """
 
@@ -58,7 +58,7 @@ from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingS
 from app.core.query import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
 from app.repository.base import RepositoryUnavailable
-from app.repository.mongo_query import run_search
+from app.repository.mongo_query import multi_key, run_search
 
 Document = dict[str, Any]
 
@@ -95,15 +95,19 @@ class IndexSpec(TypedDict, total=False):
     unique: bool
 
 
-def multi_field(key: str) -> str:
-    """The document path of an attribute key's multi-valued array: "00101002.00100020" ->
-    "multi.00101002_00100020" (field names cannot contain dots)."""
-    return "multi." + key.replace(".", "_")
+def _scoped(study_uid: str, series_uid: str | None, sop_instance_uid: str | None) -> Document:
+    """The instances of a study, one of its series, or one instance (as SQLite's `_scoped`)."""
+    query: Document = {"study_instance_uid": study_uid}
+    if series_uid is not None:
+        query["series_instance_uid"] = series_uid
+    if sop_instance_uid is not None:
+        query["sop_instance_uid"] = sop_instance_uid
+    return query
 
 
 def _multi(values: Mapping[str, list[str]]) -> Document:
     # Duplicates would only bloat the multikey index; order is kept for readability.
-    return {key.replace(".", "_"): list(dict.fromkeys(v)) for key, v in values.items()}
+    return {multi_key(key): list(dict.fromkeys(v)) for key, v in values.items()}
 
 
 def _fields(level: Level, record: LevelRecord) -> Document:
@@ -243,11 +247,7 @@ class MongoRepository:
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
-        query: Document = {"study_instance_uid": study_instance_uid}
-        if series_instance_uid is not None:
-            query["series_instance_uid"] = series_instance_uid
-        if sop_instance_uid is not None:
-            query["sop_instance_uid"] = sop_instance_uid
+        query = _scoped(study_instance_uid, series_instance_uid, sop_instance_uid)
         with _guarded():
             # instances_study_order provides this order, so a large study needs no in-memory sort.
             cursor = self._instances.find(query, _INSTANCE_PROJECTION).sort(_INSTANCE_ORDER)
@@ -259,11 +259,7 @@ class MongoRepository:
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> list[StoredDataset]:
-        query: Document = {"study_instance_uid": study_instance_uid}
-        if series_instance_uid is not None:
-            query["series_instance_uid"] = series_instance_uid
-        if sop_instance_uid is not None:
-            query["sop_instance_uid"] = sop_instance_uid
+        query = _scoped(study_instance_uid, series_instance_uid, sop_instance_uid)
         projection = {"_id": 0, "series_instance_uid": 1, "sop_instance_uid": 1, "dataset": 1}
         with _guarded():
             cursor = self._instances.find(query, projection).sort(_INSTANCE_ORDER)

@@ -76,9 +76,14 @@ def prefix_range(prefix: str) -> Document:
     return {"$gte": prefix} if successor is None else {"$gte": prefix, "$lt": successor}
 
 
+def multi_key(key: str) -> str:
+    """An attribute key as a field name of the `multi` sub-document: field names cannot hold dots."""
+    return key.replace(".", "_")
+
+
 def multi_path(key: str) -> str:
-    """The array of an attribute key's values (MongoRepository's `multi_field`: dots become underscores)."""
-    return "multi." + key.replace(".", "_")
+    """The array of an attribute key's values."""
+    return "multi." + multi_key(key)
 
 
 def match_filter(match: Match, field: str | None = None) -> Document:
