@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from pydicom.uid import generate_uid
 
 from tests import dicom_files
 from tests.servers import free_port
-from tests.tools import listening
+from tests.tools import listening, stop
 
 START_TIMEOUT = 60
 AE_TITLE = "DICOMWEB"
@@ -123,12 +122,7 @@ class ArchiveProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop(self.process, timeout=30)
         self.process = None
 
     def rss_kib(self) -> int:
@@ -193,16 +187,8 @@ def new_instance(name: str = "CT_small.dcm", study: str | None = None) -> Datase
 
 
 def data_set_bytes(raw: bytes) -> bytes:
-    """The data set of a Part 10 file, File Meta cut off (group 0002 is always Explicit VR LE, PS3.10 7.1)."""
-    assert raw[128:132] == b"DICM", "not a Part 10 file"
-    pos = 132
-    while pos < len(raw) and struct.unpack_from("<H", raw, pos)[0] == 0x0002:
-        vr = raw[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"):
-            pos += 12 + struct.unpack_from("<I", raw, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", raw, pos + 6)[0]
-    return raw[pos:]
+    """The data set of a Part 10 file, File Meta cut off."""
+    return dicom_files.split_part10(raw)[1]
 
 
 def digest(data: bytes) -> str:

@@ -27,6 +27,7 @@ from app.repository.base import Repository
 from app.repository.mongo import MongoRepository
 from app.repository.sqlite import SQLiteRepository
 from tests.servers import ArchiveServer, free_port, running_archive
+from tests.tools import stop
 
 REPOSITORY_KINDS = ("sqlite", "mongo")
 SECANTUS_START_SECONDS = 30.0
@@ -112,12 +113,7 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_until_listening(process, port, log_path)
         yield f"mongodb://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)
 
 
 def _wait_until_listening(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Iterable
 from pathlib import Path
 
+import httpx
 import pydicom
 from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.dataset import Dataset
@@ -69,3 +72,30 @@ def multipart(
     for content in parts:
         body += f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + content + b"\r\n"
     return body + f"--{boundary}--\r\n".encode()
+
+
+def stow(dicomweb: str, datasets: Iterable[Dataset]) -> None:
+    """Store `datasets` over STOW-RS at the DICOMweb root `dicomweb`, all of them or the test fails: set-up
+    through the real door."""
+    body = multipart([part10(ds) for ds in datasets])
+    response = httpx.post(
+        f"{dicomweb}/studies",
+        content=body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def split_part10(raw: bytes) -> tuple[bytes, bytes]:
+    """(preamble + File Meta, data set) of a Part 10 file: group 0002 is always Explicit VR LE (PS3.10 7.1)."""
+    assert raw[128:132] == b"DICM", "not a Part 10 file"
+    pos = 132
+    while pos < len(raw) and struct.unpack_from("<H", raw, pos)[0] == 0x0002:
+        vr = raw[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"):
+            pos += 12 + struct.unpack_from("<I", raw, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", raw, pos + 6)[0]
+    return raw[:pos], raw[pos:]
+

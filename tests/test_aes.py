@@ -102,16 +102,6 @@ def api(server: ArchiveServer, method: str, path: str, **kwargs: Any) -> httpx.R
     return httpx.request(method, f"{server.base_url}/api/aes{path}", timeout=60, **kwargs)
 
 
-def stow(server: ArchiveServer, datasets: list[Dataset]) -> None:
-    body = dicom_files.multipart([dicom_files.part10(ds) for ds in datasets])
-    response = httpx.post(
-        server.dicomweb + "/studies",
-        content=body,
-        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-
 
 @pytest.fixture(scope="module")
 def study(archive: ArchiveServer) -> list[Dataset]:
@@ -121,7 +111,7 @@ def study(archive: ArchiveServer) -> list[Dataset]:
         dicom_files.renewed(name, StudyInstanceUID=study_uid)
         for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm")
     ]
-    stow(archive, datasets)
+    dicom_files.stow(archive.dicomweb, datasets)
     return datasets
 
 

@@ -55,14 +55,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, report_port: int) -> Itera
 @pytest.fixture(scope="module")
 def stored(archive: ArchiveServer) -> list[Dataset]:
     datasets = [dicom_files.renewed("CT_small.dcm"), dicom_files.renewed("MR_small.dcm")]
-    body = dicom_files.multipart([dicom_files.part10(ds) for ds in datasets])
-    response = httpx.post(
-        archive.dicomweb + "/studies",
-        content=body,
-        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
+    dicom_files.stow(archive.dicomweb, datasets)
     return datasets
 
 

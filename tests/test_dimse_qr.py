@@ -72,16 +72,6 @@ def make_study(name: str, count: int, **attributes: object) -> Study:
     return Study(study, series, instances)
 
 
-def stow(archive: DimseArchive, instances: list[Dataset]) -> None:
-    body = dicom_files.multipart([dicom_files.part10(ds) for ds in instances])
-    response = httpx.post(
-        f"http://127.0.0.1:{archive.http_port}/dicom-web/studies",
-        content=body,
-        headers={"Content-Type": f"{MULTIPART_DICOM}; boundary=dicom-boundary"},
-        timeout=PEER_TIMEOUT,
-    )
-    assert response.status_code == 200, response.text
-
 
 # -- peers -------------------------------------------------------------------------------------------------
 
@@ -167,7 +157,7 @@ def qr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QrArchive]:
             big = make_study("CT_small.dcm", BIG_STUDY_SIZE, PatientName="BIG^STUDY", PatientID="QR-BIG",
                              StudyDate="19800101")  # fmt: skip
             for study in (a, b, c, big):
-                stow(archive, study.instances)
+                dicom_files.stow(f"http://127.0.0.1:{archive.http_port}/dicom-web", study.instances)
             yield QrArchive(archive, dest_dir, slow, a, b, c, big)
     finally:
         storescp.terminate()
@@ -330,7 +320,7 @@ def test_a_latin1_request_matches_and_the_answer_is_utf8(qr: QrArchive, scu: dic
 
 def test_a_study_stored_by_stow_is_found_at_once(qr: QrArchive, tmp_path: Path) -> None:
     fresh = make_study("MR_small.dcm", 1, PatientID="QR-FRESH", PatientName="FRESH^ONE")
-    stow(qr.archive, fresh.instances)
+    dicom_files.stow(f"http://127.0.0.1:{qr.archive.http_port}/dicom-web", fresh.instances)
     answers = findscu(
         qr, tmp_path, "-S", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={fresh.uid}", "PatientName"
     )
@@ -446,7 +436,7 @@ def test_a_move_transcodes_for_a_destination_without_the_stored_syntax(
 ) -> None:
     """RLE is stored as sent; the receiver accepts only native syntaxes, so the instance is decoded for it."""
     study = make_study("MR_small_RLE.dcm", 1, PatientID="QR-RLE")
-    stow(qr.archive, study.instances)
+    dicom_files.stow(f"http://127.0.0.1:{qr.archive.http_port}/dicom-web", study.instances)
     qr.slow.received.clear()
     assoc = associate(qr, scu)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -164,18 +163,6 @@ def dcmsend(archive: DimseArchive, *files: Path, calling: str = CALLING) -> subp
     # -dn: send compressed files as they are (without it dcmsend decompresses JPEG-LS and RLE).
     return dcmtk("dcmsend", "-dn", "-aet", calling, "-aec", AE_TITLE, "127.0.0.1", archive.dimse_port, *files)
 
-
-def split_part10(raw: bytes) -> tuple[bytes, bytes]:
-    """(preamble + File Meta, data set) of a Part 10 file: group 0002 is always Explicit VR LE (PS3.10 7.1)."""
-    assert raw[128:132] == b"DICM", "not a Part 10 file"
-    pos = 132
-    while pos < len(raw) and struct.unpack_from("<H", raw, pos)[0] == 0x0002:
-        vr = raw[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"):
-            pos += 12 + struct.unpack_from("<I", raw, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", raw, pos + 6)[0]
-    return raw[:pos], raw[pos:]
 
 
 NATIVE = (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)
@@ -363,7 +350,7 @@ def test_the_data_set_bytes_are_stored_exactly_as_received(archive: DimseArchive
     assert statuses == [0x0000] * len(files)
     for sent in files:
         stored_path = archive.stored_file(pydicom.dcmread(sent, stop_before_pixels=True))
-        assert split_part10(stored_path.read_bytes())[1] == split_part10(sent.read_bytes())[1], sent.name
+        assert dicom_files.split_part10(stored_path.read_bytes())[1] == dicom_files.split_part10(sent.read_bytes())[1], sent.name
         assert_stored_as_sent(archive, sent)
 
 

@@ -46,13 +46,6 @@ def settings_for(tmp_path: Path, fhir: FhirTestServer, **more: Any) -> Settings:
     )
 
 
-def stow(server: ArchiveServer, datasets: list[Dataset]) -> None:
-    body = dicom_files.multipart([dicom_files.part10(ds) for ds in datasets])
-    response = httpx.post(
-        f"{server.dicomweb}/studies", content=body, headers={"Content-Type": MULTIPART}, timeout=60
-    )
-    assert response.status_code == 200, response.text
-
 
 def studies_named(fhir: FhirTestServer, study_uid: str) -> list[dict[str, Any]]:
     return [
@@ -125,7 +118,7 @@ def test_a_stowed_study_yields_one_imaging_study_and_resends_update_it(
     datasets = a_study(3, PatientID=f"P-{uuid.uuid4().hex[:8]}")
     study_uid = datasets[0].StudyInstanceUID
     with running_archive(settings_for(tmp_path, fhir_server, **more)) as server:
-        stow(server, datasets)
+        dicom_files.stow(server.dicomweb, datasets)
         wait_for(lambda: len(studies_named(fhir_server, study_uid)) == 1, "one ImagingStudy")
         (study,) = studies_named(fhir_server, study_uid)
         assert (study["numberOfSeries"], study["numberOfInstances"]) == (2, 3)
@@ -142,7 +135,7 @@ def test_a_stowed_study_yields_one_imaging_study_and_resends_update_it(
         datasets[0].SeriesDescription = "RESENT"
         extra = dicom_files.renewed("CT_small.dcm", StudyInstanceUID=study_uid,
                                     SeriesInstanceUID=datasets[0].SeriesInstanceUID, PatientID=datasets[0].PatientID)
-        stow(server, [datasets[0], extra])
+        dicom_files.stow(server.dicomweb, [datasets[0], extra])
         wait_for(lambda: [s["numberOfInstances"] for s in studies_named(fhir_server, study_uid)] == [4],
                  "the ImagingStudy updated to 4 instances")
         (updated,) = studies_named(fhir_server, study_uid)
@@ -162,8 +155,8 @@ def test_a_fhir_server_down_for_a_while_loses_nothing(tmp_path: Path) -> None:
         with running_archive(settings_for(tmp_path, fhir)) as server:
             fhir.stop()  # down before the studies complete
             first, second = a_study(2), a_study(1)
-            stow(server, first)
-            stow(server, second)
+            dicom_files.stow(server.dicomweb, first)
+            dicom_files.stow(server.dicomweb, second)
 
             def failing() -> bool:
                 status = httpx.get(f"{server.base_url}/api/fhir/status", timeout=30).json()
@@ -188,7 +181,7 @@ def test_the_outbox_survives_a_restart_of_the_archive(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, fhir)
     datasets = a_study(2)
     with running_archive(settings) as server:
-        stow(server, datasets)
+        dicom_files.stow(server.dicomweb, datasets)
         wait_for(lambda: httpx.get(f"{server.base_url}/api/fhir/status").json()["failing"] == 1,
                  "the study failing in the outbox")
     fhir.start()
@@ -232,7 +225,7 @@ def test_studies_sent_over_dimse_yield_one_imaging_study_each(tmp_path: Path, fh
             ["storescu", "-aec", "DICOMWEB", "-aet", "MODALITY", "127.0.0.1", str(dimse_port), *files],
             check=True, timeout=120, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True,
         )
-        stow(server, mixed[2:])
+        dicom_files.stow(server.dicomweb, mixed[2:])
         for datasets in (by_dimse, mixed):
             uid = datasets[0].StudyInstanceUID
             wait_for(lambda uid=uid: len(studies_named(fhir_server, uid)) == 1, "one ImagingStudy")

@@ -24,16 +24,6 @@ from tests.servers import ArchiveServer, running_archive
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def store(server: ArchiveServer, datasets: list[pydicom.Dataset]) -> None:
-    body = dicom_files.multipart([dicom_files.part10(ds) for ds in datasets])
-    response = httpx.post(
-        f"{server.dicomweb}/studies",
-        content=body,
-        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-
 
 def one_study(series_count: int = 2, per_series: int = 2, name: str = "CT_small.dcm") -> list[pydicom.Dataset]:
     """A study of `series_count` series with `per_series` instances each, all fresh UIDs."""
@@ -75,7 +65,7 @@ def test_deleting_an_instance_removes_its_file_and_corrects_the_study_counts(
 ) -> None:
     server = backend_archive_server
     datasets = one_study()
-    store(server, datasets)
+    dicom_files.stow(server.dicomweb, datasets)
     gone, kept = datasets[0], datasets[1]
 
     response = httpx.delete(
@@ -98,7 +88,7 @@ def test_deleting_an_instance_removes_its_file_and_corrects_the_study_counts(
 def test_deleting_a_series_leaves_the_other_series_of_the_study(backend_archive_server: ArchiveServer) -> None:
     server = backend_archive_server
     datasets = one_study()
-    store(server, datasets)
+    dicom_files.stow(server.dicomweb, datasets)
     first = datasets[0]
 
     response = httpx.delete(
@@ -121,7 +111,7 @@ def test_deleting_a_study_hides_it_from_qido_and_wado_and_removes_its_folder(
 ) -> None:
     server = backend_archive_server
     datasets = one_study()
-    store(server, datasets)
+    dicom_files.stow(server.dicomweb, datasets)
     study_uid = datasets[0].StudyInstanceUID
 
     response = httpx.delete(f"{server.dicomweb}/studies/{study_uid}", timeout=30)
@@ -144,10 +134,10 @@ def test_deleting_what_is_not_held_is_404_and_a_malformed_uid_400(archive_server
 
 def test_a_deleted_instance_can_be_stored_again(archive_server: ArchiveServer) -> None:
     (ds,) = one_study(1, 1)
-    store(archive_server, [ds])
+    dicom_files.stow(archive_server.dicomweb, [ds])
     url = f"{archive_server.dicomweb}/studies/{ds.StudyInstanceUID}"
     assert httpx.delete(url, timeout=30).status_code == 204
-    store(archive_server, [ds])
+    dicom_files.stow(archive_server.dicomweb, [ds])
     assert file_of(archive_server, ds).exists()
     assert len(qido(archive_server, f"/studies/{ds.StudyInstanceUID}/instances")) == 1
 
@@ -157,7 +147,7 @@ def test_a_deleted_instance_can_be_stored_again(archive_server: ArchiveServer) -
 
 def test_admin_delete_reports_what_it_removed(archive_server: ArchiveServer) -> None:
     datasets = one_study(1, 2)
-    store(archive_server, datasets)
+    dicom_files.stow(archive_server.dicomweb, datasets)
     size = sum(file_of(archive_server, ds).stat().st_size for ds in datasets)
 
     response = httpx.delete(f"{archive_server.base_url}/api/admin/studies/{datasets[0].StudyInstanceUID}")
@@ -174,7 +164,7 @@ def test_admin_statistics_follow_stores_and_deletes(tmp_path: Path) -> None:
         stats_url = f"{server.base_url}/api/admin/statistics"
         assert httpx.get(stats_url).json() == {"studies": 0, "series": 0, "instances": 0, "bytes": 0, "files": 0}
         datasets = one_study(2, 2)
-        store(server, datasets)
+        dicom_files.stow(server.dicomweb, datasets)
         size = sum(file_of(server, ds).stat().st_size for ds in datasets)
         assert httpx.get(stats_url).json() == {"studies": 1, "series": 2, "instances": 4, "bytes": size, "files": 4}
         httpx.delete(f"{server.dicomweb}/studies/{datasets[0].StudyInstanceUID}")
@@ -222,12 +212,12 @@ def stored_archive(tmp_path: Path) -> Iterator[tuple[Settings, dict[str, Any]]]:
     """An archive holding a few studies of several kinds, stopped; with the QIDO answers it gave."""
     settings = Settings(data_dir=tmp_path / "data", dimse_enabled=False, _env_file=None)  # type: ignore[call-arg]
     with running_archive(settings) as server:
-        store(server, one_study(2, 2))
-        store(server, one_study(1, 1, "MR_small.dcm"))
+        dicom_files.stow(server.dicomweb, one_study(2, 2))
+        dicom_files.stow(server.dicomweb, one_study(1, 1, "MR_small.dcm"))
         # Several of these have no PatientID, so they share one patient whose attributes are the last stored
         # instance's: stored one request at a time, "last" is the file order that re-index replays.
         for name in ("JPEG2000.dcm", "test-SR.dcm", "emri_small.dcm"):
-            store(server, [dicom_files.renewed(name)])
+            dicom_files.stow(server.dicomweb, [dicom_files.renewed(name)])
         before = snapshot(server)
     yield settings, before
 
@@ -305,7 +295,7 @@ def test_cli_reindex_and_stats_rebuild_a_lost_index(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, dimse_enabled=False, _env_file=None)  # type: ignore[call-arg]
     with running_archive(settings) as server:
         datasets = one_study(1, 3)
-        store(server, datasets)
+        dicom_files.stow(server.dicomweb, datasets)
     settings.sqlite_path.unlink()
     for leftover in tmp_path.glob("index.sqlite3-*"):
         leftover.unlink()
@@ -324,7 +314,7 @@ def test_cli_reindex_and_stats_rebuild_a_lost_index(tmp_path: Path) -> None:
 
 def test_the_change_feed_records_each_deleted_instance(archive_server: ArchiveServer) -> None:
     datasets = one_study(1, 2)
-    store(archive_server, datasets)
+    dicom_files.stow(archive_server.dicomweb, datasets)
     since = httpx.get(f"{archive_server.base_url}/api/changes", params={"limit": 10000}).json()["last"]
     assert httpx.delete(f"{archive_server.dicomweb}/studies/{datasets[0].StudyInstanceUID}").status_code == 204
     deadline = time.monotonic() + 10

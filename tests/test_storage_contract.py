@@ -30,6 +30,7 @@ from app.storage.filesystem import FileSystemStorage
 from app.storage.s3 import READ_BUFFER, S3Storage
 from tests import dicom_files
 from tests.servers import free_port, running_archive
+from tests.tools import stop
 
 KINDS = ("filesystem", "s3")
 KEY = "1.2.3/4.5.6/7.8.9.dcm"
@@ -98,12 +99,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint
                 time.sleep(0.05)
         yield S3Endpoint(f"http://127.0.0.1:{port}", "testing", "testing")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)
 
 
 @pytest.fixture(params=KINDS)

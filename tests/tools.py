@@ -45,3 +45,14 @@ def make_pki(folder: Path, names: tuple[str, ...]) -> Path:
                 "-CAcreateserial", "-days", "2", "-extfile", folder / f"{name}.ext",
                 "-out", folder / f"{name}.crt")  # fmt: skip
     return folder
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, and SIGKILL if the process has not ended within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
