@@ -304,10 +304,11 @@ class Sender:
                 answer = assoc.send_c_store(ds)
                 code = int(answer.Status) if "Status" in answer else -1
                 # (pynetdicom aborts the association when its DIMSE timeout expires, so it may be closed here.)
-                if code == -1 and self.loop:
+                if code == -1:
                     # pynetdicom's requestor can drop a response it did receive ("Received unexpected C-STORE
                     # service message", pydicom/pynetdicom#875); a sender that hears nothing re-sends on a new
                     # association, as a modality would. Counted, so a run shows how often the client lost one.
+                    # (When the archive itself is gone, as after kill -9, the new association is refused.)
                     self.lost_answers += 1
                     if assoc.is_established:
                         assoc.abort()
