@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pydicom
+import pytest
 
 from app.core.outcomes import FailureReason
 from app.core.parsing import HeaderParser, Parsed, ParseFailure, parse_instance
+from app.storage.base import LocalStaging
 from tests import dicom_files
 
 
@@ -63,3 +66,22 @@ async def test_the_dataset_is_kept_only_when_asked_for() -> None:
         parser.close()
     assert isinstance(with_dataset, Parsed) and isinstance(with_dataset.dataset, pydicom.Dataset)
     assert isinstance(without, Parsed) and without.dataset is None
+
+
+async def test_a_worker_process_stages_an_instance_whole_and_a_staging_failure_comes_back_as_os_error(
+    tmp_path: Path,
+) -> None:
+    data = dicom_files.part10(dicom_files.renewed("CT_small.dcm"))
+    staging = LocalStaging(tmp_path / "incoming")
+    parser = HeaderParser(workers=1)
+    try:
+        await parser.start()
+        staged, parsed = await parser.stage_and_parse(data, staging)
+        assert isinstance(parsed, Parsed) and staged.handle is None
+        assert staged.path.parent == staging.folder and staged.path.read_bytes() == data
+        staging.discard(staged)
+        staging.folder.rmdir()  # the staging area gone (an unmounted volume): ingest answers 0xA700 for this
+        with pytest.raises(OSError):
+            await parser.stage_and_parse(data, staging)
+    finally:
+        parser.close()

@@ -166,6 +166,24 @@ def test_a_replace_keeps_the_old_file_until_finalized_and_rollback_restores_it(s
     assert storage.clear_staging() == 0  # nothing kept aside once finalized
 
 
+def test_a_file_staged_whole_commits_replaces_and_discards_like_a_streamed_one(storage: Storage) -> None:
+    # Ingest stages an instance received in memory in one call, often in a parser process (app/core/parsing.py).
+    put(storage, KEY, b"old" * 100)
+    staged = storage.staging.write_whole(b"whole" * 50)
+    assert staged.handle is None and staged.size == 250 and staged.path.read_bytes() == b"whole" * 50
+    commit = storage.commit(staged, KEY)
+    assert read(storage, KEY) == b"whole" * 50
+    commit.rollback()
+    assert read(storage, KEY) == b"old" * 100
+
+    storage.commit(storage.staging.write_whole(b"newer"), KEY).finalize()
+    assert read(storage, KEY) == b"newer"
+    discarded = storage.staging.write_whole(b"refused")
+    storage.discard(discarded)
+    assert not discarded.path.exists()
+    assert storage.clear_staging() == 0
+
+
 def test_rolling_back_a_first_commit_leaves_nothing(storage: Storage) -> None:
     staged = storage.stage()
     staged.write(b"x" * 10)

@@ -154,6 +154,8 @@ class ArchiveContext:
     async def start_background(self) -> None:
         """Start the long-running jobs of a serving archive (study completion; FHIR sync and webhooks when
         configured). Their state is in the repository, so one that was stopped picks up where it was."""
+        # The header parsers start first and are waited for last: they import while the rest starts.
+        parsers_ready = asyncio.ensure_future(self.ingest.parser.start())
         if self.completion is not None:
             self.completion.start()
         if self.fhir is not None:
@@ -164,6 +166,7 @@ class ArchiveContext:
             # Files a crash left without metadata take space until swept; the sweep runs beside the serving
             # archive (its grace period and the ingest locks keep stores in flight safe).
             self._sweeping = asyncio.get_running_loop().create_task(self._sweep_once())
+        await parsers_ready
 
     async def _sweep_once(self) -> None:
         from app.core.sweep import sweep

@@ -202,7 +202,8 @@ class IngestService:
     def _rewrite(self, prepared: _Prepared, edits: list[Edit]) -> None:
         """Re-encode the staged instance with `edits` applied (worker thread): the whole file is read, edited,
         written to a new staged file that replaces the old one, and its header read again for the record."""
-        prepared.staged.handle.flush()
+        if prepared.staged.handle is not None:
+            prepared.staged.handle.flush()
         full = pydicom.dcmread(str(prepared.staged.path))
         for edit in edits:
             edit(full)
@@ -218,7 +219,7 @@ class IngestService:
         parsed = parse_instance(data, keep_dataset=True)
         if isinstance(parsed, ParseFailure):
             raise InvalidUIDError(parsed.message)
-        staged = self._stage(data)
+        staged = self.storage.staging.write_whole(data)
         self.storage.discard(prepared.staged)
         prepared.staged, prepared.dataset, prepared.record = staged, parsed.dataset, parsed.record
 
@@ -288,17 +289,20 @@ class IngestService:
         return outcome
 
     async def _prepare(self, payload: bytes | StagedFile) -> _Prepared:
-        """Stage (worker thread) and parse (worker process, see app/core/parsing.py) one instance."""
+        """Stage and parse one instance, in one hop to a worker process (see app/core/parsing.py)."""
+        # Rules and hooks read the pydicom Dataset, which stays in this process.
+        keep_dataset = self.rules is not None or self.hook is not None
         if isinstance(payload, StagedFile):
             prepared = _Prepared(staged=payload)
-            await asyncio.to_thread(payload.handle.flush)
-            source: bytes | str = str(payload.path)
+            if payload.handle is not None:
+                await asyncio.to_thread(payload.handle.flush)
+            parsed = await self.parser.parse(str(payload.path), keep_dataset=keep_dataset)
         else:
             # A staging failure (disk full...) raises OSError, which `store` answers with 0xA700.
-            prepared = _Prepared(staged=await asyncio.to_thread(self._stage, payload))
-            source = payload
-        # Rules and hooks read the pydicom Dataset, which stays in this process.
-        parsed = await self.parser.parse(source, keep_dataset=self.rules is not None or self.hook is not None)
+            staged, parsed = await self.parser.stage_and_parse(
+                payload, self.storage.staging, keep_dataset=keep_dataset
+            )
+            prepared = _Prepared(staged=staged)
         if isinstance(parsed, ParseFailure):
             outcome = StoreOutcome(
                 StoreStatus.FAILED,
@@ -309,16 +313,6 @@ class IngestService:
         else:
             prepared.record, prepared.dataset = parsed.record, parsed.dataset
         return prepared
-
-    def _stage(self, payload: bytes) -> StagedFile:
-        """Stage `payload` (worker thread): the file is created and written in one thread hop."""
-        staged = self.storage.stage()
-        try:
-            staged.write(payload)
-        except BaseException:
-            self.storage.discard(staged)
-            raise
-        return staged
 
     async def _failed(self, prepared: _Prepared, origin: str, *, discard: bool = True) -> StoreOutcome:
         outcome = prepared.outcome

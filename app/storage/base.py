@@ -41,20 +41,27 @@ def check_key(key: str) -> str:
 
 @dataclass
 class StagedFile:
-    """A file being written under a temporary name; `path` is local even for remote storages."""
+    """A file being written under a temporary name; `path` is local even for remote storages.
+
+    `handle` is None once the file is complete and closed: written whole by `LocalStaging.write_whole`
+    (possibly in a parser process, see app/core/parsing.py).
+    """
 
     path: Path
-    handle: BinaryIO
+    handle: BinaryIO | None
     size: int = 0
 
     def write(self, data: bytes) -> None:
+        assert self.handle is not None, "a staged file written whole takes no more bytes"
         self.handle.write(data)
         self.size += len(data)
 
 
 class LocalStaging:
     """Staged files in a local folder, for every storage: the bytes of an instance are written here while it
-    arrives and is parsed, then committed to the storage's own place (a rename, or an upload)."""
+    arrives and is parsed, then committed to the storage's own place (a rename, or an upload). Plain data, so
+    that a parser process can stage too.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -68,9 +75,24 @@ class LocalStaging:
             raise StorageError(exc.errno, f"cannot stage a file: {exc.strerror}") from exc
         return StagedFile(path=path, handle=handle)
 
+    def write_whole(self, data: bytes) -> StagedFile:
+        """Stage `data` complete: created, written and closed in one go. The fsync, if any, is the commit's: it
+        runs in the server's threads, where the waits of many instances overlap."""
+        staged = self.stage()
+        handle = staged.handle
+        assert handle is not None
+        try:
+            with handle:
+                handle.write(data)
+        except BaseException:
+            staged.path.unlink(missing_ok=True)
+            raise
+        return StagedFile(path=staged.path, handle=None, size=len(data))
+
     def discard(self, staged: StagedFile) -> None:
-        with contextlib.suppress(OSError):
-            staged.handle.close()
+        if staged.handle is not None:
+            with contextlib.suppress(OSError):
+                staged.handle.close()
         staged.path.unlink(missing_ok=True)
 
     def clear(self) -> int:
@@ -98,6 +120,8 @@ class Commit(Protocol):
 
 
 class Storage(Protocol):
+    staging: LocalStaging
+
     def stage(self) -> StagedFile: ...
 
     def discard(self, staged: StagedFile) -> None: ...

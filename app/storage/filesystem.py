@@ -42,34 +42,40 @@ class FileSystemStorage:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root.resolve()
         self.fsync = fsync
-        self._staging_area = LocalStaging(self.root / STAGING)
-        self._staging = self._staging_area.folder
+        self.staging = LocalStaging(self.root / STAGING)
+        self._staging = self.staging.folder
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     def stage(self) -> StagedFile:
-        return self._staging_area.stage()
+        return self.staging.stage()
 
     def discard(self, staged: StagedFile) -> None:
-        self._staging_area.discard(staged)
+        self.staging.discard(staged)
 
     def commit(self, staged: StagedFile, key: str) -> Commit:
         final = self._path(key)
         try:
-            staged.handle.flush()
-            if self.fsync:
-                os.fsync(staged.handle.fileno())
-            staged.handle.close()
-            backup: Path | None = None
-            if final.exists():
-                backup = self._staging / f"{uuid.uuid4().hex}.old"
-                os.link(final, backup)
-            # The sweep's grace period counts from the commit, not from the last write of a long upload.
-            os.utime(staged.path)
+            if staged.handle is None:  # written whole and closed (LocalStaging.write_whole), moments ago
+                if self.fsync:
+                    _fsync(staged.path, os.O_RDONLY)
+            else:
+                staged.handle.flush()
+                if self.fsync:
+                    os.fsync(staged.handle.fileno())
+                staged.handle.close()
+                # The sweep's grace period counts from the commit, not from the last write of a long upload.
+                os.utime(staged.path)
+            # A replace keeps the predecessor aside until finalize or rollback; one link call tells whether there is one.
+            backup: Path | None = self._staging / f"{uuid.uuid4().hex}.old"
+            try:
+                os.link(final, str(backup))
+            except FileNotFoundError:
+                backup = None
             self._place(staged.path, final)
             if self.fsync:
-                _fsync_dir(final.parent)
+                _fsync(final.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             self.discard(staged)
             raise StorageError(exc.errno, f"cannot store {key}: {exc.strerror}") from exc
@@ -77,16 +83,17 @@ class FileSystemStorage:
 
     @staticmethod
     def _place(source: Path, final: Path) -> None:
-        # A delete of the series' last instance removes its empty folder (see `delete`); if that happens between
-        # mkdir and the rename, the rename meets no folder: make it again, once.
-        for attempt in (1, 2):
-            final.parent.mkdir(parents=True, exist_ok=True)
+        # The folder usually exists: the rename is tried first, and a missing folder made on demand. A delete of
+        # the series' last instance removes its empty folder (see `delete`); if that happens between mkdir and
+        # the rename, the rename meets no folder: make it again, once.
+        for attempt in (1, 2, 3):
             try:
                 os.replace(source, final)
                 return
             except FileNotFoundError:
-                if attempt == 2 or not source.exists():
+                if attempt == 3 or not source.exists():
                     raise
+            final.parent.mkdir(parents=True, exist_ok=True)
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
@@ -126,11 +133,11 @@ class FileSystemStorage:
     def clear_staging(self) -> int:
         # A `.old` left here is the predecessor of a replace that crashed before finalize; the new file is
         # in place and its sender was either acknowledged or will retry, so the old copy goes too.
-        return self._staging_area.clear()
+        return self.staging.clear()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

@@ -73,7 +73,7 @@ class S3Storage:
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
-        self._staging_area = LocalStaging(staging)
+        self.staging = LocalStaging(staging)
         session = boto3.session.Session()
         self.client: S3Client = session.client(
             "s3",
@@ -95,17 +95,18 @@ class S3Storage:
     # -- the protocol ------------------------------------------------------------------------------------------
 
     def stage(self) -> StagedFile:
-        return self._staging_area.stage()
+        return self.staging.stage()
 
     def discard(self, staged: StagedFile) -> None:
-        self._staging_area.discard(staged)
+        self.staging.discard(staged)
 
     def commit(self, staged: StagedFile, key: str) -> Commit:
         name = self._object(key)
         backup: str | None = None
         try:
-            staged.handle.flush()
-            staged.handle.close()
+            if staged.handle is not None:
+                staged.handle.flush()
+                staged.handle.close()
             if self._head(name) is not None:
                 backup = f"{self.prefix}{REPLACED}{uuid.uuid4().hex}"
                 self.client.copy({"Bucket": self.bucket, "Key": name}, self.bucket, backup, Config=TRANSFER)
@@ -153,7 +154,7 @@ class S3Storage:
             raise _failure("cannot list the bucket", exc) from exc
 
     def clear_staging(self) -> int:
-        removed = self._staging_area.clear()
+        removed = self.staging.clear()
         # Copies kept aside by a replace that crashed before finalize (see the filesystem storage).
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.prefix + REPLACED
