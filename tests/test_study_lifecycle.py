@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from pydicom.uid import generate_uid
 
 from app.config import Settings
@@ -224,10 +223,3 @@ def test_the_change_feed_over_http_reports_stores_replacements_deletes_and_compl
         page = httpx.get(f"{server.base_url}/api/changes", params={"since": 0, "limit": 2}, timeout=30).json()
         assert (page["last"], page["done"], len(page["changes"])) == (2, False, 2)
         assert httpx.get(f"{server.base_url}/api/changes", params={"limit": 0}).status_code == 400
-
-
-@pytest.mark.parametrize("kind", [InstanceStored, InstanceDeleted])
-def test_events_describe_themselves(kind: type[InstanceStored]) -> None:
-    event = kind("1.2", series="1.2.3", sop="1.2.3.4")
-    assert event.to_json()["SOPInstanceUID"] == "1.2.3.4"
-    assert event.to_json()["type"] == str(event.kind)

@@ -127,7 +127,6 @@ class ArchiveContext:
                     removed.study_instance_uid,
                     series=removed.series_instance_uid,
                     sop=removed.sop_instance_uid,
-                    sop_class_uid=removed.sop_class_uid,
                 )
             )
         )

@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +50,11 @@ class Event:
     def sop_instance_uid(self) -> str | None:
         return None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": str(self.kind),
-            "at": self.at,
-            "StudyInstanceUID": self.study_instance_uid,
-            "SeriesInstanceUID": self.series_instance_uid,
-            "SOPInstanceUID": self.sop_instance_uid,
-        }
-
 
 @dataclass(frozen=True)
 class InstanceEvent(Event):
     series: str
     sop: str
-    sop_class_uid: str = ""
-    origin: str = ""
 
     @property
     def series_instance_uid(self) -> str | None:

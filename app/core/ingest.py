@@ -278,13 +278,7 @@ class IngestService:
                 await asyncio.to_thread(self.storage.delete, replaced.storage_key)
         event = InstanceReplaced if replaced is not None else InstanceStored
         self.events.publish(
-            event(
-                record.study_instance_uid,
-                series=record.series_instance_uid,
-                sop=record.sop_instance_uid,
-                sop_class_uid=record.sop_class_uid,
-                origin=origin,
-            )
+            event(record.study_instance_uid, series=record.series_instance_uid, sop=record.sop_instance_uid)
         )
         return outcome
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
+import migrations
 from app.core.header import HeaderError
 from app.core.ingest import IngestService
 from app.core.parsing import ParseFailure, parse_instance
@@ -119,8 +119,7 @@ async def reindex(repository: Repository, storage: Storage, ingest: IngestServic
 
 def available_migrations(backend: str) -> list[str]:
     """Names of the migration steps shipped for `backend` ("sqlite" or "mongo"), in order."""
-    folder = resources.files("migrations") / backend
-    return sorted(entry.name for entry in folder.iterdir() if entry.name[:4].isdigit())
+    return [step.name for step in migrations.steps(backend)]
 
 
 async def migration_status(repository: Repository) -> dict[str, Any]:

@@ -43,7 +43,6 @@ import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any, TypedDict
 
 from bson import ObjectId
@@ -52,6 +51,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
+import migrations
 from app.core.aes import RemoteAE
 from app.core.attributes import Kind, Level, stored_at
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
@@ -115,16 +115,6 @@ def _fields(level: Level, record: LevelRecord) -> Document:
     return {a.field: record.values.get(a.field) for a in stored_at(level) if a.kind is Kind.COLUMN}
 
 
-def _migrations() -> list[tuple[int, str, list[IndexSpec]]]:
-    folder = resources.files("migrations") / "mongo"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".json"):
-            specs: list[IndexSpec] = json.loads(entry.read_text(encoding="utf-8"))
-            found.append((int(entry.name.split("_", 1)[0]), entry.name, specs))
-    return sorted(found, key=lambda item: item[0])
-
-
 def _stored(doc: Mapping[str, Any]) -> StoredInstance:
     return StoredInstance(*(doc[name] for name in _INSTANCE_FIELDS))
 
@@ -177,9 +167,10 @@ class MongoRepository:
     async def open(self) -> None:
         with _guarded():
             applied = {doc["_id"] async for doc in self._migrations.find({}, {"_id": 1})}
-            for version, name, specs in _migrations():
+            for version, name, text in migrations.steps("mongo"):
                 if version in applied:
                     continue
+                specs: list[IndexSpec] = json.loads(text)
                 # Creating an index that already exists with the same keys and options is a no-op, so a crash
                 # between the indexes and the version document is repaired by running the step again.
                 for spec in specs:

@@ -17,10 +17,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+import migrations
 from app.core.aes import RemoteAE
 from app.core.attributes import LEVEL_TABLE, Kind, Level, stored_at
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
@@ -44,15 +44,6 @@ _PATIENT_COUNTS = (
 
 def _columns(level: Level) -> list[str]:
     return [a.field for a in stored_at(level) if a.kind is Kind.COLUMN]
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("migrations") / "sqlite"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 class SQLiteRepository:
@@ -124,7 +115,7 @@ class SQLiteRepository:
             "applied_at REAL NOT NULL)"
         )
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for version, name, sql in _migrations():
+        for version, name, sql in migrations.steps("sqlite"):
             if version in applied:
                 continue
             # executescript commits on its own; the statements are idempotent (IF NOT EXISTS), so a crash
