@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -92,8 +93,9 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
 
 
 def machine() -> dict[str, object]:
+    # The work folder too: where files are created matters (bench/README.md: file creation under /tmp).
     return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "work_folder": tempfile.gettempdir()}
 
 
 def record(name: str, rows: list[dict[str, object]], note: str = "") -> Path:

@@ -3,8 +3,9 @@
 Handlers run in pynetdicom's association threads and receive the `DimseContext` bound by the server (see
 context.py). They never touch the repository and never start an event loop: they call the services with
 `dimse.bridge.call(...)` (one answer) or iterate `dimse.bridge.stream(...)` (many answers), and map the
-protocol-neutral outcome to a status with status.py. (The one direct storage call is `stage()`: the received
-bytes are written to a staging file from the association thread, so that file I/O stays off the loop.)
+protocol-neutral outcome to a status with status.py. (The one direct storage call is `stage()`: a data set too
+big to hand over as bytes is written to a staging file from the association thread, so that file I/O stays off
+the loop.)
 
 The Query/Retrieve handlers (C-FIND, C-GET, C-MOVE) are generators of the same kind, in qr.py; a new
 handler is bound in server.py `event_handlers()` and its SOP classes passed to
@@ -18,6 +19,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from app.core.ingest import IN_MEMORY_BYTES
+from app.storage.base import StagedFile
 from dimse_bridge import part10, status
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeClosed, BridgeError
@@ -35,8 +38,9 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
     """C-STORE (Storage SCP, PS3.4 B.2.3): store the data set exactly as received, answer once it is held.
 
     The data set is not decoded and re-encoded: the File Meta Information (PS3.10 7.1) is built from the
-    request and the negotiated transfer syntax, and the peer's bytes follow it unchanged, staged on the
-    storage volume from this thread (file I/O stays off the event loop). The answer is sent only after ingest
+    request and the negotiated transfer syntax, and the peer's bytes follow it unchanged: handed to ingest as
+    bytes, or, above IN_MEMORY_BYTES, staged on the storage volume from this thread (file I/O stays off the
+    event loop). The answer is sent only after ingest
     has committed the file and its metadata, so the instance is queryable and retrievable by the time the SCU
     reads a success.
     """
@@ -55,25 +59,29 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
             sending_ae_title=str(event.assoc.requestor.ae_title or "").strip(),
             receiving_ae_title=dimse.ae_title,
         )
-        try:
-            staged = dimse.archive.storage.stage()
-        except OSError as exc:  # StorageError too: disk full, staging area gone (PS3.4 B.2.3 A7xx)
-            log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
-            return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
-        try:
-            staged.write(meta)
-            staged.write(raw)
-        except OSError as exc:
-            dimse.archive.storage.discard(staged)
-            log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
-            return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
+        if len(raw) <= IN_MEMORY_BYTES:
+            # Small (most instances): handed over as bytes, staged by the header parser with its header read.
+            payload: bytes | StagedFile = b"".join((meta, raw))
+        else:
+            try:
+                payload = dimse.archive.storage.stage()
+            except OSError as exc:  # StorageError too: disk full, staging area gone (PS3.4 B.2.3 A7xx)
+                log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
+                return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
+            try:
+                payload.write(meta)
+                payload.write(raw)
+            except OSError as exc:
+                dimse.archive.storage.discard(payload)
+                log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
+                return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
     finally:
         raw.release()
     try:
         # Not cancelled on timeout: a store stopped half-way could leave a file without its metadata row.
         outcome = dimse.bridge.call(
             dimse.archive.ingest.store(
-                staged,
+                payload,
                 expected_sop_class_uid=sop_class_uid,
                 expected_sop_instance_uid=sop_instance_uid,
                 origin=origin,
@@ -82,7 +90,8 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
             cancel_on_timeout=False,
         )
     except BridgeClosed as exc:
-        dimse.archive.storage.discard(staged)
+        if isinstance(payload, StagedFile):
+            dimse.archive.storage.discard(payload)
         log.warning("store refused from %s: %s", origin, exc)
         return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
     except BridgeError as exc:

@@ -37,6 +37,9 @@ from app.storage.base import StagedFile, Storage, StorageError, instance_key
 
 log = logging.getLogger(__name__)
 HOOK_TIMEOUT_SECONDS = 30.0  # an INGEST_HOOK taking longer fails the instance with 0x0110
+# The doors hand an instance up to this size over as bytes (staged by the header parser, see `_prepare`); a bigger
+# one they stage themselves as it arrives, so that it never sits whole in memory twice.
+IN_MEMORY_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
