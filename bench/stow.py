@@ -3,7 +3,7 @@
 Run: `python bench/stow.py [--count 500] [--runs 3]`. Each run starts our server from empty.
 
 Two senders. `stow` is dicomweb-client, as a Python application would send: it encodes every data set and
-the multipart body itself, about 4.5 ms of CPU per instance here, on the same cores as the server. `stow_raw`
+the multipart body itself, about 3 ms of CPU per instance here, on the same cores as the server. `stow_raw`
 posts bodies encoded beforehand with curl, so that what is measured is the server.
 """
 

@@ -3,9 +3,9 @@
 Handlers run in pynetdicom's association threads and receive the `DimseContext` bound by the server (see
 context.py). They never touch the repository and never start an event loop: they call the services with
 `dimse.bridge.call(...)` (one answer) or iterate `dimse.bridge.stream(...)` (many answers), and map the
-protocol-neutral outcome to a status with status.py. (The one direct storage call is `stage()`: a data set too
-big to hand over as bytes is written to a staging file from the association thread, so that file I/O stays off
-the loop.)
+protocol-neutral outcome to a status with status.py. (The direct storage calls are `stage()` and `discard()`: a
+data set too big to hand over as bytes is written to a staging file from the association thread, so that file
+I/O stays off the loop.)
 
 The Query/Retrieve handlers (C-FIND, C-GET, C-MOVE) are generators of the same kind, in qr.py; a new
 handler is bound in server.py `event_handlers()` and its SOP classes passed to
@@ -19,7 +19,6 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from app.core.ingest import IN_MEMORY_BYTES
 from app.storage.base import StagedFile
 from dimse_bridge import part10, status
 from dimse_bridge.access import peer
@@ -27,6 +26,10 @@ from dimse_bridge.bridge import BridgeClosed, BridgeError
 from dimse_bridge.context import DimseContext
 
 log = logging.getLogger(__name__)
+# A data set up to this size is handed to ingest as bytes (staged by the header parser process, off this process);
+# a bigger one is staged from this thread, so that no second copy of it sits in memory while pynetdicom holds
+# the first (at DIMSE_MAX_ASSOCIATIONS associations at once).
+HANDOVER_BYTES = 2 * 1024 * 1024
 
 
 def handle_echo(event: Any, dimse: DimseContext) -> int:
@@ -39,7 +42,7 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
 
     The data set is not decoded and re-encoded: the File Meta Information (PS3.10 7.1) is built from the
     request and the negotiated transfer syntax, and the peer's bytes follow it unchanged: handed to ingest as
-    bytes, or, above IN_MEMORY_BYTES, staged on the storage volume from this thread (file I/O stays off the
+    bytes, or, above HANDOVER_BYTES, staged on the storage volume from this thread (file I/O stays off the
     event loop). The answer is sent only after ingest
     has committed the file and its metadata, so the instance is queryable and retrievable by the time the SCU
     reads a success.
@@ -59,7 +62,7 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
             sending_ae_title=str(event.assoc.requestor.ae_title or "").strip(),
             receiving_ae_title=dimse.ae_title,
         )
-        if len(raw) <= IN_MEMORY_BYTES:
+        if len(meta) + len(raw) <= HANDOVER_BYTES:
             # Small (most instances): handed over as bytes, staged by the header parser with its header read.
             payload: bytes | StagedFile = b"".join((meta, raw))
         else:

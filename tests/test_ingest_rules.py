@@ -145,6 +145,18 @@ async def test_reject_rules_refuse_with_their_reason_and_store_nothing(
     assert not list(context.settings.storage_path.rglob("*.dcm"))
 
 
+async def test_with_rules_headers_are_parsed_in_threads_and_no_parser_process_is_started(
+    context: ArchiveContext,
+) -> None:
+    # Rules read the pydicom Dataset, which cannot leave the process: worker processes would idle.
+    await context.start_background()
+    try:
+        assert context.ingest.parser.workers == 0
+        assert context.ingest.parser._pool is None
+    finally:
+        await context.stop_background()
+
+
 async def test_a_calling_ae_rule_never_matches_without_an_ae(context: ArchiveContext) -> None:
     original = dicom_files.part10(ct())
     outcome = await context.ingest.store(original)  # as STOW-RS and import call it

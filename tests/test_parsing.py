@@ -76,12 +76,12 @@ async def test_a_worker_process_stages_an_instance_whole_and_a_staging_failure_c
     parser = HeaderParser(workers=1)
     try:
         await parser.start()
-        staged, parsed = await parser.stage_and_parse(data, staging)
+        staged, parsed = await parser.stage_and_parse(data, staging.new_path())
         assert isinstance(parsed, Parsed) and staged.handle is None
         assert staged.path.parent == staging.folder and staged.path.read_bytes() == data
         staging.discard(staged)
         staging.folder.rmdir()  # the staging area gone (an unmounted volume): ingest answers 0xA700 for this
         with pytest.raises(OSError):
-            await parser.stage_and_parse(data, staging)
+            await parser.stage_and_parse(data, staging.new_path())
     finally:
         parser.close()

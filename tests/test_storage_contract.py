@@ -25,7 +25,8 @@ import pydicom
 import pytest
 
 from app.config import Settings
-from app.storage.base import Storage, StorageError, instance_key
+from app.storage import filesystem
+from app.storage.base import Storage, StorageError, instance_key, write_whole
 from app.storage.filesystem import FileSystemStorage
 from app.storage.s3 import READ_BUFFER, S3Storage
 from tests import dicom_files
@@ -169,16 +170,16 @@ def test_a_replace_keeps_the_old_file_until_finalized_and_rollback_restores_it(s
 def test_a_file_staged_whole_commits_replaces_and_discards_like_a_streamed_one(storage: Storage) -> None:
     # Ingest stages an instance received in memory in one call, often in a parser process (app/core/parsing.py).
     put(storage, KEY, b"old" * 100)
-    staged = storage.staging.write_whole(b"whole" * 50)
+    staged = write_whole(storage.staging.new_path(), b"whole" * 50)
     assert staged.handle is None and staged.size == 250 and staged.path.read_bytes() == b"whole" * 50
     commit = storage.commit(staged, KEY)
     assert read(storage, KEY) == b"whole" * 50
     commit.rollback()
     assert read(storage, KEY) == b"old" * 100
 
-    storage.commit(storage.staging.write_whole(b"newer"), KEY).finalize()
+    storage.commit(write_whole(storage.staging.new_path(), b"newer"), KEY).finalize()
     assert read(storage, KEY) == b"newer"
-    discarded = storage.staging.write_whole(b"refused")
+    discarded = write_whole(storage.staging.new_path(), b"refused")
     storage.discard(discarded)
     assert not discarded.path.exists()
     assert storage.clear_staging() == 0
@@ -340,3 +341,22 @@ def test_the_archive_stores_retrieves_deletes_and_reindexes_over_s3(s3_endpoint:
             assert [s["0020000D"]["Value"][0] for s in studies] == [datasets[1].StudyInstanceUID]
     finally:
         s3_endpoint.drop_bucket(bucket)
+
+
+def test_a_replace_whose_folder_cannot_be_made_durable_puts_the_old_file_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rename is done but the folder's fsync fails (an I/O error): the commit fails, and what a reader finds is
+    # the copy that was there before, not a new file whose metadata write will never happen.
+    storage = FileSystemStorage(tmp_path / "archive")
+    put(storage, KEY, b"old" * 100)
+
+    def failing_fsync(path: Path, flags: int) -> None:
+        if path.is_dir():
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(filesystem, "_fsync", failing_fsync)
+    with pytest.raises(StorageError):
+        storage.commit(write_whole(storage.staging.new_path(), b"new" * 100), KEY)
+    assert read(storage, KEY) == b"old" * 100
+    assert storage.clear_staging() == 0  # nothing left aside or staged

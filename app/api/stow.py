@@ -22,7 +22,6 @@ from app.api.multipart import MultipartError, Part, iter_parts, parse_content_ty
 from app.api.stow_json import JsonInstanceAssembler
 from app.api.urls import instance_url, service_root, study_url
 from app.core.context import ArchiveContext
-from app.core.ingest import IN_MEMORY_BYTES
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
 from app.deps import Context
 from app.storage.base import StagedFile
@@ -30,6 +29,8 @@ from app.storage.base import StagedFile
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["STOW-RS"])
 
+# Parts up to this size are kept in memory (and staged by the header parser); larger ones are staged as they arrive.
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
 # Instances of one request being parsed and written at once: enough to overlap I/O, few enough to bound memory.
 PIPELINE_DEPTH = 4
 
@@ -176,7 +177,7 @@ async def _spool(part: Part, context: ArchiveContext) -> bytes | StagedFile:
                 continue
             chunks.append(chunk)
             size += len(chunk)
-            if size > IN_MEMORY_BYTES:  # kept in memory up to this; a bigger part is staged as it arrives
+            if size > SPOOL_IN_MEMORY:
                 staged = await asyncio.to_thread(context.storage.stage)
                 await asyncio.to_thread(staged.write, b"".join(chunks))
                 chunks.clear()

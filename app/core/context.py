@@ -110,7 +110,8 @@ class ArchiveContext:
             events=events,
             rules=rules,
             hook=hook,
-            parser=HeaderParser(settings.ingest_workers),
+            # Rules and hooks need the pydicom Dataset in this process, so parsing then runs in threads.
+            parser=HeaderParser(0 if rules is not None or hook is not None else settings.ingest_workers),
         )
         retrieve = RetrieveService(repository, storage)
         lifecycle = LifecycleService(repository, storage, ingest)
@@ -155,17 +156,19 @@ class ArchiveContext:
         configured). Their state is in the repository, so one that was stopped picks up where it was."""
         # The header parsers start first and are waited for last: they import while the rest starts.
         parsers_ready = asyncio.ensure_future(self.ingest.parser.start())
-        if self.completion is not None:
-            self.completion.start()
-        if self.fhir is not None:
-            self.fhir.start()
-        if self.webhooks is not None:
-            await self.webhooks.start()
-        if self.settings.startup_sweep:
-            # Files a crash left without metadata take space until swept; the sweep runs beside the serving
-            # archive (its grace period and the ingest locks keep stores in flight safe).
-            self._sweeping = asyncio.get_running_loop().create_task(self._sweep_once())
-        await parsers_ready
+        try:
+            if self.completion is not None:
+                self.completion.start()
+            if self.fhir is not None:
+                self.fhir.start()
+            if self.webhooks is not None:
+                await self.webhooks.start()
+            if self.settings.startup_sweep:
+                # Files a crash left without metadata take space until swept; the sweep runs beside the serving
+                # archive (its grace period and the ingest locks keep stores in flight safe).
+                self._sweeping = asyncio.get_running_loop().create_task(self._sweep_once())
+        finally:
+            await parsers_ready
 
     async def _sweep_once(self) -> None:
         from app.core.sweep import sweep

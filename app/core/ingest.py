@@ -1,7 +1,7 @@
 """The one ingest path: STOW-RS, C-STORE and the import command all store an instance by calling `store`.
 
 Order of work, so that no half-stored instance is ever visible:
-1. the bytes are staged on the storage volume and the header parsed (worker thread; pixel data never parsed);
+1. the bytes are staged on the storage volume and the header parsed (a worker process; pixel data never parsed);
 2. identity and consistency are checked, the duplicate policy applied;
 3. the file is committed (fsync + atomic rename; a replaced file is kept aside);
 4. the metadata is written in one repository transaction;
@@ -33,13 +33,10 @@ from app.core.records import InstanceRecord
 from app.core.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
 from app.core.uids import InvalidUIDError
 from app.repository.base import Repository, RepositoryUnavailable
-from app.storage.base import StagedFile, Storage, StorageError, instance_key
+from app.storage.base import StagedFile, Storage, StorageError, instance_key, write_whole
 
 log = logging.getLogger(__name__)
 HOOK_TIMEOUT_SECONDS = 30.0  # an INGEST_HOOK taking longer fails the instance with 0x0110
-# The doors hand an instance up to this size over as bytes (staged by the header parser, see `_prepare`); a bigger
-# one they stage themselves as it arrives, so that it never sits whole in memory twice.
-IN_MEMORY_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -222,7 +219,7 @@ class IngestService:
         parsed = parse_instance(data, keep_dataset=True)
         if isinstance(parsed, ParseFailure):
             raise InvalidUIDError(parsed.message)
-        staged = self.storage.staging.write_whole(data)
+        staged = write_whole(self.storage.staging.new_path(), data)
         self.storage.discard(prepared.staged)
         prepared.staged, prepared.dataset, prepared.record = staged, parsed.dataset, parsed.record
 
@@ -286,7 +283,8 @@ class IngestService:
         return outcome
 
     async def _prepare(self, payload: bytes | StagedFile) -> _Prepared:
-        """Stage and parse one instance, in one hop to a worker process (see app/core/parsing.py)."""
+        """Stage and parse one instance: one hop to a worker process for bytes (app/core/parsing.py), a flush
+        and that hop for a file the door staged."""
         # Rules and hooks read the pydicom Dataset, which stays in this process.
         keep_dataset = self.rules is not None or self.hook is not None
         if isinstance(payload, StagedFile):
@@ -296,9 +294,14 @@ class IngestService:
             parsed = await self.parser.parse(str(payload.path), keep_dataset=keep_dataset)
         else:
             # A staging failure (disk full...) raises OSError, which `store` answers with 0xA700.
-            staged, parsed = await self.parser.stage_and_parse(
-                payload, self.storage.staging, keep_dataset=keep_dataset
-            )
+            path = self.storage.staging.new_path()
+            job = asyncio.ensure_future(self.parser.stage_and_parse(payload, path, keep_dataset=keep_dataset))
+            try:
+                staged, parsed = await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # The worker goes on writing; what it staged goes once it is done.
+                job.add_done_callback(lambda _: path.unlink(missing_ok=True))
+                raise
             prepared = _Prepared(staged=staged)
         if isinstance(parsed, ParseFailure):
             outcome = StoreOutcome(

@@ -117,11 +117,6 @@ async def reindex(repository: Repository, storage: Storage, ingest: IngestServic
     return report
 
 
-def available_migrations(backend: str) -> list[str]:
-    """Names of the migration steps shipped for `backend` ("sqlite" or "mongo"), in order."""
-    return [step.name for step in migrations.steps(backend)]
-
-
 async def migration_status(repository: Repository) -> dict[str, Any]:
     """The applied schema version, the latest shipped one and the steps still pending.
 
@@ -129,8 +124,8 @@ async def migration_status(repository: Repository) -> dict[str, Any]:
     server means its code is older than the migrations folder, or the start-up migration failed.
     """
     backend = "mongo" if type(repository).__name__.lower().startswith("mongo") else "sqlite"
-    shipped = available_migrations(backend)
+    shipped = migrations.steps(backend)
     version = await repository.schema_version()
-    pending = [name for name in shipped if int(name.split("_", 1)[0]) > version]
-    latest = int(shipped[-1].split("_", 1)[0]) if shipped else 0
+    pending = [step.name for step in shipped if step.version > version]
+    latest = shipped[-1].version if shipped else 0
     return {"backend": backend, "schema_version": version, "latest": latest, "pending": pending}

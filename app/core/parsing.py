@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from pydicom.dataset import Dataset
@@ -31,11 +32,12 @@ from app.core.outcomes import FailureReason
 from app.core.raw_header import RawHeader, read_json
 from app.core.records import InstanceRecord
 from app.core.uids import InvalidUIDError
-from app.storage.base import LocalStaging, StagedFile
+from app.storage.base import StagedFile, write_whole
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 T = TypeVar("T")
+START_TIMEOUT_SECONDS = 30.0  # a worker not ready by then (a hung import) is given up at start-up, not waited for
 
 
 @dataclass(frozen=True)
@@ -93,15 +95,15 @@ def parse_instance(source: bytes | str | BinaryIO, keep_dataset: bool = False) -
 
 
 def stage_and_parse(
-    data: bytes, staging: LocalStaging, keep_dataset: bool = False
+    data: bytes, path: Path, keep_dataset: bool = False
 ) -> tuple[StagedFile, Parsed | ParseFailure]:
-    """Stage an instance received in memory (written whole and made durable) and read its header: the first
-    step of ingest in one call, so it costs one hop to a parser process and none of the server's own time."""
-    staged = staging.write_whole(data)
+    """Stage an instance received in memory at `path` and read its header: the first step of ingest in one call,
+    so that it costs one hop to a parser process and none of the server's own time."""
+    staged = write_whole(path, data)
     try:
         return staged, parse_instance(data, keep_dataset)
     except BaseException:
-        staging.discard(staged)
+        path.unlink(missing_ok=True)
         raise
 
 
@@ -117,7 +119,8 @@ def _read_mapped(source: str | BinaryIO) -> RawHeader | None:
 
 
 class HeaderParser:
-    """Runs `parse_instance` in a process pool of `workers` processes (0: in a thread)."""
+    """Runs ingest's parsing jobs (`parse_instance`, `stage_and_parse`) in a pool of `workers` processes (0: in a
+    thread)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -132,25 +135,30 @@ class HeaderParser:
         return self._pool
 
     async def start(self) -> None:
-        """Start the workers and wait until they are ready: a spawned worker takes about 0.3 s to import its
-        modules, which the first STOW-RS or C-STORE after start-up would otherwise wait for (bench/: the first
-        batch of 50 instances took 470 ms instead of 150)."""
-        if self.workers > 0:
-            executor = self._executor()
-            try:
-                await asyncio.gather(*(asyncio.wrap_future(executor.submit(_ready)) for _ in range(self.workers)))
-            except BrokenProcessPool:
-                # Serving goes on: `parse` parses in a thread, then tries a fresh pool.
-                log.error("the header parser processes did not start")
-                self.close(wait=False)
+        """Start the workers at once rather than on the first instance: a spawned worker takes about 0.3 s to
+        import its modules, which the first STOW-RS or C-STORE after start-up would otherwise wait for (bench/:
+        the first batch of 50 instances took 470 ms instead of 160). Returns once the pool has answered one task
+        per worker (at least one worker is ready, the others started) or after START_TIMEOUT_SECONDS; a pool
+        that cannot start is logged and serving goes on, with parsing in a thread until a fresh pool works."""
+        if self.workers <= 0:
+            return
+        pool = self._executor()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(asyncio.wrap_future(pool.submit(_ready)) for _ in range(self.workers))),
+                START_TIMEOUT_SECONDS,
+            )
+        except Exception as exc:  # BrokenProcessPool, a spawn refused (OSError), a stuck import (TimeoutError)
+            log.error("the header parser processes did not start: %s", exc or type(exc).__name__)
+            self._forget(pool)
 
     async def parse(self, source: bytes | str, *, keep_dataset: bool = False) -> Parsed | ParseFailure:
         return await self._run(parse_instance, source, keep_dataset=keep_dataset)
 
     async def stage_and_parse(
-        self, data: bytes, staging: LocalStaging, *, keep_dataset: bool = False
+        self, data: bytes, path: Path, *, keep_dataset: bool = False
     ) -> tuple[StagedFile, Parsed | ParseFailure]:
-        return await self._run(stage_and_parse, data, staging, keep_dataset=keep_dataset)
+        return await self._run(stage_and_parse, data, path, keep_dataset=keep_dataset)
 
     async def _run(self, job: Callable[..., T], *args: object, keep_dataset: bool) -> T:
         """`job(*args, keep_dataset)` in a worker process, or in a thread when there is none or the caller
@@ -158,14 +166,20 @@ class HeaderParser:
         if self.workers <= 0 or keep_dataset:
             return await asyncio.to_thread(job, *args, keep_dataset)
         loop = asyncio.get_running_loop()
+        pool = self._executor()
         try:
-            return await loop.run_in_executor(self._executor(), job, *args)
+            return await loop.run_in_executor(pool, job, *args)
         except BrokenProcessPool:
             # A worker died (killed, out of memory): this instance is handled here, and a fresh pool serves the
-            # next. (A file it had staged stays in the staging folder until the next start clears it.)
+            # next. (A file it was staging is written again at the same name.)
             log.error("a header parser process died; restarting the pool")
-            self.close(wait=False)
+            self._forget(pool)
             return await asyncio.to_thread(job, *args)
+
+    def _forget(self, pool: Executor) -> None:
+        """Drop a broken pool, unless another caller already replaced it (its jobs must not be cancelled)."""
+        if self._pool is pool:
+            self.close(wait=False)
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the workers; with `wait`, join them, so a server that stops leaves no process behind."""

@@ -43,8 +43,8 @@ def check_key(key: str) -> str:
 class StagedFile:
     """A file being written under a temporary name; `path` is local even for remote storages.
 
-    `handle` is None once the file is complete and closed: written whole by `LocalStaging.write_whole`
-    (possibly in a parser process, see app/core/parsing.py).
+    `handle` is None once the file is complete and closed: written whole by `write_whole` (possibly in a parser
+    process, see app/core/parsing.py).
     """
 
     path: Path
@@ -57,37 +57,41 @@ class StagedFile:
         self.size += len(data)
 
 
+def write_whole(path: Path, data: bytes) -> StagedFile:
+    """Stage `data` complete at `path` (a name from `LocalStaging.new_path`): written and closed in one go.
+
+    The name is chosen by the caller, so that whoever hands the work to another process can remove the file when
+    that process dies or the work is abandoned; writing again over a partial file is safe. The fsync, if any, is
+    the commit's: it runs in the server's threads, where the waits of many instances overlap.
+    """
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return StagedFile(path=path, handle=None, size=len(data))
+
+
 class LocalStaging:
     """Staged files in a local folder, for every storage: the bytes of an instance are written here while it
-    arrives and is parsed, then committed to the storage's own place (a rename, or an upload). Plain data, so
-    that a parser process can stage too.
-    """
+    arrives and is parsed, then committed to the storage's own place (a rename, or an upload)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
+    def new_path(self) -> Path:
+        """A fresh name in the staging folder."""
+        return self.folder / f"{uuid.uuid4().hex}.part"
+
     def stage(self) -> StagedFile:
-        path = self.folder / f"{uuid.uuid4().hex}.part"
+        path = self.new_path()
         try:
             handle = open(path, "xb")  # noqa: SIM115 - closed by commit or discard
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot stage a file: {exc.strerror}") from exc
         return StagedFile(path=path, handle=handle)
-
-    def write_whole(self, data: bytes) -> StagedFile:
-        """Stage `data` complete: created, written and closed in one go. The fsync, if any, is the commit's: it
-        runs in the server's threads, where the waits of many instances overlap."""
-        staged = self.stage()
-        handle = staged.handle
-        assert handle is not None
-        try:
-            with handle:
-                handle.write(data)
-        except BaseException:
-            staged.path.unlink(missing_ok=True)
-            raise
-        return StagedFile(path=staged.path, handle=None, size=len(data))
 
     def discard(self, staged: StagedFile) -> None:
         if staged.handle is not None:

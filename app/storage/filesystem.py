@@ -56,8 +56,12 @@ class FileSystemStorage:
 
     def commit(self, staged: StagedFile, key: str) -> Commit:
         final = self._path(key)
+        # A replace keeps the predecessor aside until finalize or rollback; one link call tells whether there is one.
+        aside = self._staging / f"{uuid.uuid4().hex}.old"
+        backup: Path | None = None
+        placed = False
         try:
-            if staged.handle is None:  # written whole and closed (LocalStaging.write_whole), moments ago
+            if staged.handle is None:  # written whole and closed (write_whole)
                 if self.fsync:
                     _fsync(staged.path, os.O_RDONLY)
             else:
@@ -65,18 +69,22 @@ class FileSystemStorage:
                 if self.fsync:
                     os.fsync(staged.handle.fileno())
                 staged.handle.close()
-                # The sweep's grace period counts from the commit, not from the last write of a long upload.
-                os.utime(staged.path)
-            # A replace keeps the predecessor aside until finalize or rollback; one link call tells whether there is one.
-            backup: Path | None = self._staging / f"{uuid.uuid4().hex}.old"
+            # The sweep's grace period counts from the commit, not from the last write of a long upload.
+            os.utime(staged.path)
             try:
-                os.link(final, str(backup))
+                os.link(final, aside)
+                backup = aside
             except FileNotFoundError:
-                backup = None
+                pass
             self._place(staged.path, final)
+            placed = True
             if self.fsync:
-                _fsync(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+                _fsync(final.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as exc:
+            if placed:  # the new file is in place but not durable: put back what was there
+                _FileCommit(backup, final).rollback()
+            elif backup is not None:
+                backup.unlink(missing_ok=True)
             self.discard(staged)
             raise StorageError(exc.errno, f"cannot store {key}: {exc.strerror}") from exc
         return _FileCommit(backup, final)
