@@ -125,7 +125,10 @@ class Settings(BaseSettings):
         True, description="Remove files without metadata and metadata without files once after start-up."
     )
     ingest_workers: int = Field(
-        1, ge=0, description="Processes that parse headers for ingest (0: in a thread of the server process)."
+        1,
+        ge=0,
+        description="Processes that parse headers for ingest (0: in threads of the server process; rules or a "
+        "hook imply 0).",
     )
 
     log_level: str = "INFO"
