@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -167,11 +168,13 @@ def at_level(level: Level) -> tuple[Attribute, ...]:
     return tuple(a for a in ATTRIBUTES if a.level is level)
 
 
+@cache  # the table is fixed: every store asks these of every level
 def aggregates_at(level: Level) -> tuple[str, ...]:
     """Fields of a level computed from the levels below (counts, ModalitiesInStudy, SOPClassesInStudy)."""
     return tuple(a.field for a in ATTRIBUTES if a.level is level and a.kind is Kind.AGGREGATE)
 
 
+@cache
 def stored_at(level: Level) -> tuple[Attribute, ...]:
     """Attributes read from an instance header into a level's record (aggregates are computed instead)."""
     return tuple(a for a in ATTRIBUTES if a.level is level and a.kind is not Kind.AGGREGATE)

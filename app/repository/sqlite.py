@@ -42,8 +42,26 @@ _PATIENT_COUNTS = (
 )
 
 
-def _columns(level: Level) -> list[str]:
-    return [a.field for a in stored_at(level) if a.kind is Kind.COLUMN]
+@functools.cache
+def _columns(level: Level) -> tuple[str, ...]:
+    return tuple(a.field for a in stored_at(level) if a.kind is Kind.COLUMN)
+
+
+@functools.cache
+def _instance_columns() -> tuple[str, ...]:
+    """The image-level columns after the four UIDs that open the instances row."""
+    return tuple(c for c in _columns(Level.IMAGE) if c not in ("sop_instance_uid", "sop_class_uid"))
+
+
+@functools.cache
+def _insert_instance_sql() -> str:
+    return (
+        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
+        + ", ".join(f'"{c}"' for c in _instance_columns())
+        + ", transfer_syntax_uid, storage_key, size, attributes, dataset, created_at) VALUES ("
+        + ", ".join("?" * (len(_instance_columns()) + 10))
+        + ")"
+    )
 
 
 class SQLiteRepository:
@@ -488,44 +506,44 @@ def _get_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> StoredInst
 
 
 def _upsert(conn: sqlite3.Connection, table: str, key: str, row: dict[str, Any]) -> bool:
-    """Insert or update `row` keyed by column `key`; True when the row is new."""
-    existed = conn.execute(f"SELECT 1 FROM {table} WHERE {key} = ?", (row[key],)).fetchone() is not None
+    """Insert or update `row` keyed by column `key`; True when the row is new.
+
+    The update is tried first: after a study's first instance its patient, study and series rows exist, so a
+    store costs one statement per level rather than a lookup and a write.
+    """
     names = list(row)
-    if existed:
-        assignments = ", ".join(f'"{n}" = ?' for n in names if n != key)
-        conn.execute(
-            f"UPDATE {table} SET {assignments} WHERE {key} = ?",
-            [row[n] for n in names if n != key] + [row[key]],
-        )
-    else:
-        columns = ", ".join(f'"{n}"' for n in names)
-        conn.execute(
-            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})", list(row.values())
-        )
-    return not existed
+    assignments = ", ".join(f'"{n}" = ?' for n in names if n != key)
+    updated = conn.execute(
+        f"UPDATE {table} SET {assignments} WHERE {key} = ?", [row[n] for n in names if n != key] + [row[key]]
+    ).rowcount
+    if updated:
+        return False
+    columns = ", ".join(f'"{n}"' for n in names)
+    conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})", list(row.values()))
+    return True
 
 
 def _level_row(level: Level, record: LevelRecord) -> dict[str, Any]:
     return {name: record.values.get(name) for name in _columns(level)}
 
 
-def _set_values(conn: sqlite3.Connection, level: Level, owner: str, multi: dict[str, list[str]]) -> None:
-    conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
-    conn.executemany(
-        "INSERT INTO attribute_values (level, owner, key, value) VALUES (?, ?, ?, ?)",
-        [
-            (level.value, owner, key, value)
-            for key, values in multi.items()
-            for value in dict.fromkeys(values)
-        ],
-    )
+def _set_values(
+    conn: sqlite3.Connection, level: Level, owner: str, multi: dict[str, list[str]], *, new: bool
+) -> None:
+    """Replace the multi-valued index entries of one row; a `new` row has none to remove (a removed row's go
+    with it)."""
+    if not new:
+        conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
+    rows = [(level.value, owner, key, value) for key, values in multi.items() for value in dict.fromkeys(values)]
+    if rows:
+        conn.executemany("INSERT INTO attribute_values (level, owner, key, value) VALUES (?, ?, ?, ?)", rows)
 
 
 def _add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
     now = time.time()
     patient_attrs = record.patient.attributes
     patient_row = _level_row(Level.PATIENT, record.patient)
-    _upsert(
+    new_patient = _upsert(
         conn,
         "patients",
         "patient_key",
@@ -565,21 +583,13 @@ def _add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
         },
     )
     conn.execute(
-        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
-        + ", ".join(f'"{c}"' for c in _columns(Level.IMAGE) if c not in ("sop_instance_uid", "sop_class_uid"))
-        + ", transfer_syntax_uid, storage_key, size, attributes, dataset, created_at) VALUES ("
-        + ", ".join("?" * (len(_columns(Level.IMAGE)) + 8))
-        + ")",
+        _insert_instance_sql(),
         [
             record.sop_instance_uid,
             record.series_instance_uid,
             record.study_instance_uid,
             record.sop_class_uid,
-            *[
-                record.instance.values.get(c)
-                for c in _columns(Level.IMAGE)
-                if c not in ("sop_instance_uid", "sop_class_uid")
-            ],
+            *[record.instance.values.get(c) for c in _instance_columns()],
             record.transfer_syntax_uid,
             record.storage_key,
             record.size,
@@ -588,10 +598,17 @@ def _add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
             now,
         ],
     )
-    _set_values(conn, Level.PATIENT, record.patient_key, record.patient.multi)
-    _set_values(conn, Level.STUDY, record.study_instance_uid, {**record.patient.multi, **record.study.multi})
-    _set_values(conn, Level.SERIES, record.series_instance_uid, record.series.multi)
-    _set_values(conn, Level.IMAGE, record.sop_instance_uid, record.instance.multi)
+    _set_values(conn, Level.PATIENT, record.patient_key, record.patient.multi, new=new_patient)
+    _set_values(
+        conn,
+        Level.STUDY,
+        record.study_instance_uid,
+        {**record.patient.multi, **record.study.multi},
+        new=new_study,
+    )
+    _set_values(conn, Level.SERIES, record.series_instance_uid, record.series.multi, new=new_series)
+    # The instance row was just inserted: a predecessor's entries went with `_remove`.
+    _set_values(conn, Level.IMAGE, record.sop_instance_uid, record.instance.multi, new=True)
     _count(
         conn,
         record.patient_key,
