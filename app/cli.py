@@ -18,6 +18,7 @@ from app.config import Settings
 from app.core.context import ArchiveContext
 from app.core.logs import configure_logging
 from app.core.outcomes import StoreStatus
+from app.storage.base import copy_whole
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,8 +112,15 @@ async def _import(settings: Settings, paths: Sequence[Path], jobs: int) -> int:
 
             async def one(path: Path) -> None:
                 async with gate:
-                    data = await asyncio.to_thread(path.read_bytes)
-                    outcome = await context.ingest.store(data, origin=f"import {path}")
+                    try:
+                        # Staged by a kernel copy, so a file of any size is never held in memory.
+                        staged = await asyncio.to_thread(copy_whole, path, context.storage.staging.new_path())
+                    except OSError as exc:
+                        summary.failed += 1
+                        progress.write(f"failed: {path}: cannot read it: {exc}")
+                        progress.update()
+                        return
+                    outcome = await context.ingest.store(staged, origin=f"import {path}")
                 if outcome.status in (StoreStatus.REPLACED, StoreStatus.KEPT):
                     summary.duplicates += 1
                 elif outcome.ok:

@@ -131,6 +131,7 @@ def test_import_loads_folders_through_the_ingest_path_and_reports_a_summary(tmp_
         (folder / f"{i}.dcm").write_bytes(dicom_files.part10(dicom_files.renewed(name)))
     (folder / "again.dcm").write_bytes((folder / "0.dcm").read_bytes())
     (folder / "notes.txt").write_text("not DICOM")
+    (folder / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")  # unreadable: reported, the others go on
     result = subprocess.run(
         [
             sys.executable,
@@ -146,9 +147,11 @@ def test_import_loads_folders_through_the_ingest_path_and_reports_a_summary(tmp_
         timeout=120,
         env={"PATH": "/usr/bin:/bin"},
     )
-    assert "stored 3, duplicates 1, failed 1" in result.stdout, result.stderr
+    assert "stored 3, duplicates 1, failed 2" in result.stdout, result.stderr
+    assert "gone.dcm: cannot read it" in result.stdout + result.stderr
     assert result.returncode == 1
     assert len(list((tmp_path / "data" / "storage").rglob("*.dcm"))) == 3
+    assert not any((tmp_path / "data" / "storage" / ".incoming").iterdir())
 
 
 async def test_the_sweep_never_takes_an_instance_replaced_elsewhere_for_an_orphan(context: ArchiveContext) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +72,17 @@ def write_whole(path: Path, data: bytes) -> StagedFile:
         path.unlink(missing_ok=True)
         raise
     return StagedFile(path=path, handle=None, size=len(data))
+
+
+def copy_whole(source: Path, path: Path) -> StagedFile:
+    """Stage a copy of the file `source` at `path` (a name from `LocalStaging.new_path`), by the kernel (no copy of
+    it in memory, whatever its size), for a file already on disk such as one being imported."""
+    try:
+        shutil.copyfile(source, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return StagedFile(path=path, handle=None, size=path.stat().st_size)
 
 
 class LocalStaging:
