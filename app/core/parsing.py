@@ -1,10 +1,11 @@
 """Header parsing for ingest, in worker processes so it uses every core.
 
-Parsing a header and building its record is pure CPU (about 1.3 ms for a CT header, 3 ms through pydicom) and holds the GIL, which the
-same process needs for HTTP, DIMSE and SQLite. A small process pool takes it elsewhere, together with writing an
-instance received in memory to its staged file (`stage_and_parse`); results cross the process boundary as plain
-data (a staged file's name, a record or a failure), never as pydicom objects. With `workers=0`, or when
-the caller needs the pydicom Dataset itself (ingest rules and hooks), parsing runs in a thread instead.
+Parsing a header and building its record is pure CPU (about 1.3 ms for a CT header, 3 ms through pydicom) and
+holds the GIL, which the same process needs for HTTP, DIMSE and SQLite. A small process pool takes it elsewhere,
+together with writing an instance received in memory to its staged file (`stage_and_parse`); results cross the
+process boundary as plain data (a staged file's name, a record or a failure), never as pydicom objects. With
+`workers=0`, or when the caller needs the pydicom Dataset itself (ingest rules and hooks), parsing runs in a
+thread instead.
 """
 
 from __future__ import annotations
@@ -138,8 +139,9 @@ class HeaderParser:
         """Start the workers at once rather than on the first instance: a spawned worker takes about 0.3 s to
         import its modules, which the first STOW-RS or C-STORE after start-up would otherwise wait for (bench/:
         the first batch of 50 instances took 470 ms instead of 160). Returns once the pool has answered one task
-        per worker (at least one worker is ready, the others started) or after START_TIMEOUT_SECONDS; a pool
-        that cannot start is logged and serving goes on, with parsing in a thread until a fresh pool works."""
+        per worker (at least one worker is ready, the others started) or after START_TIMEOUT_SECONDS. A pool
+        that cannot start is logged and dropped, and serving goes on: the first instance tries a fresh pool, and
+        is parsed in a thread if that breaks too."""
         if self.workers <= 0:
             return
         pool = self._executor()
