@@ -43,9 +43,8 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
     The data set is not decoded and re-encoded: the File Meta Information (PS3.10 7.1) is built from the
     request and the negotiated transfer syntax, and the peer's bytes follow it unchanged: handed to ingest as
     bytes, or, above HANDOVER_BYTES, staged on the storage volume from this thread (file I/O stays off the
-    event loop). The answer is sent only after ingest
-    has committed the file and its metadata, so the instance is queryable and retrievable by the time the SCU
-    reads a success.
+    event loop). The answer is sent only after ingest has committed the file and its metadata, so the instance
+    is queryable and retrievable by the time the SCU reads a success.
     """
     request = event.request
     origin = f"C-STORE {peer(event.assoc)}"
