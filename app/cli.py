@@ -117,7 +117,7 @@ async def _import(settings: Settings, paths: Sequence[Path], jobs: int) -> int:
                         staged = await asyncio.to_thread(copy_whole, path, context.storage.staging.new_path())
                     except OSError as exc:
                         summary.failed += 1
-                        progress.write(f"failed: {path}: cannot read it: {exc}")
+                        progress.write(f"failed: {path}: cannot stage it: {exc}")
                         progress.update()
                         return
                     outcome = await context.ingest.store(staged, origin=f"import {path}")

@@ -1,6 +1,6 @@
 """STOW-RS throughput: 500 small CT instances (CT_small.dcm, 39 KB) in batches of 50, 1 and 4 clients.
 
-Run: `python bench/stow.py [--count 500] [--runs 3]`. Each run starts our server from empty.
+Run: `python bench/stow.py [--count 500] [--batch 50] [--runs 3]`. Each run starts our server from empty.
 
 Two senders. `stow` is dicomweb-client, as a Python application would send: it encodes every data set and
 the multipart body itself, about 3 ms of CPU per instance here, on the same cores as the server. `stow_raw`
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pydicom
 from dicomweb_client.api import DICOMwebClient
 
+from app.api.multipart import multipart_body
 from bench.common import ct_copies, our_server, record
 
 
@@ -50,10 +51,9 @@ def encode_bodies(files: list[Path], batch: int, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     bodies = []
     for start in range(0, len(files), batch):
-        parts = [b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n"
-                 for path in files[start : start + batch]]
+        parts = [({"Content-Type": "application/dicom"}, path.read_bytes()) for path in files[start : start + batch]]
         body = folder / f"body-{start:06d}.bin"
-        body.write_bytes(b"".join(parts) + b"--" + BOUNDARY.encode() + b"--\r\n")
+        body.write_bytes(multipart_body(parts, BOUNDARY))
         bodies.append(body)
     return bodies
 

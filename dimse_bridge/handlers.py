@@ -32,6 +32,18 @@ log = logging.getLogger(__name__)
 HANDOVER_BYTES = 2 * 1024 * 1024
 
 
+def _stage(dimse: DimseContext, meta: bytes, raw: memoryview) -> StagedFile:
+    """Write the File Meta Information and the data set to a new staged file; nothing is left if that fails."""
+    staged = dimse.archive.storage.stage()
+    try:
+        staged.write(meta)
+        staged.write(raw)
+    except BaseException:
+        dimse.archive.storage.discard(staged)
+        raise
+    return staged
+
+
 def handle_echo(event: Any, dimse: DimseContext) -> int:
     """C-ECHO (Verification, PS3.4 A.4 and PS3.7 9.1.5): the association got this far, so we are here."""
     return status.SUCCESS
@@ -65,18 +77,10 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
             # Small (most instances): handed over as bytes, staged by the header parser with its header read.
             payload: bytes | StagedFile = b"".join((meta, raw))
         else:
-            try:
-                payload = dimse.archive.storage.stage()
-            except OSError as exc:  # StorageError too: disk full, staging area gone (PS3.4 B.2.3 A7xx)
-                log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
-                return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
-            try:
-                payload.write(meta)
-                payload.write(raw)
-            except OSError as exc:
-                dimse.archive.storage.discard(payload)
-                log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
-                return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
+            payload = _stage(dimse, meta, raw)
+    except OSError as exc:  # StorageError too: disk full, staging area gone (PS3.4 B.2.3 A7xx)
+        log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
+        return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
     finally:
         raw.release()
     try:

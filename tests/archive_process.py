@@ -186,11 +186,6 @@ def new_instance(name: str = "CT_small.dcm", study: str | None = None) -> Datase
     return ds
 
 
-def data_set_bytes(raw: bytes) -> bytes:
-    """The data set of a Part 10 file, File Meta cut off."""
-    return dicom_files.split_part10(raw)[1]
-
-
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -270,7 +265,7 @@ class Sender:
                 if self.stop.is_set():
                     return
                 raw = dicom_files.part10(ds)
-                entry = self._record(ds, data_set_bytes(raw))
+                entry = self._record(ds, dicom_files.data_set_bytes(raw))
                 response = client.post(
                     "/dicom-web/studies",
                     content=dicom_files.multipart([raw]),
@@ -345,7 +340,7 @@ def retrieve_data_set(client: httpx.Client, sent: Sent) -> bytes | None:
     body = response.content
     start = body.index(b"\r\n\r\n") + 4
     end = body.rindex(b"\r\n--" + boundary.encode() + b"--")
-    return data_set_bytes(body[start:end])
+    return dicom_files.data_set_bytes(body[start:end])
 
 
 def part10_of(ds: Dataset) -> Dataset:

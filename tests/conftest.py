@@ -190,7 +190,8 @@ def make_record(
     size: int | None = None,
     **attributes_by_keyword: Any,
 ) -> InstanceRecord:
-    """An InstanceRecord built the way ingest builds it (read_header + build_record) from a real file.
+    """An InstanceRecord built as ingest's pydicom path builds it (DICOM JSON, then `record_from_json`) from a
+    real file.
 
     `source` is a pydicom test file name or a path. Each keyword argument named after a DICOM keyword sets
     that attribute on the header before the record is built (None removes it), e.g.

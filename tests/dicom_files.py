@@ -87,8 +87,9 @@ def stow(dicomweb: str, datasets: Iterable[Dataset]) -> None:
     assert response.status_code == 200, response.text
 
 
-def split_part10(raw: bytes) -> tuple[bytes, bytes]:
-    """(preamble + File Meta, data set) of a Part 10 file: group 0002 is always Explicit VR LE (PS3.10 7.1)."""
+def data_set_bytes(raw: bytes) -> bytes:
+    """The data set of a Part 10 file, preamble and File Meta cut off: group 0002 is always Explicit VR LE
+    (PS3.10 7.1)."""
     assert raw[128:132] == b"DICM", "not a Part 10 file"
     pos = 132
     while pos < len(raw) and struct.unpack_from("<H", raw, pos)[0] == 0x0002:
@@ -97,5 +98,5 @@ def split_part10(raw: bytes) -> tuple[bytes, bytes]:
             pos += 12 + struct.unpack_from("<I", raw, pos + 8)[0]
         else:
             pos += 8 + struct.unpack_from("<H", raw, pos + 6)[0]
-    return raw[:pos], raw[pos:]
+    return raw[pos:]
 

@@ -350,7 +350,7 @@ def test_the_data_set_bytes_are_stored_exactly_as_received(archive: DimseArchive
     assert statuses == [0x0000] * len(files)
     for sent in files:
         stored_path = archive.stored_file(pydicom.dcmread(sent, stop_before_pixels=True))
-        assert dicom_files.split_part10(stored_path.read_bytes())[1] == dicom_files.split_part10(sent.read_bytes())[1], sent.name
+        assert dicom_files.data_set_bytes(stored_path.read_bytes()) == dicom_files.data_set_bytes(sent.read_bytes()), sent.name
         assert_stored_as_sent(archive, sent)
 
 

@@ -33,7 +33,6 @@ from tests.archive_process import (
     ArchiveProcess,
     Sender,
     archive_process,
-    data_set_bytes,
     digest,
     free_port,
     new_instance,
@@ -369,7 +368,7 @@ def test_a_full_disk_fails_cleanly_and_reads_go_on(tmp_path: Path) -> None:
                 from tests.archive_process import Sent
 
                 held = retrieve_data_set(client, Sent(ds.SOPInstanceUID, key, ""))
-                assert held == data_set_bytes(raw)
+                assert held == dicom_files.data_set_bytes(raw)
         report("disk full", stored_before_full=len(stored), refused_stow=1, refused_cstore=1,
                indexed=len(archive.indexed_keys()))  # fmt: skip
 
@@ -546,4 +545,4 @@ def test_a_c_move_destination_that_is_down_or_refuses_fails_its_sub_operations(i
 def test_encoding_helper_matches_what_pynetdicom_sends() -> None:
     """The C-STORE senders remember the SHA-256 of `encode(ds)`: the archive stores the data set as received."""
     ds = new_instance()
-    assert encode(ds, False, True) == data_set_bytes(dicom_files.part10(ds))
+    assert encode(ds, False, True) == dicom_files.data_set_bytes(dicom_files.part10(ds))

@@ -23,7 +23,6 @@ from tests.fhir_server import FhirTestServer, running_fhir_server
 from tests.servers import ArchiveServer, free_port, running_archive
 from tests.tools import require
 
-MULTIPART = 'multipart/related; type="application/dicom"; boundary=dicom-boundary'
 WAIT_SECONDS = 20
 
 

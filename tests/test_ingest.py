@@ -148,7 +148,7 @@ def test_import_loads_folders_through_the_ingest_path_and_reports_a_summary(tmp_
         env={"PATH": "/usr/bin:/bin"},
     )
     assert "stored 3, duplicates 1, failed 2" in result.stdout, result.stderr
-    assert "gone.dcm: cannot read it" in result.stdout + result.stderr
+    assert "gone.dcm: cannot stage it" in result.stdout + result.stderr
     assert result.returncode == 1
     assert len(list((tmp_path / "data" / "storage").rglob("*.dcm"))) == 3
     assert not any((tmp_path / "data" / "storage" / ".incoming").iterdir())

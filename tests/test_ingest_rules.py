@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -149,10 +150,11 @@ async def test_with_rules_headers_are_parsed_in_threads_and_no_parser_process_is
     context: ArchiveContext,
 ) -> None:
     # Rules read the pydicom Dataset, which cannot leave the process: worker processes would idle.
+    before = set(multiprocessing.active_children())
     await context.start_background()
     try:
         assert context.ingest.parser.workers == 0
-        assert context.ingest.parser._pool is None
+        assert set(multiprocessing.active_children()) - before == set()
     finally:
         await context.stop_background()
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import dicom_files
 from tests.archive_process import (
     ArchiveProcess,
     Sender,
     archive_process,
-    data_set_bytes,
     digest,
     retrieve_data_set,
 )
@@ -132,7 +132,7 @@ def test_eight_senders_and_eight_readers_for_two_minutes(tmp_path: Path) -> None
         assert archive.stored_keys() == set(indexed.values())
         for entry in acknowledged:
             stored = (archive.storage / indexed[entry.sop]).read_bytes()
-            assert digest(data_set_bytes(stored)) == entry.data_set_sha, (
+            assert digest(dicom_files.data_set_bytes(stored)) == entry.data_set_sha, (
                 f"{entry.sop} differs from what was sent"
             )
 

@@ -199,6 +199,22 @@ async def test_a_new_modality_for_a_series_replaces_the_old_one_in_the_study(
     assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 2, ["OT"], [CT])
 
 
+async def test_a_replaced_copy_keeps_or_changes_sop_classes_in_study_as_its_class_says(
+    repository: Repository, instance_record: Factory
+) -> None:
+    one, two = (
+        dict(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, n)) for n in (1, 2)
+    )
+    await repository.store_instance(instance_record(**one))
+    await repository.store_instance(instance_record(**two))
+    await repository.store_instance(instance_record(**two))  # the same class again: nothing to change
+    assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 2, ["CT"], [CT])
+    await repository.store_instance(instance_record(**two, SOPClassUID=MR))  # another class: both are held
+    assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 2, ["CT"], [CT, MR])
+    await repository.store_instance(instance_record(**two))  # and back: MR is no longer held
+    assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 2, ["CT"], [CT])
+
+
 async def test_deleting_the_last_instance_removes_its_series_study_and_patient(
     repository: Repository, instance_record: Factory
 ) -> None:

@@ -16,6 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+SPECIFIC_CHARACTER_SET = 0x00080005
 # Values of these VRs longer than this are served as bulk data rather than inline (PS3.18 8.6.1.2.1 leaves the
 # threshold to the origin server), as BulkDataURIs relative to the instance.
 BULK_DATA_THRESHOLD = 1024
@@ -53,10 +54,15 @@ def element_json(elem: DataElement) -> dict[str, Any]:
 def binary_json(vr: str, value: bytes, path: tuple[str, ...], key: str) -> dict[str, Any]:
     """A binary value found at `path` (sequence keys and item numbers) + `key`: inline, or bulk data."""
     if len(value) > BULK_DATA_THRESHOLD:
-        return {"vr": vr, "BulkDataURI": BULK_DATA_PREFIX + "/".join((*path, key))}
+        return bulk_data_json(vr, path, key)
     if not value:
         return {"vr": vr}
     return {"vr": vr, "InlineBinary": base64.b64encode(bytes(value)).decode("ascii")}
+
+
+def bulk_data_json(vr: str, path: tuple[str, ...], key: str) -> dict[str, Any]:
+    """A binary value above BULK_DATA_THRESHOLD, by reference: a reader that knows its length needs no copy."""
+    return {"vr": vr, "BulkDataURI": BULK_DATA_PREFIX + "/".join((*path, key))}
 
 
 def pixel_data_json(compressed: bool, bits_allocated: int) -> dict[str, Any]:

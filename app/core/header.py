@@ -24,6 +24,7 @@ from app.core.attributes import Attribute, Kind, Level, stored_at
 from app.core.dicom_json import (
     BINARY_VRS,
     DEFAULT_ENCODING,
+    SPECIFIC_CHARACTER_SET,
     binary_json,
     element_json,
     encoding_for,
@@ -36,7 +37,6 @@ from app.core.values import name_words, normalize, study_datetime
 
 log = logging.getLogger(__name__)
 
-SPECIFIC_CHARACTER_SET = 0x00080005
 # (7FE0,0010) Pixel Data as the next tag in a little- or big-endian stream.
 _PIXEL_DATA_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 # VRs whose empty value pydicom reads as None rather than "": not indexed nor returned when empty.
@@ -94,7 +94,8 @@ def first_text(body: JSONDict, key: str) -> str | None:
 
 
 def build_record(ds: Dataset, *, pixel_data_present: bool) -> InstanceRecord:
-    """The repository record of a header read by `read_header`."""
+    """The repository record of a header read by `read_header` (for tests and benchmarks that edit a data set
+    first; ingest goes through app/core/parsing.py `parse_instance`)."""
     return record_from_json(
         dataset_json(ds, pixel_data_present=pixel_data_present), str(ds.file_meta.TransferSyntaxUID)
     )

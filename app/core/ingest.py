@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -80,7 +81,7 @@ class IngestService:
         origin: str = "",
         calling_ae_title: str | None = None,
     ) -> StoreOutcome:
-        """Store one Part 10 instance given as bytes or as a file already staged by `self.storage.stage()`.
+        """Store one Part 10 instance given as bytes or as a file already staged (`StagedFile`).
 
         The `expected_*` UIDs are what the request claims (the STOW-RS URL's study, the C-STORE request's
         Affected SOP Class and Instance UIDs); an instance that contradicts its request fails with 0xA900.
@@ -134,8 +135,7 @@ class IngestService:
                     return await asyncio.shield(commit)
                 except asyncio.CancelledError:
                     await asyncio.wait({commit})
-                    if not commit.cancelled():
-                        commit.exception()  # seen: its failure is logged by _commit, the cancel goes on up
+                    _log_orphaned(commit, record.sop_instance_uid)
                     raise
 
     async def _apply_rules(
@@ -300,7 +300,11 @@ class IngestService:
                 staged, parsed = await asyncio.shield(job)
             except asyncio.CancelledError:
                 # The worker goes on writing; what it staged goes once it is done.
-                job.add_done_callback(lambda _: path.unlink(missing_ok=True))
+                def forget(done: asyncio.Future[Any]) -> None:
+                    path.unlink(missing_ok=True)
+                    _log_orphaned(done, "an abandoned instance")
+
+                job.add_done_callback(forget)
                 raise
             prepared = _Prepared(staged=staged)
         if isinstance(parsed, ParseFailure):
@@ -340,6 +344,12 @@ class IngestService:
             self._waiters[uid] -= 1
             if not self._waiters[uid]:
                 del self._waiters[uid], self._locks[uid]
+
+
+def _log_orphaned(task: asyncio.Future[Any], what: str) -> None:
+    """A step whose caller was cancelled still ends: a failure it did not handle itself is logged here, not lost."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("store of %s failed after its caller left: %s", what, exc)
 
 
 def _fail(outcome: StoreOutcome, reason: FailureReason, message: str) -> StoreOutcome:

@@ -19,7 +19,17 @@ from typing import NamedTuple
 
 from pydicom.uid import UID
 
-from app.core.dicom_json import DEFAULT_ENCODING, binary_json, encoding_for, pixel_data_json, raw_value_json
+from app.core.dicom_json import (
+    BINARY_VRS,
+    BULK_DATA_THRESHOLD,
+    DEFAULT_ENCODING,
+    SPECIFIC_CHARACTER_SET,
+    binary_json,
+    bulk_data_json,
+    encoding_for,
+    pixel_data_json,
+    raw_value_json,
+)
 from app.core.records import JSONDict
 
 _PREAMBLE = 128
@@ -29,11 +39,9 @@ _KNOWN_VRS = _LONG_VRS | frozenset(
     {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
      b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
-_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD  # PS3.5 7.5
 _PIXEL_DATA = 0x7FE00010
-_SPECIFIC_CHARACTER_SET = 0x00080005
 _HEAD = struct.Struct("<HH2s")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -181,8 +189,8 @@ class _Reader:
         data = self.data
         # An item without its own Specific Character Set uses its parent's (PS3.3 C.12.1.1.2).
         encoding = inherited
-        if _SPECIFIC_CHARACTER_SET in elements:
-            _, start, length, _ = elements[_SPECIFIC_CHARACTER_SET]
+        if SPECIFIC_CHARACTER_SET in elements:
+            _, start, length, _ = elements[SPECIFIC_CHARACTER_SET]
             encoding = encoding_for(data[start : start + length])
         out: JSONDict = {}
         for tag in sorted(elements):
@@ -191,8 +199,13 @@ class _Reader:
             if vr == "SQ":
                 values = [self._json(item, (*path, key, str(n)), encoding) for n, item in enumerate(items)]
                 out[key] = {"vr": "SQ", "Value": values} if values else {"vr": "SQ"}
-            elif vr in _BULK_VRS:
-                out[key] = binary_json(vr, data[start : start + length], path, key)
+            elif vr in BINARY_VRS:  # UN never gets here: its elements take pydicom's path
+                # A large value is only referred to: it is not copied out of the file (or the bytes).
+                out[key] = (
+                    bulk_data_json(vr, path, key)
+                    if length > BULK_DATA_THRESHOLD
+                    else binary_json(vr, data[start : start + length], path, key)
+                )
             elif not length:
                 out[key] = {"vr": vr}
             elif (converted := raw_value_json(vr, data[start : start + length], encoding)) is not None:

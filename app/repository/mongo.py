@@ -706,8 +706,8 @@ class MongoRepository:
     async def recount_study(self, study_instance_uid: str) -> None:
         """Recompute a study's counts and sets, its series' and its patient's, from the instance documents.
 
-        The repair for what a crash between two writes of a store can leave (see the module docstring). Run it
-        when no one is storing into the study, e.g. from the start-up sweep: it reads, then writes.
+        The repair for what a crash between two writes of a store can leave (see the module docstring); nothing
+        calls it yet. Run it when no one is storing into the study: it reads, then writes.
         """
         with _guarded():
             await self._recount_study(study_instance_uid)

@@ -486,7 +486,13 @@ def _store_each(
         try:
             previous = _get_instance(conn, record.sop_instance_uid)
             if previous is not None:
-                _remove(conn, previous.sop_instance_uid)
+                # A copy of the same class in the same study leaves its SOPClassesInStudy as it was, and `_add`
+                # refreshes ModalitiesInStudy: the study's instances need not be read again.
+                same_place = (previous.study_instance_uid, previous.sop_class_uid) == (
+                    record.study_instance_uid,
+                    record.sop_class_uid,
+                )
+                _remove(conn, previous.sop_instance_uid, refresh_sets=not same_place)
             _add(conn, record)
             outcomes.append(previous)
         except sqlite3.OperationalError:
@@ -627,7 +633,7 @@ def _add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
     )
 
 
-def _remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
+def _remove(conn: sqlite3.Connection, sop_instance_uid: str, *, refresh_sets: bool = True) -> None:
     row = conn.execute(
         "SELECT i.study_instance_uid, i.series_instance_uid, s.patient_key FROM instances i "
         "JOIN studies s ON s.study_instance_uid = i.study_instance_uid WHERE i.sop_instance_uid = ?",
@@ -663,7 +669,7 @@ def _remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
                     " WHERE patient_key = ?",
                     (patient_key,),
                 )
-    if conn.execute("SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone():
+    if refresh_sets and conn.execute("SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone():
         _refresh_study_sets(conn, study_uid)
 
 

@@ -52,7 +52,7 @@ class StagedFile:
     handle: BinaryIO | None
     size: int = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         assert self.handle is not None, "a staged file written whole takes no more bytes"
         self.handle.write(data)
         self.size += len(data)

@@ -43,7 +43,6 @@ class FileSystemStorage:
         self.root = root.resolve()
         self.fsync = fsync
         self.staging = LocalStaging(self.root / STAGING)
-        self._staging = self.staging.folder
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -57,7 +56,7 @@ class FileSystemStorage:
     def commit(self, staged: StagedFile, key: str) -> Commit:
         final = self._path(key)
         # A replace keeps the predecessor aside until finalize or rollback; one link call tells whether there is one.
-        aside = self._staging / f"{uuid.uuid4().hex}.old"
+        aside = self.staging.folder / f"{uuid.uuid4().hex}.old"
         backup: Path | None = None
         placed = False
         try:
@@ -135,7 +134,8 @@ class FileSystemStorage:
 
     def ping(self) -> None:
         """Raise unless the tree can be written (readiness probe): an unmounted volume or a read-only one fails."""
-        if not self._staging.is_dir() or not os.access(self._staging, os.W_OK | os.X_OK):
+        folder = self.staging.folder
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
             raise StorageError(5, f"storage root {self.root} is not a writable folder")
 
     def clear_staging(self) -> int:
