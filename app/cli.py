@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from app.config import Settings
 from app.core.context import ArchiveContext
@@ -26,9 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="data directory (overrides DATA_DIR)")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP (and DIMSE) server")
-    serve.add_argument("--host", help="HTTP bind address (HTTP_HOST)")
-    serve.add_argument("--port", type=int, help="HTTP port (HTTP_PORT)")
-    serve.add_argument("--dimse-port", type=int, help="DICOM port (DIMSE_PORT)")
+    serve.add_argument("--host", help="HTTP bind address (HTTP_HOST); the DICOM door keeps DIMSE_HOST")
+    serve.add_argument("--port", type=_port, help="HTTP port (HTTP_PORT)")
+    serve.add_argument("--dimse-host", help="DICOM (DIMSE) bind address (DIMSE_HOST)")
+    serve.add_argument("--dimse-port", type=_port, help="DICOM port (DIMSE_PORT)")
     serve.add_argument("--data-dir", type=Path, dest="serve_data_dir", help="data directory (DATA_DIR)")
     load = commands.add_parser("import", help="store DICOM files and folders through the ingest service")
     load.add_argument("paths", nargs="+", type=Path)
@@ -44,10 +49,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     if args.command == "serve":
-        for flag, field in (("host", "http_host"), ("port", "http_port"), ("dimse_port", "dimse_port")):
+        doors = (("host", "http_host"), ("port", "http_port"), ("dimse_host", "dimse_host"),
+                 ("dimse_port", "dimse_port"))
+        for flag, field in doors:
             if getattr(args, flag) is not None:
                 overrides[field] = getattr(args, flag)
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        # One line per bad setting, naming it, instead of pydantic's multi-line report with URLs.
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            print(f"invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "serve":
@@ -63,10 +77,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(_sweep(settings))
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 1-65535, or one clear line and exit status 2."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
+
+
+def _dimse_port_taken(host: str, port: int) -> str | None:
+    """Why the DICOM port cannot be listened on, or None.
+
+    Checked before uvicorn starts: the DIMSE server opens in the app's lifespan, where a failure ends in
+    uvicorn's traceback of the whole start-up instead of one line naming the port (as uvicorn gives for HTTP).
+    SO_REUSEADDR as pynetdicom's server sets it, so a port in TIME_WAIT is not called busy.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            return f"cannot listen for DICOM on {host}:{port}: {reason}"
+    return None
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
 
     from app.main import create_app
+
+    if settings.dimse_enabled and (reason := _dimse_port_taken(settings.dimse_host, settings.dimse_port)):
+        print(f"error: {reason} (DIMSE_HOST/DIMSE_PORT, --dimse-host/--dimse-port)", file=sys.stderr)
+        return 1
 
     # X-Forwarded-* are judged by the app against TRUSTED_PROXIES (app/api/proxies.py), not by uvicorn; logging
     # is ours (LOG_FORMAT). TLS: HTTP_TLS_CERT/KEY, or a proxy in front.
@@ -103,6 +154,10 @@ def _files(paths: Sequence[Path]) -> Iterator[Path]:
 async def _import(settings: Settings, paths: Sequence[Path], jobs: int) -> int:
     from tqdm import tqdm
 
+    if missing := [path for path in paths if not path.exists()]:
+        for path in missing:
+            print(f"error: {path}: no such file or directory", file=sys.stderr)
+        return 2
     files = list(_files(paths))
     summary = ImportSummary()
     context = await ArchiveContext.open(settings)

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # A comma-separated environment value ("A,B,C"), not JSON: pydantic-settings would otherwise decode list fields
 # as JSON. The validators below split it.
 CommaList = Annotated[list[str], NoDecode]
+# A TCP port to listen on: 0 (any free port) would leave clients not knowing where to connect.
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class DuplicatePolicy(StrEnum):
@@ -54,7 +56,7 @@ class Settings(BaseSettings):
 
     # HTTP
     http_host: str = "127.0.0.1"
-    http_port: int = 8080
+    http_port: Port = 8080
     public_base_url: str | None = Field(
         None, description="External URL of the service root, used to build RetrieveURL and BulkDataURI."
     )
@@ -62,7 +64,7 @@ class Settings(BaseSettings):
     # DIMSE
     dimse_enabled: bool = True
     dimse_host: str = "127.0.0.1"
-    dimse_port: int = 11112
+    dimse_port: Port = 11112
     ae_title: str = "DICOMWEB"
     # Presentation contexts (PS3.8 9.3.2.2; policy in dimse_bridge/policy.py). SOP classes: `AllStorage` (every
     # storage SOP class pynetdicom knows), `All` (also private and unknown storage-like SOP classes), or a comma
@@ -152,6 +154,8 @@ class Settings(BaseSettings):
     oidc_audience: str | None = None
     # Static API keys `name:secret:scope+scope,...` with scopes read, write, delete, admin.
     auth_api_keys: SecretStr = SecretStr("")
+    # /openapi.json, /docs and /redoc: `auth` (the API's own authentication, scope read), `public`, or `off`.
+    api_docs: Literal["auth", "public", "off"] = "auth"
     # Origins allowed by CORS (e.g. the OHIF viewer's); `*` = any; empty = no CORS headers.
     cors_origins: CommaList = Field(default_factory=list)
     # HTTPS served by uvicorn itself (PEM files); without them put a TLS-terminating proxy in front.

@@ -17,8 +17,10 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app.api import admin, aes, changes, delete, fhir, observability, qido, stow, wado, wado_uri
 from app.api.auth import Authenticator, authorize
+from app.api.docs import include_docs
 from app.api.errors import (
     DicomWebError,
+    InternalErrorMiddleware,
     dicomweb_error_handler,
     http_error_handler,
     repository_unavailable_handler,
@@ -75,12 +77,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="QIDO-RS, WADO-RS and STOW-RS (DICOM PS3.18) bridged to DIMSE",
         lifespan=lifespan,
+        # Served by app/api/docs.py under API_DOCS, behind authentication by default.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     # Operations: metrics, audit trail, request ids (app/api/observability.py); authentication when enabled
     # (app/api/auth.py); CORS for viewers served from another origin.
     app.state.metrics = Metrics()
     app.state.audit = AuditLog(settings.audit_log, settings.audit_format)
     app.state.authenticator = Authenticator(settings) if settings.auth_enabled else None
+    # Innermost: inside the middleware that sets the request id (so a crash's answer and log line carry it) and
+    # inside CORS (so a viewer on another origin can read the 500).
+    app.add_middleware(InternalErrorMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -120,4 +129,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(aes.router, prefix=aes.AES_PREFIX, dependencies=admin_only)
     app.include_router(observability.router, dependencies=admin_only)  # /metrics
     app.include_router(observability.probes)  # /health, /ready: open to orchestrators
+    include_docs(app, settings.api_docs)
     return app

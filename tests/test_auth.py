@@ -275,3 +275,37 @@ def test_an_unreachable_identity_provider_is_503_not_a_bad_token(tmp_path: Path,
 def test_authentication_on_needs_a_way_to_check_tokens() -> None:
     with pytest.raises(ValueError, match="AUTH_ENABLED needs"):
         Settings(auth_enabled=True, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_the_api_documentation_needs_a_read_token_when_authentication_is_on(
+    secured: ArchiveServer, path: str
+) -> None:
+    assert call(secured, "GET", path).status_code == 401
+    assert call(secured, "GET", path, bearer("viewer-secret")).status_code == 200
+
+
+def test_api_docs_public_opens_the_documentation_and_off_removes_it(tmp_path: Path, provider: Provider) -> None:
+    settings = auth_settings(tmp_path / "public", provider).model_copy(update={"api_docs": "public"})
+    with running_archive(settings) as server:
+        assert call(server, "GET", "/openapi.json").json()["info"]["title"] == "DICOMweb archive"
+        assert call(server, "GET", "/docs").status_code == 200
+        assert call(server, "GET", "/dicom-web/studies").status_code == 401  # the API itself stays closed
+    settings = auth_settings(tmp_path / "off", provider).model_copy(update={"api_docs": "off"})
+    with running_archive(settings) as server:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert call(server, "GET", path, bearer("viewer-secret")).status_code == 404
+
+
+def test_a_jwks_url_without_an_issuer_is_warned_about_at_start_up(
+    tmp_path: Path, provider: Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = auth_settings(tmp_path, provider).model_copy(
+        update={"oidc_issuer": None, "oidc_jwks_url": f"{provider.issuer}/jwks"})
+    with caplog.at_level("WARNING"):
+        create_app(settings)
+    assert any("OIDC_JWKS_URL is set without OIDC_ISSUER" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        create_app(auth_settings(tmp_path, provider))
+    assert not any("OIDC_ISSUER" in r.getMessage() for r in caplog.records)

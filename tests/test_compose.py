@@ -80,7 +80,9 @@ def test_compose_runs_mongo_with_a_healthcheck_and_the_archive_waits_for_it() ->
     assert services["mongo"]["image"].startswith("mongo:")
     assert "healthcheck" in services["mongo"]
     assert services["archive"]["depends_on"]["mongo"]["condition"] == "service_healthy"
-    assert {"8042:8042", "11112:11112"} <= set(services["archive"]["ports"])
+    assert {"${PUBLISH_ADDRESS:-127.0.0.1}:8042:8042", "${PUBLISH_ADDRESS:-127.0.0.1}:11112:11112"} <= set(
+        services["archive"]["ports"]
+    )
     assert services["fhir"]["profiles"] == ["fhir"] and services["minio"]["profiles"] == ["s3"]
 
 
@@ -105,3 +107,21 @@ def test_the_image_runs_as_a_user_not_root_and_has_a_healthcheck() -> None:
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*", dockerfile, flags=re.MULTILINE)
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, flags=re.MULTILINE)
+
+
+def test_compose_pulls_pinned_images_only() -> None:
+    """`:latest` (or no tag) would make the same compose file start other software next month."""
+    for name, service in compose_file()["services"].items():
+        image = service.get("image", "")
+        tag = image.rpartition(":")[2] if ":" in image else ""
+        assert tag and tag != "latest", f"{name}: {image!r} is not pinned"
+
+
+def test_compose_publishes_ports_on_loopback_unless_told_otherwise() -> None:
+    result = docker_compose("--profile", "fhir", "--profile", "s3", "config")
+    assert result.returncode == 0, result.stderr
+    for name, service in yaml.safe_load(result.stdout)["services"].items():
+        for port in service.get("ports", ()):
+            # docker-compose 1.29 prints `host_ip:published:target/proto`; Compose v2 a mapping.
+            host = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
+            assert host == "127.0.0.1", (name, port)

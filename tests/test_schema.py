@@ -47,6 +47,15 @@ def test_the_schema_lists_the_dicomweb_operations() -> None:
     assert {"POST /dicom-web/studies", "GET /dicom-web/studies", "GET /wado"} <= set(OPERATIONS)
 
 
+def test_the_schema_documents_the_wado_uri_parameters() -> None:
+    """WADO-URI reads its query string by hand, so its parameters are declared for the document."""
+    wado = SCHEMA.raw_schema["paths"]["/wado"]["get"]
+    names = {parameter["name"]: parameter["required"] for parameter in wado["parameters"]}
+    assert {"requestType", "studyUID", "seriesUID", "objectUID"} <= {n for n, required in names.items() if required}
+    assert {"contentType", "transferSyntax", "frameNumber", "rows", "columns"} <= set(names)
+    assert "image/jpeg" in wado["responses"]["200"]["content"]
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
 @pytest.mark.parametrize("label", sorted(OPERATIONS))
 def test_generated_requests_are_never_a_server_error_and_match_the_schema(

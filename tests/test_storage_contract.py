@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -360,3 +361,29 @@ def test_a_replace_whose_folder_cannot_be_made_durable_puts_the_old_file_back(
         storage.commit(write_whole(storage.staging.new_path(), b"new" * 100), KEY)
     assert read(storage, KEY) == b"old" * 100
     assert storage.clear_staging() == 0  # nothing left aside or staged
+
+
+def test_the_archive_waits_at_start_up_for_a_bucket_that_is_made_after_it(
+    s3_endpoint: S3Endpoint, tmp_path: Path
+) -> None:
+    """As under `docker compose --profile s3 up`, where minio-init makes the bucket after the archive starts."""
+    bucket = f"dicomweb-late-{uuid.uuid4().hex[:12]}"
+    settings = Settings(  # type: ignore[call-arg]
+        data_dir=tmp_path / "data", dimse_enabled=False, _env_file=None, storage_backend="s3", s3_bucket=bucket,
+        s3_endpoint_url=s3_endpoint.url, s3_region=s3_endpoint.region,
+        s3_access_key_id=s3_endpoint.access_key, s3_secret_access_key=s3_endpoint.secret_key,
+    )
+    maker = threading.Timer(2.0, s3_endpoint.client.create_bucket, kwargs={"Bucket": bucket})
+    maker.start()
+    try:
+        with running_archive(settings) as server:
+            assert s3_endpoint.client.head_bucket(Bucket=bucket)
+            ds = dicom_files.renewed("CT_small.dcm")
+            response = httpx.post(
+                f"{server.dicomweb}/studies", content=dicom_files.multipart([dicom_files.part10(ds)]),
+                headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'},
+            )
+            assert response.status_code == 200, response.text
+    finally:
+        maker.join()
+        s3_endpoint.drop_bucket(bucket)

@@ -87,6 +87,11 @@ class Authenticator:
         self._jwks_url = settings.oidc_jwks_url or None
         self._jwks: jwt.PyJWKClient | None = None
         self._oidc = bool(self.issuer or self._jwks_url)
+        if self._jwks_url and not self.issuer:
+            log.warning(
+                "OIDC_JWKS_URL is set without OIDC_ISSUER: a token from any issuer signed by those keys is "
+                "accepted; set OIDC_ISSUER to check the `iss` claim"
+            )
 
     async def authenticate(self, token: str) -> Principal:
         for secret, principal in self.api_keys.items():

@@ -16,7 +16,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.logs import REQUEST_ID
 from app.core.retrieve import InvalidRequest, NotAcceptable, NotFound, RangeNotSatisfiable, RetrieveFailed
 from app.core.uids import InvalidUIDError, check_uid, is_valid_uid
 from app.repository.base import RepositoryUnavailable
@@ -89,6 +91,9 @@ def warning(text: str) -> str:
 
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
     safe = _CONTROL.sub(" ", reason)[:500]
+    if status >= 500:
+        # The server's fault: the id lets an operator find the log line (and its traceback) the user reports.
+        safe = f"{safe} (request id {REQUEST_ID.get()})"
     return JSONResponse(
         _body(safe),
         status_code=status,
@@ -133,3 +138,36 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
     return error_response(400, "; ".join(parts) or "invalid request")
+
+
+class InternalErrorMiddleware:
+    """An exception no handler took becomes a 500 in DICOM JSON, like every other error, and one log line
+    with the traceback and the request id.
+
+    Starlette's own last resort answers plain text from outside the middleware that sets the request id, so
+    its log line carries none. This one sits inside that middleware. An answer already started cannot be
+    changed: the exception goes on up, and the server cuts the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("%s %s -> 500: %s: %s", scope["method"], scope["path"], type(exc).__name__, exc)
+            response = error_response(500, f"internal error: {type(exc).__name__}")
+            await response(scope, receive, send)

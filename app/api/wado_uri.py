@@ -46,7 +46,46 @@ _RENDERING_PARAMETERS: Final = (
 _UNSUPPORTED: Final = ("anonymize", "presentationUID", "presentationSeriesUID")
 
 
-@router.get("/wado", summary="Retrieve an instance or a rendered image (WADO-URI)")
+def _query(name: str, description: str, *, required: bool = False, kind: str = "string") -> dict[str, object]:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": {"type": kind}}
+
+
+# The parameters are read from the query string as PS3.18 9.1.2 spells them (camelCase, some repeatable only
+# as errors), so FastAPI cannot infer them: they are declared here for the OpenAPI document.
+_OPENAPI: Final[dict[str, object]] = {
+    "parameters": [
+        _query("requestType", "Must be WADO (PS3.18 9.1.2.1).", required=True),
+        _query("studyUID", "Study Instance UID.", required=True),
+        _query("seriesUID", "Series Instance UID.", required=True),
+        _query("objectUID", "SOP Instance UID.", required=True),
+        _query("contentType", "application/dicom, image/jpeg, image/png or image/gif, comma list with q-values; "
+               "default image/jpeg for images, application/dicom otherwise."),
+        _query("transferSyntax", "Transfer syntax UID for application/dicom (lossless transcoding only)."),
+        _query("frameNumber", "Frame to render (1-based).", kind="integer"),
+        _query("rows", "Rendered height in pixels (bounded by MAX_RENDER_SIDE).", kind="integer"),
+        _query("columns", "Rendered width in pixels (bounded by MAX_RENDER_SIDE).", kind="integer"),
+        _query("region", "x1,y1,x2,y2 as fractions 0.0-1.0 of the image."),
+        _query("windowCenter", "Window center (with windowWidth).", kind="number"),
+        _query("windowWidth", "Window width (with windowCenter).", kind="number"),
+        _query("imageQuality", "JPEG quality 1-100.", kind="integer"),
+    ],
+    "responses": {
+        "200": {"description": "The instance or its rendered image.",
+                "content": {media: {} for media in ("application/dicom", "image/jpeg", "image/png", "image/gif")}},
+        "400": {"description": "Malformed or inconsistent parameters (DICOM JSON with the reason)."},
+        "404": {"description": "No such instance."},
+        "406": {"description": "None of the requested content types can be produced."},
+    },
+}
+
+
+@router.get(
+    "/wado",
+    summary="Retrieve an instance or a rendered image (WADO-URI, PS3.18 9)",
+    response_class=Response,
+    openapi_extra=_OPENAPI,
+)
 async def wado(request: Request, context: Context) -> Response:
     params = request.query_params
     if params.get("requestType") != "WADO":

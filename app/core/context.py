@@ -64,6 +64,33 @@ def open_storage(settings: Settings) -> Storage:
     return FileSystemStorage(settings.storage_path, fsync=settings.storage_fsync)
 
 
+# How long start-up waits for the storage to answer (an S3 bucket that another container creates, as compose's
+# minio-init does, may not exist yet when the archive starts).
+STORAGE_WAIT_SECONDS = 60.0
+
+
+async def wait_until_reachable(storage: Storage, seconds: float = STORAGE_WAIT_SECONDS) -> None:
+    """Return once the storage answers its `ping` (storages without one always do); raise after `seconds`."""
+    ping = getattr(storage, "ping", None)
+    if not callable(ping):
+        return
+    deadline = asyncio.get_running_loop().time() + seconds
+    said = False
+    while True:
+        try:
+            await asyncio.to_thread(ping)
+            if said:
+                log.info("storage reachable")
+            return
+        except OSError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            if not said:
+                log.warning("waiting up to %.0f s for the storage: %s", seconds, exc)
+                said = True
+            await asyncio.sleep(1)
+
+
 @dataclass
 class ArchiveContext:
     settings: Settings
@@ -96,6 +123,7 @@ class ArchiveContext:
         repository = open_repository(settings)
         await repository.open()
         storage = open_storage(settings)
+        await wait_until_reachable(storage)
         cleared = storage.clear_staging()
         if cleared:
             log.info("removed %d staged files left by an interrupted store", cleared)

@@ -1,0 +1,45 @@
+"""The API's own documentation: `/openapi.json`, `/docs` (Swagger UI) and `/redoc`.
+
+FastAPI serves them open to anyone. With authentication on, the document lists every route and parameter of
+the archive, which an operator may not want to show an anonymous caller, so `API_DOCS` chooses: `auth` (the
+default: the same bearer token as a GET of the API, scope `read`), `public` (open, as FastAPI does) or `off`.
+With authentication off, `auth` and `public` are the same.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from app.api.auth import authorize
+
+OPENAPI_URL = "/openapi.json"
+
+
+def include_docs(app: FastAPI, mode: Literal["auth", "public", "off"]) -> None:
+    """Add the documentation routes to `app` (built with FastAPI's own ones turned off)."""
+    if mode == "off":
+        return
+    guard = [Depends(authorize("read"))] if mode == "auth" else []
+
+    @app.get(OPENAPI_URL, include_in_schema=False, dependencies=guard)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        # No OAuth2 redirect page: Swagger UI's "Authorize" takes the bearer token as it is.
+        return get_swagger_ui_html(
+            openapi_url=request.scope.get("root_path", "") + OPENAPI_URL,
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=None,
+        )
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guard)
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=request.scope.get("root_path", "") + OPENAPI_URL, title=f"{app.title} - ReDoc"
+        )
