@@ -74,12 +74,16 @@ class Settings(BaseSettings):
     dimse_transfer_syntax_policy: CommaList = Field(default_factory=lambda: ["All"])
     # Largest P-DATA PDU we accept (PS3.8 9.3.1, A-ASSOCIATE-RQ/AC Maximum Length item); 0 = no limit.
     dimse_max_pdu: int = Field(262144, ge=0)
-    # Seconds. pynetdicom drives the ARTIM timer (PS3.8 9.1.5) from the ACSE timeout: there is no separate knob.
-    dimse_acse_timeout: PositiveFloat = 30.0
+    # Seconds. The ARTIM timer (PS3.8 9.1.5): a connection that has not delivered its whole A-ASSOCIATE-RQ (TLS
+    # handshake included) this long after it was accepted is closed; pynetdicom drives it from the ACSE timeout.
+    dimse_acse_timeout: PositiveFloat = 5.0
     dimse_dimse_timeout: PositiveFloat = 60.0  # also bounds one store/find step run on the app loop
     dimse_network_timeout: PositiveFloat = 60.0  # idle association is released after this
     dimse_connection_timeout: PositiveFloat | None = None  # TCP connect of our outgoing associations
+    # Associations at once (from their A-ASSOCIATE-RQ to their end), in all and from one peer IP address; one
+    # more is rejected-transient, local-limit-exceeded (PS3.8 9.3.4).
     dimse_max_associations: PositiveInt = 16
+    dimse_max_associations_per_peer: PositiveInt = 8
     # Calling AE titles allowed to associate (PS3.8 9.3.4 A-ASSOCIATE-RJ reason 3); empty = any.
     dimse_allowed_calling_aets: CommaList = Field(default_factory=list)
     # Reject an association whose Called AE Title is not AE_TITLE (A-ASSOCIATE-RJ reason 7).
@@ -101,9 +105,21 @@ class Settings(BaseSettings):
     # Behaviour and limits
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
     max_request_bytes: int = Field(4 * 1024**3, description="Largest STOW-RS body accepted (413 above it).")
+    max_request_parts: PositiveInt = Field(
+        10_000,
+        description="Most parts in one STOW-RS body, and most data sets its DICOM JSON metadata may describe (413 "
+        "above it): each part that looks like DICOM costs a staged file and a header parse whatever its size.",
+    )
     storage_fsync: bool = Field(True, description="fsync each file before it is renamed into place.")
     qido_default_limit: int = 1000
     qido_max_limit: int = 10000
+    # Rendered images (WADO-RS rendered/thumbnail, WADO-URI; app/core/render.py). A side of the output may be
+    # as long as the frame's own side or this many pixels, whichever is more; a viewport asking for more is 400.
+    max_render_side: PositiveInt = 4096
+    # Renders made at once (each holds a decoded frame and its output in memory); the others wait their turn
+    # up to RENDER_WAIT_SECONDS, then get 503 with Retry-After.
+    render_concurrency: PositiveInt = 2
+    render_wait_seconds: PositiveFloat = 30.0
 
     # Study lifecycle (app/core/completion.py, app/core/rules.py, app/core/webhooks.py, app/fhir)
     # A study is complete when no instance of it arrived for this many seconds (the seeds' studyTimeout).

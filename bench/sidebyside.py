@@ -1,11 +1,15 @@
-"""The quick suite, side by side with Orthanc 1.10 on the same data: STOW-RS, C-STORE, QIDO-RS and WADO-RS.
+"""The quick suite, side by side with Orthanc 1.10 on the same data: STOW-RS, C-STORE, C-GET, C-MOVE, QIDO-RS
+and WADO-RS.
 
 Run: `python bench/sidebyside.py [--count 500] [--runs 2]`. Each write workload starts each server from empty:
 STOW-RS with dicomweb-client and with curl posting pre-encoded bodies (bench/stow.py), C-STORE with storescu;
 then each server is started from empty once more per run, given the read set of bench/reads.py over STOW-RS
 (COUNT instances over COUNT/5 studies, plus one 600-instance series) and measured: QIDO-RS by PatientID, by
 wildcard name and by date range + modality (4 clients; req/s, p50, p99), WADO-RS study retrieve (instances/s),
-series metadata of the 600-instance series (warm p50) and one frame (warm p50). Runs alternate (ours, Orthanc,
+series metadata of the 600-instance series (warm p50) and one frame (warm p50). Retrieve workloads
+(bench/retrieve.py), on one more server per run given the COUNT write instances over C-STORE in 20 studies:
+C-GET with getscu and C-MOVE with movescu to a DCMTK storescp, one study per association, 1 and 4 at a time,
+and WADO-RS study retrieve with dicomweb-client, 1 and 4 clients. Runs alternate (ours, Orthanc,
 ours, Orthanc...) so machine drift cancels. Prints medians, min/max and the ratio ours/Orthanc as a speed-up
 (rates: ours/Orthanc; latencies: Orthanc/ours, so above 1 always means ours is faster) with the load average,
 and records them in bench/results/. Without Orthanc installed (Debian: orthanc, orthanc-dicomweb) only our
@@ -25,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import orthanc, reads
-from bench.common import ct_copies, our_server, record
+from bench import orthanc, reads, retrieve
+from bench.common import ct_copies, free_port, our_server, record
 from bench.cstore import send
 from bench.stow import encode_bodies, stow, stow_raw
 
@@ -36,7 +40,7 @@ Server = Callable[[Path], AbstractContextManager[dict[str, int]]]
 def servers() -> Iterator[tuple[str, Server, str]]:
     yield "ours", lambda work: our_server(work, dimse=True, env={"AE_TITLE": "DICOMWEB"}), "DICOMWEB"
     if orthanc.available():
-        yield "Orthanc 1.10", orthanc.orthanc_server, orthanc.AE_TITLE
+        yield "Orthanc 1.10", lambda work: orthanc.orthanc_server(work), orthanc.AE_TITLE
 
 
 def main() -> None:
@@ -46,11 +50,14 @@ def main() -> None:
     parser.add_argument("--series-size", type=int, default=600)
     parser.add_argument("--qido-seconds", type=float, default=4.0)
     parser.add_argument("--no-reads", action="store_true", help="STOW-RS and C-STORE only")
+    parser.add_argument("--studies", type=int, default=20, help="studies of the C-GET/C-MOVE/WADO-RS set")
     args = parser.parse_args()
     loads = [os.getloadavg()[0]]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, retrieve.storescp(destination := free_port()):
         work = Path(tmp)
         files = ct_copies(work / "files", args.count)
+        retrieve_files = ct_copies(work / "retrieve", args.count, studies=args.studies)
+        studies = retrieve.study_sizes(retrieve_files)
         bodies = encode_bodies(files, 50, work / "bodies")
         read_set = None if args.no_reads else reads.make_read_set(work / "reads", args.count, args.series_size)
         workloads: dict[str, Callable[[dict[str, int], str], float]] = {
@@ -73,6 +80,14 @@ def main() -> None:
                     _keep(rates, order, f"{workload} ({args.count} x CT_small), instances/s", name, rate)
                     print(f"run {run + 1}: {workload} on {name}: {rate:.1f} instances/s", flush=True)
                     loads.append(os.getloadavg()[0])
+                with retrieve.loaded(name, work / f"{name}-retrieve-{run}".replace(" ", "_"), retrieve_files,
+                                     destination) as (ports, title):
+                    for workload, measure in retrieve.workloads(ports, title).items():
+                        rate = measure(studies)
+                        _keep(rates, order, f"{workload} ({args.count} x CT_small, {args.studies} studies), "
+                              "instances/s", name, rate)
+                        print(f"run {run + 1}: {workload} on {name}: {rate:.1f} instances/s", flush=True)
+                loads.append(os.getloadavg()[0])
                 if read_set is not None:
                     with start(work / f"{name}-reads-{run}".replace(" ", "_")) as ports:
                         reads.load(_dicomweb(ports), read_set)

@@ -9,7 +9,12 @@ that says who was refused and why (the SCU only learns a reason code):
 3. user identity (PS3.7 D.3.3.7), when users are configured: an association without a User Identity item,
    with a type other than username (1) or username-and-passcode (2), or with an unknown user or a wrong
    password is rejected-permanent, service-user, reason 1 "no-reason-given" (PS3.7 D.3.3.7 leaves the reason
-   to the acceptor; naming it would tell a guesser which half was wrong).
+   to the acceptor; naming it would tell a guesser which half was wrong);
+4. a free association slot: at most DIMSE_MAX_ASSOCIATIONS in all and DIMSE_MAX_ASSOCIATIONS_PER_PEER from one
+   IP address, else rejected-transient, service-provider (presentation related), reason 2
+   "local-limit-exceeded". An association holds a slot from its A-ASSOCIATE-RQ to its end; a connection that
+   has not sent a complete one holds none (it is closed after DIMSE_ACSE_TIMEOUT, acceptor.py), so half-sent
+   PDUs cannot lock legitimate peers out, and one host cannot take every slot.
 
 pynetdicom also enforces the calling and called AE titles itself (`AE.require_calling_aet`,
 `AE.require_called_aet`), which the server configures too: if this handler ever failed, the association would
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,9 +42,11 @@ log = logging.getLogger(__name__)
 RESULT_REJECTED_PERMANENT: Final = 0x01
 RESULT_REJECTED_TRANSIENT: Final = 0x02
 SOURCE_SERVICE_USER: Final = 0x01
+SOURCE_SERVICE_PROVIDER_PRESENTATION: Final = 0x03
 REASON_NO_REASON_GIVEN: Final = 0x01
 REASON_CALLING_AE_NOT_RECOGNIZED: Final = 0x03
 REASON_CALLED_AE_NOT_RECOGNIZED: Final = 0x07
+REASON_LOCAL_LIMIT_EXCEEDED: Final = 0x02  # with SOURCE_SERVICE_PROVIDER_PRESENTATION
 
 # User Identity Type (PS3.7 Table D.3-14).
 USER_IDENTITY_USERNAME: Final = 1
@@ -114,6 +121,31 @@ class AccessPolicy:
         return None
 
 
+def check_slots(address: str, holders: Sequence[str], total: int, per_peer: int) -> Rejection | None:
+    """None if a peer at `address` may have one more association, given the addresses of those held."""
+    if len(holders) >= total:
+        why = f"all {total} association slots are taken (DIMSE_MAX_ASSOCIATIONS)"
+    elif (mine := holders.count(address)) >= per_peer:
+        why = f"{mine} associations are open from {address} already (DIMSE_MAX_ASSOCIATIONS_PER_PEER)"
+    else:
+        return None
+    return Rejection(
+        RESULT_REJECTED_TRANSIENT, SOURCE_SERVICE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT_EXCEEDED, why
+    )
+
+
+def slot_holders(assoc: Any) -> list[str]:
+    """Peer addresses of the server's other associations that hold a slot: past their A-ASSOCIATE-RQ, not ended."""
+    return [
+        str(other.requestor.address)
+        for other in assoc.ae.active_associations
+        if other is not assoc
+        and other.is_acceptor
+        and other.requestor.primitive is not None
+        and not (other.is_rejected or other.is_aborted or other.is_released)
+    ]
+
+
 def peer(assoc: Any) -> str:
     """`AE@host:port` of the requestor, for log lines and the ingest origin."""
     requestor = assoc.requestor
@@ -138,6 +170,14 @@ def handle_requested(event: Any, dimse: DimseContext) -> None:
             )
         )
         rejection = dimse.access.check(str(rq.calling_ae_title), str(rq.called_ae_title), identity)
+        if rejection is None:
+            settings = dimse.settings
+            rejection = check_slots(
+                str(assoc.requestor.address),
+                slot_holders(assoc),
+                settings.dimse_max_associations,
+                settings.dimse_max_associations_per_peer,
+            )
     except Exception:
         log.exception("association from %s rejected: access check failed", peer(assoc))
         rejection = Rejection(
@@ -187,7 +227,5 @@ def handle_accepted(event: Any, dimse: DimseContext) -> None:
 def handle_rejected(event: Any, dimse: DimseContext) -> None:
     """EVT_REJECTED: the rejections pynetdicom makes itself (our own are logged where they are made)."""
     log.warning(
-        "association from %s rejected by the DICOM stack (limit of %d associations, or AE title check)",
-        peer(event.assoc),
-        dimse.settings.dimse_max_associations,
+        "association from %s rejected by the DICOM stack (AE title or user identity check)", peer(event.assoc)
     )

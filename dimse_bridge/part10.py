@@ -12,15 +12,15 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from app.core.raw_header import LONG_VRS
+
 PREAMBLE: Final = b"\x00" * 128 + b"DICM"  # PS3.10 7.1: 128-byte preamble and the DICM prefix
 
-# PS3.5 7.1.2: explicit VRs whose element header has 2 reserved bytes and a 4-byte length.
-_LONG_VRS: Final = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
 
 
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
     """One File Meta element, Explicit VR Little Endian (PS3.10 7.1: group 0002 always is)."""
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return struct.pack("<HH2s2xI", group, element, vr, len(value)) + value
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
 

@@ -9,9 +9,10 @@ adapter onto the archive services, so DIMSE and DICOMweb give the same answers:
   were asked for plus the ones the answer needs (QueryRetrieveLevel and the unique keys of the level and the
   levels above, PS3.4 C.4.1.2.1 / C.6.1.1.3, C.6.2.1.3).
 * `handle_get` and `handle_move` share `matching_instances` (which instances an identifier names) and
-  `_sub_operations` (load each instance in a transfer syntax the receiving side accepted, through the one
-  retrieve service, and hand it to pynetdicom, which sends the C-STORE sub-operation and keeps the
-  Remaining/Completed/Failed/Warning counts of the pending and final responses).
+  `_sub_operations` (read each instance's data set in a transfer syntax the receiving side accepted, through
+  the one retrieve service: the stored bytes as they are when that syntax was accepted, sending.py; and hand it
+  to pynetdicom, which sends the C-STORE sub-operation and keeps the Remaining/Completed/Failed/Warning counts
+  of the pending and final responses).
 
 Statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4): a malformed identifier or a level the information model
 does not have is 0xA900 "Identifier does not match SOP Class"; a value the archive cannot match as given is
@@ -42,13 +43,14 @@ from pynetdicom.presentation import PresentationContext, build_context
 from app.core.attributes import Level
 from app.core.query import QueryError, QueryModel, from_identifier, search_pages
 from app.core.records import JSONDict, StoredInstance
-from app.core.retrieve import NotAcceptable, NotFound, RetrieveFailed
+from app.core.retrieve import NotAcceptable, RetrieveFailed
 from app.core.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from dimse_bridge import scu, status
+from dimse_bridge import scu, sending, status
 from dimse_bridge.access import peer
-from dimse_bridge.bridge import BridgeClosed, BridgeError
+from dimse_bridge.bridge import BridgeError
 from dimse_bridge.context import DimseContext
 from dimse_bridge.policy import VERIFICATION
+from dimse_bridge.sending import EncodedDataSet
 
 log = logging.getLogger(__name__)
 
@@ -360,20 +362,14 @@ def _sub_operations(
             yield status.PENDING, _unsendable(ref)
             continue
         try:
-            ds = dimse.bridge.call(dimse.archive.retrieve.load(ref, accepted))
-        except (NotFound, NotAcceptable, RetrieveFailed) as exc:
+            # Read in this thread: a file read needs no hop to the loop, and the bytes go out as stored when the
+            # receiver accepted their syntax (sending.py).
+            encoded = dimse.archive.retrieve.encoded(ref, accepted)
+        except (NotAcceptable, RetrieveFailed) as exc:
             log.warning("%s: instance %s not sent: %s", who, ref.sop_instance_uid, exc)
             yield status.PENDING, _unsendable(ref)
             continue
-        except BridgeClosed as exc:
-            log.warning("%s stopped after %d of %d sub-operations: %s", who, sent, len(refs), exc)
-            yield status.status_dataset(status.OUT_OF_RESOURCES_SUBOPERATIONS, str(exc)), None
-            return
-        except BridgeError as exc:
-            log.warning("%s: instance %s not sent: %s", who, ref.sop_instance_uid, exc)
-            yield status.PENDING, _unsendable(ref)
-            continue
-        yield status.PENDING, ds
+        yield status.PENDING, EncodedDataSet(encoded)
 
 
 def _refusal(code: int, comment: str) -> Iterator[Any]:
@@ -398,6 +394,7 @@ def handle_get(event: Any, dimse: DimseContext) -> Iterator[Any]:
         yield from _refusal(status.OUT_OF_RESOURCES_MATCHES, str(exc))
         return
     log.info("%s: %d instances to send", who, len(refs))
+    sending.install(event.assoc)
     yield len(refs)
     yield from _sub_operations(event, dimse, refs, lambda: event.assoc, who)
 
@@ -421,6 +418,7 @@ class _Receiver:
 
     def accepted(self, event: Any) -> None:
         self.assoc = event.assoc
+        sending.install(event.assoc)
 
 
 def handle_move(event: Any, dimse: DimseContext) -> Iterator[Any]:

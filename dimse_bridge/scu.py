@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pydicom import Dataset
-from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom import build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext
@@ -35,6 +35,9 @@ from pynetdicom.status import code_to_category
 from app.config import Settings
 from app.core.aes import RemoteAE
 from app.core.records import StoredInstance
+from app.core.retrieve import EncodedInstance
+from dimse_bridge.reactor import PromptAE
+from dimse_bridge.sending import EncodedDataSet, send_encoded
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,8 @@ MAX_CONTEXTS: Final = 128  # PS3.8 9.3.2.2: presentation context IDs are odd num
 # lost): 0xA900 is "Data Set does not match SOP Class" for C-STORE, so use the generic "unable to process".
 UNABLE_TO_PROCESS: Final = 0xC000
 
-Loader = Callable[[StoredInstance, list[str]], Dataset]
-"""Read one instance as a Dataset in one of the given transfer syntaxes (RetrieveService.load over a bridge)."""
+Loader = Callable[[StoredInstance, list[str]], EncodedInstance]
+"""Read one instance's data set encoded in one of the given transfer syntaxes (RetrieveService.encoded)."""
 
 
 class ScuError(RuntimeError):
@@ -118,7 +121,7 @@ def associate(
     handlers: Iterable[evt.EventHandlerType] = (),
 ) -> Association:
     """An established association with `remote` proposing `contexts`, or ScuError saying why not."""
-    ae = AE(ae_title=options.calling_ae_title)
+    ae = PromptAE(ae_title=options.calling_ae_title)
     ae.acse_timeout = options.timeout
     ae.dimse_timeout = options.timeout
     ae.network_timeout = options.timeout
@@ -277,8 +280,8 @@ def _store_batch(
             report.fail(ref)
             continue
         try:
-            status = assoc.send_c_store(dataset)
-        except (ValueError, AttributeError, RuntimeError) as exc:  # no matching context, not encodable
+            status = send_encoded(assoc, EncodedDataSet(dataset))
+        except (ValueError, AttributeError, RuntimeError) as exc:  # no matching context
             log.warning("C-STORE to %s: cannot send %s: %s", remote.ae_title, ref.sop_instance_uid, exc)
             report.fail(ref)
             continue

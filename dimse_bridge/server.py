@@ -7,14 +7,16 @@ instance sent by C-STORE is visible to QIDO-RS as soon as the C-STORE-RSP leaves
 What is configured here, from Settings:
 * presentation contexts from policy.py (Verification always; storage per DIMSE_SOP_CLASS_POLICY and
   DIMSE_TRANSFER_SYNTAX_POLICY);
-* timeouts: ACSE (also pynetdicom's ARTIM timer, PS3.8 9.1.5), DIMSE, network (idle) and outgoing connection;
+* timeouts: ACSE (also the ARTIM timer, PS3.8 9.1.5, which acceptor.py makes bound the whole association-request
+  phase), DIMSE, network (idle) and outgoing connection;
 * the maximum PDU we receive (PS3.8 D.1): DIMSE_MAX_PDU;
-* the association limit, and access control (access.py), enforced twice: by our EVT_REQUESTED handler, which
-  logs why, and by pynetdicom's own AE title checks;
+* access control and the association limits (access.py), enforced by our EVT_REQUESTED handler, which logs why;
+  pynetdicom's own AE title checks stay on as well, its association count does not (see build_ae);
 * TLS (PS3.15 B.1 / BCP 195): a server certificate, and client certificates required when a CA is given.
 
 pynetdicom logs every DIMSE message at INFO; that is one log line per instance under load, so its logger is
 set to WARNING unless this package logs at DEBUG or the operator configured the `pynetdicom` logger already.
+Its ERROR for an unknown C-MOVE destination is dropped: qr.py logs that refusal as the WARNING it is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import sys
 import time
 from typing import Any, Final
 
@@ -32,6 +35,7 @@ from pynetdicom.presentation import PresentationContext
 from app.config import Settings
 from app.core.context import ArchiveContext
 from dimse_bridge import access, commitment, handlers, qr
+from dimse_bridge.acceptor import AcceptorAE
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
 from dimse_bridge.context import DimseContext
@@ -48,14 +52,16 @@ SERVICE_SOP_CLASSES: Final = (*qr.QR_SOP_CLASSES, commitment.STORAGE_COMMITMENT_
 
 
 def build_ae(settings: Settings, policy: PresentationPolicy, access_policy: AccessPolicy) -> AE:
-    ae = AE(ae_title=settings.ae_title)
+    ae = AcceptorAE(ae_title=settings.ae_title)
     ae.supported_contexts = policy.supported_contexts(extra=SERVICE_SOP_CLASSES)
     ae.maximum_pdu_size = settings.dimse_max_pdu
     ae.acse_timeout = settings.dimse_acse_timeout
     ae.dimse_timeout = settings.dimse_dimse_timeout
     ae.network_timeout = settings.dimse_network_timeout
     ae.connection_timeout = settings.dimse_connection_timeout
-    ae.maximum_associations = settings.dimse_max_associations
+    # pynetdicom counts every connection as an association, also one that never sends an A-ASSOCIATE-RQ, so
+    # half-sent PDUs took every slot: access.handle_requested counts the slots instead, and this is out of reach.
+    ae.maximum_associations = sys.maxsize
     # Defence in depth: access.handle_requested rejects first and says why; these checks stay in force anyway.
     ae.require_calling_aet = sorted(access_policy.allowed_calling_aets)
     ae.require_called_aet = access_policy.require_called_aet
@@ -121,10 +127,17 @@ def event_handlers(dimse: DimseContext) -> list[evt.EventHandlerType]:
     ]
 
 
+def _unknown_move_destination(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Unknown Move Destination")
+
+
 def _quiet_pynetdicom() -> None:
     library = logging.getLogger("pynetdicom")
     if library.level == logging.NOTSET and log.getEffectiveLevel() > logging.DEBUG:
         library.setLevel(logging.WARNING)
+    service_class = logging.getLogger("pynetdicom.service_class")
+    if _unknown_move_destination not in service_class.filters:
+        service_class.addFilter(_unknown_move_destination)
 
 
 class DimseServer:
@@ -148,14 +161,20 @@ class DimseServer:
         return str(host), int(port)
 
     def start(self) -> None:
+        """Listen on DIMSE_HOST:DIMSE_PORT; OSError naming them (errno kept) if that address cannot be bound."""
         _quiet_pynetdicom()
-        self._server = self.ae.start_server(
-            (self.settings.dimse_host, self.settings.dimse_port),
-            block=False,
-            contexts=SharedContexts(self.context.policy.supported_contexts(extra=SERVICE_SOP_CLASSES)),
-            evt_handlers=event_handlers(self.context),
-            ssl_context=tls_context(self.settings),
-        )
+        host, port = self.settings.dimse_host, self.settings.dimse_port
+        try:
+            self._server = self.ae.start_server(
+                (host, port),
+                block=False,
+                contexts=SharedContexts(self.context.policy.supported_contexts(extra=SERVICE_SOP_CLASSES)),
+                evt_handlers=event_handlers(self.context),
+                ssl_context=tls_context(self.settings),
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OSError(exc.errno, f"cannot listen for DICOM on {host}:{port}: {reason}") from exc
         host, port = self.address
         log.info(
             "DIMSE server %s listening on %s:%d%s (%d SOP classes%s)",

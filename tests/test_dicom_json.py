@@ -79,6 +79,7 @@ def test_the_byte_reader_writes_what_pydicoms_reader_writes_or_declines(name: st
     header = read_header(io.BytesIO(data))
     assert fast.transfer_syntax_uid == header.dataset.file_meta.TransferSyntaxUID
     assert fast.body == dataset_json(header.dataset, pixel_data_present=header.pixel_data_present)
+    assert fast.pixel_data_offset == header.pixel_data_offset  # where the pixel data check starts
 
 
 def test_the_byte_reader_takes_the_common_instance_and_declines_other_shapes() -> None:

@@ -24,6 +24,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom import evt
 
 from tests import dicom_files
 from tests.servers import free_port
@@ -384,6 +385,28 @@ def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, scu: 
     qr.archive.wait_for_log(f"instance {qr.b.sop_uids[0]} not sent: no accepted presentation context")
 
 
+def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, scu: dict[str, Any]) -> None:
+    """The stored syntax was accepted, so the C-STORE sub-operation carries the file's data set unchanged:
+    nothing parsed and written again (sending.py)."""
+    raw: dict[str, bytes] = {}
+
+    def keep_bytes(event: Any) -> int:
+        raw[str(event.request.AffectedSOPInstanceUID)] = bytes(event.request.DataSet.getvalue())
+        return 0x0000
+
+    scu["handlers"] = [(evt.EVT_C_STORE, keep_bytes)]
+    assoc = associate(qr, scu)
+    try:
+        responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.a.uid), STUDY_ROOT_GET)]
+    finally:
+        assoc.release()
+    assert responses[-1].Status == 0x0000
+    assert set(raw) == set(qr.a.sop_uids)
+    for ds in qr.a.instances:
+        stored = qr.archive.stored_file(ds).read_bytes()
+        assert raw[ds.SOPInstanceUID] == dicom_files.data_set_bytes(stored)
+
+
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, scu: dict[str, Any]) -> None:
     assoc = associate(qr, scu)
@@ -467,7 +490,10 @@ def test_movescu_to_an_unknown_destination_is_refused_with_a801(qr: QrArchive) -
         "-k", f"StudyInstanceUID={qr.a.uid}", "127.0.0.1", str(qr.archive.dimse_port),
     )  # fmt: skip
     assert "MoveDestinationUnknown" in result.stderr, result.stderr
-    qr.archive.wait_for_log("to NOBODY refused: unknown move destination")
+    log = qr.archive.wait_for_log("to NOBODY refused: unknown move destination")
+    # A peer's mistake, not the archive's: one WARNING line, and no ERROR (pynetdicom logs one of its own).
+    about = [line for line in log.splitlines() if "NOBODY" in line]
+    assert [line.split()[2] for line in about] == ["WARNING"], about
 
 
 def test_a_destination_that_is_down_gets_a801(qr: QrArchive, scu: dict[str, Any]) -> None:
@@ -513,6 +539,25 @@ def test_c_cancel_stops_a_move(qr: QrArchive, scu: dict[str, Any]) -> None:
     assert final.NumberOfRemainingSuboperations > 0
     assert 0 < len(qr.slow.received) < BIG_STUDY_SIZE
     assert final.NumberOfCompletedSuboperations == len(qr.slow.received)
+
+
+def test_moves_to_a_prompt_destination_complete_every_sub_operation(qr: QrArchive, scu: dict[str, Any]) -> None:
+    """A destination that answers each C-STORE at once: every sub-operation's response reaches the sender, none
+    is taken by the sub-association's own reactor (reactor.py; such a loss waited out the DIMSE timeout)."""
+    with Receiver() as fast:
+        fast_title = "QRFAST"
+        _register(qr.archive, fast_title, fast.port)
+        assoc = associate(qr, scu)
+        try:
+            for _ in range(5):
+                fast.received.clear()
+                statuses = [s for s, _ in assoc.send_c_move(study_identifier(StudyInstanceUID=qr.big.uid),
+                                                            fast_title, STUDY_ROOT_MOVE)]  # fmt: skip
+                assert statuses[-1].Status == 0x0000
+                assert statuses[-1].NumberOfCompletedSuboperations == BIG_STUDY_SIZE
+                assert len(fast.received) == BIG_STUDY_SIZE
+        finally:
+            assoc.release()
 
 
 # -- the doors agree ---------------------------------------------------------------------------------------

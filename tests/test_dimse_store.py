@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -143,11 +144,11 @@ def running_archive(root: Path, **settings: str) -> Iterator[DimseArchive]:
             process.wait(timeout=10)
 
 
-def dcmtk(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def dcmtk(*args: str | Path, timeout: float = TOOL_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run a DCMTK tool with Nagle off (INTEROP.md), bounded by a timeout, output captured."""
     env = {**os.environ, "TCP_NODELAY": "1"}
     return subprocess.run(
-        [str(a) for a in args], env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False
+        [str(a) for a in args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -438,12 +439,9 @@ def test_a_listed_sop_class_keyword_or_uid_is_accepted(guarded: DimseArchive, tm
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseArchive]:
-    """One association at a time. A short ACSE timeout lets the readiness probe's connection (which never sends
-    an A-ASSOCIATE-RQ, and counts until then) go away quickly."""
-    with running_archive(
-        tmp_path_factory.mktemp("limited"), DIMSE_MAX_ASSOCIATIONS="1", DIMSE_ACSE_TIMEOUT="1"
-    ) as server:
-        time.sleep(1.5)
+    """One association at a time. The readiness probe's connection, which never sends an A-ASSOCIATE-RQ, holds
+    no slot (it did, until the ACSE timeout closed it, when pynetdicom counted the slots)."""
+    with running_archive(tmp_path_factory.mktemp("limited"), DIMSE_MAX_ASSOCIATIONS="1") as server:
         yield server
 
 
@@ -461,7 +459,7 @@ def test_one_association_too_many_is_rejected(limited: DimseArchive) -> None:
         holder.release()
     assert result.returncode != 0
     assert "Local Limit Exceeded" in result.stderr
-    limited.wait_for_log("limit of 1 associations")
+    limited.wait_for_log("all 1 association slots are taken (DIMSE_MAX_ASSOCIATIONS)")
     # ...and the slot is free again once the first association is released.
     deadline = time.monotonic() + 10
     while dcmtk("echoscu", "-aet", CALLING, "-aec", AE_TITLE, "127.0.0.1", limited.dimse_port).returncode:
@@ -536,6 +534,17 @@ def test_tls_without_a_client_certificate_is_refused(tls_archive: DimseArchive, 
     assert result.returncode != 0
     plain = dcmtk("echoscu", "-aet", CALLING, "-aec", AE_TITLE, "127.0.0.1", tls_archive.dimse_port)
     assert plain.returncode != 0
+
+
+def test_a_silent_connection_does_not_keep_tls_peers_out(tls_archive: DimseArchive, pki: Path) -> None:
+    """The TLS handshake belongs to the association-request phase, not to the accept loop, where a connection
+    that sent nothing made every other peer wait for as long as it stayed open."""
+    tls = ["+tls", str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt")]
+    with socket.create_connection(("127.0.0.1", tls_archive.dimse_port)):
+        result = dcmtk(
+            "echoscu", "-aet", CALLING, "-aec", AE_TITLE, *tls, "127.0.0.1", tls_archive.dimse_port, timeout=20
+        )
+    assert result.returncode == 0, result.stderr
 
 
 # -- part10.py against pydicom (no server) ------------------------------------------------------------------

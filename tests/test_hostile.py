@@ -113,12 +113,7 @@ def test_fuzzed_content_types_parse_or_fail_with_multipart_error(value: str) -> 
 
 
 def _small_instance() -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds = dicom_files.secondary_capture()
     ds.PatientName, ds.PatientID, ds.Modality, ds.StudyDate = "DOE^JOHN", "P1", "OT", "20240101"
     seq_item = Dataset()
     seq_item.CodeValue = "123"
@@ -534,11 +529,17 @@ def test_authentication_and_dimse_access_control_are_covered_elsewhere() -> None
     """With auth on, every route without a token is 401 and with a token lacking its scope 403: the route list is
     the real application's (tests/test_auth.py, `test_every_door_*`). A DIMSE peer that is not allowed is
     rejected at association (tests/test_dimse_store.py, `test_an_unknown_calling_ae_is_rejected_with_a_reason`,
-    `test_bad_credentials_are_rejected`). This test only keeps those names from drifting away."""
+    `test_bad_credentials_are_rejected`). Hostile DIMSE peers (half-sent and oversized PDUs, one host taking
+    every slot, a C-STORE the stack cannot route) meet the real server in tests/test_dimse_limits.py. This test
+    only keeps those names from drifting away."""
     here = Path(__file__).parent
     auth = (here / "test_auth.py").read_text()
     dimse = (here / "test_dimse_store.py").read_text()
+    limits = (here / "test_dimse_limits.py").read_text()
     assert "def test_every_door_refuses_a_request_without_a_token_with_401" in auth
     assert "def test_every_door_refuses_a_token_without_its_scope_with_403" in auth
     assert "def test_an_unknown_calling_ae_is_rejected_with_a_reason" in dimse
+    assert "def test_half_sent_pdus_take_no_slot_and_are_closed_after_the_acse_timeout" in limits
+    assert "def test_a_pdu_header_claiming_4_gib_is_refused_before_anything_is_buffered" in limits
+    assert "def test_one_peer_cannot_take_every_slot" in limits
     assert BY_KEYWORD  # the attribute table the QIDO fuzz draws on is loaded

@@ -312,6 +312,28 @@ def test_cli_reindex_and_stats_rebuild_a_lost_index(tmp_path: Path) -> None:
     assert stats["studies"] == 1 and stats["series"] == 1 and stats["instances"] == 3
 
 
+def test_reindex_keeps_a_held_file_that_ingest_would_now_refuse(tmp_path: Path) -> None:
+    """An instance archived before ingest refused leading-zero UIDs (PS3.5 9.1) is indexed again, not reported
+    failed: a file without metadata is what the sweep removes."""
+    ds = dicom_files.renewed("CT_small.dcm")
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.2.1125.01.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    held = tmp_path / "storage" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    held.parent.mkdir(parents=True)
+    held.write_bytes(dicom_files.part10(ds))
+
+    rebuilt = run_cli(tmp_path, "reindex")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "indexed 1 files, failed 0" in rebuilt.stdout
+    settings = Settings(data_dir=tmp_path, dimse_enabled=False, _env_file=None)  # type: ignore[call-arg]
+    with running_archive(settings) as server:
+        found = httpx.get(f"{server.dicomweb}/instances", params={"SOPInstanceUID": ds.SOPInstanceUID}).json()
+        assert [value(r, "00080018") for r in found] == [ds.SOPInstanceUID]
+        again = httpx.post(f"{server.dicomweb}/studies", content=dicom_files.multipart([dicom_files.part10(ds)]),
+                           headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'})
+        assert again.status_code == 409  # offered anew, it is refused (0xA900)
+
+
 def test_the_change_feed_records_each_deleted_instance(archive_server: ArchiveServer) -> None:
     datasets = one_study(1, 2)
     dicom_files.stow(archive_server.dicomweb, datasets)

@@ -22,9 +22,16 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 
-from app.core.render import MAX_RENDER_PIXELS, RenderError, RenderOptions, render, thumbnail
+from app.core import render as rendering
+from app.core.render import MAX_RENDER_PIXELS, RenderError, RenderOptions, RenderRequestError, thumbnail
 
 Array = np.ndarray[Any, Any]
+MAX_SIDE = 4096  # MAX_RENDER_SIDE's default
+
+
+def render(ds: Dataset, options: RenderOptions) -> bytes:
+    """app.core.render.render with the default output bound, for the tests that are not about the bound."""
+    return rendering.render(ds, options, max_side=MAX_SIDE)
 
 
 def load(name: str) -> Dataset:
@@ -274,8 +281,33 @@ def test_crop_takes_the_source_region_before_the_viewport() -> None:
     assert np.array_equal(region, full[20:52, 10:74])
     scaled = decode(render(ds, RenderOptions(crop=(10, 20, 64, 32), viewport=(32, 32))))
     assert scaled.size == (32, 16)
-    with pytest.raises(RenderError):
+    clipped = pixels(render(ds, RenderOptions(media_type="image/png", window=(40, 400, "LINEAR"), crop=(100, 90, 64, 64))))
+    assert np.array_equal(clipped, full[90:, 100:])  # a region reaching past the frame is clipped to it
+    with pytest.raises(RenderRequestError):
         render(ds, RenderOptions(crop=(500, 500, 10, 10)))
+
+
+def test_a_viewport_may_enlarge_up_to_the_output_bound() -> None:
+    ds = load("CT_small.dcm")  # 128 x 128
+    options = RenderOptions(media_type="image/png", viewport=(512, 512))
+    assert decode(rendering.render(ds, options, max_side=512)).size == (512, 512)
+
+
+def test_a_viewport_beyond_the_output_bound_is_refused_before_decoding() -> None:
+    ds = load("CT_small.dcm")  # 128 x 128
+    ds.PixelData = b""  # nothing decodable: the refusal must come first
+    with pytest.raises(RenderRequestError, match="65500x65500 image; at most 512x512"):
+        rendering.render(ds, RenderOptions(viewport=(65500, 65500)), max_side=512)
+    with pytest.raises(RenderRequestError, match="513x513"):
+        rendering.render(ds, RenderOptions(viewport=(513, 513)), max_side=512)
+
+
+def test_a_frame_larger_than_the_bound_renders_at_its_own_size_but_no_larger() -> None:
+    ds = load("JPEG2000.dcm")  # 1024 rows x 256 columns
+    assert decode(rendering.render(ds, RenderOptions(), max_side=64)).size == (256, 1024)
+    assert decode(rendering.render(ds, RenderOptions(viewport=(600, 1024)), max_side=300)).size == (256, 1024)
+    with pytest.raises(RenderRequestError, match="at most 300x1024"):
+        rendering.render(ds, RenderOptions(viewport=(600, 2048)), max_side=300)
 
 
 def test_thumbnail_fits_the_first_frame_within_the_size_and_never_enlarges() -> None:

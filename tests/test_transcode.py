@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import struct
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from app.core.transcode import (
     FrameNumberError,
     TranscodeError,
     can_encode,
+    data_set_offset,
     decoded_frame_bytes,
     encode_part10,
     frame_bytes,
@@ -507,3 +509,39 @@ def test_a_compressed_frame_claiming_a_huge_size_is_refused_before_decoding() ->
     ds.NumberOfFrames = 4  # 3.2 GB for the whole instance
     with pytest.raises(TranscodeError, match="over"):
         transcode(ds, EXPLICIT)
+
+
+# -- where a Part 10 file's data set starts --------------------------------------------------------------------
+
+_META_ELEMENTS = st.lists(
+    st.tuples(st.integers(0x0001, 0xFFFF), st.sampled_from([b"OB", b"UI", b"UL", b"SH", b"AE", b"UN"]),
+              st.binary(max_size=64).map(lambda b: b if len(b) % 2 == 0 else b + b"\0")),
+    max_size=8,
+)
+
+
+@given(elements=_META_ELEMENTS, with_length=st.booleans(), data_set=st.binary(max_size=64))
+def test_the_data_set_starts_after_the_file_meta_group_with_or_without_its_group_length(
+    elements: list[tuple[int, bytes, bytes]], with_length: bool, data_set: bytes
+) -> None:
+    long_vrs = {b"OB", b"UN"}
+    body = b"".join(
+        struct.pack("<HH2s2xI", 2, element, vr, len(value)) + value if vr in long_vrs
+        else struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+        for element, vr, value in sorted(elements)
+    )
+    if with_length:
+        body = struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body)) + body
+    head = bytes(128) + b"DICM" + body
+    first = struct.pack("<HH2sH", 0x0008, 0x0005, b"CS", 0) + data_set  # a first element of another group
+    assert data_set_offset(head + first) == len(head)
+
+
+def test_a_file_without_the_dicm_prefix_or_with_a_cut_file_meta_is_refused() -> None:
+    whole = encode_part10(load("CT_small.dcm"))
+    offset = data_set_offset(whole)
+    assert whole[offset : offset + 2] == b"\x08\x00"
+    with pytest.raises(TranscodeError, match="DICM"):
+        data_set_offset(whole[128:])
+    with pytest.raises(TranscodeError, match="past the end"):
+        data_set_offset(whole[: offset - 3])

@@ -35,6 +35,7 @@ JPEG_LS = "1.2.840.10008.1.2.4.80"
 ANY_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 OHIF_METADATA = "application/dicom+json, multipart/related; type=application/octet-stream; transfer-syntax=*"
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+DICOM_JSON = "application/dicom+json"
 
 LOSSLESS_COMPRESSED = (
     "MR_small_RLE.dcm",
@@ -590,6 +591,39 @@ def test_native_frames_cannot_be_asked_as_jpeg(archive_server: ArchiveServer, st
     assert response.status_code == 406
 
 
+@pytest.mark.parametrize("suffix", ["/frames/{}", "/frames/{}/rendered"])
+def test_a_frame_list_that_repeats_a_number_is_400_with_the_reason(
+    archive_server: ArchiveServer, stored: dict[str, Dataset], suffix: str
+) -> None:
+    # PS3.18: a frame list is "one or more non duplicate frame numbers"; `1,1,1,...` would multiply one frame.
+    frames = ",".join(["1"] * 300)
+    response = get(archive_server, instance_path(stored["emri_small.dcm"]) + suffix.format(frames))
+    assert response.status_code == 400
+    assert "frame 1 is listed twice" in error_comment(response)
+    assert "frame 1 is listed twice" in response.headers["warning"]
+
+
+def test_many_frames_are_streamed_in_the_order_asked(archive_server: ArchiveServer, stored: dict[str, Dataset]) -> None:
+    ds = stored["emri_small.dcm"]  # 10 frames
+    numbers = [10, 3, 1, 2, 9, 8, 7, 6, 5, 4]
+    url = archive_server.dicomweb + instance_path(ds) + "/frames/" + ",".join(map(str, numbers))
+    with httpx.stream("GET", url, headers={"Accept": OHIF_FRAMES}, timeout=60) as response:
+        assert response.status_code == 200
+        # Sent as the frames are cut, not assembled first: no length is known when the headers go out.
+        assert "content-length" not in response.headers
+        response.read()
+    parts = split_multipart(response)
+    assert [data for _, data in parts] == [native_frame_bytes(ds, n) for n in numbers]
+
+
+def test_rendered_frames_refuse_a_frame_the_instance_lacks_before_any_part(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
+    response = get(archive_server, instance_path(stored["emri_small.dcm"]) + "/frames/1,2,11/rendered")
+    assert response.status_code == 400
+    assert "frame 11 is outside 1..10" in error_comment(response)
+
+
 # --- rendered ---------------------------------------------------------------------------------------------
 
 
@@ -685,6 +719,119 @@ def test_rendering_refusals(archive_server: ArchiveServer, stored: dict[str, Dat
     assert get(archive_server, instance_path(stored["test-SR.dcm"]) + "/rendered").status_code == 400
     assert get(archive_server, instance_path(stored["CT_small.dcm"]) + "/rendered", "image/jp2").status_code == 406
     assert get(archive_server, instance_path(stored["emri_small.dcm"]) + "/frames/11/rendered").status_code == 400
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    ["/rendered?viewport=65500,65500", "/thumbnail?viewport=100000,100000", "/frames/1/rendered?viewport=5000,"],
+)
+def test_a_viewport_beyond_the_output_bound_is_400_with_the_reason(
+    archive_server: ArchiveServer, stored: dict[str, Dataset], suffix: str
+) -> None:
+    # CT_small is 128 x 128: a side may grow to MAX_RENDER_SIDE (4096 by default), no further. The short
+    # timeout: without the bound, the first of these made 50 MB of JPEG in a minute.
+    response = httpx.get(archive_server.dicomweb + instance_path(stored["CT_small.dcm"]) + suffix, timeout=20)
+    assert response.status_code == 400
+    assert "at most 4096x4096 is rendered from this 128x128 frame" in error_comment(response)
+    assert "at most 4096x4096" in response.headers["warning"]
+
+
+def test_the_largest_allowed_viewport_renders(archive_server: ArchiveServer, stored: dict[str, Dataset]) -> None:
+    response = get(archive_server, instance_path(stored["CT_small.dcm"]) + "/rendered?viewport=4096,4096")
+    assert response.status_code == 200
+    assert image(response.content).size == (4096, 4096)
+
+
+# --- the accept query parameter (PS3.18 8.3.3.1) -----------------------------------------------------------
+
+
+def get_with_query_accept(server: ArchiveServer, path: str, query: str, header: str) -> httpx.Response:
+    return httpx.get(server.dicomweb + path, params={"accept": query}, headers={"Accept": header}, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "query", "answered"),
+    [
+        ("", 'multipart/related; type="application/dicom"', 'multipart/related; type="application/dicom"'),
+        ("", "application/dicom", "application/dicom;"),
+        ("", "application/zip", "application/zip"),
+        ("/metadata", "application/dicom+json", "application/dicom+json"),
+        ("/metadata", 'multipart/related; type="application/dicom+xml"', 'multipart/related; type="application/dicom+xml"'),
+        ("/frames/1", "application/octet-stream", "application/octet-stream"),
+        ("/bulkdata/7FE00010", "application/octet-stream", 'multipart/related; type="application/octet-stream"'),
+        ("/rendered", "image/png", "image/png"),
+        ("/thumbnail", "image/png", "image/png"),
+        ("/frames/1/rendered", "image/gif", "image/gif"),
+        ("/frames/1/thumbnail", "image/png", "image/png"),
+    ],
+)
+def test_every_instance_resource_honours_the_accept_query_parameter(
+    archive_server: ArchiveServer, stored: dict[str, Dataset], suffix: str, query: str, answered: str
+) -> None:
+    path = instance_path(stored["CT_small.dcm"]) + suffix
+    assert get(archive_server, path, "text/html").status_code == 406  # the header alone can be given nothing
+    response = get_with_query_accept(archive_server, path, query, "text/html")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(answered)
+
+
+def test_study_and_series_resources_honour_the_accept_query_parameter(
+    archive_server: ArchiveServer, study: list[Dataset]
+) -> None:
+    study_path = f"/studies/{study[0].StudyInstanceUID}"
+    series_path = f"{study_path}/series/{study[0].SeriesInstanceUID}"
+    for path, query, answered in (
+        (study_path, "application/zip", "application/zip"),
+        (f"{series_path}/metadata", "application/dicom+json", "application/dicom+json"),
+        (f"{series_path}/rendered", 'multipart/related; type="image/png"', 'multipart/related; type="image/png"'),
+        (f"{study_path}/thumbnail", "image/png", "image/png"),
+        (f"{series_path}/thumbnail", "image/gif", "image/gif"),
+    ):
+        response = get_with_query_accept(archive_server, path, query, "text/html")
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith(answered), path
+
+
+def test_ohif_thumbnail_modes_get_jpeg_beside_a_multipart_accept_header(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
+    for suffix in ("/thumbnail", "/rendered"):
+        response = get_with_query_accept(
+            archive_server, instance_path(stored["CT_small.dcm"]) + suffix, "image/jpeg", OHIF_FRAMES
+        )
+        assert response.status_code == 200, suffix
+        assert response.headers["content-type"] == "image/jpeg"
+        assert image(response.content).format == "JPEG"
+
+
+def test_the_query_parameter_comes_first_and_the_header_decides_when_it_names_nothing_possible(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
+    path = instance_path(stored["CT_small.dcm"])
+    # PS3.18 8.7.8.1: the best supported type of the query parameter wins over the header...
+    assert get_with_query_accept(archive_server, path + "/rendered", "image/png", "image/gif").headers["content-type"] == "image/png"
+    # ...the header decides when the query names nothing the resource can give...
+    assert get_with_query_accept(archive_server, path + "/rendered", "image/jp2", "image/gif").headers["content-type"] == "image/gif"
+    native = get_with_query_accept(archive_server, path + "/frames/1", "image/jls", OHIF_FRAMES)  # native frames
+    assert native.status_code == 200
+    assert native.headers["content-type"].startswith('multipart/related; type="application/octet-stream"')
+    # ...and a malformed query parameter is a bad request, not something to pass over.
+    malformed = get_with_query_accept(archive_server, path + "/rendered", "image/png; q=2", "image/gif")
+    assert malformed.status_code == 400
+    assert "q-value" in error_comment(malformed)
+
+
+def test_qido_hears_the_accept_query_parameter_in_the_same_order(
+    archive_server: ArchiveServer, study: list[Dataset]
+) -> None:
+    xml = 'multipart/related; type="application/dicom+xml"'
+    url = archive_server.dicomweb + "/studies"
+    uid = study[0].StudyInstanceUID
+    first = httpx.get(url, params={"StudyInstanceUID": uid, "accept": xml}, headers={"Accept": DICOM_JSON}, timeout=60)
+    assert first.headers["content-type"].startswith(xml)
+    fallback = httpx.get(url, params={"StudyInstanceUID": uid, "accept": "image/png"}, headers={"Accept": xml}, timeout=60)
+    assert fallback.status_code == 200
+    assert fallback.headers["content-type"].startswith(xml)
 
 
 # --- unknown and invalid UIDs -----------------------------------------------------------------------------

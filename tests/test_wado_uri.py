@@ -123,6 +123,17 @@ def test_window_and_size_of_a_png(archive_server: ArchiveServer, stored: dict[st
     assert image(only_rows).size == (32, 32)
 
 
+def test_rows_and_columns_beyond_the_output_bound_are_400_with_the_reason(
+    archive_server: ArchiveServer, stored: dict[str, Dataset]
+) -> None:
+    ds = stored["CT_small.dcm"]  # 128 x 128: a side may grow to MAX_RENDER_SIDE (4096 by default)
+    response = wado(archive_server, ds, contentType="image/png", rows="100000", columns="100000")
+    assert response.status_code == 400
+    assert "at most 4096x4096 is rendered from this 128x128 frame" in error_comment(response)
+    assert wado(archive_server, ds, contentType="image/png", columns="4097").status_code == 400
+    assert image(wado(archive_server, ds, contentType="image/png", columns="4096")).size == (4096, 4096)
+
+
 def test_region_crops_the_image(archive_server: ArchiveServer, stored: dict[str, Dataset]) -> None:
     ds = stored["CT_small.dcm"]
     whole = np.asarray(image(wado(archive_server, ds, contentType="image/png")))

@@ -1,4 +1,5 @@
-"""Parsing the Accept header of WADO-RS requests (PS3.18 §8.7 content negotiation, RFC 9110 §12.5.1).
+"""Parsing the Accept header of WADO-RS requests (PS3.18 §8.7 content negotiation, RFC 9110 §12.5.1), and the
+order in which the `accept` query parameter and the header are heard (`negotiate`, for every resource).
 
 DICOMweb clients put more in Accept than browsers do: media types with a `type` and a `transfer-syntax`
 parameter (`multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90`), several
@@ -10,9 +11,12 @@ must learn that it sent something broken.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Final
+from typing import Final, TypeVar
+
+from fastapi import Request
 
 from app.api.errors import DicomWebError
 from app.api.multipart import MultipartError, parse_content_type
@@ -20,6 +24,7 @@ from app.core.retrieve import ANY
 from app.core.uids import is_valid_uid
 
 _Q_VALUE: Final = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -100,3 +105,23 @@ def parse_accept(value: str | None) -> list[MediaRange]:
 def tiers(ranges: list[MediaRange]) -> list[list[MediaRange]]:
     """Group ranges of equal q (already sorted best first): each group is one preference tier."""
     return [list(group) for _, group in groupby(ranges, key=lambda r: r.q)]
+
+
+def negotiate(request: Request, choose: Callable[[str | None], _T]) -> _T:
+    """What the resource gives, chosen by `choose` from an Accept value, in the order of PS3.18 §8.7.8.1.
+
+    The `accept` query parameter (§8.3.3.1; repeated, its values are one list) is heard first: links and
+    viewers that cannot set headers use it, and OHIF sends `?accept=image/jpeg` beside a multipart Accept
+    header. Only when nothing it names can be given (`choose` answers 406) does the Accept header field
+    decide, and a header that is absent or a wildcard gets the resource's default. `choose` raises
+    DicomWebError: 400 for a malformed value, 406 for nothing acceptable; it may check the target too
+    (whether its stored form can be given), so "can be given" is judged per resource.
+    """
+    query = ",".join(request.query_params.getlist("accept"))
+    if query.strip():
+        try:
+            return choose(query)
+        except DicomWebError as exc:
+            if exc.status != 406:
+                raise
+    return choose(request.headers.get("accept"))

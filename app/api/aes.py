@@ -8,8 +8,8 @@
 * `POST /api/aes/{AET}/store` `{"StudyInstanceUID": ..., "SeriesInstanceUID"?: ..., "SOPInstanceUID"?: ...}`:
   C-STORE of the study, series or instance to the AE, answered with the sub-operation counts.
 
-The DIMSE work (dimse_bridge/scu.py) blocks, so it runs in a worker thread; the instances it sends are read by
-the retrieve service on this loop, through a LoopBridge. With authentication on, every route needs the `admin`
+The DIMSE work (dimse_bridge/scu.py) blocks, so it runs in a worker thread, which also reads the instances it
+sends (RetrieveService.encoded: stored bytes as they are when the peer accepts their syntax). With authentication on, every route needs the `admin`
 scope (the registry decides where the archive's data may be sent).
 """
 
@@ -23,11 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.errors import DicomWebError, check_uids
 from app.core.aes import InvalidAE, RemoteAE, normalise_ae_title
-from app.core.records import StoredInstance
 from app.core.retrieve import NotFound
 from app.deps import Context
 from dimse_bridge import scu
-from dimse_bridge.bridge import LoopBridge
 
 AES_PREFIX = "/api/aes"
 router = APIRouter(tags=["AE registry"])
@@ -114,15 +112,8 @@ async def store_to_ae(aet: str, request: StoreRequest, context: Context) -> dict
     except NotFound as exc:
         raise DicomWebError(404, str(exc)) from exc
     options = scu.ScuOptions.from_settings(context.settings)
-    bridge = LoopBridge(asyncio.get_running_loop(), timeout=options.timeout)
-
-    def load(ref: StoredInstance, syntaxes: list[str]) -> Any:
-        return bridge.call(context.retrieve.load(ref, syntaxes))
-
     try:
-        report = await asyncio.to_thread(scu.store, remote, refs, load, options)
+        report = await asyncio.to_thread(scu.store, remote, refs, context.retrieve.encoded, options)
     except scu.ScuError as exc:
         raise DicomWebError(502, str(exc)) from exc
-    finally:
-        bridge.close()
     return report.as_dict()

@@ -19,7 +19,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logs import REQUEST_ID
-from app.core.retrieve import InvalidRequest, NotAcceptable, NotFound, RangeNotSatisfiable, RetrieveFailed
+from app.core.retrieve import (
+    InvalidRequest,
+    NotAcceptable,
+    NotFound,
+    RangeNotSatisfiable,
+    RendersBusy,
+    RetrieveFailed,
+)
 from app.core.uids import InvalidUIDError, check_uid, is_valid_uid
 from app.repository.base import RepositoryUnavailable
 
@@ -68,9 +75,12 @@ def domain_errors() -> Iterator[None]:
     except RetrieveFailed as exc:
         log.error("retrieve failed: %s", exc)
         raise DicomWebError(500, str(exc)) from exc
+    except RendersBusy as exc:
+        raise DicomWebError(503, str(exc), {"Retry-After": RETRY_AFTER_SECONDS}) from exc
 
 
-# How long a client should wait before trying again when the metadata store is down (RFC 9110 10.2.3).
+# How long a client should wait before trying again when the metadata store is down or every rendering turn
+# is taken (RFC 9110 10.2.3).
 RETRY_AFTER_SECONDS = "5"
 
 

@@ -15,7 +15,7 @@ Decisions taken from the standard:
   warning (PS3.18 8.3: "The origin server shall ignore any unsupported Query Parameters").
 * Answers are application/dicom+json (the default) or multipart/related; type="application/dicom+xml" with
   one Native DICOM Model part per result (PS3.18 10.6.3.2, PS3.19 A.1). The `accept` query parameter
-  (PS3.18 8.3.3.1) overrides the Accept header.
+  (PS3.18 8.3.3.1) is heard before the Accept header, as on every WADO-RS resource (app/api/accept.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from functools import partial
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.api.accept import negotiate
 from app.api.dicom_response import DICOM_XML, negotiate_dataset_media_type, to_xml
 from app.api.errors import DicomWebError, check_uids, warning
 from app.api.multipart import multipart_body, multipart_content_type, new_boundary
@@ -92,8 +93,7 @@ def _scope(**uids: str) -> dict[str, str]:
 
 async def _search(request: Request, context: Context, level: Level, scope: dict[str, str]) -> Response:
     items = request.query_params.multi_items()
-    accept = next((v for k, v in items if k == "accept"), None) or request.headers.get("accept")
-    media_type = negotiate_dataset_media_type(accept)
+    media_type = negotiate(request, negotiate_dataset_media_type)
     settings = context.settings
     try:
         parsed = parse_qido(

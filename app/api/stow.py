@@ -3,13 +3,19 @@
 The body is parsed as it arrives: each part is spooled (memory for small parts, a staged file on the storage
 volume for large ones) and handed to the ingest service while the next part is still being received, so a
 1 GB body never sits in memory and a batch of small instances overlaps network, parsing and writes. One bad
-part fails alone; the answer lists every instance (PS3.18 10.5.3, Annex I).
+part fails alone; the answer lists every instance (PS3.18 10.5.3, Annex I), and says why each failed one failed
+in a `Warning: 299` header (Table I.1-1 has no place for the text; dcm4chee-arc answers the same way).
+
+A body is bounded in parts as well as bytes (MAX_REQUEST_PARTS): each part costs a store attempt however small,
+so 50,000 parts of a few bytes were half a minute of work. The refusals of a request are logged in one line,
+not one per part.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -19,10 +25,11 @@ from fastapi.responses import Response
 from app.api.dicom_response import negotiate_dataset_media_type, render_dataset
 from app.api.errors import DicomWebError, check_uids, warning
 from app.api.multipart import MultipartError, Part, iter_parts, parse_content_type
-from app.api.stow_json import JsonInstanceAssembler
+from app.api.stow_json import JsonInstanceAssembler, unreadable
 from app.api.urls import instance_url, service_root, study_url
 from app.core.context import ArchiveContext
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
+from app.core.parsing import MAX_NOTES
 from app.deps import Context
 from app.storage.base import StagedFile
 
@@ -35,6 +42,7 @@ SPOOL_IN_MEMORY = 8 * 1024 * 1024
 PIPELINE_DEPTH = 4
 
 RETRY_AFTER_SECONDS = 5  # Retry-After on answers with 0xA700 failures, as QIDO/WADO give with their 503
+FAILURES_NAMED = 3  # failed instances whose reasons the Warning header spells out; the others are counted
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 
@@ -66,10 +74,16 @@ async def _store(request: Request, context: Context, content_type: str | None, s
     # PS3.18 Table 10.5.3-1: 202 when stored with warnings (e.g. 0xB000 coercion by an ingest rule) or failures.
     status = 200 if stored == len(outcomes) and not warned else 202 if stored else 409
     headers = {}
+    warning_values = []
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        warning_values.append(warning(f"{len(failed)} instance(s) not stored: {_reasons(failed)}"))
     replaced = [o.sop_instance_uid for o in outcomes if o.status is StoreStatus.REPLACED]
     if replaced:
         # The duplicate policy `replace` is a success that the sender should hear about (DuplicatePolicy).
-        headers["Warning"] = warning(f"replaced {len(replaced)} instance(s) already held")
+        warning_values.append(warning(f"replaced {len(replaced)} instance(s) already held"))
+    if warning_values:
+        headers["Warning"] = ", ".join(warning_values)  # RFC 7234 5.5: Warning is a list
     if any(o.failure == FailureReason.OUT_OF_RESOURCES for o in outcomes):
         # 0xA700: the disk or the metadata store is unavailable for now; the sender may try again later.
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -99,16 +113,29 @@ def _check_request(request: Request, context: ArchiveContext, content_type: str 
     return boundary, part_type
 
 
+def _reasons(failed: list[StoreOutcome]) -> str:
+    """Why instances were not stored (the Warning header, the log): the first few with their reasons, the rest
+    counted."""
+    named = "; ".join(
+        f"{o.sop_instance_uid or 'a part'} 0x{o.failure or FailureReason.PROCESSING_FAILURE:04X} {o.reason}"
+        for o in failed[:FAILURES_NAMED]
+    )
+    more = f"; {len(failed) - FAILURES_NAMED} more" if len(failed) > FAILURES_NAMED else ""
+    return named + more
+
+
 async def _ingest_parts(
     request: Request, context: ArchiveContext, boundary: str, part_type: str, study: str | None
 ) -> list[StoreOutcome]:
     origin = f"STOW-RS {request.client.host if request.client else '?'}"
+    limit = context.settings.max_request_parts
     gate = asyncio.Semaphore(PIPELINE_DEPTH)
     tasks: list[asyncio.Task[StoreOutcome]] = []
 
     async def ingest(payload: bytes | StagedFile) -> StoreOutcome:
         try:
-            return await context.ingest.store(payload, expected_study_uid=study, origin=origin)
+            # Refusals and pydicom's notes are logged once for the whole request (`_log_summary`).
+            return await context.ingest.store(payload, expected_study_uid=study, origin=origin, log_outcome=False)
         except Exception as exc:
             # An unforeseen fault in one instance is that instance's failure, not the whole request's.
             log.exception("store of a STOW-RS part failed")
@@ -118,14 +145,22 @@ async def _ingest_parts(
 
     assembler = JsonInstanceAssembler() if part_type == DICOM_JSON else None
     try:
+        parts = 0
         async for part in iter_parts(_limited(request, context.settings.max_request_bytes), boundary):
+            parts += 1
+            if parts > limit:
+                raise DicomWebError(413, f"the body holds more than {limit} parts (MAX_REQUEST_PARTS)")
             if assembler is not None:
                 await assembler.add(part)
+                if assembler.instance_count > limit:
+                    raise DicomWebError(
+                        413, f"the metadata describes more than {limit} instances (MAX_REQUEST_PARTS)"
+                    )
                 continue
             if (part.content_type or DICOM).split(";")[0].strip().lower() != DICOM:
                 await _drain(part)
                 tasks.append(
-                    _done(_unreadable(f"a part of type {part.content_type} is not application/dicom"))
+                    _done(unreadable(f"a part of type {part.content_type} is not application/dicom"))
                 )
                 continue
             try:
@@ -154,16 +189,46 @@ async def _ingest_parts(
                     tasks.append(asyncio.create_task(ingest(payload_or_outcome)))
     except MultipartError as exc:
         # Instances already received stay stored (nothing is lost); the truncated rest is reported.
-        outcomes = await asyncio.gather(*tasks)
+        outcomes = list(await asyncio.gather(*tasks))
         if not outcomes:
             raise DicomWebError(400, f"malformed multipart body: {exc}") from exc
-        return [*outcomes, _unreadable(f"malformed multipart body: {exc}")]
+        outcomes.append(unreadable(f"malformed multipart body: {exc}"))
     except BaseException:
-        # A refusal mid-body (413 past the limit, the client gone): the instances already being stored finish
+        # A refusal mid-body (413 past a limit, the client gone): the instances already being stored finish
         # first, so each ends stored or not, never half-way and unobserved.
-        await asyncio.gather(*tasks, return_exceptions=True)
+        settled = await asyncio.gather(*tasks, return_exceptions=True)
+        _log_summary(origin, [o for o in settled if isinstance(o, StoreOutcome)])
         raise
-    return list(await asyncio.gather(*tasks))
+    else:
+        outcomes = list(await asyncio.gather(*tasks))
+    _log_summary(origin, outcomes)
+    return outcomes
+
+
+def _log_summary(origin: str, outcomes: list[StoreOutcome]) -> None:
+    """A request's refusals in one log line, and what pydicom warned about its instances in another: a body of
+    50,000 bad parts is two lines, not 50,000."""
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        counts = Counter(o.failure or FailureReason.PROCESSING_FAILURE for o in failed)
+        log.warning(
+            "%s: %d of %d instance(s) refused (%s): %s",
+            origin,
+            len(failed),
+            len(outcomes),
+            ", ".join(f"0x{code:04X} x{count}" for code, count in counts.most_common()),
+            _reasons(failed),
+        )
+    noted = [o for o in outcomes if o.notes]
+    if noted:
+        notes = list(dict.fromkeys(note for o in noted for note in o.notes))
+        log.warning(
+            "%s: pydicom warns about values of %d instance(s) (the first %s): %s",
+            origin,
+            len(noted),
+            noted[0].sop_instance_uid or "?",
+            " | ".join(notes[:MAX_NOTES]),
+        )
 
 
 async def _spool(part: Part, context: ArchiveContext) -> bytes | StagedFile:
@@ -207,10 +272,6 @@ def _done(outcome: StoreOutcome) -> asyncio.Task[StoreOutcome]:
         return outcome
 
     return asyncio.ensure_future(value())
-
-
-def _unreadable(reason: str) -> StoreOutcome:
-    return StoreOutcome(StoreStatus.FAILED, failure=FailureReason.CANNOT_UNDERSTAND, reason=reason)
 
 
 def _response_dataset(root: str, outcomes: list[StoreOutcome], study: str | None) -> dict[str, object]:

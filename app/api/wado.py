@@ -1,9 +1,12 @@
 """WADO-RS (PS3.18 §10.4): instances, metadata, bulk data, frames, rendered images and thumbnails.
 
-A thin door onto app.core.retrieve: this module reads what the client asked for (path UIDs, Accept, query
-parameters), turns it into the retrieve service's neutral requests, and turns the service's outcomes into
-status codes. Everything is streamed that can be: a study goes out one file chunk at a time, with the next
-instances opened (or transcoded) in worker threads while the current one is sent.
+A thin door onto app.core.retrieve: this module reads what the client asked for (path UIDs, Accept and the
+`accept` query parameter, query parameters), turns it into the retrieve service's neutral requests, and turns
+the service's outcomes into status codes. Everything is streamed that can be: a study goes out one file chunk
+at a time, with the next instances opened (or transcoded) in worker threads while the current one is sent;
+frames and rendered images go out one part at a time, the next made only when this one is sent. The first
+part of a many-part answer is made before the headers go out, so that what fails on it (a bad frame number, no
+rendering turn free) is an error status rather than a 200 cut short.
 
 Metadata answers (the call viewers make most, PS3.18 §10.4.1.1.2) are assembled from the stored DICOM JSON
 text by text substitution of the relative BulkDataURIs, so no JSON is parsed or re-serialised per request.
@@ -17,12 +20,12 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
 from enum import Enum
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from app.api.accept import MediaRange, parse_accept, tiers
+from app.api.accept import MediaRange, negotiate, parse_accept, tiers
 from app.api.dicom_response import DICOM_JSON, DICOM_XML, negotiate_dataset_media_type, to_xml
 from app.api.errors import DicomWebError, check_uids, domain_errors, warning
 from app.api.multipart import multipart_body, multipart_content_type, new_boundary, stream_multipart
@@ -38,6 +41,7 @@ from app.core.retrieve import (
     InstanceStream,
     InvalidRequest,
     NotAcceptable,
+    RendersBusy,
     RetrieveFailed,
 )
 from app.deps import Context
@@ -54,6 +58,7 @@ _FRAME_LIST: Final = re.compile(r"[0-9]+(?:,[0-9]+)*")
 # dicomweb-client and older viewers still send the pre-registration names of these media types.
 _MEDIA_ALIASES: Final = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
 _WINDOW_FUNCTIONS: Final = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
+_P = TypeVar("_P")
 
 
 # --- negotiation ----------------------------------------------------------------------------------------------
@@ -96,6 +101,23 @@ def negotiate_instances(accept: str | None, *, single_allowed: bool) -> tuple[Pa
     return packaging, AcceptedSyntaxes(syntax_tiers, web=True)
 
 
+def instance_plan(
+    accept: str | None, refs: Sequence[StoredInstance], *, single_allowed: bool
+) -> tuple[Packaging, AcceptedSyntaxes, list[tuple[StoredInstance, str]]]:
+    """The packaging, the accepted syntaxes, and the instances that can be given with the syntax of each;
+    406 when none can (so that `negotiate` can turn to the Accept header, PS3.18 §8.7.8.1)."""
+    packaging, accepted = negotiate_instances(accept, single_allowed=single_allowed)
+    if packaging is Packaging.ZIP:
+        return packaging, accepted, [(ref, ref.transfer_syntax_uid) for ref in refs]  # the files as stored
+    plan = [(ref, syntax) for ref in refs if (syntax := accepted.choose(ref.transfer_syntax_uid))]
+    if not plan:
+        stored = sorted({ref.transfer_syntax_uid for ref in refs})
+        raise DicomWebError(
+            406, f"no accepted transfer syntax can be produced from the stored ones ({', '.join(stored)})"
+        )
+    return packaging, accepted, plan
+
+
 def negotiate_frames(accept: str | None) -> tuple[AcceptedFrames, bool]:
     """Acceptable frame/bulk data representations, and whether a bare (non-multipart) answer is wanted.
 
@@ -121,6 +143,14 @@ def negotiate_frames(accept: str | None) -> tuple[AcceptedFrames, bool]:
             entries.append(FrameRange(_MEDIA_ALIASES.get(media_type, media_type), r.transfer_syntax))
         result.append(entries)
     return AcceptedFrames(tuple(tuple(t) for t in result)), bare
+
+
+def frames_choice(accept: str | None, stored: str) -> tuple[AcceptedFrames, bool]:
+    """`negotiate_frames`, and 406 when no accepted representation can carry frames stored in `stored`."""
+    accepted, bare = negotiate_frames(accept)
+    if accepted.choose(stored) is None:
+        raise DicomWebError(406, f"no accepted media type ({accept}) can carry frames stored as {stored}")
+    return accepted, bare
 
 
 def negotiate_rendered(accept: str | None) -> str:
@@ -161,24 +191,18 @@ async def _retrieve(
     request: Request, context: Context, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
     check_uids(study, series, instance)
-    packaging, accepted = negotiate_instances(
-        request.headers.get("accept"), single_allowed=instance is not None
-    )
     service = context.retrieve
     with domain_errors():
         refs = await service.resolve(study, series, instance)
+    packaging, accepted, plan = negotiate(
+        request, lambda accept: instance_plan(accept, refs, single_allowed=instance is not None)
+    )
     if packaging is Packaging.ZIP:
         name = instance or series or study
         return StreamingResponse(
             service.zip_stored(refs),
             media_type=ZIP,
             headers={"Content-Disposition": f'attachment; filename="{name}.zip"'},
-        )
-    plan = [(ref, syntax) for ref in refs if (syntax := service.choose_transfer_syntax(ref, accepted))]
-    if not plan:
-        stored = sorted({ref.transfer_syntax_uid for ref in refs})
-        raise DicomWebError(
-            406, f"no accepted transfer syntax can be produced from the stored ones ({', '.join(stored)})"
         )
     opened = service.open_instances([ref for ref, _ in plan], accepted)
     first = await anext(opened)
@@ -254,9 +278,7 @@ async def _metadata(
     request: Request, context: Context, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
     check_uids(study, series, instance)
-    accept = request.headers.get("accept")
-    parse_accept(accept)  # a malformed header is a 400, before the lenient choice below
-    media_type = negotiate_dataset_media_type(accept)
+    media_type = negotiate(request, _metadata_media_type)
     with domain_errors():
         datasets = await context.retrieve.metadata(study, series, instance)
     root = service_root(request, context.settings)
@@ -285,6 +307,11 @@ async def _metadata(
     return Response(body, media_type=multipart_content_type(boundary, DICOM_XML))
 
 
+def _metadata_media_type(accept: str | None) -> str:
+    parse_accept(accept)  # a malformed value is a 400, before the lenient choice below
+    return negotiate_dataset_media_type(accept)
+
+
 def absolute_bulk_data(root: str, study: str, dataset: StoredDataset) -> str:
     """The stored JSON with each relative BulkDataURI made absolute (PS3.18 F.2.6), by text substitution.
 
@@ -305,30 +332,32 @@ def metadata_json(root: str, study: str, datasets: Sequence[StoredDataset]) -> b
 # --- bulk data and frames -------------------------------------------------------------------------------------
 
 
-def _frames_response(frames: Sequence[Frame], bare: bool, status: int = 200) -> Response:
-    def content_type(frame: Frame) -> str:
-        syntax = f"; transfer-syntax={frame.transfer_syntax}" if frame.transfer_syntax else ""
-        return frame.media_type + syntax
+def _frame_content_type(frame: Frame) -> str:
+    syntax = f"; transfer-syntax={frame.transfer_syntax}" if frame.transfer_syntax else ""
+    return frame.media_type + syntax
 
-    if bare and len(frames) == 1 and status == 200:
-        return Response(frames[0].data, media_type=content_type(frames[0]))
-    boundary = new_boundary()
-    parts = []
-    for frame in frames:
-        headers = {"Content-Type": content_type(frame)}
-        if frame.total_size is not None:
-            headers["Content-Range"] = f"bytes {_range_text(frame)}"
-        parts.append((headers, frame.data))
+
+def _frames_media_type(boundary: str, frames: Sequence[Frame]) -> str:
+    """multipart/related of the first part's media type, naming the transfer syntax when every part has it."""
     first = frames[0]
     params = (
         {"transfer_syntax": first.transfer_syntax}
         if first.transfer_syntax and all(f.transfer_syntax == first.transfer_syntax for f in frames)
         else {}
     )
+    return multipart_content_type(boundary, first.media_type, **params)
+
+
+def _bulk_response(frames: Sequence[Frame], status: int = 200) -> Response:
+    boundary = new_boundary()
+    parts = []
+    for frame in frames:
+        headers = {"Content-Type": _frame_content_type(frame)}
+        if frame.total_size is not None:
+            headers["Content-Range"] = f"bytes {_range_text(frame)}"
+        parts.append((headers, frame.data))
     return Response(
-        multipart_body(parts, boundary),
-        status_code=status,
-        media_type=multipart_content_type(boundary, first.media_type, **params),
+        multipart_body(parts, boundary), status_code=status, media_type=_frames_media_type(boundary, frames)
     )
 
 
@@ -359,24 +388,36 @@ async def bulk_data(
     study: str, series: str, instance: str, path: str, request: Request, context: Context
 ) -> Response:
     check_uids(study, series, instance)
-    accepted, _ = negotiate_frames(request.headers.get("accept"))
+    accepted, _ = negotiate(request, negotiate_frames)
     byte_range = parse_range(request.headers.get("range"))
     service = context.retrieve
     with domain_errors():
         ref = (await service.resolve(study, series, instance))[0]
         frames = await service.bulk(ref, path, accepted, byte_range)
     if len(frames) == 1 and frames[0].total_size is not None:
-        return _frames_response(frames, False, status=206)  # RFC 9110 §15.3.7
-    return _frames_response(frames, False)
+        return _bulk_response(frames, status=206)  # RFC 9110 §15.3.7
+    return _bulk_response(frames)
 
 
 def parse_frame_list(text: str) -> list[int]:
-    """`1,3,5` -> [1, 3, 5] (PS3.18 §10.4.1.1.4: one-based frame numbers); 400 for anything else."""
+    """`1,3,5` -> [1, 3, 5]; 400 for anything else.
+
+    PS3.18 §10.4.1.1.4: a frame list is "one or more non duplicate frame numbers", one-based, in any order. A
+    repeated number is refused rather than answered: `1,1,1,...` would make an answer of any size out of one
+    frame, while a list without repeats asks at most for every frame of the instance once.
+    """
     if _FRAME_LIST.fullmatch(text) is None:
         raise DicomWebError(400, f"{text[:100]!r} is not a comma-separated list of frame numbers")
     numbers = [int(n) for n in text.split(",")]
     if 0 in numbers:
         raise DicomWebError(400, "frame numbers start at 1 (PS3.18 10.4.1.1.4)")
+    seen: set[int] = set()
+    for number in numbers:
+        if number in seen:
+            raise DicomWebError(
+                400, f"frame {number} is listed twice; a frame list holds non-duplicate numbers (PS3.18 10.4.1.1.4)"
+            )
+        seen.add(number)
     return numbers
 
 
@@ -387,14 +428,47 @@ def parse_frame_list(text: str) -> list[int]:
 async def retrieve_frames(
     study: str, series: str, instance: str, frames: str, request: Request, context: Context
 ) -> Response:
+    """One frame asked bare: the frame itself. Otherwise one frame per part, streamed: each frame is cut from
+    the instance as the one before it has been sent, so the answer is never held whole."""
     check_uids(study, series, instance)
     numbers = parse_frame_list(frames)
-    accepted, bare = negotiate_frames(request.headers.get("accept"))
     service = context.retrieve
     with domain_errors():
         ref = (await service.resolve(study, series, instance))[0]
-        found = await service.frames(ref, numbers, accepted)
-    return _frames_response(found, bare)
+    accepted, bare = negotiate(request, lambda accept: frames_choice(accept, ref.transfer_syntax_uid))
+    found = service.frames(ref, numbers, accepted)
+    with domain_errors():
+        first = await anext(found)  # every number checked: a bad one is a 400 before anything is sent
+    if bare and len(numbers) == 1:
+        await found.aclose()
+        return Response(first.data, media_type=_frame_content_type(first))
+    parts = (
+        ({"Content-Type": _frame_content_type(frame)}, frame.data)
+        async for frame in _streamed(first, found, "frames answer")
+    )
+    boundary = new_boundary()
+    return StreamingResponse(
+        # The frames of one answer share one representation: the first names the parts' type.
+        stream_multipart(parts, boundary),
+        media_type=_frames_media_type(boundary, [first]),
+    )
+
+
+async def _streamed(first: _P | None, rest: AsyncGenerator[_P, None], what: str) -> AsyncIterator[_P]:
+    """`first` (made before the headers went out, so that failing to make it was an error status), then
+    `rest` as it is made. A later item that cannot be made cuts the answer short - the client sees an
+    unterminated body - rather than leaving it out, which would shift every part after it; the reason is
+    logged."""
+    try:
+        if first is not None:
+            yield first
+            async for item in rest:
+                yield item
+    except (InvalidRequest, NotAcceptable, RetrieveFailed, RendersBusy) as exc:
+        log.warning("%s cut short: %s", what, exc)
+        raise
+    finally:
+        await rest.aclose()
 
 
 # --- rendered and thumbnails ----------------------------------------------------------------------------------
@@ -489,23 +563,32 @@ async def _rendered_many(
     """Each instance's first frame rendered, one image per part (PS3.18 §10.4.1.1.3); instances that cannot
     be rendered (reports, plans) are left out."""
     check_uids(study, series)
-    media_type = negotiate_rendered(request.headers.get("accept"))
+    media_type = negotiate(request, negotiate_rendered)
     options = render_options(media_type, window=window, viewport=viewport, quality=quality)
     service = context.retrieve
     with domain_errors():
         refs = await service.resolve(study, series)
 
-    async def images() -> AsyncIterator[tuple[Mapping[str, str], bytes]]:
+    async def images() -> AsyncGenerator[bytes, None]:
         for ref in refs:
             try:
                 image = await service.rendered(ref, options)
             except (InvalidRequest, NotAcceptable, RetrieveFailed):
                 continue
-            yield {"Content-Type": media_type}, image
+            yield image
 
+    rendered = images()
+    with domain_errors():
+        first = await anext(rendered, None)  # no rendering turn free is a 503, not a 200 cut short
+    return _images_response(_streamed(first, rendered, "rendered answer"), media_type)
+
+
+def _images_response(images: AsyncIterable[bytes], media_type: str) -> StreamingResponse:
+    """One rendered image per part (PS3.18 §8.7.4), streamed: each is made as the one before it is sent."""
     boundary = new_boundary()
+    parts = (({"Content-Type": media_type}, image) async for image in images)
     return StreamingResponse(
-        stream_multipart(images(), boundary), media_type=multipart_content_type(boundary, media_type)
+        stream_multipart(parts, boundary), media_type=multipart_content_type(boundary, media_type)
     )
 
 
@@ -524,7 +607,7 @@ async def instance_rendered(
     quality: QualityParam = None,
 ) -> Response:
     check_uids(study, series, instance)
-    media_type = negotiate_rendered(request.headers.get("accept"))
+    media_type = negotiate(request, negotiate_rendered)
     options = render_options(media_type, window=window, viewport=viewport, quality=quality)
     with domain_errors():
         ref = (await context.retrieve.resolve(study, series, instance))[0]
@@ -547,28 +630,36 @@ async def frames_rendered(
     viewport: ViewportParam = None,
     quality: QualityParam = None,
 ) -> Response:
-    """One frame: the image itself. Several: one image per part (multipart/related)."""
+    """One frame: the image itself. Several: one image per part (multipart/related), streamed."""
     check_uids(study, series, instance)
     numbers = parse_frame_list(frames)
-    media_type = negotiate_rendered(request.headers.get("accept"))
+    media_type = negotiate(request, negotiate_rendered)
     options = [
         render_options(media_type, window=window, viewport=viewport, quality=quality, frame=n)
         for n in numbers
     ]
+    service = context.retrieve
+
+    async def images(ref: StoredInstance) -> AsyncGenerator[bytes, None]:
+        for each in options:
+            yield await service.rendered(ref, each)
+
     with domain_errors():
-        ref = (await context.retrieve.resolve(study, series, instance))[0]
-        images = [await context.retrieve.rendered(ref, o) for o in options]
-    if len(images) == 1:
-        return Response(images[0], media_type=media_type)
-    boundary = new_boundary()
-    body = multipart_body([({"Content-Type": media_type}, image) for image in images], boundary)
-    return Response(body, media_type=multipart_content_type(boundary, media_type))
+        ref = (await service.resolve(study, series, instance))[0]
+        if len(numbers) > 1:
+            await service.check_frames(ref, numbers)  # a frame the instance lacks is a 400 before any part
+        rendered = images(ref)
+        first = await anext(rendered)
+    if len(numbers) == 1:
+        await rendered.aclose()
+        return Response(first, media_type=media_type)
+    return _images_response(_streamed(first, rendered, "rendered frames answer"), media_type)
 
 
 async def _thumbnail(
     request: Request, context: Context, ref: StoredInstance, viewport: str | None, frame: int = 1
 ) -> Response:
-    media_type = negotiate_rendered(request.headers.get("accept"))
+    media_type = negotiate(request, negotiate_rendered)
     service = context.retrieve
     with domain_errors():
         if viewport is not None or frame != 1:

@@ -21,7 +21,7 @@ from app.core.hooks import load_hook
 from app.core.ingest import IngestService
 from app.core.lifecycle import LifecycleService
 from app.core.parsing import HeaderParser
-from app.core.retrieve import RetrieveService
+from app.core.retrieve import RenderLimits, RetrieveService
 from app.core.rules import IngestRules
 from app.core.webhooks import Webhooks
 from app.repository.base import Repository
@@ -141,7 +141,7 @@ class ArchiveContext:
             # Rules and hooks need the pydicom Dataset in this process, so parsing then runs in threads.
             parser=HeaderParser(0 if rules is not None or hook is not None else settings.ingest_workers),
         )
-        retrieve = RetrieveService(repository, storage)
+        retrieve = RetrieveService(repository, storage, render_limits=RenderLimits.of(settings))
         lifecycle = LifecycleService(repository, storage, ingest)
         lifecycle.listeners.append(lambda _removed: retrieve.invalidate())
 

@@ -32,24 +32,34 @@ from app.core.dicom_json import (
     raw_value_json,
 )
 from app.core.records import InstanceRecord, JSONDict, LevelRecord
-from app.core.uids import check_uid
+from app.core.uids import InvalidUIDError, check_uid
 from app.core.values import name_words, normalize, study_datetime
 
 log = logging.getLogger(__name__)
 
 # (7FE0,0010) Pixel Data as the next tag in a little- or big-endian stream.
 _PIXEL_DATA_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
+_UNDEFINED_LENGTH = 0xFFFFFFFF  # PS3.5 7.1.1
 # VRs whose empty value pydicom reads as None rather than "": not indexed nor returned when empty.
 _NO_EMPTY_VALUE = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT", "IS", "DS"})
 
 
 class HeaderError(ValueError):
-    """The bytes are not a DICOM Part 10 instance this archive can index; the message says why."""
+    """The bytes are not a DICOM Part 10 instance this archive can index (0xC000); the message says why."""
+
+
+class DataSetMismatch(ValueError):
+    """The header contradicts the data set itself, e.g. it claims more pixels than the pixel data holds: the data
+    set does not match its IOD (0xA900, PS3.4 B.2.3); the message says why."""
 
 
 class Header(NamedTuple):
     dataset: Dataset  # File Meta and data set up to, not including, the pixel data
-    pixel_data_present: bool  # whether Pixel Data (or Float/Double Float Pixel Data) follows in the file
+    pixel_data_offset: int | None  # where the (7FE0,0010) Pixel Data element starts in the stream, if it does
+
+    @property
+    def pixel_data_present(self) -> bool:
+        return self.pixel_data_offset is not None
 
 
 def read_header(source: str | BinaryIO) -> Header:
@@ -60,6 +70,7 @@ def read_header(source: str | BinaryIO) -> Header:
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True)
         # pydicom stops with the stream at the pixel data tag, so the next four bytes tell whether there is any.
+        position = source.tell()
         following = source.read(4)
     except (InvalidDicomError, EOFError) as exc:
         raise HeaderError(f"not a DICOM Part 10 instance: {exc}") from exc
@@ -68,7 +79,7 @@ def read_header(source: str | BinaryIO) -> Header:
     meta = getattr(ds, "file_meta", None)
     if not isinstance(meta, FileMetaDataset) or "TransferSyntaxUID" not in meta:
         raise HeaderError("no File Meta Information with a Transfer Syntax UID (PS3.10 7.1)")
-    return Header(ds, following in _PIXEL_DATA_TAG_BYTES)
+    return Header(ds, position if following in _PIXEL_DATA_TAG_BYTES else None)
 
 
 _IDENTITY = (
@@ -79,9 +90,17 @@ _IDENTITY = (
 )
 
 
-def identify(body: JSONDict) -> tuple[str, str, str, str]:
-    """Study, Series, SOP Instance and SOP Class UIDs, each checked (PS3.5 9.1) before it can become a path."""
-    study, series, instance, sop_class = (check_uid(first_text(body, key), name) for key, name in _IDENTITY)
+def identify(body: JSONDict, *, conformant: bool = True) -> tuple[str, str, str, str]:
+    """Study, Series, SOP Instance and SOP Class UIDs, each checked before it can become a path or a key: one
+    value (VM 1 in PS3.6) and a UID (PS3.5 9.1; `conformant`: without leading zeros either). Raises
+    InvalidUIDError saying which and why."""
+    uids = []
+    for key, name in _IDENTITY:
+        count = len(body.get(key, {}).get("Value") or ())
+        if count > 1:
+            raise InvalidUIDError(f"{name} has {count} values where one is allowed (VM 1, PS3.6)")
+        uids.append(check_uid(first_text(body, key), name, conformant=conformant))
+    study, series, instance, sop_class = uids
     return study, series, instance, sop_class
 
 
@@ -101,13 +120,13 @@ def build_record(ds: Dataset, *, pixel_data_present: bool) -> InstanceRecord:
     )
 
 
-def record_from_json(body: JSONDict, transfer_syntax: str) -> InstanceRecord:
+def record_from_json(body: JSONDict, transfer_syntax: str, *, conformant: bool = True) -> InstanceRecord:
     """The repository record of a header as DICOM JSON (`dataset_json`, or app.core.raw_header's fast path).
 
     The indexed values are read from the JSON rather than from pydicom's elements, whose conversion cost more
     than the rest of ingest together. Raises InvalidUIDError when an identifying UID is missing or malformed.
     """
-    study_uid, series_uid, sop_uid, sop_class_uid = identify(body)
+    study_uid, series_uid, sop_uid, sop_class_uid = identify(body, conformant=conformant)
     levels = {level: _level_record(body, level) for level in Level}
     study = levels[Level.STUDY]
     stamp = study_datetime(_str(study.values.get("study_date")), _str(study.values.get("study_time")))
@@ -152,6 +171,14 @@ def _to_json(ds: Dataset, path: tuple[str, ...], inherited: str | None = DEFAULT
     for tag in sorted(ds._dict):
         key = f"{tag:08X}"
         raw = ds._dict[tag]
+        if isinstance(raw, RawDataElement) and raw.length != _UNDEFINED_LENGTH:
+            held = len(raw.value or b"")
+            if held < raw.length:
+                # pydicom hands over what the file held of a value that runs past its end (PS3.5 7.1.1).
+                raise HeaderError(
+                    f"({tag >> 16:04X},{tag & 0xFFFF:04X}) claims {raw.length} bytes but the file ends {held} "
+                    "bytes into its value"
+                )
         # UN is left to pydicom, which knows the VR of many private tags sent as UN.
         if (
             isinstance(raw, RawDataElement)

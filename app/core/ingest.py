@@ -9,7 +9,9 @@ Order of work, so that no half-stored instance is ever visible:
 Ingest rules and the ingest hook (app/core/rules.py, app/core/hooks.py) judge the instance between 1 and 2; an
 instance they coerce or de-identify is re-encoded into a new staged file (only then: otherwise the bytes are
 stored exactly as received) and answered with warning 0xB000.
-Every outcome is a protocol-neutral StoreOutcome; the doors turn it into HTTP or DIMSE statuses.
+Every outcome is a protocol-neutral StoreOutcome; the doors turn it into HTTP or DIMSE statuses. Each refusal,
+and what pydicom warned about the sender's values (the parser's notes), is logged here, one line an instance, in
+the context of the request or association it belongs to; STOW-RS asks for none and writes one line per request.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from app.core.events import EventBus, InstanceReplaced, InstanceStored
 from app.core.hooks import HookContext, HookReject, IngestHook
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus, WarningReason
 from app.core.parsing import HeaderParser, ParseFailure, parse_instance
+from app.core.raw_header import NOT_PART10, is_part10
 from app.core.records import InstanceRecord
 from app.core.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
 from app.core.uids import InvalidUIDError
@@ -46,6 +49,7 @@ class _Prepared:
     record: InstanceRecord | None = None
     dataset: Dataset | None = None
     outcome: StoreOutcome | None = None
+    notes: tuple[str, ...] = ()  # what pydicom warned about while the header was read
 
 
 class IngestService:
@@ -80,22 +84,56 @@ class IngestService:
         expected_sop_instance_uid: str | None = None,
         origin: str = "",
         calling_ae_title: str | None = None,
+        log_outcome: bool = True,
     ) -> StoreOutcome:
         """Store one Part 10 instance given as bytes or as a file already staged (`StagedFile`).
 
         The `expected_*` UIDs are what the request claims (the STOW-RS URL's study, the C-STORE request's
         Affected SOP Class and Instance UIDs); an instance that contradicts its request fails with 0xA900.
         `calling_ae_title` is the peer's AE title when the instance came over DIMSE (C-STORE), for the ingest
-        rules that match on it; None from the other doors.
+        rules that match on it; None from the other doors. With `log_outcome` False a refusal and the parser's
+        notes are left for the caller to log (STOW-RS sums up a whole request in one line).
         """
+        outcome = await self._store(
+            payload, expected_study_uid, expected_sop_class_uid, expected_sop_instance_uid, origin, calling_ae_title
+        )
+        if log_outcome:
+            if outcome.notes:
+                log.warning(
+                    "values pydicom warns about in SOPInstanceUID=%s from %s: %s",
+                    outcome.sop_instance_uid or "?",
+                    origin or "?",
+                    " | ".join(outcome.notes),
+                )
+            if not outcome.ok:
+                log.warning(
+                    "store refused from %s: SOPInstanceUID=%s reason=0x%04X %s",
+                    origin or "?",
+                    outcome.sop_instance_uid or "?",
+                    outcome.failure or 0,
+                    outcome.reason,
+                )
+        return outcome
+
+    async def _store(
+        self,
+        payload: bytes | StagedFile,
+        expected_study_uid: str | None,
+        expected_sop_class_uid: str | None,
+        expected_sop_instance_uid: str | None,
+        origin: str,
+        calling_ae_title: str | None,
+    ) -> StoreOutcome:
+        if isinstance(payload, bytes) and not is_part10(payload):
+            # Refused before it costs a staged file and a parser's time: a body of 50,000 tiny parts is cheap.
+            return _fail(StoreOutcome(StoreStatus.FAILED), FailureReason.CANNOT_UNDERSTAND, NOT_PART10)
         try:
             prepared = await self._prepare(payload)
         except OSError as exc:  # StorageError too: the staging area cannot take the instance (disk full...)
-            log.warning("store refused from %s: cannot stage the instance: %s", origin or "?", exc)
             failed = StoreOutcome(StoreStatus.FAILED)
             return _fail(failed, FailureReason.OUT_OF_RESOURCES, f"cannot stage the instance: {exc}")
         if prepared.outcome is not None:
-            return await self._failed(prepared, origin)
+            return await self._failed(prepared)
         record = prepared.record
         assert record is not None
         outcome = StoreOutcome(
@@ -104,6 +142,7 @@ class IngestService:
             sop_instance_uid=record.sop_instance_uid,
             study_instance_uid=record.study_instance_uid,
             series_instance_uid=record.series_instance_uid,
+            notes=list(prepared.notes),
         )
         # PS3.18 10.5.1: every instance POSTed to /studies/{study} belongs to that study; PS3.4 B.2.3: a C-STORE
         # data set at odds with its request's Affected SOP Class/Instance UIDs "does not match" (0xA900).
@@ -117,9 +156,9 @@ class IngestService:
                     outcome,
                     FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                     # The meaning first: a DIMSE Error Comment keeps only 64 characters.
-                    f"{name} differs from the request: {found} vs {expected}",
+                    f"{name} differs from the request: {found} in the data set, {expected} in the request",
                 )
-                return await self._failed(prepared, origin)
+                return await self._failed(prepared)
         if self.rules is not None or self.hook is not None:
             judged = await self._apply_rules(prepared, outcome, origin, calling_ae_title)
             if judged is not None:
@@ -130,7 +169,7 @@ class IngestService:
             async with lock:
                 # File, metadata and the replaced file's release go together: a caller cancelled half-way (a
                 # client gone, a shutdown) waits here, under the lock, until they are done or undone.
-                commit = asyncio.ensure_future(self._commit(prepared, record, outcome, origin))
+                commit = asyncio.ensure_future(self._commit(prepared, record, outcome))
                 try:
                     return await asyncio.shield(commit)
                 except asyncio.CancelledError:
@@ -174,7 +213,7 @@ class IngestService:
                     verdict.changes.append("ingest hook coerced " + ", ".join(answer))
         if verdict.reject is not None:
             prepared.outcome = _fail(outcome, verdict.reject[0], verdict.reject[1])
-            return await self._failed(prepared, origin)
+            return await self._failed(prepared)
         if not verdict.edits:
             return None
         try:
@@ -183,11 +222,11 @@ class IngestService:
             prepared.outcome = _fail(
                 outcome, FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"after coercion: {exc}"
             )
-            return await self._failed(prepared, origin)
+            return await self._failed(prepared)
         except Exception as exc:
             log.exception("coercion of %s failed", outcome.sop_instance_uid)
             prepared.outcome = _fail(outcome, FailureReason.PROCESSING_FAILURE, f"coercion failed: {exc}")
-            return await self._failed(prepared, origin)
+            return await self._failed(prepared)
         record = prepared.record
         assert record is not None
         outcome.sop_class_uid = record.sop_class_uid
@@ -224,7 +263,7 @@ class IngestService:
         prepared.staged, prepared.dataset, prepared.record = staged, parsed.dataset, parsed.record
 
     async def _commit(
-        self, prepared: _Prepared, record: InstanceRecord, outcome: StoreOutcome, origin: str
+        self, prepared: _Prepared, record: InstanceRecord, outcome: StoreOutcome
     ) -> StoreOutcome:
         if self.duplicate_policy is not DuplicatePolicy.REPLACE:
             # Keep and reject must know before the file is written; replace (the default) learns what it
@@ -235,13 +274,13 @@ class IngestService:
                 prepared.outcome = _fail(
                     outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}"
                 )
-                return await self._failed(prepared, origin)
+                return await self._failed(prepared)
             if held is not None:
                 if self.duplicate_policy is DuplicatePolicy.REJECT:
                     prepared.outcome = _fail(
                         outcome, FailureReason.DUPLICATE_SOP_INSTANCE, "SOP Instance UID already held"
                     )
-                    return await self._failed(prepared, origin)
+                    return await self._failed(prepared)
                 await asyncio.to_thread(self.storage.discard, prepared.staged)
                 outcome.status = StoreStatus.KEPT
                 return outcome
@@ -252,7 +291,7 @@ class IngestService:
             commit = await asyncio.to_thread(self.storage.commit, prepared.staged, key)
         except StorageError as exc:
             prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"cannot write the file: {exc}")
-            return await self._failed(prepared, origin, discard=False)
+            return await self._failed(prepared, discard=False)
         try:
             replaced = await self.repository.store_instance(record)
         except BaseException as exc:
@@ -268,7 +307,7 @@ class IngestService:
                 )
             else:
                 raise
-            return await self._failed(prepared, origin, discard=False)
+            return await self._failed(prepared, discard=False)
         if commit.keeps_predecessor:
             await asyncio.to_thread(commit.finalize)
         if replaced is not None:
@@ -307,29 +346,24 @@ class IngestService:
                 job.add_done_callback(forget)
                 raise
             prepared = _Prepared(staged=staged)
+        prepared.notes = parsed.notes
         if isinstance(parsed, ParseFailure):
             outcome = StoreOutcome(
                 StoreStatus.FAILED,
                 sop_class_uid=parsed.sop_class_uid,
                 sop_instance_uid=parsed.sop_instance_uid,
+                notes=list(parsed.notes),
             )
             prepared.outcome = _fail(outcome, parsed.reason, parsed.message)
         else:
             prepared.record, prepared.dataset = parsed.record, parsed.dataset
         return prepared
 
-    async def _failed(self, prepared: _Prepared, origin: str, *, discard: bool = True) -> StoreOutcome:
+    async def _failed(self, prepared: _Prepared, *, discard: bool = True) -> StoreOutcome:
         outcome = prepared.outcome
         assert outcome is not None
         if discard:
             await asyncio.to_thread(self.storage.discard, prepared.staged)
-        log.warning(
-            "store refused from %s: SOPInstanceUID=%s reason=0x%04X %s",
-            origin or "?",
-            outcome.sop_instance_uid or "?",
-            outcome.failure or 0,
-            outcome.reason,
-        )
         return outcome
 
     @contextmanager

@@ -68,7 +68,8 @@ class ReindexReport:
 def _record_of(storage: Storage, key: str) -> InstanceRecord:
     """Blocking: read the header of the file at `key` and build its record (worker thread)."""
     with storage.open(key) as stream:
-        parsed = parse_instance(stream)  # as ingest parses: the same record, the same refusals
+        # As ingest parses, the same record; but a file held is indexed even where ingest would now refuse it.
+        parsed = parse_instance(stream, held=True)
     if isinstance(parsed, ParseFailure):
         raise HeaderError(parsed.message)
     record = parsed.record

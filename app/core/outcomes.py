@@ -51,6 +51,7 @@ class StoreOutcome:
     failure: FailureReason | None = None
     warnings: list[WarningReason] = field(default_factory=list)
     reason: str = ""  # human-readable, for the log line and the error comment
+    notes: list[str] = field(default_factory=list)  # what pydicom warned about the sender's values, for the log
 
     @property
     def ok(self) -> bool:

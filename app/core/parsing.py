@@ -6,6 +6,11 @@ together with writing an instance received in memory to its staged file (`stage_
 process boundary as plain data (a staged file's name, a record or a failure), never as pydicom objects. With
 `workers=0`, or when the caller needs the pydicom Dataset itself (ingest rules and hooks), parsing runs in a
 thread instead.
+
+pydicom warns about a sender's bad values (an IS of "1A") through its logger and `warnings`. In a worker process
+neither reaches the server's log (nor knows the request), so while ingest parses an instance, wherever that
+runs, those messages are collected and come back with the result as its `notes`; ingest logs them in the server
+process, where the request or association id is known.
 """
 
 from __future__ import annotations
@@ -19,19 +24,31 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, TextIO, TypeVar
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
-from app.core.header import HeaderError, dataset_json, first_text, read_header, record_from_json
+from app.core.header import (
+    DataSetMismatch,
+    HeaderError,
+    dataset_json,
+    first_text,
+    read_header,
+    record_from_json,
+)
 from app.core.outcomes import FailureReason
-from app.core.raw_header import RawHeader, read_json
-from app.core.records import InstanceRecord
+from app.core.raw_header import check_pixel_data, read_json
+from app.core.records import InstanceRecord, JSONDict
 from app.core.uids import InvalidUIDError
 from app.storage.base import StagedFile, write_whole
 
@@ -49,31 +66,57 @@ class ParseFailure:
     message: str
     sop_class_uid: str | None = None
     sop_instance_uid: str | None = None
+    notes: tuple[str, ...] = ()  # what pydicom warned about while reading (HeaderParser collects them)
 
 
 @dataclass
 class Parsed:
     record: InstanceRecord
     dataset: Dataset | None = None  # only when asked for (rules and hooks read it)
+    notes: tuple[str, ...] = ()  # what pydicom warned about while reading
 
 
-def parse_instance(source: bytes | str | BinaryIO, keep_dataset: bool = False) -> Parsed | ParseFailure:
+def parse_instance(
+    source: bytes | str | BinaryIO, keep_dataset: bool = False, *, held: bool = False
+) -> Parsed | ParseFailure:
     """Read the header of a Part 10 instance given as bytes, a file path or an open file, and build its record.
 
     The common shape is read straight into DICOM JSON (app/core/raw_header.py), a file through a memory map so
     that only the header's pages are touched; any other shape, a stream with no file behind it, or a caller that
-    wants the pydicom Dataset takes pydicom's path.
+    wants the pydicom Dataset takes pydicom's path. Whichever reader read the header, the pixel data and what
+    follows it are then checked against it (`check_pixel_data`), and the identifying UIDs against PS3.5 9.1.
+
+    `held`: a file the archive already holds (re-index) is indexed as it is, with only the checks that keep
+    paths and keys safe: an instance stored before a stricter check existed must not lose its metadata (and
+    then, to the sweep, its file).
     """
-    fast = None if keep_dataset else read_json(source) if isinstance(source, bytes) else _read_mapped(source)
+    if isinstance(source, str):
+        with open(source, "rb") as stream:
+            return parse_instance(stream, keep_dataset, held=held)
+    if isinstance(source, bytes):
+        return _parse(source, io.BytesIO(source), keep_dataset, held)
+    with _memory_map(source) as view:
+        return _parse(view, source, keep_dataset, held)
+
+
+def _parse(
+    view: bytes | mmap.mmap | None, stream: BinaryIO, keep_dataset: bool, held: bool = False
+) -> Parsed | ParseFailure:
+    """`view` is the instance's bytes when they can be had without reading the file (None: `stream` only)."""
+    fast = None if keep_dataset or view is None else read_json(view)
     ds: Dataset | None = None
     if fast is not None:
-        body, syntax = fast.body, fast.transfer_syntax_uid
+        body, syntax, pixels_at = fast.body, fast.transfer_syntax_uid, fast.pixel_data_offset
+        implicit_vr, little_endian = False, True  # the only encoding the byte reader takes
     else:
         try:
-            header = read_header(io.BytesIO(source) if isinstance(source, bytes) else source)
+            header = read_header(stream)
             ds = header.dataset
             body = dataset_json(ds, pixel_data_present=header.pixel_data_present)
             syntax = str(ds.file_meta.TransferSyntaxUID)
+            pixels_at = header.pixel_data_offset
+            # The encoding as read: pydicom also reads a syntax it does not know.
+            implicit_vr, little_endian = (bool(flag) for flag in ds.original_encoding)
         except HeaderError as exc:
             return ParseFailure(FailureReason.CANNOT_UNDERSTAND, str(exc))
         except Exception as exc:
@@ -83,16 +126,50 @@ def parse_instance(source: bytes | str | BinaryIO, keep_dataset: bool = False) -
                 FailureReason.CANNOT_UNDERSTAND, f"cannot parse the DICOM header: {type(exc).__name__}: {exc}"
             )
     try:
-        record = record_from_json(body, syntax)
-    except InvalidUIDError as exc:
-        # Missing or malformed identifying UIDs: the data set does not satisfy its IOD (PS3.4 B.2.3 A9xx).
-        return ParseFailure(
-            FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-            str(exc),
-            first_text(body, "00080016"),
-            first_text(body, "00080018"),
-        )
+        record = record_from_json(body, syntax, conformant=not held)
+        if pixels_at is not None and not held:
+            check_pixel_data(
+                stream if view is None else view,
+                pixels_at,
+                implicit_vr=implicit_vr,
+                little_endian=little_endian,
+                native=_is_native(syntax),
+                body=body,
+            )
+    except (InvalidUIDError, DataSetMismatch) as exc:
+        # Malformed identifying UIDs, or a header its own pixel data contradicts: the data set does not satisfy
+        # its IOD (PS3.4 B.2.3 A9xx).
+        return _failure(FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc), body)
+    except HeaderError as exc:
+        return _failure(FailureReason.CANNOT_UNDERSTAND, str(exc), body)
+    except RecursionError:
+        return _failure(FailureReason.CANNOT_UNDERSTAND, "sequences nested too deeply to index", body)
     return Parsed(record, ds if keep_dataset else None)
+
+
+def _failure(reason: FailureReason, message: str, body: JSONDict) -> ParseFailure:
+    """A failure with whatever identity the header gives, so the answer can name the instance."""
+    return ParseFailure(reason, message, first_text(body, "00080016"), first_text(body, "00080018"))
+
+
+def _is_native(syntax: str) -> bool:
+    """A known transfer syntax whose pixel data is not encapsulated (PS3.5 A.4), so its length is exact."""
+    uid = UID(syntax)
+    return uid.is_transfer_syntax and not uid.is_encapsulated
+
+
+@contextmanager
+def _memory_map(stream: BinaryIO) -> Iterator[mmap.mmap | None]:
+    """The file behind `stream` mapped read-only, or None (an empty file; a stream with no file behind it)."""
+    try:
+        view = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        view = None
+    if view is None:
+        yield None
+        return
+    with view:
+        yield view
 
 
 def stage_and_parse(
@@ -108,15 +185,89 @@ def stage_and_parse(
         raise
 
 
-def _read_mapped(source: str | BinaryIO) -> RawHeader | None:
+# --------------------------------------------------------------------------- what pydicom says about the values
+
+MAX_NOTES = 10  # distinct messages kept per instance: a header of 10,000 bad values is still one log line
+_NOTES: ContextVar[list[str] | None] = ContextVar("pydicom_notes", default=None)
+_hooks_lock = threading.Lock()
+_previous_showwarning: Callable[..., None] | None = None
+
+
+class _Collect(logging.Filter):
+    """On pydicom's logger: a record made while an instance is being parsed in this context becomes one of its
+    notes instead of a log line here (in a worker process, "here" is a stderr without the request id)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        notes = _NOTES.get()
+        if notes is None:
+            return True
+        _note(notes, record.getMessage())
+        return False
+
+
+_COLLECT = _Collect()
+
+
+def _showwarning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """`warnings.showwarning` while ingest parses: the message becomes a note (pydicom's `warn_and_log` also
+    logged it, which `_Collect` took); other contexts keep what was there before."""
+    notes = _NOTES.get()
+    if notes is not None:
+        _note(notes, str(message))
+    elif _previous_showwarning is not None:
+        _previous_showwarning(message, category, filename, lineno, file, line)
+
+
+def _note(notes: list[str], message: str) -> None:
+    if message not in notes and len(notes) < MAX_NOTES:
+        notes.append(message)
+
+
+def _route_pydicom_messages() -> None:
+    """Put the collectors in place in this process, once (again if someone replaced `warnings.showwarning`)."""
+    global _previous_showwarning
+    with _hooks_lock:
+        logger = logging.getLogger("pydicom")
+        if _COLLECT not in logger.filters:
+            logger.addFilter(_COLLECT)
+        if warnings.showwarning is not _showwarning:
+            _previous_showwarning = warnings.showwarning
+            warnings.showwarning = _showwarning
+
+
+@contextmanager
+def _noting() -> Iterator[list[str]]:
+    """Collect pydicom's messages of the parse run in this context (thread-safe: each context has its own)."""
+    _route_pydicom_messages()
+    notes: list[str] = []
+    token = _NOTES.set(notes)
     try:
-        if isinstance(source, str):
-            with open(source, "rb") as stream:
-                return _read_mapped(stream)
-        with mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return read_json(view)
-    except (OSError, ValueError):  # an empty file; a stream with no file behind it (io.UnsupportedOperation)
-        return None
+        yield notes
+    finally:
+        _NOTES.reset(token)
+
+
+def _parse_noting(source: bytes | str, keep_dataset: bool = False) -> Parsed | ParseFailure:
+    """`parse_instance`, with pydicom's messages as the result's notes (run where the parse runs)."""
+    with _noting() as notes:
+        result = parse_instance(source, keep_dataset)
+    return replace(result, notes=tuple(notes))
+
+
+def _stage_and_parse_noting(
+    data: bytes, path: Path, keep_dataset: bool = False
+) -> tuple[StagedFile, Parsed | ParseFailure]:
+    """`stage_and_parse`, with pydicom's messages as the result's notes."""
+    with _noting() as notes:
+        staged, result = stage_and_parse(data, path, keep_dataset)
+    return staged, replace(result, notes=tuple(notes))
 
 
 class HeaderParser:
@@ -155,12 +306,12 @@ class HeaderParser:
             self._forget(pool)
 
     async def parse(self, source: bytes | str, *, keep_dataset: bool = False) -> Parsed | ParseFailure:
-        return await self._run(parse_instance, source, keep_dataset=keep_dataset)
+        return await self._run(_parse_noting, source, keep_dataset=keep_dataset)
 
     async def stage_and_parse(
         self, data: bytes, path: Path, *, keep_dataset: bool = False
     ) -> tuple[StagedFile, Parsed | ParseFailure]:
-        return await self._run(stage_and_parse, data, path, keep_dataset=keep_dataset)
+        return await self._run(_stage_and_parse_noting, data, path, keep_dataset=keep_dataset)
 
     async def _run(self, job: Callable[..., T], *args: object, keep_dataset: bool) -> T:
         """`job(*args, keep_dataset)` in a worker process, or in a thread when there is none or the caller

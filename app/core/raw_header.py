@@ -9,13 +9,18 @@ For those, `read_json` walks the bytes once and writes the same JSON `app.core.h
 deflate, an unknown or UN VR, an undefined-length value that is not a sequence, a value that needs pydicom's
 conversion, a truncated stream - makes it return None, and ingest takes pydicom's path, which also gives the
 clear error for a damaged file.
+
+Neither reader parses the pixel data or what follows it. `check_pixel_data` walks those bytes (element and item
+headers only, whichever reader read the header) so that an instance is refused when an element there runs past
+the end of the file, or when its header claims more frames or pixels than its pixel data can hold: a later
+WADO-RS frame request or render would otherwise trust those numbers.
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from pydicom.uid import UID
 
@@ -30,12 +35,13 @@ from app.core.dicom_json import (
     pixel_data_json,
     raw_value_json,
 )
+from app.core.header import DataSetMismatch, HeaderError
 from app.core.records import JSONDict
 
 _PREAMBLE = 128
 # PS3.5 7.1.2: these VRs have a 2-byte reserved field and a 4-byte length.
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UR", b"UT", b"UV", b"UN"})
-_KNOWN_VRS = _LONG_VRS | frozenset(
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UR", b"UT", b"UV", b"UN"})
+_KNOWN_VRS = LONG_VRS | frozenset(
     {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
      b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
@@ -51,6 +57,16 @@ _ITEM_HEAD = struct.Struct("<HHI")
 class RawHeader(NamedTuple):
     transfer_syntax_uid: str
     body: JSONDict  # the data set's DICOM JSON, pixel data as a BulkDataURI (without the file meta group)
+    pixel_data_offset: int | None  # where the (7FE0,0010) Pixel Data element starts, when there is one
+
+
+# PS3.10 7.1: a Part 10 file opens with a 128-byte preamble and "DICM"; pydicom refuses anything else too.
+NOT_PART10 = "not a DICOM Part 10 instance: no 'DICM' after a 128-byte preamble (PS3.10 7.1)"
+
+
+def is_part10(data: bytes | mmap.mmap) -> bool:
+    """Whether `data` opens as a Part 10 file does (the one test made before anything else is spent on it)."""
+    return data[_PREAMBLE : _PREAMBLE + 4] == b"DICM"
 
 
 class _Unhandled(Exception):
@@ -60,7 +76,7 @@ class _Unhandled(Exception):
 def read_json(data: bytes | mmap.mmap) -> RawHeader | None:
     """The header of a Part 10 instance as DICOM JSON, or None when pydicom's path must read it."""
     try:
-        if data[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
+        if not is_part10(data):
             return None
         meta, offset = _meta(data, _PREAMBLE + 4)
         # pydicom trusts (0002,0000) File Meta Information Group Length to end the group; a file where it
@@ -74,13 +90,13 @@ def read_json(data: bytes | mmap.mmap) -> RawHeader | None:
             return None
         if syntax.is_deflated:
             return None
-        body, stopped_at_pixels = _Reader(data).top(offset)
-        if stopped_at_pixels:
+        body, pixels_at = _Reader(data).top(offset)
+        if pixels_at is not None:
             [bits] = body.get("00280100", {}).get("Value", [8])  # several values: pydicom's path refuses it
             body["7FE00010"] = pixel_data_json(syntax.is_compressed, int(bits or 8))
     except (_Unhandled, struct.error, UnicodeDecodeError, IndexError, ValueError, TypeError, RecursionError):
         return None
-    return RawHeader(str(syntax), body)
+    return RawHeader(str(syntax), body, pixels_at)
 
 
 def _meta(data: bytes | mmap.mmap, offset: int) -> tuple[dict[int, bytes], int]:
@@ -102,7 +118,7 @@ def _meta(data: bytes | mmap.mmap, offset: int) -> tuple[dict[int, bytes], int]:
 
 def _value_at(data: bytes | mmap.mmap, offset: int, vr: bytes) -> tuple[int, int]:
     """Where the value of the explicit-VR element at `offset` starts, and its length (PS3.5 7.1.2)."""
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return offset + 12, _U32.unpack_from(data, offset + 8)[0]
     return offset + 8, _U16.unpack_from(data, offset + 6)[0]
 
@@ -118,10 +134,10 @@ class _Reader:
     def __init__(self, data: bytes | mmap.mmap) -> None:
         self.data = data
 
-    def top(self, offset: int) -> tuple[JSONDict, bool]:
-        """The data set after the file meta, up to the pixel data; whether the pixel data follows."""
-        elements, _, at_pixels = self._elements(offset, len(self.data), top=True)
-        return self._json(elements, (), DEFAULT_ENCODING), at_pixels
+    def top(self, offset: int) -> tuple[JSONDict, int | None]:
+        """The data set after the file meta, up to the pixel data; where the pixel data starts, if it does."""
+        elements, end, at_pixels = self._elements(offset, len(self.data), top=True)
+        return self._json(elements, (), DEFAULT_ENCODING), end if at_pixels else None
 
     def _elements(
         self, offset: int, end: int, *, top: bool = False, delimited: bool = False
@@ -213,3 +229,149 @@ class _Reader:
             else:
                 raise _Unhandled  # a value pydicom converts (a character set of its own, a bad number...)
         return out
+
+
+# --------------------------------------------------------------------------- the pixel data and what follows
+
+_Source = bytes | mmap.mmap | BinaryIO
+_BITS_A_BYTE = 8
+
+
+def check_pixel_data(
+    source: _Source, offset: int, *, implicit_vr: bool, little_endian: bool, native: bool, body: JSONDict
+) -> None:
+    """Check the Pixel Data element at `offset` and every element after it against the file and the header.
+
+    `body` is the header's DICOM JSON (either reader's); `native` says the transfer syntax is a known
+    uncompressed one. Raises HeaderError (0xC000) when an element or item runs past the end of the file or an
+    encapsulated value holds something other than items (PS3.5 7.5, A.4), and DataSetMismatch (0xA900) when
+    the header claims more than the pixel data holds.
+    """
+    walk = _Walk(source, implicit_vr=implicit_vr, little_endian=little_endian)
+    try:
+        tag, _, start, length = walk.head(offset)
+        if tag != _PIXEL_DATA:
+            raise HeaderError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) found where the Pixel Data was expected")
+        if length == _UNDEFINED:
+            # Encapsulated (PS3.5 A.4): the Basic Offset Table item, then the fragments.
+            end, items = walk.items(start)
+            held = sum(items[1:])
+        else:
+            end, held = walk.value_end(start, length, "Pixel Data"), length
+        walk.elements(end, walk.size)  # Data Set Trailing Padding, signatures...
+    except RecursionError:
+        raise HeaderError("sequences after the pixel data are nested too deeply to read") from None
+    _check_frames(body, held, native=native)
+
+
+def _check_frames(body: JSONDict, held: int, *, native: bool) -> None:
+    """The header's frames and pixels against the `held` bytes of pixel data (fragment bytes if encapsulated)."""
+    frames = _first_int(body, "00280008") or 1  # Number of Frames; absent, zero or unreadable: one frame
+    # Every frame holds something: an encapsulated one at least a byte of its own (PS3.5 A.4 lets a frame span
+    # fragments, and some writers put several frames in one fragment, so fragments are not counted), a native one
+    # at least one pixel of one bit (PS3.5 8.1.1). A claim beyond that is impossible, whatever the other
+    # attributes say, and bounds by the file's size whatever a reader later does once per frame.
+    if frames > 1 and frames > (held * _BITS_A_BYTE if native else held):
+        raise DataSetMismatch(f"NumberOfFrames {frames} is more than {held} bytes of pixel data can hold")
+    if not native:
+        return
+    factors = [_first_int(body, tag) for tag in ("00280010", "00280011", "00280002", "00280100")]
+    if any(factor is None for factor in factors):
+        return  # Rows, Columns, SamplesPerPixel or BitsAllocated missing: nothing to compare with
+    rows, columns, samples, bits = (factor or 0 for factor in factors)
+    pixels = rows * columns * samples * frames
+    # PS3.5 8.1.1: BitsAllocated 1 packs eight pixels a byte; otherwise each sample takes BitsAllocated / 8.
+    needed = -(-pixels // _BITS_A_BYTE) if bits == 1 else pixels * (bits // _BITS_A_BYTE)
+    if _first_text(body, "00280004") == "YBR_FULL_422":
+        needed = needed // 3 * 2  # PS3.3 C.7.6.3.1.2: two chrominance samples for every two pixels
+    if held < needed:
+        raise DataSetMismatch(
+            f"Pixel Data holds {held} bytes but Rows {rows} x Columns {columns} x SamplesPerPixel {samples} x "
+            f"BitsAllocated {bits} x NumberOfFrames {frames} need {needed} (PS3.5 8.1.1)"
+        )
+
+
+def _first_int(body: JSONDict, key: str) -> int | None:
+    values = body.get(key, {}).get("Value") or [None]
+    return values[0] if isinstance(values[0], int) and values[0] >= 0 else None
+
+
+def _first_text(body: JSONDict, key: str) -> str | None:
+    values = body.get(key, {}).get("Value") or [None]
+    return values[0] if isinstance(values[0], str) else None
+
+
+class _Walk:
+    """Element and item headers from an offset to the end of the file, in one encoding; values are skipped."""
+
+    def __init__(self, source: _Source, *, implicit_vr: bool, little_endian: bool) -> None:
+        self.source = source
+        self.implicit_vr = implicit_vr
+        self.order = "<" if little_endian else ">"
+        self.size = len(source) if isinstance(source, bytes | mmap.mmap) else source.seek(0, 2)
+
+    def read(self, offset: int, count: int) -> bytes:
+        if isinstance(self.source, bytes | mmap.mmap):
+            data = self.source[offset : offset + count]
+        else:
+            self.source.seek(offset)
+            data = self.source.read(count)
+        if len(data) < count:
+            raise HeaderError(f"the file ends inside the element or item header at byte {offset}")
+        return data
+
+    def value_end(self, start: int, length: int, what: str) -> int:
+        if start + length > self.size:
+            raise HeaderError(
+                f"{what} at byte {start} claims {length} bytes, past the end of the file ({self.size} bytes)"
+            )
+        return start + length
+
+    def head(self, offset: int) -> tuple[int, bytes, int, int]:
+        """(tag, VR or b"", value start, value length) of the element or item at `offset` (PS3.5 7.1)."""
+        raw = self.read(offset, 8)
+        group, element = struct.unpack_from(f"{self.order}HH", raw)
+        tag = (group << 16) | element
+        vr = raw[4:6]
+        # Items and delimiters have no VR (PS3.5 7.5); an element whose VR is not two capitals is read as
+        # implicit VR, as pydicom reads it (writers that switch encoding mid-file exist: SC_rgb_jpeg.dcm).
+        if self.implicit_vr or group == 0xFFFE or not b"AA" <= vr <= b"ZZ":
+            return tag, b"", offset + 8, struct.unpack_from(f"{self.order}I", raw, 4)[0]
+        if vr in LONG_VRS:
+            return tag, vr, offset + 12, struct.unpack(f"{self.order}I", self.read(offset + 8, 4))[0]
+        return tag, vr, offset + 8, struct.unpack_from(f"{self.order}H", raw, 6)[0]
+
+    def elements(self, offset: int, end: int, *, delimited: bool = False) -> int:
+        """Skip the elements from `offset` (an undefined-length item's: to its Item Delimitation Item, or to the end
+        of the file: a value left open there is taken as ended, as pydicom takes it)."""
+        while offset < end:
+            tag, vr, start, length = self.head(offset)
+            if delimited and tag == _ITEM_END:
+                return start
+            if length != _UNDEFINED:
+                offset = self.value_end(start, length, f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            elif vr == b"UN":  # an undefined-length UN holds implicit VR little endian items (PS3.5 6.2.2)
+                offset, _ = _Walk(self.source, implicit_vr=True, little_endian=True).items(start)
+            else:
+                offset, _ = self.items(start)
+        return offset
+
+    def items(self, offset: int) -> tuple[int, list[int]]:
+        """Skip the items of an undefined-length value up to its Sequence Delimitation Item (PS3.5 7.5) or the end
+        of the file; where it ends, and each item's length (0 for an undefined-length one)."""
+        lengths: list[int] = []
+        while offset < self.size:
+            tag, _, start, length = self.head(offset)
+            if tag == _SEQUENCE_END:
+                return start, lengths
+            if tag != _ITEM:
+                raise HeaderError(
+                    f"({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {offset} where an item was expected (PS3.5 7.5)"
+                )
+            if length == _UNDEFINED:
+                offset = self.elements(start, self.size, delimited=True)
+                lengths.append(0)
+            else:
+                offset = self.value_end(start, length, "an item")
+                lengths.append(length)
+        return offset, lengths

@@ -7,7 +7,9 @@ window, polarity - and the requested viewport, and return an image a browser can
 
 Decoding uses pydicom 3's pixel decoders; the grayscale maths is written here with numpy (no per-pixel Python)
 so that window functions follow PS3.3 C.11.2.1.2 exactly rather than depending on a library's conventions.
-Rows x Columns is checked *before* any decoding so a hostile header cannot make the server allocate gigabytes.
+Rows x Columns, and the size of the output the viewport asks for, are checked *before* any decoding, so
+neither a hostile header nor a hostile viewport (`viewport=100000,100000`) can make the server allocate
+gigabytes.
 
 This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
 """
@@ -47,6 +49,10 @@ _PILLOW_FORMAT: Final = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": 
 class RenderError(ValueError):
     """The instance cannot be rendered: no pixel data, unsupported photometric interpretation, frame out of
     range, too large, or undecodable."""
+
+
+class RenderRequestError(RenderError):
+    """The instance could be rendered, but not as asked: the viewport or crop does not fit this frame."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,12 @@ class RenderOptions:
             raise ValueError(f"frame number {self.frame} is not 1 or more")
 
 
-def render(ds: Dataset, options: RenderOptions) -> bytes:
+def render(ds: Dataset, options: RenderOptions, *, max_side: int) -> bytes:
     """Render frame `options.frame` of `ds` as an 8-bit image in `options.media_type`.
+
+    A side of the output may be as long as the frame's own side or `max_side`, whichever is more
+    (RenderRequestError beyond it, before anything is decoded): the viewport (PS3.18 §8.3.5.1.2) scales the
+    frame, and a scale without a bound would let one request make an image of any size.
 
     Grayscale (PS3.4 Annex N.2): Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence, PS3.3
     C.11.1), then VOI: the requested window, else the instance's first Window Center/Width (with its VOI LUT
@@ -111,6 +121,8 @@ def render(ds: Dataset, options: RenderOptions) -> bytes:
     C.7.6.3.1.5). The viewport/crop is applied last.
     """
     frame_index = _check_renderable(ds, options.frame)
+    region = _region(ds, options.crop)
+    size = _output_size(ds, region, options.viewport, max_side)
     pixels, photometric = _decode(ds, frame_index)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         image = _grayscale(ds, pixels, frame_index, options.window)
@@ -122,7 +134,7 @@ def render(ds: Dataset, options: RenderOptions) -> bytes:
         image = _colour(ds, pixels, photometric)
     else:
         raise RenderError(f"Photometric Interpretation {photometric!r} cannot be rendered")
-    return _encode(_apply_viewport(image, options), options)
+    return _encode(_apply_viewport(image, region, size), options)
 
 
 def thumbnail(ds: Dataset, size: int = 128, media_type: str = "image/jpeg") -> bytes:
@@ -131,7 +143,7 @@ def thumbnail(ds: Dataset, size: int = 128, media_type: str = "image/jpeg") -> b
         raise ValueError(f"thumbnail size {size} is not 1 or more")
     rows, columns = _dimensions(ds)
     viewport = (size, size) if rows > size or columns > size else None
-    return render(ds, RenderOptions(media_type=media_type, viewport=viewport, frame=1))
+    return render(ds, RenderOptions(media_type=media_type, viewport=viewport, frame=1), max_side=size)
 
 
 # --- decoding ------------------------------------------------------------------------------------------------
@@ -396,24 +408,47 @@ def _scale_to_uint8(arr: npt.NDArray[Any], bits: int) -> npt.NDArray[np.uint8]:
 # --- geometry and encoding -----------------------------------------------------------------------------------
 
 
-def _apply_viewport(image: npt.NDArray[np.uint8], options: RenderOptions) -> Image.Image:
-    """PS3.18 §8.3.5.1.2: take the source region, then scale it to fit the viewport, keeping its aspect."""
-    if options.crop is not None:
-        sx, sy, sw, sh = options.crop
-        region = image[sy : sy + sh, sx : sx + sw]
-        if region.size == 0:
-            raise RenderError(
-                f"crop region {options.crop} lies outside the {image.shape[1]}x{image.shape[0]} frame"
-            )
-        image = region
-    picture = Image.fromarray(np.ascontiguousarray(image))
-    if options.viewport is not None:
-        vw, vh = options.viewport
-        width, height = picture.size
+def _region(ds: Dataset, crop: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
+    """The source region (x, y, width, height) of PS3.18 §8.3.5.1.2: the crop clipped to the frame, or the
+    whole frame."""
+    rows, columns = _dimensions(ds)
+    if crop is None:
+        return 0, 0, columns, rows
+    sx, sy, sw, sh = crop
+    width, height = min(sw, columns - sx), min(sh, rows - sy)
+    if width < 1 or height < 1:
+        raise RenderRequestError(f"crop region {crop} lies outside the {columns}x{rows} frame")
+    return sx, sy, width, height
+
+
+def _output_size(
+    ds: Dataset, region: tuple[int, int, int, int], viewport: tuple[int, int] | None, max_side: int
+) -> tuple[int, int]:
+    """(width, height) of the output: the region scaled to fit the viewport, keeping its aspect (PS3.18
+    §8.3.5.1.2); refused when a side exceeds both the frame's own side and `max_side`."""
+    width, height = region[2], region[3]
+    if viewport is not None:
+        vw, vh = viewport
         scale = min(vw / width, vh / height)
-        size = (max(1, min(vw, round(width * scale))), max(1, min(vh, round(height * scale))))
-        if size != picture.size:
-            picture = picture.resize(size, Image.Resampling.LANCZOS)
+        width, height = max(1, min(vw, round(width * scale))), max(1, min(vh, round(height * scale)))
+    rows, columns = _dimensions(ds)
+    widest, tallest = max(columns, max_side), max(rows, max_side)
+    if width > widest or height > tallest:
+        raise RenderRequestError(
+            f"the viewport asks for a {width}x{height} image; at most {widest}x{tallest} is rendered from "
+            f"this {columns}x{rows} frame (a side may exceed the frame's up to {max_side} pixels)"
+        )
+    return width, height
+
+
+def _apply_viewport(
+    image: npt.NDArray[np.uint8], region: tuple[int, int, int, int], size: tuple[int, int]
+) -> Image.Image:
+    """PS3.18 §8.3.5.1.2: take the source region, then scale it to the output size."""
+    x, y, width, height = region
+    picture = Image.fromarray(np.ascontiguousarray(image[y : y + height, x : x + width]))
+    if size != picture.size:
+        picture = picture.resize(size, Image.Resampling.LANCZOS)
     return picture
 
 

@@ -9,8 +9,10 @@ below (`AcceptedSyntaxes`, `AcceptedFrames`, `RenderOptions`) and turn the domai
 
 Memory and the event loop: a study may be gigabytes, so an instance sent as stored is streamed from storage
 in `CHUNK_SIZE` pieces read in worker threads, and never held whole. Only a transcoded instance, a frame or a
-rendered image is built in memory, one instance at a time, in a worker thread. Pixel work (decoding,
-re-encoding, frame extraction, rendering) is delegated to app.core.transcode and app.core.render.
+rendered image is built in memory, one at a time, in a worker thread: frames are cut one per thread hop as
+they are sent, and renders (a decoded frame, its float copy and the output each) take turns, at most
+`RenderLimits.concurrency` at once. Pixel work (decoding, re-encoding, frame extraction, rendering) is
+delegated to app.core.transcode and app.core.render.
 
 This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
 """
@@ -26,9 +28,9 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, TypeVar
 
 import numpy as np
 import pydicom
@@ -37,10 +39,11 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
+from app.config import Settings
 from app.core import transcode as tc
 from app.core.query import QueryModel
 from app.core.records import StoredDataset, StoredInstance
-from app.core.render import RenderError, RenderOptions, render, thumbnail
+from app.core.render import RenderError, RenderOptions, RenderRequestError, render, thumbnail
 from app.core.transfer_syntax import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -95,6 +98,10 @@ class RangeNotSatisfiable(InvalidRequest):
 
 class RetrieveFailed(RuntimeError):
     """The archive holds the instance but cannot read it (file missing or unreadable): a server fault."""
+
+
+class RendersBusy(Exception):
+    """No render turn came free within `RenderLimits.wait_seconds` (HTTP 503 with Retry-After)."""
 
 
 # --- what a client accepts -------------------------------------------------------------------------------------
@@ -271,6 +278,17 @@ def can_transcode(source: str, target: str) -> bool:
 # --- streaming an instance ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EncodedInstance:
+    """An instance's data set in one transfer syntax, without File Meta: what a DIMSE C-STORE carries."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    data: memoryview
+
+
+
 @dataclass
 class InstanceStream:
     """An instance ready to send: its transfer syntax and its Part 10 bytes, yielded in chunks.
@@ -393,6 +411,59 @@ class _DatasetCache:
             self._used = 0
 
 
+# --- bounds on rendering ---------------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """How large a rendered image may be and how many are made at once (the MAX_RENDER_SIDE,
+    RENDER_CONCURRENCY and RENDER_WAIT_SECONDS settings)."""
+
+    max_side: int
+    concurrency: int
+    wait_seconds: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> RenderLimits:
+        return cls(settings.max_render_side, settings.render_concurrency, settings.render_wait_seconds)
+
+
+class _RenderTurns:
+    """At most `concurrency` renders run at once; the others wait for a turn, each at most `wait_seconds`.
+
+    A render holds the decoded frame, its float copy and the output image: without turns, a few large renders
+    arriving together add up to gigabytes. Waiting costs a request next to nothing, so a burst of thumbnails
+    (a viewer opening a study) queues rather than failing.
+    """
+
+    def __init__(self, limits: RenderLimits) -> None:
+        self._free = asyncio.Semaphore(limits.concurrency)
+        self._limits = limits
+
+    async def run(self, work: Callable[[], _T]) -> _T:
+        """`work()` in a worker thread once a turn is free; RendersBusy when none comes free in time."""
+        try:
+            async with asyncio.timeout(self._limits.wait_seconds):
+                await self._free.acquire()
+        except TimeoutError as exc:
+            raise RendersBusy(
+                f"all {self._limits.concurrency} rendering turns stayed busy for "
+                f"{self._limits.wait_seconds:g} s; try again later"
+            ) from exc
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        # The turn ends when the thread does, not when the request does: a client that hangs up mid-render
+        # must not free a turn whose thread still holds the memory.
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[_T]) -> None:
+        self._free.release()
+        if not task.cancelled():
+            task.exception()  # retrieved here when the request that awaited it has gone
+
+
 # --- the service ----------------------------------------------------------------------------------------------
 
 
@@ -400,10 +471,18 @@ class RetrieveService:
     """Resolve instances and read them in the representation a client can use."""
 
     def __init__(
-        self, repository: Repository, storage: Storage, *, cache_bytes: int = 256 * 1024 * 1024
+        self,
+        repository: Repository,
+        storage: Storage,
+        *,
+        render_limits: RenderLimits | None = None,
+        cache_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.repository = repository
         self.storage = storage
+        # None: the settings' defaults (model_construct reads no environment), for callers that do not render.
+        self.render_limits = render_limits or RenderLimits.of(Settings.model_construct())
+        self._render_turns = _RenderTurns(self.render_limits)
         self._datasets = _DatasetCache(cache_bytes)
 
     # -- finding ---------------------------------------------------------------------------------------------
@@ -461,6 +540,15 @@ class RetrieveService:
         """The syntax `open_instance` would use, without opening anything (to refuse with 406 up front)."""
         return _accepted(accepted).choose(ref.transfer_syntax_uid)
 
+    def _target(self, ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]) -> str:
+        target = self.choose_transfer_syntax(ref, accepted)
+        if target is None:
+            raise NotAcceptable(
+                f"instance {ref.sop_instance_uid} is stored as {_name(ref.transfer_syntax_uid)} and cannot be "
+                "given in any accepted transfer syntax"
+            )
+        return target
+
     async def open_instance(
         self, ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]
     ) -> InstanceStream:
@@ -470,12 +558,7 @@ class RetrieveService:
         thread (whole instance in memory). Raises NotAcceptable when no acceptable syntax can be produced,
         RetrieveFailed when the file cannot be read.
         """
-        target = self.choose_transfer_syntax(ref, accepted)
-        if target is None:
-            raise NotAcceptable(
-                f"instance {ref.sop_instance_uid} is stored as {_name(ref.transfer_syntax_uid)} and cannot be "
-                "given in any accepted transfer syntax"
-            )
+        target = self._target(ref, accepted)
         if target == ref.transfer_syntax_uid:
             head, handle = await asyncio.to_thread(self._open_stored, ref)
             return InstanceStream(ref, target, False, ref.size or None, head, handle)
@@ -532,7 +615,16 @@ class RetrieveService:
                 opened.append(InstanceStream(ref, ref.transfer_syntax_uid, False, ref.size or None, head, handle))
             return opened
 
-        found = await asyncio.to_thread(open_stored)
+        hop = asyncio.ensure_future(asyncio.to_thread(open_stored))
+        try:
+            found = await asyncio.shield(hop)
+        except asyncio.CancelledError:
+            # A worker thread cannot be stopped: it goes on opening files after the consumer has gone. Wait for it
+            # and close them, so that a consumer that stops early leaves no file open behind it.
+            for late in await hop:
+                if isinstance(late, InstanceStream):
+                    late.close_now()
+            raise
         out: list[InstanceStream | NotAcceptable | RetrieveFailed] = []
         try:
             for ref, item in zip(refs, found, strict=True):
@@ -550,45 +642,54 @@ class RetrieveService:
             raise
         return out
 
-    async def load(self, ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]) -> Dataset:
-        """The instance as a pydicom Dataset in an acceptable syntax (for C-GET/C-MOVE sub-operations).
+    def encoded(self, ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]) -> EncodedInstance:
+        """The instance's data set encoded in an acceptable syntax, for a DIMSE C-STORE (C-GET and C-MOVE
+        sub-operations, the SCU). Blocking: DIMSE threads call it directly, code on the loop in a worker thread.
 
-        `ds.file_meta.TransferSyntaxUID` names the syntax chosen. The Dataset is the caller's to change.
+        When the stored syntax is acceptable the stored bytes go as they are: the file is read, its File Meta
+        is skipped, nothing is parsed or re-encoded (PS3.4 C.4.2.3.1 lets the SCP send in any syntax the
+        destination accepted). Otherwise the instance is transcoded losslessly. NotAcceptable when no accepted
+        syntax can be produced, RetrieveFailed when the file cannot be read.
         """
-        target = self.choose_transfer_syntax(ref, accepted)
-        if target is None:
-            raise NotAcceptable(
-                f"instance {ref.sop_instance_uid} is stored as {_name(ref.transfer_syntax_uid)} and cannot be "
-                "given in any accepted transfer syntax"
-            )
-
-        def work() -> Dataset:
-            ds = self._read(ref, cache=False)
+        target = self._target(ref, accepted)
+        try:
             if target == ref.transfer_syntax_uid:
-                return ds
-            return _encoded_as(self._transcode(ds, ref, target), target)
-
-        return await asyncio.to_thread(work)
+                with self.storage.open(ref.storage_key) as handle:
+                    part10 = handle.read()
+            else:
+                part10 = self._transcoded_bytes(ref, target)
+            offset = tc.data_set_offset(part10)
+        except (OSError, ValueError) as exc:  # TranscodeError is a ValueError: a damaged File Meta
+            raise RetrieveFailed(f"cannot read the file of {ref.sop_instance_uid}: {exc}") from exc
+        return EncodedInstance(ref.sop_class_uid, ref.sop_instance_uid, target, memoryview(part10)[offset:])
 
     # -- frames, bulk data, rendering ------------------------------------------------------------------------
 
     async def frames(
         self, ref: StoredInstance, numbers: Sequence[int], accepted: AcceptedFrames
-    ) -> list[Frame]:
-        """Frames `numbers` (1-based, PS3.18 §10.4.1.1.4), as stored or decoded per `accepted`."""
+    ) -> AsyncGenerator[Frame, None]:
+        """Frames `numbers` (1-based, PS3.18 §10.4.1.1.4), as stored or decoded per `accepted`, one at a time.
+
+        The first step reads the instance, checks every number and cuts the first frame, so a request that
+        cannot be answered fails (NotAcceptable, InvalidRequest) before a caller sends anything. Each further
+        frame is cut (or decoded) in its own worker-thread hop when the consumer asks for it: an answer of many
+        frames holds one frame at a time, never all of them.
+        """
         encoding = accepted.choose(ref.transfer_syntax_uid)
         if encoding is None:
             raise NotAcceptable(
                 f"frames of instance {ref.sop_instance_uid} are stored as {_name(ref.transfer_syntax_uid)}; "
                 "no accepted media type can carry them"
             )
+        ds = await asyncio.to_thread(self._read_checked, ref, numbers)
+        for number in numbers:
+            [data] = await asyncio.to_thread(self._frame_data, ds, ref, [number], encoding)
+            yield Frame(encoding.media_type, encoding.transfer_syntax, data)
 
-        def work() -> list[Frame]:
-            ds = self._read(ref, cache=True)
-            data = self._frame_data(ds, ref, numbers, encoding)
-            return [Frame(encoding.media_type, encoding.transfer_syntax, d) for d in data]
-
-        return await asyncio.to_thread(work)
+    async def check_frames(self, ref: StoredInstance, numbers: Sequence[int]) -> None:
+        """InvalidRequest unless the instance has pixel data and each of `numbers` is one of its frames: for a
+        caller that makes the frames one by one and must refuse before it sends the first."""
+        await asyncio.to_thread(self._read_checked, ref, numbers)
 
     async def bulk(
         self,
@@ -662,30 +763,22 @@ class RetrieveService:
         return await asyncio.to_thread(work)
 
     async def rendered(self, ref: StoredInstance, options: RenderOptions) -> bytes:
-        """One frame rendered as `options.media_type` (PS3.18 §8.3.5, §10.4.1.1.3)."""
+        """One frame rendered as `options.media_type` (PS3.18 §8.3.5, §10.4.1.1.3), in a rendering turn.
 
-        def work() -> bytes:
-            ds = self._read(ref, cache=True)
-            self._check_frame(ds, ref, options.frame)
-            try:
-                return render(ds, options)
-            except RenderError as exc:
-                raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be rendered: {exc}") from exc
-
-        return await asyncio.to_thread(work)
+        InvalidRequest when the viewport asks for more than `render_limits.max_side` allows, RendersBusy when no
+        turn comes free in time.
+        """
+        max_side = self.render_limits.max_side
+        return await self._render_turns.run(
+            lambda: self._render(ref, options.frame, lambda ds: render(ds, options, max_side=max_side))
+        )
 
     async def thumbnail(self, ref: StoredInstance, size: int = 128, media_type: str = "image/jpeg") -> bytes:
-        """A small rendering of the first frame with the instance's own window (PS3.18 §10.4.1.1.4)."""
-
-        def work() -> bytes:
-            ds = self._read(ref, cache=True)
-            self._check_frame(ds, ref, 1)
-            try:
-                return thumbnail(ds, size, media_type)
-            except RenderError as exc:
-                raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be rendered: {exc}") from exc
-
-        return await asyncio.to_thread(work)
+        """A small rendering of the first frame with the instance's own window (PS3.18 §10.4.1.1.4), in a
+        rendering turn (RendersBusy when none comes free in time)."""
+        return await self._render_turns.run(
+            lambda: self._render(ref, 1, lambda ds: thumbnail(ds, size, media_type))
+        )
 
     async def representative(self, study: str, series: str | None = None) -> StoredInstance:
         """The instance that stands for a study or series in a thumbnail: the middle image of the first series
@@ -793,6 +886,25 @@ class RetrieveService:
                 f"instance {ref.sop_instance_uid} cannot be encoded as {_name(target)}: {exc}"
             ) from exc
 
+    def _read_checked(self, ref: StoredInstance, numbers: Sequence[int]) -> Dataset:
+        """The parsed instance (cached), once every one of `numbers` is known to be one of its frames."""
+        if not numbers:
+            raise InvalidRequest("no frame numbers were requested")
+        ds = self._read(ref, cache=True)
+        for number in (min(numbers), max(numbers)):
+            self._check_frame(ds, ref, number)
+        return ds
+
+    def _render(self, ref: StoredInstance, frame: int, make: Callable[[Dataset], bytes]) -> bytes:
+        ds = self._read(ref, cache=True)
+        self._check_frame(ds, ref, frame)
+        try:
+            return make(ds)
+        except RenderRequestError as exc:
+            raise InvalidRequest(f"instance {ref.sop_instance_uid} cannot be rendered as asked: {exc}") from exc
+        except RenderError as exc:
+            raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be rendered: {exc}") from exc
+
     @staticmethod
     def _check_frame(ds: Dataset, ref: StoredInstance, number: int) -> int:
         if not any(t in ds for t in PIXEL_DATA_TAGS):
@@ -823,25 +935,6 @@ class RetrieveService:
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
-
-
-def _encoded_as(ds: Dataset, target: str) -> Dataset:
-    """`ds` with its recorded original encoding matching `target`, for writers that trust it.
-
-    A transcoded Dataset still says it was read as the stored syntax (`original_encoding`); pynetdicom's
-    send_c_store refuses a data set whose encoding disagrees with its File Meta Transfer Syntax. Every element
-    is decoded first (iterall), since pydicom writes undecoded raw elements as they were read when the
-    recorded encoding equals the target's, which would corrupt sequence items read in another syntax.
-    """
-    syntax = UID(target)
-    if not syntax.is_transfer_syntax:
-        return ds
-    implicit, little = bool(syntax.is_implicit_VR), bool(syntax.is_little_endian)
-    if ds.original_encoding != (implicit, little):
-        for _ in ds.iterall():
-            pass
-        ds.set_original_encoding(implicit, little)
-    return ds
 
 
 def _batches(refs: Sequence[StoredInstance]) -> Iterator[list[StoredInstance]]:

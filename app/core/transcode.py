@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import struct
 from collections.abc import Iterator, Sequence
 from io import BytesIO
 from typing import Any, Final, cast
@@ -33,6 +34,7 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 
+from app.core.raw_header import LONG_VRS
 from app.core.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -161,6 +163,32 @@ def encode_part10(ds: Dataset) -> bytes:
     # (e.g. a TIFF header, or an executable in a polyglot file - CVE-2019-11687). After transcoding such a
     # header is stale at best, so what this server sends always carries an all-zero preamble.
     return bytes(_PREAMBLE_LENGTH) + data[_PREAMBLE_LENGTH:]
+
+
+def data_set_offset(part10: bytes | memoryview) -> int:
+    """Where the data set of a Part 10 file starts: after the preamble, "DICM" and the File Meta group.
+
+    The group is walked element by element rather than trusted through its Group Length (0002,0000), which
+    some writers leave out; PS3.10 7.1 has it always in Explicit VR Little Endian. TranscodeError when the
+    bytes are not a Part 10 file.
+    """
+    view = memoryview(part10)
+    if len(view) < _PREAMBLE_LENGTH + 4 or bytes(view[_PREAMBLE_LENGTH : _PREAMBLE_LENGTH + 4]) != b"DICM":
+        raise TranscodeError("not a DICOM Part 10 file (no DICM prefix)")
+    offset = _PREAMBLE_LENGTH + 4
+    while offset + 8 <= len(view):
+        group, _element, vr = struct.unpack_from("<HH2s", view, offset)
+        if group != 0x0002:
+            return offset
+        if vr in LONG_VRS:  # PS3.5 7.1.2: 2 reserved bytes, then a 4-byte length
+            if offset + 12 > len(view):
+                break
+            offset += 12 + struct.unpack_from("<I", view, offset + 8)[0]
+        else:
+            offset += 8 + struct.unpack_from("<H", view, offset + 6)[0]
+    if offset == len(view):
+        return offset  # File Meta and an empty data set
+    raise TranscodeError("the File Meta Information runs past the end of the file")
 
 
 def frame_count(ds: Dataset) -> int:

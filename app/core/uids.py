@@ -1,8 +1,14 @@
 """UID validation: a UID becomes a file path and a database key, so it is checked before any I/O.
 
 PS3.5 §9.1: a UID is at most 64 characters, made of numeric components separated by dots, each component
-without a leading zero (except the component "0" itself). Anything else (`../`, NUL, letters, spaces) is
-refused here, which is what keeps a hostile UID from ever naming a path outside the storage root.
+without a leading zero (except the component "0" itself). Two strengths of check follow from that:
+
+* `check_uid` (any UID the archive is asked about: a URL, a query key) refuses what could be unsafe as a path
+  or a key - `../`, NUL, letters, spaces, overlong values - but lets a leading zero through, so an instance
+  archived before ingest enforced PS3.5 stays retrievable by the UID it was stored under.
+* `check_uid(..., conformant=True)` (the identifying UIDs of an instance offered for storage) also refuses a
+  leading zero (`1.02.3`): such an instance does not match its IOD and is refused with 0xA900 rather than
+  stored under a UID no conformant peer may use.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ import re
 
 MAX_UID_LENGTH = 64  # PS3.5 §9.1
 
-# PS3.5 forbids leading zeros in a component, but real modalities emit them; refusing such an instance would
-# lose data for no safety gain, since digits and dots alone can never form a path outside the storage root.
-_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+# Digits and dots alone can never form a path outside the storage root.
+_SAFE_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+# PS3.5 §9.1: "each component ... shall not have leading zeros" (the component 0 itself is allowed).
+_LEADING_ZERO = re.compile(r"(?:^|\.)0[0-9]")
 
 
 class InvalidUIDError(ValueError):
@@ -21,16 +28,19 @@ class InvalidUIDError(ValueError):
 
 
 def is_valid_uid(value: str) -> bool:
-    return 0 < len(value) <= MAX_UID_LENGTH and _UID_PATTERN.fullmatch(value) is not None
+    return 0 < len(value) <= MAX_UID_LENGTH and _SAFE_UID.fullmatch(value) is not None
 
 
-def check_uid(value: object, name: str = "UID") -> str:
-    """Return `value` when it is a valid UID, else raise InvalidUIDError saying why."""
+def check_uid(value: object, name: str = "UID", *, conformant: bool = False) -> str:
+    """Return `value` when it is a valid UID, else raise InvalidUIDError saying why; `conformant` also
+    refuses a component with a leading zero (PS3.5 9.1)."""
     if not isinstance(value, str) or not value:
         raise InvalidUIDError(f"{name} is missing")
     if len(value) > MAX_UID_LENGTH:
         raise InvalidUIDError(f"{name} is longer than {MAX_UID_LENGTH} characters (PS3.5 9.1)")
-    if _UID_PATTERN.fullmatch(value) is None:
+    if _SAFE_UID.fullmatch(value) is None:
         shown = value if value.isprintable() else repr(value)
         raise InvalidUIDError(f"{name} {shown[:80]!s} is not a valid UID (PS3.5 9.1: digits and dots)")
+    if conformant and _LEADING_ZERO.search(value) is not None:
+        raise InvalidUIDError(f"{name} {value} has a component with a leading zero (PS3.5 9.1)")
     return value

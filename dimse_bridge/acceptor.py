@@ -1,0 +1,195 @@
+"""pynetdicom's association acceptor with our fixes, each in a small subclass (server.py builds the AE).
+
+1. The association-request phase ends in DIMSE_ACSE_TIMEOUT, whatever the peer sends (PS3.8 9.1.5: the ARTIM
+   timer bounds the wait for the A-ASSOCIATE-RQ; a partial PDU is no reason to wait longer).
+   pynetdicom's DUL reactor reads a PDU with blocking `recv` calls on a socket without a timeout (Python's
+   `accept()` gives the accepted socket none, whatever the listening socket has), and it checks its ARTIM timer
+   only between reads. A peer that sends part of a PDU (the first 6 bytes of an A-ASSOCIATE-RQ, or a byte now
+   and then) therefore holds the reactor in `recv` for good. The association thread gives up waiting for the
+   A-ASSOCIATE-RQ after the ACSE timeout and calls `kill()`, which waits for the reactor to return to Sta1,
+   which it never does: the thread stayed alive, and pynetdicom counted it as an association.
+   `AcceptorAssociation.kill()` shuts the socket down first, so the blocked `recv` returns and the reactor
+   closes the connection (Evt17). The TLS handshake is moved into the same phase (`AcceptorServer`): pynetdicom
+   made it in the accept loop, where one silent TCP connection stopped every other peer from connecting.
+2. No PDU longer than the peer may send is read (`AcceptorSocket`): pynetdicom reads as many bytes as a PDU
+   header claims, so a header claiming 0xFFFFFFFF bytes had the server buffer whatever came (1.7 GB in the
+   5 s of the ACSE timeout, from one connection). As DCMTK ("DUL Illegal PDU Length"), the connection is closed.
+3. A C-STORE whose Affected SOP Class UID is not the abstract syntax of its presentation context is refused
+   with 0x0122 "SOP Class not supported" and the association goes on. pynetdicom picks the service from that
+   UID, not from the context, and aborts the association when the UID names no service it knows (DCMTK's
+   dcmsend sends `31` for a data set whose SOP Class UID it cannot read); a storage UID other than the
+   context's would otherwise reach the Storage SCP past the SOP class policy the context was negotiated under.
+4. Every association has reactors that wait for their work instead of polling for it (reactor.py).
+5. Association slots are counted by access.handle_requested, not by pynetdicom, which counts every connection,
+   also those that never send an A-ASSOCIATE-RQ (server.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from typing import Any, Final, cast
+
+from pydicom.uid import UID
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE, DimseServiceType
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from dimse_bridge import status
+from dimse_bridge.access import peer
+from dimse_bridge.reactor import PromptAE, PromptAssociation, make_prompt
+
+log = logging.getLogger(__name__)
+
+# The longest PDU read before an A-ASSOCIATE-RQ has arrived, and the least limit after it. PS3.8 sets none for
+# the A-ASSOCIATE-RQ; 128 presentation contexts of 64-character UIDs with ten transfer syntaxes each, role and
+# extended negotiation for each, and a User Identity of two 64 KiB fields stay under 300 KB.
+MIN_PDU_LIMIT: Final = 1024 * 1024
+
+
+class AcceptorAssociation(PromptAssociation):
+    """An acceptor association that cannot be held open by a partial PDU nor aborted by a foreign C-STORE."""
+
+    def kill(self) -> None:
+        """End the association thread; first, if no A-ASSOCIATE-RQ ever arrived, end a read left half-way.
+
+        pynetdicom calls this when it stops waiting for the A-ASSOCIATE-RQ (after the ACSE timeout), and on
+        abort (server shutdown); in both cases a reactor blocked reading a partial PDU would keep it waiting.
+        """
+        if self.is_acceptor and self.requestor.primitive is None:
+            sock = getattr(self.dul.socket, "socket", None)
+            if sock is not None:
+                # A peer that connected and closed without a byte is a TCP probe (a load balancer's or an
+                # orchestrator's health check), not worth a warning; one that stopped half-way is.
+                level = logging.INFO if _closed_by_peer(sock) else logging.WARNING
+                log.log(
+                    level,
+                    "connection from %s:%s closed before its A-ASSOCIATE-RQ was complete (DIMSE_ACSE_TIMEOUT=%s)",
+                    self.requestor.address,
+                    self.requestor.port,
+                    self.acse_timeout,
+                )
+                with contextlib.suppress(OSError):  # already closed by the peer or by the reactor
+                    sock.shutdown(socket.SHUT_RDWR)
+        super().kill()
+
+    def _serve_request(self, msg: DimseServiceType, context_id: int) -> None:
+        context = next((cx for cx in self.accepted_contexts if cx.context_id == context_id), None)
+        if (
+            isinstance(msg, C_STORE)
+            and msg.is_valid_request
+            and context is not None
+            and str(msg.AffectedSOPClassUID) != str(context.abstract_syntax)
+        ):
+            self._refuse_store(msg, context_id, str(context.abstract_syntax))
+            return
+        super()._serve_request(msg, context_id)
+
+    def _refuse_store(self, request: C_STORE, context_id: int, abstract_syntax: str) -> None:
+        """C-STORE-RSP 0x0122 (PS3.7 9.1.1.1.9 and C.5: Refused, SOP Class not supported) for this instance only."""
+        sop_class = str(request.AffectedSOPClassUID)
+        log.warning(
+            "C-STORE of %r from %s refused (0x%04X): its SOP Class UID %r is not %s (%s), the SOP class of "
+            "presentation context %d",
+            str(request.AffectedSOPInstanceUID),
+            peer(self),
+            status.SOP_CLASS_NOT_SUPPORTED,
+            sop_class,
+            abstract_syntax,
+            UID(abstract_syntax).name,
+            context_id,
+        )
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = request.MessageID
+        response.AffectedSOPClassUID = request.AffectedSOPClassUID
+        response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+        answer = status.status_dataset(
+            status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} is not that of its context"
+        )
+        self.dimse.send_msg(StorageServiceClass(self).validate_status(answer, response), context_id)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """True when the peer closed its side and nothing it sent is left unread (or the reactor, having read the
+    end of the stream, closed the socket already)."""
+    if sock.fileno() < 0:
+        return True
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (OSError, ValueError):  # nothing to read yet (still open), or a TLS socket, or already closed
+        return False
+
+
+class AcceptorSocket(AssociationSocket):
+    """An association's socket that will not read a PDU longer than the peer may send."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """pynetdicom's read of `nr_bytes`, but for more than the limit the connection is closed instead.
+
+        The DUL reactor asks for the 6 bytes of a PDU header, then for as many as its length field claims.
+        After the A-ASSOCIATE-RQ the limit is the Maximum Length we announced (PS3.8 D.1, DIMSE_MAX_PDU; 0 is
+        none) or MIN_PDU_LIMIT, whichever is more; before it, MIN_PDU_LIMIT. The reactor sees a short read and
+        ends the association (Evt17).
+        """
+        assoc = self.assoc
+        if assoc.requestor.primitive is None:
+            limit = MIN_PDU_LIMIT
+        else:
+            announced = int(assoc.acceptor.maximum_length or 0)
+            limit = max(announced, MIN_PDU_LIMIT) if announced else 0
+        if not limit or nr_bytes <= limit:
+            return super().recv(nr_bytes)
+        log.warning(
+            "connection from %s:%s closed: a PDU of %d bytes, more than the %d it may send",
+            assoc.requestor.address,
+            assoc.requestor.port,
+            nr_bytes,
+            limit,
+        )
+        self.close()
+        return bytearray()
+
+
+class AcceptorRequestHandler(RequestHandler):
+    """pynetdicom's handler of an accepted connection, building an AcceptorAssociation and an AcceptorSocket."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # pynetdicom has no hook for the classes it builds; ours add methods (and the reactors' wake-up pair).
+        make_prompt(assoc, AcceptorAssociation)
+        assoc.dul.socket.__class__ = AcceptorSocket
+        return assoc
+
+
+class AcceptorServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, leaving the TLS handshake to the association's own thread."""
+
+    # socketserver listens with a backlog of 5: a burst of connections (a hostile one, or many modalities at
+    # once) made every further peer's connect wait for a SYN retransmission, a second or more.
+    request_queue_size = socket.SOMAXCONN
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection, wrapping it for TLS without the handshake.
+
+        The handshake is made by the first read of the association's reactor, within the association-request
+        phase and its timeout; made here (pynetdicom's default) it blocked the accept loop, for every peer, as
+        long as one connection sent nothing.
+        """
+        listening = cast(socket.socket, self.socket)
+        client, address = listening.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+
+class AcceptorAE(PromptAE):
+    """pynetdicom's AE, whose `start_server` serves with AcceptorServer and AcceptorRequestHandler, and whose
+    own associations (to C-MOVE destinations) have the prompt reactors (reactor.py)."""
+
+    def make_server(self, *args: Any, **kwargs: Any) -> Any:
+        # start_server asks for a ThreadedAssociationServer; AcceptorServer is one. Extra keyword arguments go
+        # to the server's constructor (pynetdicom's documented way to use a server class of one's own).
+        kwargs.update(server_class=AcceptorServer, request_handler=AcceptorRequestHandler)
+        return super().make_server(*args, **kwargs)

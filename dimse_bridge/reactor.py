@@ -1,0 +1,220 @@
+"""Reactors that wait for their work instead of polling for it: pynetdicom's loops with the sleeps taken out.
+
+pynetdicom runs two loops per association, each in its own thread, and both poll. The DUL reactor (dul.py)
+sleeps 1 ms whenever a turn found nothing to do, before it looks at its socket and at the primitives queued
+for it; the association reactor (association.py) sleeps 1 ms at the top of every turn before it looks for a
+DIMSE message. A C-STORE sub-operation crosses the DUL reactor three times (the request out, the response in,
+the pending C-GET response out) and an incoming C-STORE crosses both reactors, so each instance waited about
+half a millisecond per crossing for no reason but the sleep, while the server's CPU sat idle (py-spy over a
+C-GET run: most samples in `time.sleep` and queue waits).
+
+Here the DUL reactor waits in `select` on its socket and on a wake-up socket pair, which `send_pdu` (called
+from the threads that queue primitives) writes to; the association reactor waits on its DIMSE message queue,
+whose condition the DUL reactor also notifies after every state change (a release or abort request).
+Both wake at once when there is work, and otherwise at most every `TIMER_PERIOD` to check the ARTIM and idle
+timers and to be stopped, so an idle association costs less CPU than pynetdicom's 1000 turns a second. The
+state machine, the PDU and DIMSE codecs and every event are pynetdicom's own: each loop below is pynetdicom's
+(3.0) line for line but for the wait.
+
+`make_prompt(assoc)` is applied to an association before its threads start: by the acceptor
+(acceptor.py) to the associations it accepts, and by `PromptAE` to the ones it requests (C-MOVE destinations,
+the SCU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+from typing import Any, Final
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.utils import make_target
+
+# How long a reactor with nothing to do waits before it looks at its timers again (the ARTIM timer of PS3.8
+# 9.1.5 and the network idle timeout are seconds long, so 20 ms is precision enough).
+TIMER_PERIOD: Final = 0.02
+
+_LOG = logging.getLogger("pynetdicom")  # these loops' messages are pynetdicom's, under its logger
+
+
+class PromptDUL(DULServiceProvider):
+    """pynetdicom's DUL reactor, waiting on its socket and on `send_pdu` instead of sleeping."""
+
+    _wake_read: socket.socket
+    _wake_write: socket.socket
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self._wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (the reactor will look anyway) or closed (it has ended)
+            self._wake_write.send(b"\0")
+
+    def _wait(self) -> None:
+        """Until the peer sent something, a primitive was queued, or TIMER_PERIOD passed."""
+        sock = getattr(self.socket, "socket", None)
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return  # decrypted bytes already buffered: select would not see them
+        watched = [self._wake_read] if sock is None or sock.fileno() < 0 else [self._wake_read, sock]
+        try:
+            ready, _, _ = select.select(watched, [], [], TIMER_PERIOD)
+        except (OSError, ValueError):  # the socket closed under us: the next turn sees it
+            return
+        if self._wake_read in ready:
+            with contextlib.suppress(OSError):
+                self._wake_read.recv(4096)
+
+    def run_reactor(self) -> None:
+        """pynetdicom's `DULServiceProvider.run_reactor`, with `time.sleep(self._run_loop_delay)` replaced by
+        `self._wait()`."""
+        try:
+            self._run()
+        finally:
+            self._wake_read.close()
+            self._wake_write.close()
+
+    def _run(self) -> None:
+        self._idle_timer.start()
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if idle:
+                self._wait()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                # As pynetdicom: bypass the state machine, send an A-ABORT and stop both reactors.
+                _LOG.exception("Exception in DUL.run(), aborting association: %s", exc)
+                abort = A_ABORT_RQ()
+                abort.source = 0x02
+                abort.reason_diagnostic = 0x00
+                assert self.socket is not None
+                self.socket.send(abort.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            self._nudge_association()
+            idle = False
+
+    def _nudge_association(self) -> None:
+        """Wake the association reactor after a state change: a release or abort request from the peer comes as
+        an ACSE primitive, not as a DIMSE message, and the association reactor waits on the DIMSE queue."""
+        messages = self.assoc.dimse.msg_queue
+        with messages.not_empty:
+            messages.not_empty.notify_all()
+
+
+class PromptAssociation(Association):
+    """pynetdicom's association whose reactor waits on its DIMSE message queue instead of sleeping."""
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's `Association._run_reactor`, with `time.sleep(0.001)` and the non-blocking read of the
+        next DIMSE message replaced by a read that waits up to TIMER_PERIOD."""
+        self._is_paused = False
+        while not self._kill:
+            # Paused while it waits: a send_* method on another thread (a Storage Commitment report on this
+            # association) clears the checkpoint, sees the reactor paused, and reads its answers itself.
+            self._is_paused = True
+            self._await_message()
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                # Paused again between the two lines above by a sender that saw `_is_paused` still True: its
+                # answer is its own to read. (pynetdicom's loop has the same window; it crosses it a thousand
+                # times a second while idle, this one at every state change, so a C-MOVE sub-association's
+                # C-STORE-RSP was taken here now and then, and the sub-operation waited out the DIMSE timeout.)
+                continue
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, int(context_id))  # type: ignore[arg-type]
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                _LOG.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                _LOG.info("Association Aborted")
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                _LOG.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+    def _await_message(self) -> None:
+        """Until a DIMSE message is queued for this association, or TIMER_PERIOD passed; takes nothing."""
+        messages = self.dimse.msg_queue
+        with messages.not_empty:
+            if not messages._qsize():
+                messages.not_empty.wait(TIMER_PERIOD)
+
+
+def make_prompt(assoc: Association, kind: type[Association] = PromptAssociation) -> None:
+    """Give `assoc` (not yet started) the prompt reactors: its class becomes `kind`, its DUL a PromptDUL.
+
+    pynetdicom has no hook for the classes it builds; these add methods and the DUL's wake-up socket pair. The
+    DUL's thread target was bound at construction, so it is bound again to the new class's reactor.
+    """
+    assoc.__class__ = kind
+    dul = assoc.dul
+    dul.__class__ = PromptDUL
+    assert isinstance(dul, PromptDUL)
+    dul._wake_read, dul._wake_write = socket.socketpair()
+    dul._wake_read.setblocking(False)
+    dul._wake_write.setblocking(False)
+    dul._target = make_target(dul.run_reactor)  # type: ignore[attr-defined]
+
+
+class PromptAE(AE):
+    """pynetdicom's AE whose requested associations (C-MOVE destinations, the SCU) have the prompt reactors."""
+
+    def _create_socket(self, assoc: Association, *args: Any, **kwargs: Any) -> Any:
+        # Called by `associate` after the association is built and before its DUL starts.
+        make_prompt(assoc)
+        return super()._create_socket(assoc, *args, **kwargs)

@@ -1,0 +1,101 @@
+"""C-STORE requests that carry a data set already encoded: stored bytes go out as they are.
+
+pynetdicom's `Association.send_c_store` takes a pydicom Dataset and encodes it again, element by element, with
+pydicom's writer, even when the data set was read from a file in the very transfer syntax the peer accepted;
+given a file path it parses the file first. On the retrieve path (C-GET and C-MOVE sub-operations, the REST
+"send to AE") that writer was most of the cost of an instance. Here the handler yields an `EncodedDataSet`: a
+Dataset that holds only its SOP Class and SOP Instance UIDs (so pynetdicom's generator protocol, its counts and
+its Failed SOP Instance UID List work unchanged) and the encoded bytes, and `send_encoded` puts those bytes in
+the C-STORE request as its Data Set (PS3.7 9.1.1.1). pynetdicom's DIMSE message codec still fragments it into
+P-DATA PDUs, and its presentation-context rules still pick the context.
+
+`install(assoc)` makes an association send EncodedDataSets this way; pynetdicom's service classes call
+`assoc.send_c_store`, so the override is set on the association object itself and every other Dataset still
+goes through pynetdicom's own method.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from pydicom.dataset import Dataset
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+
+from app.core.retrieve import EncodedInstance
+
+# PS3.7 9.1.1.1.9 Priority: MEDIUM.
+MEDIUM: int = 0
+
+
+class EncodedDataSet(Dataset):
+    """What a C-GET or C-MOVE handler yields for an instance to send as encoded."""
+
+    def __init__(self, instance: EncodedInstance) -> None:
+        super().__init__()
+        self.SOPClassUID = instance.sop_class_uid
+        self.SOPInstanceUID = instance.sop_instance_uid
+        self.encoded = instance
+
+
+def send_encoded(
+    assoc: Association,
+    dataset: EncodedDataSet,
+    msg_id: int = 1,
+    priority: int = MEDIUM,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
+) -> Dataset:
+    """`Association.send_c_store` for bytes already encoded in a transfer syntax the peer accepted.
+
+    Returns the response's status data set (empty when the peer did not answer within the DIMSE timeout, as
+    pynetdicom's own method does after aborting). ValueError when no accepted context matches the SOP class and
+    the instance's transfer syntax: nothing is sent, and the caller counts a failed sub-operation.
+    """
+    if not assoc.is_established:
+        raise RuntimeError("the association must be established before a C-STORE request")
+    instance = dataset.encoded
+    # No conversion: the bytes are in exactly this syntax (pynetdicom would otherwise allow an implicit/explicit
+    # swap, which only re-encoding can honour).
+    context = assoc._get_valid_context(
+        instance.sop_class_uid, instance.transfer_syntax_uid, "scu", allow_conversion=False
+    )
+    request = C_STORE()
+    request.MessageID = msg_id
+    request.Priority = priority
+    request.AffectedSOPClassUID = instance.sop_class_uid
+    request.AffectedSOPInstanceUID = instance.sop_instance_uid
+    if originator_aet is not None:
+        request.MoveOriginatorApplicationEntityTitle = originator_aet
+    if originator_id is not None:
+        request.MoveOriginatorMessageID = originator_id
+    request.DataSet = io.BytesIO(instance.data)
+    # As pynetdicom's own send_c_store: pause the association's reactor so the response is read here.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, cast(int, context.context_id))
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    if response is None:
+        assoc._handle_no_response()
+        return Dataset()
+    status: Dataset = assoc._check_received_status(response)
+    return status
+
+
+def install(assoc: Association) -> None:
+    """Make `assoc.send_c_store` send EncodedDataSets as encoded, and anything else as pynetdicom does."""
+    original: Callable[..., Dataset] = assoc.send_c_store
+
+    def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+        if isinstance(dataset, EncodedDataSet):
+            return send_encoded(assoc, dataset, *args, **kwargs)
+        return original(dataset, *args, **kwargs)
+
+    assoc.send_c_store = send_c_store  # type: ignore[method-assign]
