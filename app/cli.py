@@ -96,7 +96,8 @@ def _dimse_port_taken(host: str, port: int) -> str | None:
     SO_REUSEADDR as pynetdicom's server sets it, so a port in TIME_WAIT is not called busy.
     """
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # An empty host is every address, as pynetdicom binds it.
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         return f"cannot resolve {host}: {exc.strerror}"
     family, kind, proto, _, address = infos[0]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 from typing import Any, Final, cast
 
@@ -116,9 +117,14 @@ def _closed_by_peer(sock: socket.socket) -> bool:
     end of the stream, closed the socket already)."""
     if sock.fileno() < 0:
         return True
+    # Polled first: a socket with a timeout (AcceptorRequestHandler) waits that long in recv, MSG_DONTWAIT or not.
+    readable = select.poll()
+    readable.register(sock, select.POLLIN)
     try:
+        if not readable.poll(0):
+            return False
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (OSError, ValueError):  # nothing to read yet (still open), or a TLS socket, or already closed
+    except (OSError, ValueError):  # a TLS socket, or closed meanwhile
         return False
 
 
@@ -140,7 +146,18 @@ class AcceptorSocket(AssociationSocket):
             announced = int(assoc.acceptor.maximum_length or 0)
             limit = max(announced, MIN_PDU_LIMIT) if announced else 0
         if not limit or nr_bytes <= limit:
-            return super().recv(nr_bytes)
+            try:
+                return super().recv(nr_bytes)
+            except TimeoutError:
+                # The socket's timeout (AcceptorRequestHandler): a peer that stopped in the middle of a PDU.
+                log.warning(
+                    "connection from %s:%s closed: nothing more of a PDU for %s s (DIMSE_NETWORK_TIMEOUT)",
+                    assoc.requestor.address,
+                    assoc.requestor.port,
+                    assoc.network_timeout,
+                )
+                self.close()
+                return bytearray()
         log.warning(
             "connection from %s:%s closed: a PDU of %d bytes, more than the %d it may send",
             assoc.requestor.address,
@@ -160,6 +177,13 @@ class AcceptorRequestHandler(RequestHandler):
         # pynetdicom has no hook for the classes it builds; ours add methods (and the reactors' wake-up pair).
         make_prompt(assoc, AcceptorAssociation)
         assoc.dul.socket.__class__ = AcceptorSocket
+        # The reactor reads a PDU, and writes one, with blocking calls on a socket Python's accept() gave no
+        # timeout: a peer that stops half-way through a PDU, or stops reading what we send, would hold the
+        # association thread (and its slot, and the server's shutdown) for good. DIMSE_NETWORK_TIMEOUT bounds
+        # every such wait; pynetdicom turns a failed send into a closed connection (Evt17), recv above too.
+        sock = getattr(assoc.dul.socket, "socket", None)
+        if sock is not None and self.ae.network_timeout is not None:
+            sock.settimeout(self.ae.network_timeout)
         return assoc
 
 

@@ -41,7 +41,9 @@ from pynetdicom.utils import make_target
 # 9.1.5 and the network idle timeout are seconds long, so 20 ms is precision enough).
 TIMER_PERIOD: Final = 0.02
 
-_LOG = logging.getLogger("pynetdicom")  # these loops' messages are pynetdicom's, under its logger
+# These loops' messages are pynetdicom's, under the loggers of the modules they come from.
+_DUL_LOG = logging.getLogger("pynetdicom.dul")
+_LOG = logging.getLogger("pynetdicom.association")
 
 
 class PromptDUL(DULServiceProvider):
@@ -66,15 +68,18 @@ class PromptDUL(DULServiceProvider):
         """Until the peer sent something, a primitive was queued, or TIMER_PERIOD passed."""
         sock = getattr(self.socket, "socket", None)
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return  # decrypted bytes already buffered: select would not see them
-        watched = [self._wake_read] if sock is None or sock.fileno() < 0 else [self._wake_read, sock]
+            return  # decrypted bytes already buffered: poll would not see them
+        # poll, not select: select cannot watch a descriptor numbered 1024 or more, and a busy server has those.
+        waiting = select.poll()
+        waiting.register(self._wake_read, select.POLLIN)
+        if sock is not None and sock.fileno() >= 0:
+            waiting.register(sock, select.POLLIN)
         try:
-            ready, _, _ = select.select(watched, [], [], TIMER_PERIOD)
+            waiting.poll(TIMER_PERIOD * 1000)
         except (OSError, ValueError):  # the socket closed under us: the next turn sees it
             return
-        if self._wake_read in ready:
-            with contextlib.suppress(OSError):
-                self._wake_read.recv(4096)
+        with contextlib.suppress(OSError):  # nothing to drain (BlockingIOError), or closed
+            self._wake_read.recv(4096)
 
     def run_reactor(self) -> None:
         """pynetdicom's `DULServiceProvider.run_reactor`, with `time.sleep(self._run_loop_delay)` replaced by
@@ -104,7 +109,7 @@ class PromptDUL(DULServiceProvider):
                     self._idle_timer.restart()
             except Exception as exc:
                 # As pynetdicom: bypass the state machine, send an A-ABORT and stop both reactors.
-                _LOG.exception("Exception in DUL.run(), aborting association: %s", exc)
+                _DUL_LOG.exception("Exception in DUL.run(), aborting association: %s", exc)
                 abort = A_ABORT_RQ()
                 abort.source = 0x02
                 abort.reason_diagnostic = 0x00
@@ -125,8 +130,9 @@ class PromptDUL(DULServiceProvider):
             idle = False
 
     def _nudge_association(self) -> None:
-        """Wake the association reactor after a state change: a release or abort request from the peer comes as
-        an ACSE primitive, not as a DIMSE message, and the association reactor waits on the DIMSE queue."""
+        """Wake the association reactor after every state change, unconditionally: DIMSE messages reach its
+        queue only inside `do_action`, and a release or abort request from the peer comes as an ACSE primitive,
+        which no put on that queue announces."""
         messages = self.assoc.dimse.msg_queue
         with messages.not_empty:
             messages.not_empty.notify_all()
@@ -164,7 +170,7 @@ class PromptAssociation(Association):
                 self.kill()
                 return
             if self.acse.is_aborted():
-                _LOG.info("Association Aborted")
+                _LOG.info("Association Aborted" + (" (A-P-ABORT)" if self.acse.is_aborted("a-p-abort") else ""))
                 self.dul.receive_pdu(wait=False)
                 self.is_aborted = True
                 self.is_established = False

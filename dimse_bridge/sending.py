@@ -90,7 +90,10 @@ def send_encoded(
 
 
 def install(assoc: Association) -> None:
-    """Make `assoc.send_c_store` send EncodedDataSets as encoded, and anything else as pynetdicom does."""
+    """Make `assoc.send_c_store` send EncodedDataSets as encoded, and anything else as pynetdicom does. Once per
+    association: a viewer may send thousands of C-GETs on one, and wrappers must not pile up."""
+    if "send_c_store" in vars(assoc):
+        return
     original: Callable[..., Dataset] = assoc.send_c_store
 
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Dataset:

@@ -269,3 +269,23 @@ async def test_a_busy_dicom_port_is_an_os_error_naming_host_and_port(archive_con
         ) as caught:
             await start_dimse_server(archive_context)
     assert caught.value.errno == errno.EADDRINUSE
+
+
+def test_a_peer_that_stops_in_the_middle_of_a_pdu_is_cut_after_the_network_timeout(tmp_path: Path) -> None:
+    """After the association is accepted, a P-DATA-TF header and then silence: the read is bounded by
+    DIMSE_NETWORK_TIMEOUT, the connection is closed and the slot is free again (the reactor would otherwise
+    wait in recv for good: pynetdicom checks its timers only between reads)."""
+    with running_archive(tmp_path, DIMSE_NETWORK_TIMEOUT="1", DIMSE_MAX_ASSOCIATIONS_PER_PEER="1") as archive:
+        ae = AE(ae_title=CALLING)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=AE_TITLE)
+        assert assoc.is_established
+        raw = assoc.dul.socket.socket
+        stalled = time.monotonic()
+        raw.sendall(_header(1000, P_DATA_TF))  # a 1000-byte PDU announced, none of it sent
+        while assoc.is_established and time.monotonic() - stalled < 10:
+            time.sleep(0.05)
+        assert not assoc.is_established, "the archive still waits for the rest of the PDU"
+        assert time.monotonic() - stalled < 5
+        archive.wait_for_log("nothing more of a PDU for 1.0 s (DIMSE_NETWORK_TIMEOUT)")
+        assert echo(archive)  # the peer's one slot is free again

@@ -16,6 +16,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import generate_uid
+from pynetdicom.dsutils import encode
 
 from app.config import Settings
 from app.core.context import ArchiveContext
@@ -33,6 +34,7 @@ from app.core.retrieve import (
     NotFound,
     RetrieveFailed,
 )
+from app.core.transcode import data_set_offset
 from tests import dicom_files
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -179,3 +181,20 @@ def open_descriptors(paths: set[str]) -> int:
         except FileNotFoundError:  # closed between the listing and the look
             continue
     return count
+
+
+async def test_a_file_whose_data_set_is_not_in_its_declared_syntax_is_sent_encoded_as_declared(
+    context: ArchiveContext,
+) -> None:
+    """Some writers declare Explicit VR Little Endian and write the data set in Implicit VR; pydicom reads it by
+    what it finds, and a C-STORE in the declared syntax must carry explicit VRs: encoded anew, not as stored."""
+    ds = dicom_files.renewed("CT_small.dcm")
+    explicit = dicom_files.part10(ds)
+    offset = data_set_offset(explicit)
+    mislabelled = explicit[:offset] + encode(ds, True, True)
+    assert (await context.ingest.store(mislabelled)).ok
+    [ref] = await context.retrieve.resolve(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert ref.transfer_syntax_uid == EXPLICIT
+    sent = await asyncio.to_thread(context.retrieve.encoded, ref, [EXPLICIT])
+    assert sent.transfer_syntax_uid == EXPLICIT
+    assert bytes(sent.data) == explicit[offset:]  # what an honest writer would have stored

@@ -545,3 +545,11 @@ def test_a_file_without_the_dicm_prefix_or_with_a_cut_file_meta_is_refused() -> 
         data_set_offset(whole[128:])
     with pytest.raises(TranscodeError, match="past the end"):
         data_set_offset(whole[: offset - 3])
+
+
+def test_a_file_meta_written_in_implicit_vr_is_refused_rather_than_misread() -> None:
+    whole = encode_part10(load("CT_small.dcm"))
+    # Transfer Syntax UID as some old writers put it: tag, a 4-byte length, the value; no VR.
+    implicit = struct.pack("<HHI", 0x0002, 0x0010, 20) + b"1.2.840.10008.1.2.1\0"
+    with pytest.raises(TranscodeError, match="Explicit VR"):
+        data_set_offset(bytes(128) + b"DICM" + implicit + whole[data_set_offset(whole) :])

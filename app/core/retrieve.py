@@ -655,11 +655,16 @@ class RetrieveService:
         try:
             if target == ref.transfer_syntax_uid:
                 with self.storage.open(ref.storage_key) as handle:
-                    part10 = handle.read()
-            else:
-                part10 = self._transcoded_bytes(ref, target)
+                    stored = handle.read()
+                offset = _stored_data_set(stored, target)
+                if offset is not None:
+                    return EncodedInstance(
+                        ref.sop_class_uid, ref.sop_instance_uid, target, memoryview(stored)[offset:]
+                    )
+            # Another syntax, or a file that does not hold what its File Meta says: encoded anew by pydicom.
+            part10 = self._transcoded_bytes(ref, target)
             offset = tc.data_set_offset(part10)
-        except (OSError, ValueError) as exc:  # TranscodeError is a ValueError: a damaged File Meta
+        except (OSError, ValueError) as exc:  # TranscodeError is a ValueError
             raise RetrieveFailed(f"cannot read the file of {ref.sop_instance_uid}: {exc}") from exc
         return EncodedInstance(ref.sop_class_uid, ref.sop_instance_uid, target, memoryview(part10)[offset:])
 
@@ -935,6 +940,16 @@ class RetrieveService:
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
+
+
+def _stored_data_set(part10: bytes, transfer_syntax: str) -> int | None:
+    """Where the stored file's data set starts, when it can be sent as it is in `transfer_syntax`; None when
+    its File Meta or its first element says otherwise (a writer's mistake that pydicom reads through)."""
+    try:
+        offset = tc.data_set_offset(part10)
+    except tc.TranscodeError:
+        return None
+    return offset if tc.encoded_as_declared(part10, offset, transfer_syntax) else None
 
 
 def _batches(refs: Sequence[StoredInstance]) -> Iterator[list[StoredInstance]]:

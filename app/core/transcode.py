@@ -155,7 +155,16 @@ def encode_part10(ds: Dataset) -> bytes:
     source_transfer_syntax(ds)  # a clear TranscodeError rather than pydicom's guesswork when it is missing
     buffer = BytesIO()
     try:
-        dcmwrite(buffer, ds, enforce_file_format=True)
+        try:
+            dcmwrite(buffer, ds, enforce_file_format=True)
+        except TypeError:
+            # A data set read in another VR encoding than its File Meta declares (a writer's mistake that
+            # pydicom reads through) still holds raw elements without a VR: decode every element, so each is
+            # written from its value in the declared encoding, and write again.
+            for _ in ds.iterall():
+                pass
+            buffer = BytesIO()
+            dcmwrite(buffer, ds, enforce_file_format=True)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise TranscodeError(f"cannot encode the instance as a Part 10 file: {exc}") from exc
     data = buffer.getvalue()
@@ -180,6 +189,8 @@ def data_set_offset(part10: bytes | memoryview) -> int:
         group, _element, vr = struct.unpack_from("<HH2s", view, offset)
         if group != 0x0002:
             return offset
+        if not (vr.isalpha() and vr.isupper()):  # pydicom reads an Implicit VR File Meta; we do not guess
+            raise TranscodeError("the File Meta Information is not in Explicit VR Little Endian (PS3.10 7.1)")
         if vr in LONG_VRS:  # PS3.5 7.1.2: 2 reserved bytes, then a 4-byte length
             if offset + 12 > len(view):
                 break
@@ -189,6 +200,19 @@ def data_set_offset(part10: bytes | memoryview) -> int:
     if offset == len(view):
         return offset  # File Meta and an empty data set
     raise TranscodeError("the File Meta Information runs past the end of the file")
+
+
+def encoded_as_declared(part10: bytes | memoryview, offset: int, transfer_syntax: str) -> bool:
+    """Whether the data set's first element is encoded as `transfer_syntax` says: an explicit VR where it
+    declares one (PS3.5 7.1.2), none where it is implicit (7.1.3). Some writers declare one and write the other;
+    pydicom reads such a file by what it finds, and only re-encoding can then honour the declared syntax.
+    A deflated data set (or an empty one) cannot be looked into here and is taken at its word."""
+    uid = UID(transfer_syntax)
+    if len(part10) < offset + 6 or not uid.is_transfer_syntax or uid.is_deflated:
+        return True
+    vr = bytes(part10[offset + 4 : offset + 6])
+    looks_explicit = vr.isalpha() and vr.isupper()
+    return looks_explicit != bool(uid.is_implicit_VR)
 
 
 def frame_count(ds: Dataset) -> int:
