@@ -31,6 +31,7 @@ from app.core.audit import AuditLog
 from app.core.logs import REQUEST_ID
 from app.core.metrics import Metrics
 from app.deps import Context
+from app.storage.base import ping as storage_ping
 
 router = APIRouter(tags=["Operations"])
 probes = APIRouter(tags=["Operations"])
@@ -66,21 +67,12 @@ async def ready(context: Context) -> Response:
     except Exception as exc:
         checks["repository"] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
     try:
-        await asyncio.wait_for(asyncio.to_thread(_storage_ping, context.storage), timeout=5)
+        await asyncio.wait_for(asyncio.to_thread(storage_ping, context.storage), timeout=5)
         checks["storage"] = "ok"
     except Exception as exc:
         checks["storage"] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
     ok = all(value == "ok" for value in checks.values())
     return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503)
-
-
-def _storage_ping(storage: Any) -> None:
-    """The storage's own `ping` when it has one (S3: HEAD bucket), else a lookup that must not raise."""
-    ping = getattr(storage, "ping", None)
-    if callable(ping):
-        ping()
-    else:
-        storage.exists("0/0/0.dcm")
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -25,7 +25,7 @@ from app.core.retrieve import RenderLimits, RetrieveService
 from app.core.rules import IngestRules
 from app.core.webhooks import Webhooks
 from app.repository.base import Repository
-from app.storage.base import Storage
+from app.storage.base import Storage, ping
 from app.storage.filesystem import FileSystemStorage
 
 if TYPE_CHECKING:
@@ -70,15 +70,12 @@ STORAGE_WAIT_SECONDS = 60.0
 
 
 async def wait_until_reachable(storage: Storage, seconds: float = STORAGE_WAIT_SECONDS) -> None:
-    """Return once the storage answers its `ping` (storages without one always do); raise after `seconds`."""
-    ping = getattr(storage, "ping", None)
-    if not callable(ping):
-        return
+    """Return once the storage answers (`app.storage.base.ping`, as /ready asks it); raise after `seconds`."""
     deadline = asyncio.get_running_loop().time() + seconds
     said = False
     while True:
         try:
-            await asyncio.to_thread(ping)
+            await asyncio.to_thread(ping, storage)
             if said:
                 log.info("storage reachable")
             return

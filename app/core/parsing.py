@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import BinaryIO, TextIO, TypeVar
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from app.core.header import (
     DataSetMismatch,
@@ -49,6 +48,7 @@ from app.core.header import (
 from app.core.outcomes import FailureReason
 from app.core.raw_header import check_pixel_data, read_json
 from app.core.records import InstanceRecord, JSONDict
+from app.core.transfer_syntax import is_encapsulated
 from app.core.uids import InvalidUIDError
 from app.storage.base import StagedFile, write_whole
 
@@ -154,8 +154,10 @@ def _failure(reason: FailureReason, message: str, body: JSONDict) -> ParseFailur
 
 def _is_native(syntax: str) -> bool:
     """A known transfer syntax whose pixel data is not encapsulated (PS3.5 A.4), so its length is exact."""
-    uid = UID(syntax)
-    return uid.is_transfer_syntax and not uid.is_encapsulated
+    try:
+        return not is_encapsulated(syntax)
+    except ValueError:  # unknown: its pixel data's length proves nothing
+        return False
 
 
 @contextmanager

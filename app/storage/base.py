@@ -159,3 +159,13 @@ class Storage(Protocol):
     def clear_staging(self) -> int:
         """Remove what a crash left staged; returns how many files. Only safe before serving."""
         ...
+
+
+def ping(storage: Storage) -> None:
+    """Raise unless the storage answers: its own `ping` when it has one (S3: HEAD bucket), else a lookup that
+    must not raise. Used by the readiness probe and by start-up, which waits for it."""
+    own = getattr(storage, "ping", None)
+    if callable(own):
+        own()
+    else:
+        storage.exists("0/0/0.dcm")
