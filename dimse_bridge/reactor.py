@@ -16,6 +16,8 @@ timers and to be stopped, so an idle association costs less CPU than pynetdicom'
 state machine, the PDU and DIMSE codecs and every event are pynetdicom's own: each loop below is pynetdicom's
 (3.0) line for line but for the wait.
 
+Both also send and receive DIMSE command sets as bytes (commands.py).
+
 `make_prompt(assoc)` is applied to an association before its threads start: by the acceptor
 (acceptor.py) to the associations it accepts, and by `PromptAE` to the ones it requests (C-MOVE destinations,
 the SCU).
@@ -36,6 +38,8 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.utils import make_target
+
+from dimse_bridge.commands import FastDIMSE
 
 # How long a reactor with nothing to do waits before it looks at its timers again (the ARTIM timer of PS3.8
 # 9.1.5 and the network idle timeout are seconds long, so 20 ms is precision enough).
@@ -215,6 +219,7 @@ def make_prompt(assoc: Association, kind: type[Association] = PromptAssociation)
     dul._wake_read.setblocking(False)
     dul._wake_write.setblocking(False)
     dul._target = make_target(dul.run_reactor)  # type: ignore[attr-defined]
+    assoc.dimse.__class__ = FastDIMSE
 
 
 class PromptAE(AE):

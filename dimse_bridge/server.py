@@ -15,14 +15,14 @@ What is configured here, from Settings:
 * TLS (PS3.15 B.1 / BCP 195): a server certificate, and client certificates required when a CA is given.
 
 pynetdicom logs every DIMSE message at INFO; that is one log line per instance under load, so its logger is
-set to WARNING unless this package logs at DEBUG or the operator configured the `pynetdicom` logger already.
+set to WARNING unless this package logs at DEBUG or the operator configured the `pynetdicom` logger already,
+and its per-message DEBUG handlers are not bound unless that logger shows DEBUG.
 Its ERROR for an unknown C-MOVE destination is dropped: qr.py logs that refusal as the WARNING it is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import ssl
@@ -35,7 +35,7 @@ from pynetdicom.presentation import PresentationContext
 
 from app.config import Settings
 from app.core.context import ArchiveContext
-from dimse_bridge import access, commitment, handlers, qr
+from dimse_bridge import access, commitment, handlers, qr, uids
 from dimse_bridge.acceptor import AcceptorAE
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
@@ -132,20 +132,14 @@ def _unknown_move_destination(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Unknown Move Destination")
 
 
-def _remember_uid_checks() -> None:
-    """pynetdicom checks each UID of an A-ASSOCIATE-RQ with its `VALIDATORS["UI"]` (a documented setting), through
-    pydicom's regular expressions, and a peer proposing ~120 storage contexts with role selection names the same
-    few hundred UIDs in every association: the answers are remembered instead (py-spy: a fifth of the ~23 ms of
-    CPU an association from getscu cost before its first instance moved)."""
-    check = _config.VALIDATORS["UI"]
-    if not hasattr(check, "cache_info"):
-        _config.VALIDATORS["UI"] = functools.lru_cache(maxsize=8192)(check)
-
-
 def _quiet_pynetdicom() -> None:
     library = logging.getLogger("pynetdicom")
     if library.level == logging.NOTSET and log.getEffectiveLevel() > logging.DEBUG:
         library.setLevel(logging.WARNING)
+    if not library.isEnabledFor(logging.DEBUG):
+        # Its "standard" handlers describe every PDU and DIMSE message for DEBUG lines nobody will see, at a
+        # cost (they read every command set back); LOG_HANDLER_LEVEL is its documented switch (pynetdicom._config).
+        _config.LOG_HANDLER_LEVEL = "none"
     service_class = logging.getLogger("pynetdicom.service_class")
     if _unknown_move_destination not in service_class.filters:
         service_class.addFilter(_unknown_move_destination)
@@ -174,7 +168,7 @@ class DimseServer:
     def start(self) -> None:
         """Listen on DIMSE_HOST:DIMSE_PORT; OSError naming them (errno kept) if that address cannot be bound."""
         _quiet_pynetdicom()
-        _remember_uid_checks()
+        uids.remember()
         host, port = self.settings.dimse_host, self.settings.dimse_port
         try:
             self._server = self.ae.start_server(
