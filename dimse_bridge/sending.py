@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -29,6 +31,8 @@ from app.core.retrieve import EncodedInstance
 
 # PS3.7 9.1.1.1.9 Priority: MEDIUM.
 MEDIUM: int = 0
+SOP_CLASS_UID = 0x00080016
+SOP_INSTANCE_UID = 0x00080018
 
 
 class EncodedDataSet(Dataset):
@@ -36,8 +40,9 @@ class EncodedDataSet(Dataset):
 
     def __init__(self, instance: EncodedInstance) -> None:
         super().__init__()
-        self.SOPClassUID = instance.sop_class_uid
-        self.SOPInstanceUID = instance.sop_instance_uid
+        # Checked when the instance was stored: not validated again (pydicom's regular expressions, per instance).
+        for tag, uid in ((SOP_CLASS_UID, instance.sop_class_uid), (SOP_INSTANCE_UID, instance.sop_instance_uid)):
+            self[tag] = DataElement(tag, "UI", uid, validation_mode=config.IGNORE)
         self.encoded = instance
 
 
