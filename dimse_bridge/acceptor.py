@@ -20,7 +20,7 @@
    dcmsend sends `31` for a data set whose SOP Class UID it cannot read); a storage UID other than the
    context's would otherwise reach the Storage SCP past the SOP class policy the context was negotiated under.
 4. Every association has reactors that wait for their work instead of polling for it (reactor.py).
-5. Association slots are counted by access.handle_requested, not by pynetdicom, which counts every connection,
+5. Association slots are counted by admission.handle_requested, not by pynetdicom, which counts every connection,
    also those that never send an A-ASSOCIATE-RQ (server.py).
 """
 

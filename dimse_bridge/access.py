@@ -16,6 +16,7 @@ that says who was refused and why (the SCU only learns a reason code):
    has not sent a complete one holds none (it is closed after DIMSE_ACSE_TIMEOUT, acceptor.py), so half-sent
    PDUs cannot lock legitimate peers out, and one host cannot take every slot.
 
+The decision is made here, as pure functions of the request; admission.py applies it to the association.
 pynetdicom also enforces the calling and called AE titles itself (`AE.require_calling_aet`,
 `AE.require_called_aet`), which the server configures too: if this handler ever failed, the association would
 still not get through unchecked (`handle_requested` also rejects on any exception of its own).
@@ -24,19 +25,11 @@ still not get through unchecked (`handle_requested` also rejects on any exceptio
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
-
-from pydicom.uid import UID
+from typing import Any, Final
 
 from app.config import Settings
-
-if TYPE_CHECKING:
-    from dimse_bridge.context import DimseContext
-
-log = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ fields, PS3.8 Table 9-21.
 RESULT_REJECTED_PERMANENT: Final = 0x01
@@ -51,8 +44,6 @@ REASON_LOCAL_LIMIT_EXCEEDED: Final = 0x02  # with SOURCE_SERVICE_PROVIDER_PRESEN
 # User Identity Type (PS3.7 Table D.3-14).
 USER_IDENTITY_USERNAME: Final = 1
 USER_IDENTITY_USERNAME_AND_PASSCODE: Final = 2
-
-_REFUSED_SHOWN: Final = 4
 
 
 @dataclass(frozen=True)
@@ -152,80 +143,3 @@ def peer(assoc: Any) -> str:
     primitive = requestor.primitive
     title = str(getattr(primitive, "calling_ae_title", "") or requestor.ae_title or "").strip()
     return f"{title or '?'}@{requestor.address}:{requestor.port}"
-
-
-def handle_requested(event: Any, dimse: DimseContext) -> None:
-    """EVT_REQUESTED: decide on the association before pynetdicom negotiates it (fail closed)."""
-    assoc = event.assoc
-    try:
-        rq = assoc.requestor.primitive
-        item = assoc.requestor.user_identity
-        identity = (
-            None
-            if item is None
-            else (
-                int(item.user_identity_type),
-                bytes(item.primary_field or b""),
-                bytes(item.secondary_field or b""),
-            )
-        )
-        rejection = dimse.access.check(str(rq.calling_ae_title), str(rq.called_ae_title), identity)
-        if rejection is None:
-            settings = dimse.settings
-            rejection = check_slots(
-                str(assoc.requestor.address),
-                slot_holders(assoc),
-                settings.dimse_max_associations,
-                settings.dimse_max_associations_per_peer,
-            )
-    except Exception:
-        log.exception("association from %s rejected: access check failed", peer(assoc))
-        rejection = Rejection(
-            RESULT_REJECTED_TRANSIENT, SOURCE_SERVICE_USER, REASON_NO_REASON_GIVEN, "access check failed"
-        )
-    if rejection is not None:
-        log.warning("association from %s rejected: %s", peer(assoc), rejection.why)
-        assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
-        assoc.kill()
-        return
-    # Policy `All`: storage-like SOP classes are learned from the request, per association.
-    extra = dimse.policy.runtime_contexts(
-        (cx.abstract_syntax for cx in rq.presentation_context_definition_list),
-        (cx.abstract_syntax for cx in assoc.acceptor.supported_contexts),
-    )
-    if extra:
-        assoc.acceptor.supported_contexts = [*assoc.acceptor.supported_contexts, *extra]
-
-
-def handle_user_id(event: Any, dimse: DimseContext) -> tuple[bool, bytes | None]:
-    """EVT_USER_ID: the same verdict as `handle_requested` (which has already rejected a bad identity)."""
-    verified = dimse.access.verify_user(
-        int(event.user_id_type), bytes(event.primary_field or b""), bytes(event.secondary_field or b"")
-    )
-    return verified, None
-
-
-def handle_accepted(event: Any, dimse: DimseContext) -> None:
-    """EVT_ACCEPTED: say which proposed SOP classes were refused, since the SCU will report only a failure."""
-    assoc = event.assoc
-    refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
-    if refused:
-        # SCUs such as storescu propose dozens of SOP classes up front: name a few, count the rest.
-        shown = ", ".join(UID(uid).name for uid in refused[:_REFUSED_SHOWN])
-        more = f" and {len(refused) - _REFUSED_SHOWN} more" if len(refused) > _REFUSED_SHOWN else ""
-        log.info(
-            "association from %s accepted with %d presentation contexts; refused by the policy: %s%s",
-            peer(assoc),
-            len(assoc.accepted_contexts),
-            shown,
-            more,
-        )
-    else:
-        log.debug("association from %s accepted", peer(assoc))
-
-
-def handle_rejected(event: Any, dimse: DimseContext) -> None:
-    """EVT_REJECTED: the rejections pynetdicom makes itself (our own are logged where they are made)."""
-    log.warning(
-        "association from %s rejected by the DICOM stack (AE title or user identity check)", peer(event.assoc)
-    )

@@ -51,6 +51,7 @@ from dimse_bridge.bridge import BridgeError
 from dimse_bridge.context import DimseContext
 from dimse_bridge.policy import VERIFICATION
 from dimse_bridge.sending import EncodedDataSet
+from dimse_bridge.tcp import handle_connection_open
 
 log = logging.getLogger(__name__)
 
@@ -456,8 +457,6 @@ def handle_move(event: Any, dimse: DimseContext) -> Iterator[Any]:
     except BridgeError as exc:
         log.warning("%s refused: %s", who, exc)
         failure = (status.OUT_OF_RESOURCES_MATCHES, str(exc))
-    from dimse_bridge.server import handle_connection_open  # the server imports this module
-
     receiver = _Receiver()
     # The contexts scu.store proposes: per SOP class its stored syntaxes, then Explicit/Implicit VR LE. Only
     # one association is made, so instances of SOP classes beyond its 128 contexts fail (counted, listed).

@@ -15,9 +15,7 @@ than 128 contexts (the limit of PS3.8 9.3.2.2: odd IDs 1-255) are split over sev
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +36,7 @@ from app.core.records import StoredInstance
 from app.core.retrieve import EncodedInstance
 from dimse_bridge.reactor import PromptAE
 from dimse_bridge.sending import EncodedDataSet, send_encoded
+from dimse_bridge.tcp import handle_connection_open
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +103,6 @@ class _Attempt:
     answer: A_ASSOCIATE | None = None
 
 
-def _nodelay(event: Any) -> None:
-    # As the server does (server.handle_connection_open): small DIMSE messages must not wait for delayed ACKs.
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def associate(
     remote: RemoteAE,
     options: ScuOptions,
@@ -130,7 +121,7 @@ def associate(
 
     def connected(event: Any) -> None:
         attempt.connected = True
-        _nodelay(event)
+        handle_connection_open(event)
 
     def acse_received(event: Any) -> None:
         if isinstance(event.primitive, A_ASSOCIATE):

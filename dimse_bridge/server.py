@@ -10,7 +10,7 @@ What is configured here, from Settings:
 * timeouts: ACSE (also the ARTIM timer, PS3.8 9.1.5, which acceptor.py makes bound the whole association-request
   phase), DIMSE, network (idle) and outgoing connection;
 * the maximum PDU we receive (PS3.8 D.1): DIMSE_MAX_PDU;
-* access control and the association limits (access.py), enforced by our EVT_REQUESTED handler, which logs why;
+* access control and the association limits (access.py), enforced by our EVT_REQUESTED handler (admission.py), which logs why;
   pynetdicom's own AE title checks stay on as well, its association count does not (see build_ae);
 * TLS (PS3.15 B.1 / BCP 195): a server certificate, and client certificates required when a CA is given.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import sys
 import time
@@ -35,12 +34,13 @@ from pynetdicom.presentation import PresentationContext
 
 from app.config import Settings
 from app.core.context import ArchiveContext
-from dimse_bridge import access, commitment, handlers, qr, uids
+from dimse_bridge import access, admission, commitment, handlers, qr, uids
 from dimse_bridge.acceptor import AcceptorAE
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
 from dimse_bridge.context import DimseContext
 from dimse_bridge.policy import PresentationPolicy, build_policy
+from dimse_bridge.tcp import handle_connection_open
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def build_ae(settings: Settings, policy: PresentationPolicy, access_policy: Acce
     ae.network_timeout = settings.dimse_network_timeout
     ae.connection_timeout = settings.dimse_connection_timeout
     # pynetdicom counts every connection as an association, also one that never sends an A-ASSOCIATE-RQ, so
-    # half-sent PDUs took every slot: access.handle_requested counts the slots instead, and this is out of reach.
+    # half-sent PDUs took every slot: admission.handle_requested counts the slots instead, and this is out of reach.
     ae.maximum_associations = sys.maxsize
-    # Defence in depth: access.handle_requested rejects first and says why; these checks stay in force anyway.
+    # Defence in depth: admission.handle_requested rejects first and says why; these checks stay in force anyway.
     ae.require_calling_aet = sorted(access_policy.allowed_calling_aets)
     ae.require_called_aet = access_policy.require_called_aet
     return ae
@@ -75,7 +75,7 @@ class SharedContexts(list[PresentationContext]):
     pynetdicom deep-copies the server's contexts for each new association (transport.py
     `_create_association`): 171 contexts x 46 transfer syntaxes under policy AllStorage/All took ~60 ms of CPU
     per association, holding the GIL. Negotiation only reads them (presentation.negotiate_as_acceptor builds new
-    result objects) and access.handle_requested replaces the list rather than appending, so a shallow copy is
+    result objects) and admission.handle_requested replaces the list rather than appending, so a shallow copy is
     enough.
     """
 
@@ -96,29 +96,14 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def handle_connection_open(event: Any) -> None:
-    """EVT_CONN_OPEN: turn Nagle's algorithm off on the accepted socket.
-
-    pynetdicom leaves it on. A C-STORE-RSP is a small segment written right after the previous small one, so
-    with Nagle it waits for the peer's delayed ACK (about 40 ms on Linux): tens of instances per second instead
-    of hundreds. DCMTK needs the same (TCP_NODELAY=1 in its environment, see INTEROP.md).
-    """
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:  # the peer may already be gone
-            log.debug("cannot set TCP_NODELAY: %s", exc)
-
-
 def event_handlers(dimse: DimseContext) -> list[evt.EventHandlerType]:
     """Every handler, each bound with the one DimseContext (pynetdicom passes the list as extra arguments)."""
     return [
         (evt.EVT_CONN_OPEN, handle_connection_open),
-        (evt.EVT_REQUESTED, access.handle_requested, [dimse]),
-        (evt.EVT_USER_ID, access.handle_user_id, [dimse]),
-        (evt.EVT_ACCEPTED, access.handle_accepted, [dimse]),
-        (evt.EVT_REJECTED, access.handle_rejected, [dimse]),
+        (evt.EVT_REQUESTED, admission.handle_requested, [dimse]),
+        (evt.EVT_USER_ID, admission.handle_user_id, [dimse]),
+        (evt.EVT_ACCEPTED, admission.handle_accepted, [dimse]),
+        (evt.EVT_REJECTED, admission.handle_rejected, [dimse]),
         (evt.EVT_C_ECHO, handlers.handle_echo, [dimse]),
         (evt.EVT_C_STORE, handlers.handle_store, [dimse]),
         (evt.EVT_C_FIND, qr.handle_find, [dimse]),

@@ -14,10 +14,7 @@ Titles are case-sensitive: `STORESCP` and `storescp` are two AEs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, NamedTuple
-
-if TYPE_CHECKING:
-    from app.repository.base import Repository
+from typing import Final, NamedTuple, Protocol
 
 AE_TITLE_MAX: Final = 16
 
@@ -87,10 +84,26 @@ def parse_remote_aes(entries: list[str]) -> list[RemoteAE]:
     return parsed
 
 
+class AEStore(Protocol):
+    """Where the registry keeps its entries (the port the repositories implement): titles arrive validated and
+    normalised."""
+
+    async def get_ae(self, ae_title: str) -> RemoteAE | None: ...
+
+    async def list_aes(self) -> list[RemoteAE]:
+        """Every registered AE, in AE title order."""
+
+    async def put_ae(self, ae: RemoteAE) -> bool:
+        """Create or replace the entry of `ae.ae_title`; True if it was created."""
+
+    async def delete_ae(self, ae_title: str) -> bool:
+        """Remove the entry; True if there was one."""
+
+
 class AERegistry:
     """Remote AEs by title, persisted in the repository (table/collection `remote_aes`)."""
 
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: AEStore) -> None:
         self._repository = repository
 
     async def get(self, ae_title: str) -> RemoteAE | None:

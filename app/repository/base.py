@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from app.core.aes import RemoteAE
+from app.core.aes import AEStore
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query import QueryModel, SearchResult
 from app.core.records import InstanceRecord, StoredDataset, StoredInstance
@@ -21,7 +21,9 @@ class RepositoryUnavailable(RuntimeError):
     """The metadata store cannot be reached or written; callers answer 503 / 0xA700 and retry later."""
 
 
-class Repository(Protocol):
+class Repository(AEStore, Protocol):
+    """Every role of the metadata store; the remote AE registry's (AEStore) is declared with its service."""
+
     async def open(self) -> None:
         """Connect and apply pending migrations."""
 
@@ -119,14 +121,3 @@ class Repository(Protocol):
 
     async def set_cursor(self, name: str, value: int) -> None: ...
 
-    # -- remote AEs (app/core/aes.py AERegistry): titles arrive validated and normalised ---------------
-    async def get_ae(self, ae_title: str) -> RemoteAE | None: ...
-
-    async def list_aes(self) -> list[RemoteAE]:
-        """Every registered AE, in AE title order."""
-
-    async def put_ae(self, ae: RemoteAE) -> bool:
-        """Create or replace the entry of `ae.ae_title`; True if it was created."""
-
-    async def delete_ae(self, ae_title: str) -> bool:
-        """Remove the entry; True if there was one."""

@@ -1,0 +1,107 @@
+"""The association phase's handlers: apply access.py's decision to each A-ASSOCIATE-RQ, and say what came of it.
+
+EVT_REQUESTED rejects (A-ASSOCIATE-RJ with the reason of access.py, and a log line saying why) or lets
+pynetdicom negotiate, first adding the storage-like contexts that policy `All` learns from the request;
+EVT_USER_ID gives pynetdicom the same verdict on the User Identity; EVT_ACCEPTED names the SOP classes the
+policy refused, since the SCU will report only a failure; EVT_REJECTED logs the rejections pynetdicom made itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from pydicom.uid import UID
+
+from dimse_bridge.access import (
+    REASON_NO_REASON_GIVEN,
+    RESULT_REJECTED_TRANSIENT,
+    SOURCE_SERVICE_USER,
+    Rejection,
+    check_slots,
+    peer,
+    slot_holders,
+)
+from dimse_bridge.context import DimseContext
+
+log = logging.getLogger(__name__)
+
+# How many refused SOP classes an EVT_ACCEPTED log line names before it counts the rest.
+REFUSED_SHOWN: Final = 4
+
+
+def handle_requested(event: Any, dimse: DimseContext) -> None:
+    """EVT_REQUESTED: decide on the association before pynetdicom negotiates it (fail closed)."""
+    assoc = event.assoc
+    try:
+        rq = assoc.requestor.primitive
+        item = assoc.requestor.user_identity
+        identity = (
+            None
+            if item is None
+            else (
+                int(item.user_identity_type),
+                bytes(item.primary_field or b""),
+                bytes(item.secondary_field or b""),
+            )
+        )
+        rejection = dimse.access.check(str(rq.calling_ae_title), str(rq.called_ae_title), identity)
+        if rejection is None:
+            settings = dimse.settings
+            rejection = check_slots(
+                str(assoc.requestor.address),
+                slot_holders(assoc),
+                settings.dimse_max_associations,
+                settings.dimse_max_associations_per_peer,
+            )
+    except Exception:
+        log.exception("association from %s rejected: access check failed", peer(assoc))
+        rejection = Rejection(
+            RESULT_REJECTED_TRANSIENT, SOURCE_SERVICE_USER, REASON_NO_REASON_GIVEN, "access check failed"
+        )
+    if rejection is not None:
+        log.warning("association from %s rejected: %s", peer(assoc), rejection.why)
+        assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
+        assoc.kill()
+        return
+    # Policy `All`: storage-like SOP classes are learned from the request, per association.
+    extra = dimse.policy.runtime_contexts(
+        (cx.abstract_syntax for cx in rq.presentation_context_definition_list),
+        (cx.abstract_syntax for cx in assoc.acceptor.supported_contexts),
+    )
+    if extra:
+        assoc.acceptor.supported_contexts = [*assoc.acceptor.supported_contexts, *extra]
+
+
+def handle_user_id(event: Any, dimse: DimseContext) -> tuple[bool, bytes | None]:
+    """EVT_USER_ID: the same verdict as `handle_requested` (which has already rejected a bad identity)."""
+    verified = dimse.access.verify_user(
+        int(event.user_id_type), bytes(event.primary_field or b""), bytes(event.secondary_field or b"")
+    )
+    return verified, None
+
+
+def handle_accepted(event: Any, dimse: DimseContext) -> None:
+    """EVT_ACCEPTED: say which proposed SOP classes were refused, since the SCU will report only a failure."""
+    assoc = event.assoc
+    refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+    if refused:
+        # SCUs such as storescu propose dozens of SOP classes up front: name a few, count the rest.
+        shown = ", ".join(UID(uid).name for uid in refused[:REFUSED_SHOWN])
+        more = f" and {len(refused) - REFUSED_SHOWN} more" if len(refused) > REFUSED_SHOWN else ""
+        log.info(
+            "association from %s accepted with %d presentation contexts; refused by the policy: %s%s",
+            peer(assoc),
+            len(assoc.accepted_contexts),
+            shown,
+            more,
+        )
+    else:
+        log.debug("association from %s accepted", peer(assoc))
+
+
+def handle_rejected(event: Any, dimse: DimseContext) -> None:
+    """EVT_REJECTED: the rejections pynetdicom makes itself (our own are logged where they are made)."""
+    log.warning(
+        "association from %s rejected by the DICOM stack (AE title or user identity check)", peer(event.assoc)
+    )
