@@ -36,7 +36,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pynetdicom import evt
 
 from app.core.aes import RemoteAE
-from app.core.retrieve import RetrieveService
+from app.core.retrieve.service import RetrieveService
 from dimse_bridge import scu
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeError

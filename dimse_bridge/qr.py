@@ -43,7 +43,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from app.core.attributes import Level
 from app.core.query import QueryError, QueryModel, from_identifier, search_pages
 from app.core.records import JSONDict, StoredInstance
-from app.core.retrieve import NotAcceptable, RetrieveFailed
+from app.core.retrieve.outcomes import NotAcceptable, RetrieveFailed
 from app.core.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from dimse_bridge import scu, sending, status
 from dimse_bridge.access import peer

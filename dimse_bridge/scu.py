@@ -33,7 +33,7 @@ from pynetdicom.status import code_to_category
 from app.config import Settings
 from app.core.aes import RemoteAE
 from app.core.records import StoredInstance
-from app.core.retrieve import EncodedInstance
+from app.core.retrieve.streaming import EncodedInstance
 from dimse_bridge.reactor import PromptAE
 from dimse_bridge.sending import EncodedDataSet, send_encoded
 from dimse_bridge.tcp import handle_connection_open

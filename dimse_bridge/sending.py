@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
-from app.core.retrieve import EncodedInstance
+from app.core.retrieve.streaming import EncodedInstance
 
 # PS3.7 9.1.1.1.9 Priority: MEDIUM.
 MEDIUM: int = 0

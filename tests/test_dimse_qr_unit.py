@@ -224,7 +224,7 @@ async def test_patient_level_find_and_patient_level_retrieve_on_each_repository(
 ) -> None:
     """Patient Root: a PATIENT-level C-FIND reads the patients; a PATIENT-level retrieve names every instance of
     the patient's studies, and only those (SQLite and MongoDB alike)."""
-    from app.core.retrieve import RetrieveService
+    from app.core.retrieve.service import RetrieveService
 
     records = [
         instance_record(PatientID="QRU-1", PatientName="DOE^JOHN", StudyInstanceUID="1.9.1", SeriesInstanceUID="1.9.1.1",

@@ -21,7 +21,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from app.config import Settings
-from app.core import retrieve
+from app.core.retrieve import service as retrieve
 from tests import dicom_files
 from tests.servers import ArchiveServer, running_archive
 from tests.test_wado import error_comment, instance_path

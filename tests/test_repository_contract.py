@@ -394,7 +394,7 @@ async def test_find_instances_answers_a_study_series_or_instance_in_series_then_
 async def test_instance_datasets_answer_the_stored_json_in_find_instances_order(
     repository: Repository, instance_record: Factory
 ) -> None:
-    # WADO-RS metadata (app/core/retrieve.py) is built from these texts without parsing them.
+    # WADO-RS metadata (app/core/retrieve/service.py) is built from these texts without parsing them.
     records = [
         instance_record(SeriesInstanceUID=uid(3, 2), SOPInstanceUID=uid(3, 2, 1), InstanceNumber=1),
         instance_record(SeriesInstanceUID=uid(3, 1), SOPInstanceUID=uid(3, 1, 1), InstanceNumber=7),

@@ -1,4 +1,4 @@
-"""The retrieve service on its own (app/core/retrieve.py): the negotiation rules every door shares, and the
+"""The retrieve service on its own (app/core/retrieve/): the negotiation rules every door shares, and the
 calls the DIMSE C-GET/C-MOVE handlers make (`choose_transfer_syntax`, `load`, `open_instance`), and the
 read-ahead that many-instance WADO-RS answers use (`open_instances`)."""
 
@@ -20,20 +20,9 @@ from pynetdicom.dsutils import encode
 
 from app.config import Settings
 from app.core.context import ArchiveContext
-from app.core.retrieve import (
-    ANY,
-    CHUNK_SIZE,
-    DEFAULT,
-    OPEN_BATCH,
-    AcceptedFrames,
-    AcceptedSyntaxes,
-    FrameRange,
-    InstanceStream,
-    InvalidRequest,
-    NotAcceptable,
-    NotFound,
-    RetrieveFailed,
-)
+from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedFrames, AcceptedSyntaxes, FrameRange
+from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, NotFound, RetrieveFailed
+from app.core.retrieve.streaming import CHUNK_SIZE, OPEN_BATCH, InstanceStream
 from app.core.transcode import data_set_offset
 from tests import dicom_files
 

@@ -20,7 +20,7 @@ from fastapi import Request
 
 from app.api.errors import DicomWebError
 from app.api.multipart import MultipartError, parse_content_type
-from app.core.retrieve import ANY
+from app.core.retrieve.negotiation import ANY
 from app.core.uids import is_valid_uid
 
 _Q_VALUE: Final = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.errors import DicomWebError, check_uids
 from app.core.aes import InvalidAE, RemoteAE, normalise_ae_title
-from app.core.retrieve import NotFound
+from app.core.retrieve.outcomes import NotFound
 from app.deps import Context
 from dimse_bridge import scu
 

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logs import REQUEST_ID
-from app.core.retrieve import (
+from app.core.retrieve.outcomes import (
     InvalidRequest,
     NotAcceptable,
     NotFound,

@@ -32,18 +32,9 @@ from app.api.multipart import multipart_body, multipart_content_type, new_bounda
 from app.api.urls import instance_url, service_root
 from app.core.records import StoredDataset, StoredInstance
 from app.core.render import RENDER_MEDIA_TYPES, RenderOptions
-from app.core.retrieve import (
-    DEFAULT,
-    AcceptedFrames,
-    AcceptedSyntaxes,
-    Frame,
-    FrameRange,
-    InstanceStream,
-    InvalidRequest,
-    NotAcceptable,
-    RendersBusy,
-    RetrieveFailed,
-)
+from app.core.retrieve.negotiation import DEFAULT, AcceptedFrames, AcceptedSyntaxes, Frame, FrameRange
+from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, RendersBusy, RetrieveFailed
+from app.core.retrieve.streaming import InstanceStream
 from app.deps import Context
 
 log = logging.getLogger(__name__)

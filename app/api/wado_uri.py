@@ -24,7 +24,8 @@ from app.api.accept import split_header
 from app.api.errors import DicomWebError, check_uids, domain_errors
 from app.api.wado import render_options
 from app.core.render import RENDER_MEDIA_TYPES, RenderOptions
-from app.core.retrieve import ANY, DEFAULT, PIXEL_DATA_TAGS, AcceptedSyntaxes
+from app.core.retrieve.bulk import PIXEL_DATA_TAGS
+from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedSyntaxes
 from app.core.uids import is_valid_uid
 from app.deps import Context
 

@@ -20,23 +20,14 @@ This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
 from __future__ import annotations
 
 import asyncio
-import functools
-import io
 import logging
-import re
-import threading
 import time
 import zipfile
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import BinaryIO, Final, TypeVar
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels.decoders.base import get_decoder
-from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from app.config import Settings
@@ -44,427 +35,41 @@ from app.core import transcode as tc
 from app.core.query import QueryModel
 from app.core.records import StoredDataset, StoredInstance
 from app.core.render import RenderError, RenderOptions, RenderRequestError, render, thumbnail
+from app.core.retrieve.bulk import PIXEL_DATA_TAGS, bulk_path, walk_path
+from app.core.retrieve.cache import DatasetCache
+from app.core.retrieve.negotiation import (
+    AcceptedFrames,
+    AcceptedSyntaxes,
+    Frame,
+    FrameEncoding,
+    as_accepted,
+    encapsulated,
+)
+from app.core.retrieve.outcomes import (
+    InvalidRequest,
+    NotAcceptable,
+    NotFound,
+    RangeNotSatisfiable,
+    RetrieveFailed,
+)
+from app.core.retrieve.streaming import (
+    CHUNK_SIZE,
+    EncodedInstance,
+    InstanceStream,
+    ZipSink,
+    in_batches,
+    stored_data_set,
+)
+from app.core.retrieve.turns import RenderLimits, RenderTurns
 from app.core.transfer_syntax import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
-    MEDIA_TYPE_FOR_FRAMES,
-    NOT_FOR_WEB_SERVICES,
     OCTET_STREAM,
-    is_encapsulated,
-    is_lossless,
 )
 from app.repository.base import Repository
 from app.storage.base import Storage
 
 log = logging.getLogger(__name__)
-
-CHUNK_SIZE: Final = 1024 * 1024
-"""Files are read and sent 1 MiB at a time: big enough that thread hops cost little, small enough to stream."""
-
-OPEN_BATCH: Final = 64
-OPEN_BATCH_BYTES: Final = 4 * 1024 * 1024
-"""A many-instance answer reads ahead this many instances (or about this many bytes) per worker-thread hop."""
-
-ANY: Final = "*"
-"""`transfer-syntax=*` (PS3.18 §8.7.3.5): any syntax; the origin server sends the instance as stored."""
-
-DEFAULT: Final = "default"
-"""No transfer syntax named: PS3.18 §8.7.3.4 default, Explicit VR Little Endian, unless the archive holds the
-pixel data only in lossy form (decoding it would not make it lossless) - then as stored."""
-
-PIXEL_DATA_TAGS: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/[0-9]{1,6}/[0-9A-Fa-f]{8})*")
-_SWAP_WIDTH: Final = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
-
-
-# --- domain outcomes -------------------------------------------------------------------------------------------
-
-
-class NotFound(LookupError):
-    """No such study, series, instance, frame source or bulk data element (HTTP 404, DIMSE 0xA701-ish)."""
-
-
-class NotAcceptable(Exception):
-    """The instance cannot be given in any representation the client accepts (HTTP 406, PS3.18 §8.7.8)."""
-
-
-class InvalidRequest(ValueError):
-    """The request cannot apply to this instance: frame out of range, no pixel data, bad path (HTTP 400)."""
-
-
-class RangeNotSatisfiable(InvalidRequest):
-    """A byte range that starts beyond the end of the value (HTTP 416, RFC 9110 §15.5.17)."""
-
-
-class RetrieveFailed(RuntimeError):
-    """The archive holds the instance but cannot read it (file missing or unreadable): a server fault."""
-
-
-class RendersBusy(Exception):
-    """No render turn came free within `RenderLimits.wait_seconds` (HTTP 503 with Retry-After)."""
-
-
-# --- what a client accepts -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AcceptedSyntaxes:
-    """The transfer syntaxes a client can read, as preference tiers (best first).
-
-    Each entry is a transfer syntax UID, `ANY` or `DEFAULT`. Within a tier the stored syntax wins when it is
-    listed (no transcoding, nothing changes); otherwise the first producible entry of the tier. With `web`
-    set, Implicit VR Little Endian and Explicit VR Big Endian are never produced (PS3.18 §8.7.3: they "shall
-    not be used with Web Services"); `ANY` then turns an instance stored in them into Explicit VR LE.
-    DIMSE callers pass the syntaxes of the accepted presentation contexts: `AcceptedSyntaxes.of([...])`.
-    """
-
-    tiers: tuple[tuple[str, ...], ...]
-    web: bool = False
-
-    @classmethod
-    def of(cls, syntaxes: Iterable[str], *, web: bool = False) -> AcceptedSyntaxes:
-        return cls((tuple(syntaxes),), web=web)
-
-    def _candidates(self, entry: str, stored: str) -> list[str]:
-        if entry == ANY:
-            if self.web and stored in NOT_FOR_WEB_SERVICES:
-                return [EXPLICIT_VR_LITTLE_ENDIAN]
-            return [stored]
-        if entry == DEFAULT:
-            if _encapsulated(stored) and not is_lossless(stored):
-                return [stored]  # PS3.18 §8.7.3.4: only the lossy form is available
-            # Lossless compressed: Explicit VR LE, unless it cannot be produced here (no decoder), then as
-            # stored, which is the other case §8.7.3.4 allows.
-            return (
-                [EXPLICIT_VR_LITTLE_ENDIAN]
-                if stored == EXPLICIT_VR_LITTLE_ENDIAN
-                else [
-                    EXPLICIT_VR_LITTLE_ENDIAN,
-                    stored,
-                ]
-            )
-        if self.web and entry in NOT_FOR_WEB_SERVICES:
-            return []
-        return [entry]
-
-    def choose(self, stored: str) -> str | None:
-        """The syntax to send an instance stored in `stored` in, or None when none can be produced."""
-        # Asked once per instance of a study retrieve, with a handful of distinct answers: remembered.
-        return _choose(self, stored)
-
-    def _choose_uncached(self, stored: str) -> str | None:
-        for tier in self.tiers:
-            expanded = [self._candidates(entry, stored) for entry in tier]
-            if any(c and c[0] == stored for c in expanded):
-                return stored
-            for candidates in expanded:
-                for candidate in candidates:
-                    if can_transcode(stored, candidate):
-                        return candidate
-        return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _choose(accepted: AcceptedSyntaxes, stored: str) -> str | None:
-    return accepted._choose_uncached(stored)
-
-
-@dataclass(frozen=True)
-class FrameRange:
-    """One acceptable frame or bulk data representation: a media type (`*/*`, `image/*` allowed) and the
-    transfer-syntax parameter (`None` when absent, `ANY`, or a UID), PS3.18 §8.7.3.3."""
-
-    media_type: str
-    transfer_syntax: str | None = None
-
-
-@dataclass(frozen=True)
-class FrameEncoding:
-    """How frames are sent: the part's media type and transfer syntax, and whether they are decoded."""
-
-    media_type: str
-    transfer_syntax: str
-    decode: bool
-
-
-@dataclass(frozen=True)
-class AcceptedFrames:
-    """Acceptable representations of pixel data frames (PS3.18 §8.7.3.3), as preference tiers.
-
-    Rules (stored syntax S, its frame media type M from PS3.18 Tables 8.7.3-4 and 8.7.3-5):
-    - `*/*`: as stored - native S as application/octet-stream (little-endian octets, Explicit VR LE), an
-      encapsulated S as M.
-    - `application/octet-stream` without transfer-syntax or with Explicit VR LE (Table 8.7.3-4): native
-      octets, decoding compressed frames.
-    - `application/octet-stream; transfer-syntax=*` (what OHIF sends): as stored, the part labelled with S so
-      the viewer knows how to decode it.
-    - `image/*` or M itself, with no transfer-syntax, `*` or S: the compressed frame as stored. Frames are
-      never re-compressed into another syntax (406).
-    Within a tier, a representation that needs no decoding wins.
-    """
-
-    tiers: tuple[tuple[FrameRange, ...], ...]
-
-    @classmethod
-    def of(cls, ranges: Iterable[FrameRange]) -> AcceptedFrames:
-        return cls((tuple(ranges),))
-
-    @staticmethod
-    def _candidate(accepted: FrameRange, stored: str) -> FrameEncoding | None:
-        native = not _encapsulated(stored)
-        stored_media = OCTET_STREAM if native else MEDIA_TYPE_FOR_FRAMES.get(stored, OCTET_STREAM)
-        as_stored = FrameEncoding(stored_media, EXPLICIT_VR_LITTLE_ENDIAN if native else stored, False)
-        media_type, syntax = accepted.media_type, accepted.transfer_syntax
-        if media_type == "*/*":
-            return as_stored if syntax in (None, ANY, as_stored.transfer_syntax) else None
-        if media_type in (OCTET_STREAM, "application/*"):
-            if native:
-                return as_stored if syntax in (None, ANY, EXPLICIT_VR_LITTLE_ENDIAN) else None
-            if syntax in (ANY, stored):
-                return FrameEncoding(OCTET_STREAM, stored, False)
-            if syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN) and _decodable(stored):
-                return FrameEncoding(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, True)
-            return None
-        if native:
-            return None
-        if (media_type == "image/*" and stored_media.startswith("image/")) or media_type == stored_media:
-            return as_stored if syntax in (None, ANY, stored) else None
-        return None
-
-    def choose(self, stored: str) -> FrameEncoding | None:
-        for tier in self.tiers:
-            found = [c for entry in tier if (c := self._candidate(entry, stored)) is not None]
-            if found:
-                return next((c for c in found if not c.decode), found[0])
-        return None
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One part of a frames or bulk data answer."""
-
-    media_type: str
-    transfer_syntax: str | None
-    data: bytes
-    total_size: int | None = None  # for a byte range of a value: the size of the whole value...
-    offset: int = 0  # ...and where in it `data` starts
-
-
-# --- transfer syntax facts ------------------------------------------------------------------------------------
-
-
-def _encapsulated(uid: str) -> bool:
-    try:
-        return is_encapsulated(uid)
-    except ValueError:
-        return True  # an unknown syntax: never sliced or re-labelled as if it were native
-
-
-def _decodable(uid: str) -> bool:
-    """True when pixel data stored in `uid` can be decoded on this installation."""
-    if not _encapsulated(uid):
-        return True
-    try:
-        return bool(get_decoder(UID(uid)).is_available)
-    except (NotImplementedError, ValueError):
-        return False
-
-
-def can_transcode(source: str, target: str) -> bool:
-    """True when an instance stored in `source` can be sent in `target` (PS3.18 §8.7.3.4 transcoding)."""
-    return source == target or (tc.can_encode(target) and _decodable(source))
-
-
-# --- streaming an instance ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EncodedInstance:
-    """An instance's data set in one transfer syntax, without File Meta: what a DIMSE C-STORE carries."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    data: memoryview
-
-
-
-@dataclass
-class InstanceStream:
-    """An instance ready to send: its transfer syntax and its Part 10 bytes, yielded in chunks.
-
-    Iterate it once; `aclose()` releases the file when the consumer stops early (a client hanging up).
-    """
-
-    ref: StoredInstance
-    transfer_syntax: str
-    transcoded: bool
-    size: int | None
-    _head: bytes
-    _file: BinaryIO | None = None
-    _closed: bool = field(default=False, repr=False)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            if self._head:
-                yield self._head
-            while self._file is not None:
-                chunk = await asyncio.to_thread(self._file.read, CHUNK_SIZE)
-                if not chunk:
-                    break
-                yield chunk
-        finally:
-            await self.aclose()
-
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self])
-
-    @property
-    def whole(self) -> bytes | None:
-        """All of the instance's bytes when they are already in memory (a small file, a transcoded instance)."""
-        return self._head if self._file is None else None
-
-    def close_now(self) -> None:
-        """Release the file from a synchronous context (cleanup after a cancelled read-ahead)."""
-        if self._file is not None and not self._closed:
-            self._closed = True
-            self._file.close()
-
-    async def aclose(self) -> None:
-        if self._file is not None and not self._closed:
-            self._closed = True
-            try:
-                await asyncio.to_thread(self._file.close)
-            except asyncio.CancelledError:
-                self._file.close()  # the client went away mid-answer: close here rather than leak it
-                raise
-
-
-# --- a small cache of parsed instances ------------------------------------------------------------------------
-
-
-class _ZipSink(io.RawIOBase):
-    """An unseekable writable buffer: zipfile then writes data descriptors and never seeks back, which is
-    what lets a zip be streamed as it is made."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.buffer += data
-        return len(data)
-
-    def take(self) -> bytes:
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        return data
-
-
-class _DatasetCache:
-    """Parsed instances kept for a short while, bounded in bytes.
-
-    Viewers ask for the frames of one multi-frame instance one request at a time; parsing the file once
-    instead of once per frame is what makes that fast. Entries expire after `ttl` seconds; deletes and replaces
-    clear the cache (ArchiveContext wires `invalidate` to both), since a replace may keep the key and the size.
-    """
-
-    def __init__(self, budget: int = 256 * 1024 * 1024, ttl: float = 30.0) -> None:
-        self.budget = budget
-        self.ttl = ttl
-        self._entries: OrderedDict[tuple[str, int], tuple[float, Dataset]] = OrderedDict()
-        self._used = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int]) -> Dataset | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if time.monotonic() - entry[0] > self.ttl:
-                self._drop(key)
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
-
-    def put(self, key: tuple[str, int], ds: Dataset) -> None:
-        size = key[1]
-        if size > self.budget // 4:
-            return  # one huge instance must not evict everything else
-        with self._lock:
-            if key in self._entries:
-                self._drop(key)
-            self._entries[key] = (time.monotonic(), ds)
-            self._used += size
-            while self._used > self.budget and self._entries:
-                self._drop(next(iter(self._entries)))
-
-    def _drop(self, key: tuple[str, int]) -> None:
-        self._entries.pop(key)
-        self._used -= key[1]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._used = 0
-
-
-# --- bounds on rendering ---------------------------------------------------------------------------------------
-
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class RenderLimits:
-    """How large a rendered image may be and how many are made at once (the MAX_RENDER_SIDE,
-    RENDER_CONCURRENCY and RENDER_WAIT_SECONDS settings)."""
-
-    max_side: int
-    concurrency: int
-    wait_seconds: float
-
-    @classmethod
-    def of(cls, settings: Settings) -> RenderLimits:
-        return cls(settings.max_render_side, settings.render_concurrency, settings.render_wait_seconds)
-
-
-class _RenderTurns:
-    """At most `concurrency` renders run at once; the others wait for a turn, each at most `wait_seconds`.
-
-    A render holds the decoded frame, its float copy and the output image: without turns, a few large renders
-    arriving together add up to gigabytes. Waiting costs a request next to nothing, so a burst of thumbnails
-    (a viewer opening a study) queues rather than failing.
-    """
-
-    def __init__(self, limits: RenderLimits) -> None:
-        self._free = asyncio.Semaphore(limits.concurrency)
-        self._limits = limits
-
-    async def run(self, work: Callable[[], _T]) -> _T:
-        """`work()` in a worker thread once a turn is free; RendersBusy when none comes free in time."""
-        try:
-            async with asyncio.timeout(self._limits.wait_seconds):
-                await self._free.acquire()
-        except TimeoutError as exc:
-            raise RendersBusy(
-                f"all {self._limits.concurrency} rendering turns stayed busy for "
-                f"{self._limits.wait_seconds:g} s; try again later"
-            ) from exc
-        task = asyncio.ensure_future(asyncio.to_thread(work))
-        # The turn ends when the thread does, not when the request does: a client that hangs up mid-render
-        # must not free a turn whose thread still holds the memory.
-        task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
-
-    def _finished(self, task: asyncio.Future[_T]) -> None:
-        self._free.release()
-        if not task.cancelled():
-            task.exception()  # retrieved here when the request that awaited it has gone
-
-
-# --- the service ----------------------------------------------------------------------------------------------
 
 
 class RetrieveService:
@@ -482,8 +87,8 @@ class RetrieveService:
         self.storage = storage
         # None: the settings' defaults (model_construct reads no environment), for callers that do not render.
         self.render_limits = render_limits or RenderLimits.of(Settings.model_construct())
-        self._render_turns = _RenderTurns(self.render_limits)
-        self._datasets = _DatasetCache(cache_bytes)
+        self._render_turns = RenderTurns(self.render_limits)
+        self._datasets = DatasetCache(cache_bytes)
 
     # -- finding ---------------------------------------------------------------------------------------------
 
@@ -538,7 +143,7 @@ class RetrieveService:
     @staticmethod
     def choose_transfer_syntax(ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]) -> str | None:
         """The syntax `open_instance` would use, without opening anything (to refuse with 406 up front)."""
-        return _accepted(accepted).choose(ref.transfer_syntax_uid)
+        return as_accepted(accepted).choose(ref.transfer_syntax_uid)
 
     def _target(self, ref: StoredInstance, accepted: AcceptedSyntaxes | Iterable[str]) -> str:
         target = self.choose_transfer_syntax(ref, accepted)
@@ -576,16 +181,18 @@ class RetrieveService:
         consumer sends this one: a study of small files then costs a few thread hops, not one per instance.
         Streams not taken when the consumer stops early are closed.
         """
-        choice = _accepted(accepted)
+        choice = as_accepted(accepted)
         pending: list[InstanceStream | NotAcceptable | RetrieveFailed] = []
         upcoming: asyncio.Future[list[InstanceStream | NotAcceptable | RetrieveFailed]] | None = None
-        batches = iter(_batches(refs))
+        batches = iter(in_batches(refs))
         try:
             upcoming = asyncio.ensure_future(self._open_batch(next(batches, []), choice))
             while upcoming is not None:
                 pending = await upcoming
                 following = next(batches, None)
-                upcoming = None if following is None else asyncio.ensure_future(self._open_batch(following, choice))
+                upcoming = (
+                    None if following is None else asyncio.ensure_future(self._open_batch(following, choice))
+                )
                 while pending:
                     yield pending.pop(0)
         finally:
@@ -612,7 +219,9 @@ class RetrieveService:
                 except RetrieveFailed as exc:
                     opened.append(exc)
                     continue
-                opened.append(InstanceStream(ref, ref.transfer_syntax_uid, False, ref.size or None, head, handle))
+                opened.append(
+                    InstanceStream(ref, ref.transfer_syntax_uid, False, ref.size or None, head, handle)
+                )
             return opened
 
         hop = asyncio.ensure_future(asyncio.to_thread(open_stored))
@@ -656,7 +265,7 @@ class RetrieveService:
             if target == ref.transfer_syntax_uid:
                 with self.storage.open(ref.storage_key) as handle:
                     stored = handle.read()
-                offset = _stored_data_set(stored, target)
+                offset = stored_data_set(stored, target)
                 if offset is not None:
                     return EncodedInstance(
                         ref.sop_class_uid, ref.sop_instance_uid, target, memoryview(stored)[offset:]
@@ -710,7 +319,7 @@ class RetrieveService:
         application/octet-stream part, little-endian (PS3.18 §8.7.3.3.1). `byte_range` (first, last-or-None,
         inclusive) cuts a single-part answer, for HTTP Range requests.
         """
-        steps = _bulk_path(path)
+        steps = bulk_path(path)
         if steps == [0x7FE00010]:
             frames = await self._bulk_pixels(ref, accepted)
         else:
@@ -738,7 +347,7 @@ class RetrieveService:
             if "PixelData" not in ds:
                 raise NotFound(f"instance {ref.sop_instance_uid} has no Pixel Data")
             stored = ref.transfer_syntax_uid
-            native = not _encapsulated(stored)
+            native = not encapsulated(stored)
             if encoding.media_type == OCTET_STREAM and native and stored != EXPLICIT_VR_BIG_ENDIAN:
                 # Uncompressed bulk data is one part (PS3.18 §8.7.3.3.1). Little-endian native data goes as
                 # stored, so 1-bit frames that share bytes keep their packing.
@@ -762,7 +371,7 @@ class RetrieveService:
         def work() -> list[Frame]:
             full = steps[0] >= 0x7FE00008
             ds = self._read(ref, cache=True) if full else self._read_header(ref)
-            value = _walk_path(ds, steps, ref)
+            value = walk_path(ds, steps, ref)
             return [Frame(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, value)]
 
         return await asyncio.to_thread(work)
@@ -804,7 +413,7 @@ class RetrieveService:
         A plain (blocking) generator: the HTTP door runs each step in a worker thread, so reads never block the loop.
         Entries are stored, not deflated (DICOM pixel data is often compressed already, and speed matters more).
         """
-        sink = _ZipSink()
+        sink = ZipSink()
         stamp = time.localtime()[:6]
         with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for ref in refs:
@@ -906,7 +515,9 @@ class RetrieveService:
         try:
             return make(ds)
         except RenderRequestError as exc:
-            raise InvalidRequest(f"instance {ref.sop_instance_uid} cannot be rendered as asked: {exc}") from exc
+            raise InvalidRequest(
+                f"instance {ref.sop_instance_uid} cannot be rendered as asked: {exc}"
+            ) from exc
         except RenderError as exc:
             raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be rendered: {exc}") from exc
 
@@ -939,37 +550,6 @@ class RetrieveService:
             raise NotAcceptable(f"frames of {ref.sop_instance_uid}: {exc}") from exc
 
 
-# --- helpers --------------------------------------------------------------------------------------------------
-
-
-def _stored_data_set(part10: bytes, transfer_syntax: str) -> int | None:
-    """Where the stored file's data set starts, when it can be sent as it is in `transfer_syntax`; None when
-    its File Meta or its first element says otherwise (a writer's mistake that pydicom reads through)."""
-    try:
-        offset = tc.data_set_offset(part10)
-    except tc.TranscodeError:
-        return None
-    return offset if tc.encoded_as_declared(part10, offset, transfer_syntax) else None
-
-
-def _batches(refs: Sequence[StoredInstance]) -> Iterator[list[StoredInstance]]:
-    """`refs` cut into read-ahead batches of at most OPEN_BATCH instances and about OPEN_BATCH_BYTES."""
-    batch: list[StoredInstance] = []
-    size = 0
-    for ref in refs:
-        batch.append(ref)
-        size += min(ref.size or CHUNK_SIZE, CHUNK_SIZE)  # a bigger file is only opened and its first chunk read
-        if len(batch) >= OPEN_BATCH or size >= OPEN_BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _accepted(accepted: AcceptedSyntaxes | Iterable[str]) -> AcceptedSyntaxes:
-    return accepted if isinstance(accepted, AcceptedSyntaxes) else AcceptedSyntaxes.of(accepted)
-
-
 def _describe(study: str, series: str | None, instance: str | None) -> str:
     if instance is not None:
         return f"no instance {instance} in series {series} of study {study}"
@@ -986,29 +566,3 @@ def _name(uid: str) -> str:
 def _is_image_class(sop_class_uid: str) -> bool:
     name = UID(sop_class_uid).name
     return "Image" in name and "Presentation" not in name
-
-
-def _bulk_path(path: str) -> list[int]:
-    """`00540016/0/00181072` -> [tag, item index, tag]: a stored relative BulkDataURI (app/core/header.py)."""
-    if _BULK_PATH.fullmatch(path) is None:
-        raise InvalidRequest(f"{path[:100]!r} is not a bulk data path (tag, then item/tag pairs)")
-    return [int(step, 16) if i % 2 == 0 else int(step) for i, step in enumerate(path.split("/"))]
-
-
-def _walk_path(ds: Dataset, steps: list[int], ref: StoredInstance) -> bytes:
-    current: Dataset = ds
-    for position in range(0, len(steps) - 1, 2):
-        elem = current.get(Tag(steps[position]))
-        index = steps[position + 1]
-        if elem is None or elem.VR != "SQ" or elem.value is None or index >= len(elem.value):
-            raise NotFound(f"instance {ref.sop_instance_uid} has no bulk data at the given path")
-        current = elem.value[index]
-    elem = current.get(Tag(steps[-1]))
-    if elem is None or elem.value is None or not isinstance(elem.value, bytes | bytearray):
-        raise NotFound(f"instance {ref.sop_instance_uid} has no bulk data at the given path")
-    value = bytes(elem.value)
-    width = _SWAP_WIDTH.get(str(elem.VR))
-    if width and not ds.original_encoding[1] and len(value) % width == 0:
-        # Read from a Big Endian file (PS3.5 §A.3): bulk data goes out little-endian (PS3.18 §8.7.3.3.1).
-        value = np.frombuffer(value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
-    return value
