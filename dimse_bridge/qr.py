@@ -3,7 +3,7 @@
 Three generator handlers, pynetdicom's protocol (see its `_c_find_scp`, `_get_scp`, `_move_scp`), each a thin
 adapter onto the archive services, so DIMSE and DICOMweb give the same answers:
 
-* `handle_find` parses the identifier with `app.core.query.from_identifier` (the very matching QIDO-RS uses:
+* `handle_find` parses the identifier with `dimse_bridge.identifier.from_identifier` (the very matching QIDO-RS uses:
   single value, wildcard, range, UID list, sequence, on the same indexes), pages through `repository.search`
   on the app loop through the bridge, and yields one (0xFF00, identifier) per match holding only the keys that
   were asked for plus the ones the answer needs (QueryRetrieveLevel and the unique keys of the level and the
@@ -41,7 +41,8 @@ from pynetdicom import evt
 from pynetdicom.presentation import PresentationContext, build_context
 
 from app.core.attributes import Level
-from app.core.query import QueryError, QueryModel, from_identifier, search_pages
+from app.core.query.model import QueryError, QueryModel
+from app.core.query.pages import search_pages
 from app.core.records import JSONDict, StoredInstance
 from app.core.retrieve.outcomes import NotAcceptable, RetrieveFailed
 from app.core.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
@@ -49,6 +50,7 @@ from dimse_bridge import scu, sending, status
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeError
 from dimse_bridge.context import DimseContext
+from dimse_bridge.identifier import from_identifier
 from dimse_bridge.policy import VERIFICATION
 from dimse_bridge.sending import EncodedDataSet
 from dimse_bridge.tcp import handle_connection_open

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from app.core.attributes import Level
-from app.core.query import MatchKind, SearchResult
+from app.core.query.model import MatchKind, SearchResult
 from dimse_bridge import qr
 from dimse_bridge.bridge import LoopBridge
 from dimse_bridge.context import DimseContext

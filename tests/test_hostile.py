@@ -24,11 +24,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from app.api.multipart import MultipartError, iter_parts, parse_content_type
+from app.api.qido_params import parse_qido
 from app.config import Settings
 from app.core.attributes import BY_KEYWORD, Level
 from app.core.header import dataset_json, read_header
 from app.core.parsing import Parsed, ParseFailure, parse_instance
-from app.core.query import QueryError, parse_qido
+from app.core.query.model import QueryError
 from app.core.raw_header import read_json
 from app.repository.sqlite import SQLiteRepository
 from tests import dicom_files

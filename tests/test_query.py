@@ -1,4 +1,5 @@
-"""The query model (app/core/query.py) and its two compilers (sqlite_query.py, mongo_query.py).
+"""The query model (app/core/query/), its two parsers (app/api/qido_params.py, dimse_bridge/identifier.py) and
+its two compilers (sqlite_query.py, mongo_query.py).
 
 Parser rules with examples, properties that hold for any input (hypothesis), the indexes the compiled queries
 use, and a differential test: the SQLite and MongoDB compilers must give the same answers to random queries
@@ -25,19 +26,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pymongo import AsyncMongoClient
 
+from app.api.qido_params import parse_qido
 from app.core.attributes import ATTRIBUTES, BY_KEYWORD, Level
-from app.core.query import (
-    ALL,
-    Match,
-    MatchKind,
-    QueryError,
-    QueryModel,
-    from_identifier,
-    parse_qido,
-    parse_value,
-    prefix_successor,
-    wildcard_regex,
-)
+from app.core.query.matching import parse_value
+from app.core.query.model import ALL, Match, MatchKind, QueryError, QueryModel
+from app.core.query.patterns import prefix_successor, wildcard_regex
 from app.core.records import InstanceRecord
 from app.repository import sqlite_query
 from app.repository.base import Repository
@@ -46,6 +39,7 @@ from app.repository.mongo_query import explain as mongo_explain
 from app.repository.sqlite import SQLiteRepository
 from app.repository.sqlite_query import condition_sql
 from app.repository.sqlite_query import explain as sqlite_explain
+from dimse_bridge.identifier import from_identifier
 from tests.conftest import make_record, opened_repository
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

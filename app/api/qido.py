@@ -1,7 +1,7 @@
 """QIDO-RS (PS3.18 10.6): search for studies, series, instances (and patients) over HTTP.
 
-A thin door: the parameters are parsed into the protocol-neutral QueryModel (app/core/query.py, shared with
-C-FIND), the repository answers it, and this module only adds what is HTTP's own: content negotiation,
+A thin door: the parameters are parsed (qido_params.py) into the protocol-neutral QueryModel (app/core/query/,
+shared with C-FIND), the repository answers it, and this module only adds what is HTTP's own: content negotiation,
 RetrieveURL (0008,1190) built from the public service root, paging limits and `Warning` headers.
 
 Decisions taken from the standard:
@@ -32,9 +32,10 @@ from app.api.accept import negotiate
 from app.api.dicom_response import DICOM_XML, negotiate_dataset_media_type, to_xml
 from app.api.errors import DicomWebError, check_uids, warning
 from app.api.multipart import multipart_body, multipart_content_type, new_boundary
+from app.api.qido_params import parse_qido
 from app.api.urls import instance_url, series_url, service_root, study_url
 from app.core.attributes import Level
-from app.core.query import QueryError, SearchResult, parse_qido
+from app.core.query.model import QueryError, SearchResult
 from app.core.records import JSONDict
 from app.deps import Context
 

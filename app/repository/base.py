@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from app.core.aes import AEStore
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
-from app.core.query import QueryModel, SearchResult
+from app.core.query.model import QueryModel, SearchResult
 from app.core.records import InstanceRecord, StoredDataset, StoredInstance
 
 
@@ -79,7 +79,7 @@ class Repository(AEStore, Protocol):
 
     async def search(self, query: QueryModel) -> SearchResult:
         """One page of the entities matching `query` (QIDO-RS and C-FIND share it), as DICOM JSON with the
-        levels merged and aggregates added (app.core.query.assemble), in a stable order, and how many further
+        levels merged and aggregates added (app.core.query.answers.assemble), in a stable order, and how many further
         matches lie beyond the page."""
 
     # -- study lifecycle: change feed, completion tracking, outbox (app/core/completion.py, app/fhir) ------

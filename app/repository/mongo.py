@@ -55,7 +55,7 @@ import migrations
 from app.core.aes import RemoteAE
 from app.core.attributes import Kind, Level, stored_at
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
-from app.core.query import QueryModel, SearchResult
+from app.core.query.model import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
 from app.repository.base import RepositoryUnavailable
 from app.repository.mongo_query import multi_key, run_search

@@ -27,19 +27,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.core.attributes import LEVEL_KEY, LEVEL_TABLE, Level, aggregates_at
-from app.core.query import (
-    Match,
-    MatchKind,
-    QueryModel,
-    SearchResult,
-    aggregate_json,
-    assemble,
-    depth,
-    literal_prefix,
-    prefix_successor,
-    table_level,
-    wildcard_regex,
-)
+from app.core.query.answers import aggregate_json, assemble
+from app.core.query.model import Match, MatchKind, QueryModel, SearchResult, depth, table_level
+from app.core.query.patterns import literal_prefix, prefix_successor, wildcard_regex
 
 Document = dict[str, Any]
 

@@ -28,18 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.attributes import LEVEL_KEY, LEVEL_TABLE, Attribute, Level, aggregates_at
-from app.core.query import (
-    Match,
-    MatchKind,
-    QueryModel,
-    SearchResult,
-    aggregate_json,
-    assemble,
-    depth,
-    literal_prefix,
-    prefix_successor,
-    table_level,
-)
+from app.core.query.answers import aggregate_json, assemble
+from app.core.query.model import Match, MatchKind, QueryModel, SearchResult, depth, table_level
+from app.core.query.patterns import literal_prefix, prefix_successor
 
 ALIASES: dict[Level, str] = {Level.PATIENT: "p", Level.STUDY: "st", Level.SERIES: "se", Level.IMAGE: "i"}
 _ORDER_KEY: dict[Level, str] = {

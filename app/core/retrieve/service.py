@@ -32,7 +32,7 @@ from pydicom.uid import UID
 
 from app.config import Settings
 from app.core import transcode as tc
-from app.core.query import QueryModel
+from app.core.query.model import QueryModel
 from app.core.records import StoredDataset, StoredInstance
 from app.core.render import RenderError, RenderOptions, RenderRequestError, render, thumbnail
 from app.core.retrieve.bulk import PIXEL_DATA_TAGS, bulk_path, walk_path
