@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from app.bootstrap import open_archive
 from app.config import Settings
-from app.core.context import ArchiveContext
 from app.core.logs import configure_logging
 from app.core.outcomes import StoreStatus
 from app.storage.base import copy_whole
@@ -161,7 +161,7 @@ async def _import(settings: Settings, paths: Sequence[Path], jobs: int) -> int:
         return 2
     files = list(_files(paths))
     summary = ImportSummary()
-    context = await ArchiveContext.open(settings)
+    context = await open_archive(settings)
     gate = asyncio.Semaphore(max(1, jobs))
     try:
         with tqdm(total=len(files), unit="file", disable=not sys.stderr.isatty()) as progress:
@@ -194,7 +194,7 @@ async def _import(settings: Settings, paths: Sequence[Path], jobs: int) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    context = await ArchiveContext.open(settings)
+    context = await open_archive(settings)
     try:
         print(f"schema version {await context.repository.schema_version()}")
     finally:
@@ -205,7 +205,7 @@ async def _migrate(settings: Settings) -> int:
 async def _sweep(settings: Settings) -> int:
     from app.core.sweep import sweep
 
-    context = await ArchiveContext.open(settings)
+    context = await open_archive(settings)
     try:
         report = await sweep(context.lifecycle)
     finally:
@@ -217,7 +217,7 @@ async def _sweep(settings: Settings) -> int:
 async def _reindex(settings: Settings) -> int:
     from app.core.maintenance import reindex
 
-    context = await ArchiveContext.open(settings)
+    context = await open_archive(settings)
     try:
         report = await reindex(context.repository, context.storage, context.ingest)
     finally:
@@ -233,7 +233,7 @@ async def _stats(settings: Settings) -> int:
 
     from app.core.maintenance import statistics
 
-    context = await ArchiveContext.open(settings)
+    context = await open_archive(settings)
     try:
         stats = await statistics(context.repository, context.storage)
     finally:

@@ -7,32 +7,20 @@ keeps the two in step.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.outcomes import DuplicatePolicy
+from app.core.retrieve.turns import RenderLimits
+
 # A comma-separated environment value ("A,B,C"), not JSON: pydantic-settings would otherwise decode list fields
 # as JSON. The validators below split it.
 CommaList = Annotated[list[str], NoDecode]
 # A TCP port to listen on: 0 (any free port) would leave clients not knowing where to connect.
 Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class DuplicatePolicy(StrEnum):
-    """What a store of an already-held SOP Instance UID does.
-
-    `replace` keeps one copy, the newest, and answers success with warning 0xB000-class semantics in the
-    response (PS3.18 Table 10.5.3-2 has no dedicated code, so the instance is listed with a WarningReason);
-    `reject` answers failure 0x0111 (Duplicate SOP Instance, PS3.7 C.4.1.1.1 / PS3.18 Table 10.5.3-1);
-    `keep` answers success and keeps the copy already held.
-    """
-
-    REPLACE = "replace"
-    REJECT = "reject"
-    KEEP = "keep"
 
 
 class Settings(BaseSettings):
@@ -115,11 +103,11 @@ class Settings(BaseSettings):
     qido_max_limit: int = 10000
     # Rendered images (WADO-RS rendered/thumbnail, WADO-URI; app/core/render.py). A side of the output may be
     # as long as the frame's own side or this many pixels, whichever is more; a viewport asking for more is 400.
-    max_render_side: PositiveInt = 4096
+    max_render_side: PositiveInt = RenderLimits.max_side
     # Renders made at once (each holds a decoded frame and its output in memory); the others wait their turn
     # up to RENDER_WAIT_SECONDS, then get 503 with Retry-After.
-    render_concurrency: PositiveInt = 2
-    render_wait_seconds: PositiveFloat = 30.0
+    render_concurrency: PositiveInt = RenderLimits.concurrency
+    render_wait_seconds: PositiveFloat = RenderLimits.wait_seconds
 
     # Study lifecycle (app/core/completion.py, app/core/rules.py, app/core/webhooks.py, app/fhir)
     # A study is complete when no instance of it arrived for this many seconds (the seeds' studyTimeout).

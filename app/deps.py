@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.core.context import ArchiveContext
+from app.context import ArchiveContext
 
 
 def get_context(request: Request) -> ArchiveContext:

@@ -27,9 +27,9 @@ from app.api.errors import (
     validation_error_handler,
 )
 from app.api.urls import DICOMWEB_PREFIX
+from app.bootstrap import open_archive
 from app.config import Settings
 from app.core.audit import AuditLog
-from app.core.context import ArchiveContext
 from app.core.metrics import Metrics
 from app.repository.base import RepositoryUnavailable
 
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        context = await ArchiveContext.open(settings)
+        context = await open_archive(settings)
         app.state.context = context
         app.state.metrics.attach(context.events)
         log.info(

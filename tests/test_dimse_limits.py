@@ -25,8 +25,9 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
+from app.bootstrap import open_archive
 from app.config import Settings
-from app.core.context import ArchiveContext
+from app.context import ArchiveContext
 from dimse_bridge.server import start_dimse_server, stop_dimse_server
 from tests.servers import free_port
 from tests.test_dimse_store import AE_TITLE, CALLING, DimseArchive, dcmtk, renewed_file, running_archive
@@ -225,7 +226,7 @@ def test_a_c_store_of_another_sop_class_than_its_context_is_refused(
 @pytest.fixture
 async def archive_context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
     settings = Settings(data_dir=tmp_path, dimse_host=HOSTILE, dimse_port=free_port(), _env_file=None)  # type: ignore[call-arg]
-    context = await ArchiveContext.open(settings)
+    context = await open_archive(settings)
     yield context
     await context.close()
 

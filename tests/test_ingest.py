@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.config import DuplicatePolicy, Settings
-from app.core.context import ArchiveContext
-from app.core.outcomes import FailureReason, StoreStatus
+from app.bootstrap import open_archive
+from app.config import Settings
+from app.context import ArchiveContext
+from app.core.outcomes import DuplicatePolicy, FailureReason, StoreStatus
 from app.core.sweep import sweep
 from app.repository.sqlite import SQLiteRepository
 from tests import dicom_files
@@ -23,7 +24,7 @@ from tests.servers import running_archive
 
 @pytest.fixture
 async def context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
-    ctx = await ArchiveContext.open(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
+    ctx = await open_archive(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
     yield ctx
     await ctx.close()
 

@@ -18,8 +18,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
+from app.bootstrap import open_archive
 from app.config import Settings
-from app.core.context import ArchiveContext
+from app.context import ArchiveContext
 from app.core.deidentify import BASIC_PROFILE_TAGS, UID_TAGS, UIDMapper
 from app.core.outcomes import FailureReason, StoreStatus, WarningReason
 from app.core.rules import IngestRules, RulesError
@@ -64,7 +65,7 @@ def write_rules(directory: Path, text: str = RULES, name: str = "rules.yaml") ->
 @pytest.fixture
 async def context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
     settings = Settings(data_dir=tmp_path, ingest_rules_file=write_rules(tmp_path), _env_file=None)  # type: ignore[call-arg]
-    ctx = await ArchiveContext.open(settings)
+    ctx = await open_archive(settings)
     yield ctx
     await ctx.close()
 
@@ -106,14 +107,14 @@ def test_a_bad_rules_file_is_refused_with_its_reason(tmp_path: Path, text: str, 
 async def test_a_bad_rules_file_stops_start_up(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, ingest_rules_file=write_rules(tmp_path, "rules: [{}]"), _env_file=None)  # type: ignore[call-arg]
     with pytest.raises(RulesError, match="INGEST_RULES_FILE"):
-        await ArchiveContext.open(settings)
+        await open_archive(settings)
     missing = Settings(data_dir=tmp_path, ingest_rules_file=tmp_path / "nope.yaml", _env_file=None)  # type: ignore[call-arg]
     with pytest.raises(RulesError, match="cannot read"):
-        await ArchiveContext.open(missing)
+        await open_archive(missing)
     with pytest.raises(RulesError, match="INGEST_HOOK"):
-        await ArchiveContext.open(Settings(data_dir=tmp_path, ingest_hook="tests.ingest_hooks:not_async", _env_file=None))  # type: ignore[call-arg]
+        await open_archive(Settings(data_dir=tmp_path, ingest_hook="tests.ingest_hooks:not_async", _env_file=None))  # type: ignore[call-arg]
     with pytest.raises(RulesError, match="cannot import"):
-        await ArchiveContext.open(Settings(data_dir=tmp_path, ingest_hook="no.such.module:hook", _env_file=None))  # type: ignore[call-arg]
+        await open_archive(Settings(data_dir=tmp_path, ingest_hook="no.such.module:hook", _env_file=None))  # type: ignore[call-arg]
 
 
 def test_a_json_rules_file_is_read_too(tmp_path: Path) -> None:
@@ -200,7 +201,7 @@ async def test_a_calling_ae_coercion_applies_only_to_that_ae(context: ArchiveCon
 
 async def test_the_hook_rejects_coerces_and_fails_safe(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, ingest_hook="tests.ingest_hooks:hook", _env_file=None)  # type: ignore[call-arg]
-    ctx = await ArchiveContext.open(settings)
+    ctx = await open_archive(settings)
     try:
         refused = await ctx.ingest.store(dicom_files.part10(ct(PatientID="BLOCK-ME")))
         assert refused.failure is FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS and "BLOCK-ME" in refused.reason

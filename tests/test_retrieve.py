@@ -18,8 +18,9 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import encode
 
+from app.bootstrap import open_archive
 from app.config import Settings
-from app.core.context import ArchiveContext
+from app.context import ArchiveContext
 from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedFrames, AcceptedSyntaxes, FrameRange
 from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, NotFound, RetrieveFailed
 from app.core.retrieve.streaming import CHUNK_SIZE, OPEN_BATCH, InstanceStream
@@ -79,7 +80,7 @@ def test_frame_encoding_choice(
 
 @pytest.fixture
 async def context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
-    opened = await ArchiveContext.open(Settings(data_dir=tmp_path, dimse_enabled=False, _env_file=None))  # type: ignore[call-arg]
+    opened = await open_archive(Settings(data_dir=tmp_path, dimse_enabled=False, _env_file=None))  # type: ignore[call-arg]
     try:
         yield opened
     finally:

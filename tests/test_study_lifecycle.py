@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 from pydicom.uid import generate_uid
 
+from app.bootstrap import open_archive
 from app.config import Settings
 from app.core.changefeed import ChangeFeed
 from app.core.completion import CompletionTracker
-from app.core.context import ArchiveContext
 from app.core.events import (
     ChangeKind,
     Event,
@@ -162,11 +162,11 @@ async def test_publish_never_raises_and_keeps_order(repository: Repository) -> N
 async def test_a_restart_loses_no_pending_completion(tmp_path: Path) -> None:
     """The activity is in the repository: a study stored before a restart completes after it."""
     settings = Settings(data_dir=tmp_path, dimse_enabled=False, study_quiet_seconds=30, _env_file=None)  # type: ignore[call-arg]
-    context = await ArchiveContext.open(settings)
+    context = await open_archive(settings)
     ds = dicom_files.renewed("CT_small.dcm")
     assert (await context.ingest.store(dicom_files.part10(ds))).ok
     await context.close()
-    context = await ArchiveContext.open(settings)
+    context = await open_archive(settings)
     try:
         assert context.completion is not None
         assert await context.completion.scan_once(now=time.time() + 31) == 1

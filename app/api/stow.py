@@ -27,7 +27,7 @@ from app.api.errors import DicomWebError, check_uids, warning
 from app.api.multipart import MultipartError, Part, iter_parts, parse_content_type
 from app.api.stow_json import JsonInstanceAssembler, unreadable
 from app.api.urls import instance_url, service_root, study_url
-from app.core.context import ArchiveContext
+from app.context import ArchiveContext
 from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
 from app.core.parsing import MAX_NOTES
 from app.deps import Context

@@ -27,10 +27,9 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from app.config import DuplicatePolicy
 from app.core.events import EventBus, InstanceReplaced, InstanceStored
 from app.core.hooks import HookContext, HookReject, IngestHook
-from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus, WarningReason
+from app.core.outcomes import DuplicatePolicy, FailureReason, StoreOutcome, StoreStatus, WarningReason
 from app.core.parsing import HeaderParser, ParseFailure, parse_instance
 from app.core.raw_header import NOT_PART10, is_part10
 from app.core.records import InstanceRecord

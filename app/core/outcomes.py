@@ -11,6 +11,20 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 
+class DuplicatePolicy(StrEnum):
+    """What a store of an already-held SOP Instance UID does.
+
+    `replace` keeps one copy, the newest, and answers success with warning 0xB000-class semantics in the
+    response (PS3.18 Table 10.5.3-2 has no dedicated code, so the instance is listed with a WarningReason);
+    `reject` answers failure 0x0111 (Duplicate SOP Instance, PS3.7 C.4.1.1.1 / PS3.18 Table 10.5.3-1);
+    `keep` answers success and keeps the copy already held.
+    """
+
+    REPLACE = "replace"
+    REJECT = "reject"
+    KEEP = "keep"
+
+
 class FailureReason(IntEnum):
     """Failure reasons for a stored instance (PS3.18 Table 10.5.3-1, PS3.4 B.2.3)."""
 

@@ -30,7 +30,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from app.config import Settings
 from app.core import transcode as tc
 from app.core.query.model import QueryModel
 from app.core.records import StoredDataset, StoredInstance
@@ -86,7 +85,7 @@ class RetrieveService:
         self.repository = repository
         self.storage = storage
         # None: the settings' defaults (model_construct reads no environment), for callers that do not render.
-        self.render_limits = render_limits or RenderLimits.of(Settings.model_construct())
+        self.render_limits = render_limits or RenderLimits()
         self._render_turns = RenderTurns(self.render_limits)
         self._datasets = DatasetCache(cache_bytes)
 

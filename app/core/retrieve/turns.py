@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from app.config import Settings
 from app.core.retrieve.outcomes import RendersBusy
 
 _T = TypeVar("_T")
@@ -18,13 +17,9 @@ class RenderLimits:
     """How large a rendered image may be and how many are made at once (the MAX_RENDER_SIDE,
     RENDER_CONCURRENCY and RENDER_WAIT_SECONDS settings)."""
 
-    max_side: int
-    concurrency: int
-    wait_seconds: float
-
-    @classmethod
-    def of(cls, settings: Settings) -> RenderLimits:
-        return cls(settings.max_render_side, settings.render_concurrency, settings.render_wait_seconds)
+    max_side: int = 4096
+    concurrency: int = 2
+    wait_seconds: float = 30.0
 
 
 class RenderTurns:
