@@ -19,11 +19,11 @@ from app.core.hooks import load_hook
 from app.core.ingest import IngestService
 from app.core.lifecycle import LifecycleService
 from app.core.parsing import HeaderParser
+from app.core.ports import Repository
 from app.core.retrieve.service import RetrieveService
 from app.core.retrieve.turns import RenderLimits
 from app.core.rules import IngestRules
 from app.core.webhooks import Webhooks
-from app.repository.base import Repository
 from app.storage.base import Storage, ping
 from app.storage.filesystem import FileSystemStorage
 

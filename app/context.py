@@ -20,9 +20,9 @@ from app.core.completion import CompletionTracker
 from app.core.events import EventBus
 from app.core.ingest import IngestService
 from app.core.lifecycle import LifecycleService
+from app.core.ports import Repository
 from app.core.retrieve.service import RetrieveService
 from app.core.webhooks import Webhooks
-from app.repository.base import Repository
 from app.storage.base import Storage
 
 if TYPE_CHECKING:

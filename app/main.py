@@ -31,7 +31,7 @@ from app.bootstrap import open_archive
 from app.config import Settings
 from app.core.audit import AuditLog
 from app.core.metrics import Metrics
-from app.repository.base import RepositoryUnavailable
+from app.core.ports import RepositoryUnavailable
 
 log = logging.getLogger(__name__)
 

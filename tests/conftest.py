@@ -22,8 +22,8 @@ from pymongo import AsyncMongoClient
 
 from app.config import Settings
 from app.core.header import Header, build_record, read_header
+from app.core.ports import Repository
 from app.core.records import InstanceRecord
-from app.repository.base import Repository
 from app.repository.mongo import MongoRepository
 from app.repository.sqlite import SQLiteRepository
 from tests.servers import ArchiveServer, free_port, running_archive

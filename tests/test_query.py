@@ -28,12 +28,12 @@ from pymongo import AsyncMongoClient
 
 from app.api.qido_params import parse_qido
 from app.core.attributes import ATTRIBUTES, BY_KEYWORD, Level
+from app.core.ports import Repository
 from app.core.query.matching import parse_value
 from app.core.query.model import ALL, Match, MatchKind, QueryError, QueryModel
 from app.core.query.patterns import prefix_successor, wildcard_regex
 from app.core.records import InstanceRecord
 from app.repository import sqlite_query
-from app.repository.base import Repository
 from app.repository.mongo import MongoRepository
 from app.repository.mongo_query import explain as mongo_explain
 from app.repository.sqlite import SQLiteRepository

@@ -19,7 +19,7 @@ from app.core.aes import (
     parse_remote_ae,
     parse_remote_aes,
 )
-from app.repository.base import Repository
+from app.core.ports import Repository
 
 
 async def test_an_ae_put_reads_back_and_a_second_put_replaces_it(repository: Repository) -> None:

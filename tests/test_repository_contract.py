@@ -1,4 +1,4 @@
-"""The Repository contract (app/repository/base.py), run against every implementation.
+"""The Repository contract (app/core/ports.py), run against every implementation.
 
 Each test takes the `repository` fixture, parametrised over SQLite and MongoDB (SecantusDB, or MONGO_TEST_URL),
 so a service can rely on one behaviour whichever store is configured. The property test at the end drives both
@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import AutoReconnect, DocumentTooLarge
 
+from app.core.ports import Repository, RepositoryUnavailable
 from app.core.records import InstanceRecord, StoredInstance
-from app.repository.base import Repository, RepositoryUnavailable
 from app.repository.mongo import MongoRepository
 from app.repository.sqlite import SQLiteRepository
 from tests.conftest import make_record, opened_repository

@@ -24,8 +24,8 @@ from app.core.events import (
     StudyCompleted,
 )
 from app.core.feed import NewChange
+from app.core.ports import Repository
 from app.core.records import InstanceRecord
-from app.repository.base import Repository
 from tests import dicom_files
 from tests.servers import running_archive
 

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.config import Settings
-from app.repository.base import Repository
+from app.core.ports import Repository
 from tests import dicom_files
 from tests.servers import ArchiveServer, free_port, running_archive
 

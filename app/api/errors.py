@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logs import REQUEST_ID
+from app.core.ports import RepositoryUnavailable
 from app.core.retrieve.outcomes import (
     InvalidRequest,
     NotAcceptable,
@@ -28,7 +29,6 @@ from app.core.retrieve.outcomes import (
     RetrieveFailed,
 )
 from app.core.uids import InvalidUIDError, check_uid, is_valid_uid
-from app.repository.base import RepositoryUnavailable
 
 DICOM_JSON = "application/dicom+json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from app.core.background import start_task, stop_tasks
 from app.core.events import Event, EventBus, StudyCompleted
 from app.core.feed import NewChange
-from app.repository.base import Repository
+from app.core.ports import Repository
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import time
 
 from app.core.background import run_rounds, start_task, stop_tasks
 from app.core.events import EventBus, StudyCompleted
-from app.repository.base import Repository
+from app.core.ports import Repository
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from app.core.events import EventBus, InstanceReplaced, InstanceStored
 from app.core.hooks import HookContext, HookReject, IngestHook
 from app.core.outcomes import DuplicatePolicy, FailureReason, StoreOutcome, StoreStatus, WarningReason
 from app.core.parsing import HeaderParser, ParseFailure, parse_instance
+from app.core.ports import Repository, RepositoryUnavailable
 from app.core.raw_header import NOT_PART10, is_part10
 from app.core.records import InstanceRecord
 from app.core.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
 from app.core.uids import InvalidUIDError
-from app.repository.base import Repository, RepositoryUnavailable
 from app.storage.base import StagedFile, Storage, StorageError, instance_key, write_whole
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.core.ingest import IngestService
+from app.core.ports import Repository
 from app.core.records import StoredInstance
-from app.repository.base import Repository
 from app.storage.base import Storage, StorageError
 
 log = logging.getLogger(__name__)

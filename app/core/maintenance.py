@@ -17,8 +17,8 @@ import migrations
 from app.core.header import HeaderError
 from app.core.ingest import IngestService
 from app.core.parsing import ParseFailure, parse_instance
+from app.core.ports import Repository
 from app.core.records import InstanceRecord
-from app.repository.base import Repository
 from app.storage.base import Storage
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import httpx
 
 from app.core.background import run_rounds, start_task, stop_tasks
 from app.core.changefeed import ChangeFeed
-from app.repository.base import Repository
+from app.core.ports import Repository
 
 log = logging.getLogger(__name__)
 

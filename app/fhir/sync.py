@@ -28,6 +28,7 @@ import httpx
 from app.config import Settings
 from app.core.background import run_rounds, start_task, stop_tasks
 from app.core.events import Event, EventBus, InstanceDeleted, StudyCompleted
+from app.core.ports import Repository
 from app.fhir.builder import (
     RFC3986,
     StudySummary,
@@ -37,7 +38,6 @@ from app.fhir.builder import (
     patient_identifier,
     study_identifier,
 )
-from app.repository.base import Repository
 
 log = logging.getLogger(__name__)
 

@@ -55,9 +55,9 @@ import migrations
 from app.core.aes import RemoteAE
 from app.core.attributes import Kind, Level, stored_at
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
+from app.core.ports import RepositoryUnavailable
 from app.core.query.model import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
-from app.repository.base import RepositoryUnavailable
 from app.repository.mongo_query import multi_key, run_search
 
 Document = dict[str, Any]

@@ -24,9 +24,9 @@ import migrations
 from app.core.aes import RemoteAE
 from app.core.attributes import LEVEL_TABLE, Kind, Level, stored_at
 from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
+from app.core.ports import RepositoryUnavailable
 from app.core.query.model import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
-from app.repository.base import RepositoryUnavailable
 from app.repository.sqlite_query import run_search
 
 T = TypeVar("T")

@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from app.core import transcode as tc
+from app.core.ports import Repository
 from app.core.query.model import QueryModel
 from app.core.records import StoredDataset, StoredInstance
 from app.core.render import RenderError, RenderOptions, RenderRequestError, render, thumbnail
@@ -65,7 +66,6 @@ from app.core.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM,
 )
-from app.repository.base import Repository
 from app.storage.base import Storage
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,6 @@
-"""The metadata repository interface, implemented by SQLite (embedded default) and MongoDB.
+"""The ports of core: the metadata repository interface that core's services use, implemented by SQLite
+(embedded default) and MongoDB in app/repository/. Declared here, beside the services, so core depends on
+nothing above it; the remote AE registry's role (AEStore) is declared with its service in aes.py.
 
 Both implementations are exercised by one contract suite (tests/test_repository_contract.py), so a service
 never needs to know which one it talks to. Aggregates (NumberOfStudyRelatedInstances, ModalitiesInStudy...) are
