@@ -9,9 +9,10 @@ policy refused, since the SCU will report only a failure; EVT_REJECTED logs the 
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from typing import Final
 
 from pydicom.uid import UID
+from pynetdicom.events import Event
 
 from dimse_bridge.access import (
     REASON_NO_REASON_GIVEN,
@@ -30,22 +31,13 @@ log = logging.getLogger(__name__)
 REFUSED_SHOWN: Final = 4
 
 
-def handle_requested(event: Any, dimse: DimseContext) -> None:
+def handle_requested(event: Event, dimse: DimseContext) -> None:
     """EVT_REQUESTED: decide on the association before pynetdicom negotiates it (fail closed)."""
     assoc = event.assoc
+    rq = assoc.requestor.primitive
+    assert rq is not None  # EVT_REQUESTED is triggered by the A-ASSOCIATE-RQ
     try:
-        rq = assoc.requestor.primitive
-        item = assoc.requestor.user_identity
-        identity = (
-            None
-            if item is None
-            else (
-                int(item.user_identity_type),
-                bytes(item.primary_field or b""),
-                bytes(item.secondary_field or b""),
-            )
-        )
-        rejection = dimse.access.check(str(rq.calling_ae_title), str(rq.called_ae_title), identity)
+        rejection = dimse.access.check(str(rq.calling_ae_title), str(rq.called_ae_title), _identity(event))
         if rejection is None:
             settings = dimse.settings
             rejection = check_slots(
@@ -66,22 +58,28 @@ def handle_requested(event: Any, dimse: DimseContext) -> None:
         return
     # Policy `All`: storage-like SOP classes are learned from the request, per association.
     extra = dimse.policy.runtime_contexts(
-        (cx.abstract_syntax for cx in rq.presentation_context_definition_list),
-        (cx.abstract_syntax for cx in assoc.acceptor.supported_contexts),
+        (str(cx.abstract_syntax) for cx in rq.presentation_context_definition_list if cx.abstract_syntax),
+        (str(cx.abstract_syntax) for cx in assoc.acceptor.supported_contexts if cx.abstract_syntax),
     )
     if extra:
         assoc.acceptor.supported_contexts = [*assoc.acceptor.supported_contexts, *extra]
 
 
-def handle_user_id(event: Any, dimse: DimseContext) -> tuple[bool, bytes | None]:
+def handle_user_id(event: Event, dimse: DimseContext) -> tuple[bool, bytes | None]:
     """EVT_USER_ID: the same verdict as `handle_requested` (which has already rejected a bad identity)."""
-    verified = dimse.access.verify_user(
-        int(event.user_id_type), bytes(event.primary_field or b""), bytes(event.secondary_field or b"")
-    )
-    return verified, None
+    identity = _identity(event)
+    return identity is not None and dimse.access.verify_user(*identity), None
 
 
-def handle_accepted(event: Any, dimse: DimseContext) -> None:
+def _identity(event: Event) -> tuple[int, bytes, bytes] | None:
+    """(User Identity Type, primary field, secondary field) of the request's User Identity item (PS3.7 D.3.3.7)."""
+    item = event.assoc.requestor.user_identity
+    if item is None:
+        return None
+    return int(item.user_identity_type or 0), bytes(item.primary_field or b""), bytes(item.secondary_field or b"")
+
+
+def handle_accepted(event: Event, dimse: DimseContext) -> None:
     """EVT_ACCEPTED: say which proposed SOP classes were refused, since the SCU will report only a failure."""
     assoc = event.assoc
     refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
@@ -100,7 +98,7 @@ def handle_accepted(event: Any, dimse: DimseContext) -> None:
         log.debug("association from %s accepted", peer(assoc))
 
 
-def handle_rejected(event: Any, dimse: DimseContext) -> None:
+def handle_rejected(event: Event, dimse: DimseContext) -> None:
     """EVT_REJECTED: the rejections pynetdicom makes itself (our own are logged where they are made)."""
     log.warning(
         "association from %s rejected by the DICOM stack (AE title or user identity check)", peer(event.assoc)

@@ -34,6 +34,8 @@ from typing import Any, Final
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import N_ACTION
+from pynetdicom.events import Event
 
 from app.core.aes import RemoteAE
 from app.core.retrieve.service import RetrieveService
@@ -185,9 +187,10 @@ def commit(dimse: DimseContext, request: CommitmentRequest) -> CommitmentResult:
 # -- the handler --------------------------------------------------------------------------------------------
 
 
-def handle_n_action(event: Any, dimse: DimseContext) -> tuple[int, Dataset | None]:
+def handle_n_action(event: Event, dimse: DimseContext) -> tuple[int, Dataset | None]:
     """N-ACTION (Storage Commitment Push Model SCP, PS3.4 J.3.2): acknowledge, then report from a thread."""
     request = event.request
+    assert isinstance(request, N_ACTION)  # pynetdicom calls this handler for N-ACTION requests only
     origin = peer(event.assoc)
     if str(request.RequestedSOPInstanceUID) != STORAGE_COMMITMENT_INSTANCE:
         log.info("storage commitment from %s: not the well-known instance", origin)
@@ -204,7 +207,7 @@ def handle_n_action(event: Any, dimse: DimseContext) -> tuple[int, Dataset | Non
         log.info("storage commitment from %s refused: %s", origin, exc)
         return INVALID_ARGUMENT, None
     requester = str(event.assoc.requestor.ae_title or "").strip()
-    response_sent = _watch_response(event.assoc, int(request.MessageID))
+    response_sent = _watch_response(event.assoc, int(request.MessageID or 0))
     log.info(
         "storage commitment %s from %s: %d instances",
         commitment.transaction_uid,
@@ -224,7 +227,7 @@ def _watch_response(assoc: Any, message_id: int) -> threading.Event:
     """An Event set when our N-ACTION-RSP to `message_id` is handed to the network layer."""
     sent = threading.Event()
 
-    def on_sent(event: Any) -> None:
+    def on_sent(event: Event) -> None:
         message = event.message
         if (
             type(message).__name__ == "N_ACTION_RSP"

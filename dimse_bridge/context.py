@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.config import Settings
-from app.core.context import ArchiveContext
+from app.context import ArchiveContext
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
 from dimse_bridge.policy import PresentationPolicy

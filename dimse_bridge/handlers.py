@@ -14,10 +14,12 @@ handler is bound in server.py `event_handlers()` and its SOP classes passed to
 
 from __future__ import annotations
 
+import io
 import logging
-from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
 
 from app.storage.base import StagedFile
 from dimse_bridge import part10, status
@@ -44,12 +46,12 @@ def _stage(dimse: DimseContext, meta: bytes, raw: memoryview) -> StagedFile:
     return staged
 
 
-def handle_echo(event: Any, dimse: DimseContext) -> int:
+def handle_echo(event: Event, dimse: DimseContext) -> int:
     """C-ECHO (Verification, PS3.4 A.4 and PS3.7 9.1.5): the association got this far, so we are here."""
     return status.SUCCESS
 
 
-def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
+def handle_store(event: Event, dimse: DimseContext) -> Dataset | int:
     """C-STORE (Storage SCP, PS3.4 B.2.3): store the data set exactly as received, answer once it is held.
 
     The data set is not decoded and re-encoded: the File Meta Information (PS3.10 7.1) is built from the
@@ -59,10 +61,11 @@ def handle_store(event: Any, dimse: DimseContext) -> Dataset | int:
     is queryable and retrievable by the time the SCU reads a success.
     """
     request = event.request
+    assert isinstance(request, C_STORE)  # pynetdicom calls this handler for C-STORE requests only
     origin = f"C-STORE {peer(event.assoc)}"
     transfer_syntax = str(event.context.transfer_syntax)
     sop_class_uid, sop_instance_uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
-    raw = request.DataSet.getbuffer()  # the peer's encoded data set, without a copy
+    raw = (request.DataSet or io.BytesIO()).getbuffer()  # the peer's encoded data set, without a copy
     try:
         meta = part10.encode_file_meta(
             sop_class_uid=sop_class_uid,

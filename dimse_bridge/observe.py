@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.events import Event
 
 from app.core.audit import AuditLog
 from app.core.logs import REQUEST_ID
@@ -47,27 +48,27 @@ def _who(assoc: Any) -> tuple[str, str]:
     return title or "?", f"{requestor.address}"
 
 
-def _requested(event: Any) -> None:
+def _requested(event: Event) -> None:
     REQUEST_ID.set(f"assoc-{uuid.uuid4().hex[:16]}")
 
 
-def _accepted(event: Any, metrics: Metrics) -> None:
+def _accepted(event: Event, metrics: Metrics) -> None:
     metrics.associations.labels("accepted").inc()
 
 
-def _rejected(event: Any, metrics: Metrics, audit: AuditLog) -> None:
+def _rejected(event: Event, metrics: Metrics, audit: AuditLog) -> None:
     metrics.associations.labels("rejected").inc()
     user, client = _who(event.assoc)
     audit.record("association", outcome="rejected", user=user, client=client, protocol="DIMSE")
 
 
-def _ended(event: Any, audit: AuditLog, outcome: str) -> None:
+def _ended(event: Event, audit: AuditLog, outcome: str) -> None:
     user, client = _who(event.assoc)
     audit.record("association", outcome=outcome, user=user, client=client, protocol="DIMSE",
                  called=str(event.assoc.acceptor.ae_title).strip())
 
 
-def _sent(event: Any, audit: AuditLog) -> None:
+def _sent(event: Event, audit: AuditLog) -> None:
     message = event.message
     action = _ACTIONS.get(type(message).__name__)
     if action is None:

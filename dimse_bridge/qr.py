@@ -38,6 +38,7 @@ from typing import Any, Final
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
 from app.core.attributes import Level
@@ -133,7 +134,7 @@ def required_keys(level: Level, sop_class_uid: str) -> tuple[str, ...]:
     return tuple(UNIQUE_KEY[lv] for lv in levels[: levels.index(level) + 1])
 
 
-def _decode_identifier(event: Any) -> Dataset:
+def _decode_identifier(event: Event) -> Dataset:
     try:
         identifier = event.identifier
         if not isinstance(identifier, Dataset):
@@ -258,7 +259,7 @@ def find_answer(
 # -- C-FIND ---------------------------------------------------------------------------------------------------
 
 
-def handle_find(event: Any, dimse: DimseContext) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def handle_find(event: Event, dimse: DimseContext) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND SCP (PS3.4 C.4.1): one pending response per match, then pynetdicom's final Success.
 
     0xFF01 instead of 0xFF00 when the identifier held optional keys the archive cannot match on (valid
@@ -348,7 +349,7 @@ def _unsendable(ref: StoredInstance) -> Dataset:
 
 
 def _sub_operations(
-    event: Any, dimse: DimseContext, refs: list[StoredInstance], receiver: Callable[[], Any], who: str
+    event: Event, dimse: DimseContext, refs: list[StoredInstance], receiver: Callable[[], Any], who: str
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """(0xFF00, data set) per instance for pynetdicom to send; (0xFE00, None) on C-CANCEL."""
     # A study is mostly one SOP class: its accepted syntaxes are looked up once, not per instance among the
@@ -389,7 +390,7 @@ def _refusal(code: int, comment: str) -> Iterator[Any]:
     yield status.status_dataset(code, comment), None
 
 
-def handle_get(event: Any, dimse: DimseContext) -> Iterator[Any]:
+def handle_get(event: Event, dimse: DimseContext) -> Iterator[Any]:
     """C-GET SCP (PS3.4 C.4.3): C-STORE sub-operations on the requestor's own association."""
     sop_class = str(event.request.AffectedSOPClassUID)
     who = f"C-GET from {peer(event.assoc)}"
@@ -426,12 +427,12 @@ class _Receiver:
     def __init__(self) -> None:
         self.assoc: Any = None
 
-    def accepted(self, event: Any) -> None:
+    def accepted(self, event: Event) -> None:
         self.assoc = event.assoc
         sending.install(event.assoc)
 
 
-def handle_move(event: Any, dimse: DimseContext) -> Iterator[Any]:
+def handle_move(event: Event, dimse: DimseContext) -> Iterator[Any]:
     """C-MOVE SCP (PS3.4 C.4.2): C-STORE sub-operations on a new association to the Move Destination, whose
     address comes from the AE registry (app/core/aes.py). pynetdicom opens and releases that association,
     and answers 0xA801 when the destination is unknown or cannot be reached."""

@@ -26,6 +26,7 @@ from typing import Any, Final
 from pydicom import Dataset
 from pynetdicom import build_context, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
@@ -119,13 +120,14 @@ def associate(
     ae.connection_timeout = options.connection_timeout or options.timeout
     attempt = _Attempt()
 
-    def connected(event: Any) -> None:
+    def connected(event: Event) -> None:
         attempt.connected = True
         handle_connection_open(event)
 
-    def acse_received(event: Any) -> None:
-        if isinstance(event.primitive, A_ASSOCIATE):
-            attempt.answer = event.primitive
+    def acse_received(event: Event) -> None:
+        primitive = getattr(event, "primitive", None)  # EVT_ACSE_RECV's own attribute, set by pynetdicom
+        if isinstance(primitive, A_ASSOCIATE):
+            attempt.answer = primitive
 
     assoc = ae.associate(
         remote.host,

@@ -33,7 +33,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import PresentationContext
 
 from app.config import Settings
-from app.core.context import ArchiveContext
+from app.context import ArchiveContext
 from dimse_bridge import access, admission, commitment, handlers, qr, uids
 from dimse_bridge.acceptor import AcceptorAE
 from dimse_bridge.access import AccessPolicy
