@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING
 from app.config import Settings
 from app.context import ArchiveContext
 from app.core.aes import parse_remote_aes
-from app.core.changefeed import ChangeFeed
-from app.core.completion import CompletionTracker
-from app.core.events import Event, EventBus, InstanceDeleted, InstanceReplaced
-from app.core.hooks import load_hook
-from app.core.ingest import IngestService
-from app.core.lifecycle import LifecycleService
-from app.core.parsing import HeaderParser
+from app.core.ingest.hooks import load_hook
+from app.core.ingest.parsing import HeaderParser
+from app.core.ingest.rules import IngestRules
+from app.core.ingest.service import IngestService
+from app.core.lifecycle.changefeed import ChangeFeed
+from app.core.lifecycle.completion import CompletionTracker
+from app.core.lifecycle.delete import LifecycleService
+from app.core.lifecycle.events import Event, EventBus, InstanceDeleted, InstanceReplaced
+from app.core.lifecycle.webhooks import Webhooks
 from app.core.ports import Repository
 from app.core.retrieve.service import RetrieveService
 from app.core.retrieve.turns import RenderLimits
-from app.core.rules import IngestRules
-from app.core.webhooks import Webhooks
 from app.storage.base import Storage, ping
 from app.storage.filesystem import FileSystemStorage
 

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from app.bootstrap import open_archive
 from app.config import Settings
+from app.core.ingest.outcomes import StoreStatus
 from app.core.logs import configure_logging
-from app.core.outcomes import StoreStatus
 from app.storage.base import copy_whole
 
 
@@ -203,7 +203,7 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _sweep(settings: Settings) -> int:
-    from app.core.sweep import sweep
+    from app.core.lifecycle.sweep import sweep
 
     context = await open_archive(settings)
     try:
@@ -215,7 +215,7 @@ async def _sweep(settings: Settings) -> int:
 
 
 async def _reindex(settings: Settings) -> int:
-    from app.core.maintenance import reindex
+    from app.core.lifecycle.maintenance import reindex
 
     context = await open_archive(settings)
     try:
@@ -231,7 +231,7 @@ async def _reindex(settings: Settings) -> int:
 async def _stats(settings: Settings) -> int:
     import json
 
-    from app.core.maintenance import statistics
+    from app.core.lifecycle.maintenance import statistics
 
     context = await open_archive(settings)
     try:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.core.outcomes import DuplicatePolicy
+from app.core.ingest.outcomes import DuplicatePolicy
 from app.core.retrieve.turns import RenderLimits
 
 # A comma-separated environment value ("A,B,C"), not JSON: pydantic-settings would otherwise decode list fields
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     storage_fsync: bool = Field(True, description="fsync each file before it is renamed into place.")
     qido_default_limit: int = 1000
     qido_max_limit: int = 10000
-    # Rendered images (WADO-RS rendered/thumbnail, WADO-URI; app/core/render.py). A side of the output may be
+    # Rendered images (WADO-RS rendered/thumbnail, WADO-URI; app/core/retrieve/render.py). A side of the output may be
     # as long as the frame's own side or this many pixels, whichever is more; a viewport asking for more is 400.
     max_render_side: PositiveInt = RenderLimits.max_side
     # Renders made at once (each holds a decoded frame and its output in memory); the others wait their turn
@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     render_concurrency: PositiveInt = RenderLimits.concurrency
     render_wait_seconds: PositiveFloat = RenderLimits.wait_seconds
 
-    # Study lifecycle (app/core/completion.py, app/core/rules.py, app/core/webhooks.py, app/fhir)
+    # Study lifecycle (app/core/lifecycle/completion.py, app/core/ingest/rules.py, app/core/lifecycle/webhooks.py, app/fhir)
     # A study is complete when no instance of it arrived for this many seconds (the seeds' studyTimeout).
     study_quiet_seconds: PositiveFloat = 30.0
     # YAML or JSON file of ingest rules (reject / coerce / de-identify); a bad file fails start-up.

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.core.aes import AERegistry
-from app.core.changefeed import ChangeFeed
-from app.core.completion import CompletionTracker
-from app.core.events import EventBus
-from app.core.ingest import IngestService
-from app.core.lifecycle import LifecycleService
+from app.core.ingest.service import IngestService
+from app.core.lifecycle.changefeed import ChangeFeed
+from app.core.lifecycle.completion import CompletionTracker
+from app.core.lifecycle.delete import LifecycleService
+from app.core.lifecycle.events import EventBus
+from app.core.lifecycle.webhooks import Webhooks
 from app.core.ports import Repository
 from app.core.retrieve.service import RetrieveService
-from app.core.webhooks import Webhooks
 from app.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class ArchiveContext:
             await parsers_ready
 
     async def _sweep_once(self) -> None:
-        from app.core.sweep import sweep
+        from app.core.lifecycle.sweep import sweep
 
         try:
             report = await sweep(self.lifecycle)

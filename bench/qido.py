@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 from pydicom.data import get_testdata_file
 
-from app.core.header import build_record, read_header
+from app.core.dicom.values import name_words
+from app.core.ingest.header import build_record, read_header
 from app.core.records import InstanceRecord, LevelRecord
-from app.core.values import name_words
 from app.repository import sqlite as sqlite_repository
 from bench.common import ROOT, free_port, record, wait_for_port
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from app.core.attributes import BY_KEY, Attribute, Level
+from app.core.dicom.attributes import BY_KEY, Attribute, Level
 from app.core.query.keys import keyword_of_path, levels_down_to, matchable, plan_returns
 from app.core.query.matching import match_keys
 from app.core.query.model import QueryModel, depth, table_level

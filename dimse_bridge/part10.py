@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from app.core.raw_header import LONG_VRS
+from app.core.ingest.raw_header import LONG_VRS
 
 PREAMBLE: Final = b"\x00" * 128 + b"DICM"  # PS3.10 7.1: 128-byte preamble and the DICM prefix
 

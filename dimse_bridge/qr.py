@@ -41,12 +41,12 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
-from app.core.attributes import Level
+from app.core.dicom.attributes import Level
+from app.core.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from app.core.query.model import QueryError, QueryModel
 from app.core.query.pages import search_pages
 from app.core.records import JSONDict, StoredInstance
 from app.core.retrieve.outcomes import NotAcceptable, RetrieveFailed
-from app.core.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from dimse_bridge import scu, sending, status
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeError

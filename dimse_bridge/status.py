@@ -1,6 +1,6 @@
 """Domain outcomes -> DIMSE status codes: the only place the DIMSE door turns archive results into numbers.
 
-The archive services answer with protocol-neutral `StoreOutcome`s (app/core/outcomes.py); the HTTP door maps
+The archive services answer with protocol-neutral `StoreOutcome`s (app/core/ingest/outcomes.py); the HTTP door maps
 them to PS3.18 responses in app/api/errors.py, and this module maps them to the Status (0000,0900) of a DIMSE
 response. Codes are named constants, taken from pynetdicom where it names them and from the standard's
 tables otherwise, each with the section that defines it.
@@ -13,7 +13,7 @@ from typing import Final
 from pydicom.dataset import Dataset
 from pynetdicom.status import Status
 
-from app.core.outcomes import FailureReason, StoreOutcome, WarningReason
+from app.core.ingest.outcomes import FailureReason, StoreOutcome, WarningReason
 
 # PS3.7 C.1.1 (Success) and C.4.2 (Pending), via pynetdicom's named constants.
 SUCCESS: Final = int(Status.SUCCESS)  # 0x0000

@@ -21,7 +21,7 @@ from pydicom.datadict import tag_for_keyword
 from pymongo import AsyncMongoClient
 
 from app.config import Settings
-from app.core.header import Header, build_record, read_header
+from app.core.ingest.header import Header, build_record, read_header
 from app.core.ports import Repository
 from app.core.records import InstanceRecord
 from app.repository.mongo import MongoRepository

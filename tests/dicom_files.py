@@ -12,7 +12,7 @@ from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from app.core.transcode import data_set_offset
+from app.core.retrieve.transcode import data_set_offset
 
 # One of each kind the archive must hold: CT, MR, multi-frame US and MR, JPEG baseline and lossless, JPEG-LS,
 # JPEG 2000, RLE, deflate-free big/implicit variants, SR, SEG, RT.

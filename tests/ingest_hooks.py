@@ -7,8 +7,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from app.core.hooks import HookContext, HookReject
-from app.core.outcomes import FailureReason
+from app.core.ingest.hooks import HookContext, HookReject
+from app.core.ingest.outcomes import FailureReason
 
 
 async def hook(dataset: Dataset, context: HookContext) -> str | HookReject | Mapping[str, Any] | None:

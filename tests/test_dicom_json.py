@@ -11,9 +11,9 @@ import pytest
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 
-from app.core.dicom_json import BINARY_VRS, element_json
-from app.core.header import dataset_json, read_header
-from app.core.raw_header import read_json
+from app.core.dicom.dicom_json import BINARY_VRS, element_json
+from app.core.ingest.header import dataset_json, read_header
+from app.core.ingest.raw_header import read_json
 from tests import dicom_files
 
 FILES = (

@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from app.core.attributes import Level
+from app.core.dicom.attributes import Level
 from app.core.query.model import MatchKind, SearchResult
 from dimse_bridge import qr
 from dimse_bridge.bridge import LoopBridge

@@ -27,7 +27,7 @@ import pydicom.filereader
 import pytest
 from pydicom.uid import generate_uid
 
-from app.core.transfer_syntax import (
+from app.core.dicom.transfer_syntax import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,

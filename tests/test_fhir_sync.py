@@ -82,7 +82,7 @@ def test_the_built_resources_are_valid_r4_and_carry_the_study() -> None:
                        PatientSex="F", PatientBirthDate="19700102", AccessionNumber="ACC1")
     import json
 
-    from app.core.header import build_record
+    from app.core.ingest.header import build_record
 
     rows = []
     for ds in datasets:

@@ -26,11 +26,11 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 from app.api.multipart import MultipartError, iter_parts, parse_content_type
 from app.api.qido_params import parse_qido
 from app.config import Settings
-from app.core.attributes import BY_KEYWORD, Level
-from app.core.header import dataset_json, read_header
-from app.core.parsing import Parsed, ParseFailure, parse_instance
+from app.core.dicom.attributes import BY_KEYWORD, Level
+from app.core.ingest.header import dataset_json, read_header
+from app.core.ingest.parsing import Parsed, ParseFailure, parse_instance
+from app.core.ingest.raw_header import read_json
 from app.core.query.model import QueryError
-from app.core.raw_header import read_json
 from app.repository.sqlite import SQLiteRepository
 from tests import dicom_files
 from tests.servers import ArchiveServer, running_archive
@@ -161,7 +161,7 @@ def test_fuzzed_dicom_headers_parse_or_fail_with_a_reason(data: bytes) -> None:
 @FUZZ
 @given(data=_mutated())
 def test_a_damaged_header_the_byte_reader_takes_is_one_pydicom_reads_the_same_way(data: bytes) -> None:
-    """The fast path (app/core/raw_header.py) may decline anything, but what it answers, pydicom agrees with."""
+    """The fast path (app/core/ingest/raw_header.py) may decline anything, but what it answers, pydicom agrees with."""
     fast = read_json(data)
     if fast is None:
         return

@@ -15,8 +15,8 @@ import pytest
 from app.bootstrap import open_archive
 from app.config import Settings
 from app.context import ArchiveContext
-from app.core.outcomes import DuplicatePolicy, FailureReason, StoreStatus
-from app.core.sweep import sweep
+from app.core.ingest.outcomes import DuplicatePolicy, FailureReason, StoreStatus
+from app.core.lifecycle.sweep import sweep
 from app.repository.sqlite import SQLiteRepository
 from tests import dicom_files
 from tests.servers import running_archive

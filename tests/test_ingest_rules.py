@@ -21,9 +21,9 @@ from pydicom.uid import generate_uid
 from app.bootstrap import open_archive
 from app.config import Settings
 from app.context import ArchiveContext
-from app.core.deidentify import BASIC_PROFILE_TAGS, UID_TAGS, UIDMapper
-from app.core.outcomes import FailureReason, StoreStatus, WarningReason
-from app.core.rules import IngestRules, RulesError
+from app.core.ingest.deidentify import BASIC_PROFILE_TAGS, UID_TAGS, UIDMapper
+from app.core.ingest.outcomes import FailureReason, StoreStatus, WarningReason
+from app.core.ingest.rules import IngestRules, RulesError
 from tests import dicom_files
 from tests.servers import free_port, running_archive
 from tests.tools import require

@@ -2,7 +2,7 @@
 answer badly is now refused with its reason, and every valid file it accepted is still accepted.
 
 Each HTTP test posts to the running app as a client does (tests/servers.py); one C-STORE goes through pynetdicom,
-since C-STORE and STOW-RS share the ingest path (app/core/ingest.py). The parser-level tests cover what a request
+since C-STORE and STOW-RS share the ingest path (app/core/ingest/service.py). The parser-level tests cover what a request
 would take too long to try: every bundled test file and hypothesis-generated instances.
 """
 
@@ -31,9 +31,9 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from app.config import Settings
-from app.core.outcomes import FailureReason
-from app.core.parsing import MAX_NOTES, HeaderParser, Parsed, ParseFailure, parse_instance
-from app.core.uids import InvalidUIDError, check_uid
+from app.core.dicom.uids import InvalidUIDError, check_uid
+from app.core.ingest.outcomes import FailureReason
+from app.core.ingest.parsing import MAX_NOTES, HeaderParser, Parsed, ParseFailure, parse_instance
 from tests import dicom_files
 from tests.servers import ArchiveServer, free_port, running_archive
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from app.core.outcomes import FailureReason
-from app.core.parsing import HeaderParser, Parsed, ParseFailure, parse_instance
+from app.core.ingest.outcomes import FailureReason
+from app.core.ingest.parsing import HeaderParser, Parsed, ParseFailure, parse_instance
 from app.storage.base import LocalStaging
 from tests import dicom_files
 

@@ -27,7 +27,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pymongo import AsyncMongoClient
 
 from app.api.qido_params import parse_qido
-from app.core.attributes import ATTRIBUTES, BY_KEYWORD, Level
+from app.core.dicom.attributes import ATTRIBUTES, BY_KEYWORD, Level
 from app.core.ports import Repository
 from app.core.query.matching import parse_value
 from app.core.query.model import ALL, Match, MatchKind, QueryError, QueryModel

@@ -1,4 +1,4 @@
-"""Behaviour of app.core.render on real DICOM files from pydicom's test data.
+"""Behaviour of app.core.retrieve.render on real DICOM files from pydicom's test data.
 
 Expected images are computed in the tests straight from the PS3.3 formulas (float64, written independently of
 the implementation) and compared by pixel statistics after decoding the rendered JPEG/PNG/GIF with Pillow.
@@ -22,8 +22,14 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 
-from app.core import render as rendering
-from app.core.render import MAX_RENDER_PIXELS, RenderError, RenderOptions, RenderRequestError, thumbnail
+from app.core.retrieve import render as rendering
+from app.core.retrieve.render import (
+    MAX_RENDER_PIXELS,
+    RenderError,
+    RenderOptions,
+    RenderRequestError,
+    thumbnail,
+)
 
 Array = np.ndarray[Any, Any]
 MAX_SIDE = 4096  # MAX_RENDER_SIDE's default

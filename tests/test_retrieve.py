@@ -24,7 +24,7 @@ from app.context import ArchiveContext
 from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedFrames, AcceptedSyntaxes, FrameRange
 from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, NotFound, RetrieveFailed
 from app.core.retrieve.streaming import CHUNK_SIZE, OPEN_BATCH, InstanceStream
-from app.core.transcode import data_set_offset
+from app.core.retrieve.transcode import data_set_offset
 from tests import dicom_files
 
 EXPLICIT = "1.2.840.10008.1.2.1"

@@ -169,7 +169,7 @@ def test_a_replace_keeps_the_old_file_until_finalized_and_rollback_restores_it(s
 
 
 def test_a_file_staged_whole_commits_replaces_and_discards_like_a_streamed_one(storage: Storage) -> None:
-    # Ingest stages an instance received in memory in one call, often in a parser process (app/core/parsing.py).
+    # Ingest stages an instance received in memory in one call, often in a parser process (app/core/ingest/parsing.py).
     put(storage, KEY, b"old" * 100)
     staged = write_whole(storage.staging.new_path(), b"whole" * 50)
     assert staged.handle is None and staged.size == 250 and staged.path.read_bytes() == b"whole" * 50

@@ -13,9 +13,9 @@ from pydicom.uid import generate_uid
 
 from app.bootstrap import open_archive
 from app.config import Settings
-from app.core.changefeed import ChangeFeed
-from app.core.completion import CompletionTracker
-from app.core.events import (
+from app.core.lifecycle.changefeed import ChangeFeed
+from app.core.lifecycle.completion import CompletionTracker
+from app.core.lifecycle.events import (
     ChangeKind,
     Event,
     EventBus,
@@ -23,7 +23,7 @@ from app.core.events import (
     InstanceStored,
     StudyCompleted,
 )
-from app.core.feed import NewChange
+from app.core.lifecycle.feed import NewChange
 from app.core.ports import Repository
 from app.core.records import InstanceRecord
 from tests import dicom_files

@@ -1,4 +1,4 @@
-"""Behaviour of app.core.transcode and app.core.transfer_syntax on real DICOM files from pydicom's test data.
+"""Behaviour of app.core.retrieve.transcode and app.core.dicom.transfer_syntax on real DICOM files from pydicom's test data.
 
 Every file comes from pydicom / pydicom-data; a missing file fails the test (it never skips), because a silently
 skipped codec test is how a broken retrieval path would reach production.
@@ -25,8 +25,8 @@ from pydicom.pixels.utils import pack_bits
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 
-from app.core import transfer_syntax as ts
-from app.core.transcode import (
+from app.core.dicom import transfer_syntax as ts
+from app.core.retrieve.transcode import (
     FrameNumberError,
     TranscodeError,
     can_encode,

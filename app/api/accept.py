@@ -20,8 +20,8 @@ from fastapi import Request
 
 from app.api.errors import DicomWebError
 from app.api.multipart import MultipartError, parse_content_type
+from app.core.dicom.uids import is_valid_uid
 from app.core.retrieve.negotiation import ANY
-from app.core.uids import is_valid_uid
 
 _Q_VALUE: Final = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
 _T = TypeVar("_T")

@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from app.api.delete import delete_uids
-from app.core.maintenance import migration_status, reindex, statistics
-from app.core.sweep import sweep
+from app.core.lifecycle.maintenance import migration_status, reindex, statistics
+from app.core.lifecycle.sweep import sweep
 from app.deps import Context
 
 ADMIN_PREFIX = "/api/admin"

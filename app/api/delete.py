@@ -1,7 +1,7 @@
 """DELETE of studies, series and instances under the DICOMweb root (an extension: PS3.18 defines no delete).
 
 `DELETE /studies/{s}`, `/studies/{s}/series/{se}`, `/studies/{s}/series/{se}/instances/{i}`: the metadata
-and the files go together through app/core/lifecycle.py (metadata first, then files), aggregates are corrected
+and the files go together through app/core/lifecycle/delete.py (metadata first, then files), aggregates are corrected
 in the same transaction. The answer is `204 No Content` as dcm4chee-arc gives; an `X-Deleted-Instances`
 header says how many instances went. Unknown UIDs are 404, invalid ones 400. With authentication on, the
 `delete` scope is required (app/api/auth.py).
@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.api.errors import DicomWebError, check_uids
-from app.core.lifecycle import DeleteReport, NothingToDelete
+from app.core.lifecycle.delete import DeleteReport, NothingToDelete
 from app.deps import Context
 
 router = APIRouter(tags=["Delete"])

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.dicom.uids import InvalidUIDError, check_uid, is_valid_uid
 from app.core.logs import REQUEST_ID
 from app.core.ports import RepositoryUnavailable
 from app.core.retrieve.outcomes import (
@@ -28,7 +29,6 @@ from app.core.retrieve.outcomes import (
     RendersBusy,
     RetrieveFailed,
 )
-from app.core.uids import InvalidUIDError, check_uid, is_valid_uid
 
 DICOM_JSON = "application/dicom+json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

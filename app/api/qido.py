@@ -34,7 +34,7 @@ from app.api.errors import DicomWebError, check_uids, warning
 from app.api.multipart import multipart_body, multipart_content_type, new_boundary
 from app.api.qido_params import parse_qido
 from app.api.urls import instance_url, series_url, service_root, study_url
-from app.core.attributes import Level
+from app.core.dicom.attributes import Level
 from app.core.query.model import QueryError, SearchResult
 from app.core.records import JSONDict
 from app.deps import Context

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from app.core.attributes import BY_KEY, BY_KEYWORD, Attribute, Level
+from app.core.dicom.attributes import BY_KEY, BY_KEYWORD, Attribute, Level
+from app.core.dicom.uids import InvalidUIDError, check_uid
 from app.core.query.keys import KEYWORD_RE, keyword_ci, matchable, plan_returns, resolve_path, show
 from app.core.query.matching import match_keys
 from app.core.query.model import ALL, Include, Match, MatchKind, ParsedQuery, QueryError, QueryModel
-from app.core.uids import InvalidUIDError, check_uid
 
 
 def parse_qido(

@@ -28,8 +28,8 @@ from app.api.multipart import MultipartError, Part, iter_parts, parse_content_ty
 from app.api.stow_json import JsonInstanceAssembler, unreadable
 from app.api.urls import instance_url, service_root, study_url
 from app.context import ArchiveContext
-from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
-from app.core.parsing import MAX_NOTES
+from app.core.ingest.outcomes import FailureReason, StoreOutcome, StoreStatus
+from app.core.ingest.parsing import MAX_NOTES
 from app.deps import Context
 from app.storage.base import StagedFile
 

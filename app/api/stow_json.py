@@ -20,7 +20,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from app.api.multipart import Part, parse_content_type
-from app.core.outcomes import FailureReason, StoreOutcome, StoreStatus
+from app.core.ingest.outcomes import FailureReason, StoreOutcome, StoreStatus
 
 # Bulk data of this form of STOW is held in memory until its metadata arrives; larger bodies should use
 # application/dicom parts, which stream.

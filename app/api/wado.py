@@ -31,9 +31,9 @@ from app.api.errors import DicomWebError, check_uids, domain_errors, warning
 from app.api.multipart import multipart_body, multipart_content_type, new_boundary, stream_multipart
 from app.api.urls import instance_url, service_root
 from app.core.records import StoredDataset, StoredInstance
-from app.core.render import RENDER_MEDIA_TYPES, RenderOptions
 from app.core.retrieve.negotiation import DEFAULT, AcceptedFrames, AcceptedSyntaxes, Frame, FrameRange
 from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, RendersBusy, RetrieveFailed
+from app.core.retrieve.render import RENDER_MEDIA_TYPES, RenderOptions
 from app.core.retrieve.streaming import InstanceStream
 from app.deps import Context
 

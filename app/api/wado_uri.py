@@ -23,10 +23,10 @@ from starlette.datastructures import QueryParams
 from app.api.accept import split_header
 from app.api.errors import DicomWebError, check_uids, domain_errors
 from app.api.wado import render_options
-from app.core.render import RENDER_MEDIA_TYPES, RenderOptions
+from app.core.dicom.uids import is_valid_uid
 from app.core.retrieve.bulk import PIXEL_DATA_TAGS
 from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedSyntaxes
-from app.core.uids import is_valid_uid
+from app.core.retrieve.render import RENDER_MEDIA_TYPES, RenderOptions
 from app.deps import Context
 
 router = APIRouter(tags=["WADO-URI"])

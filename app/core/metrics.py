@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.core.events import Event, EventBus, InstanceDeleted, InstanceReplaced, InstanceStored
+from app.core.lifecycle.events import Event, EventBus, InstanceDeleted, InstanceReplaced, InstanceStored
 
 # Latency buckets in seconds: QIDO and metadata answers are milliseconds, study retrieves can take minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

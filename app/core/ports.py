@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from app.core.aes import AEStore
-from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
+from app.core.lifecycle.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query.model import QueryModel, SearchResult
 from app.core.records import InstanceRecord, StoredDataset, StoredInstance
 
@@ -84,7 +84,7 @@ class Repository(AEStore, Protocol):
         levels merged and aggregates added (app.core.query.answers.assemble), in a stable order, and how many further
         matches lie beyond the page."""
 
-    # -- study lifecycle: change feed, completion tracking, outbox (app/core/completion.py, app/fhir) ------
+    # -- study lifecycle: change feed, completion tracking, outbox (app/core/lifecycle/completion.py, app/fhir) ------
     # `store_instance` also records the study's activity (last store time, "completion pending") in the same
     # unit of work as the instance, so tracking costs no extra round trip and survives a restart.
 

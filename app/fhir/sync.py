@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from app.config import Settings
-from app.core.background import run_rounds, start_task, stop_tasks
-from app.core.events import Event, EventBus, InstanceDeleted, StudyCompleted
+from app.core.lifecycle.background import run_rounds, start_task, stop_tasks
+from app.core.lifecycle.events import Event, EventBus, InstanceDeleted, StudyCompleted
 from app.core.ports import Repository
 from app.fhir.builder import (
     RFC3986,

@@ -2,7 +2,7 @@
 
 It keeps the SQLite repository's model so the two answer identically (one contract suite runs against both):
 collections `patients`, `studies`, `series` and `instances`, with the field names of the SQLite columns (from
-app/core/attributes.py), each level's DICOM JSON as an `attributes` sub-document, and each instance's whole
+app/core/dicom/attributes.py), each level's DICOM JSON as an `attributes` sub-document, and each instance's whole
 header as the DICOM JSON text `dataset`.
 
 Why `attributes` is a sub-document and `dataset` a string: the level attributes are a small, fixed set from
@@ -53,8 +53,8 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 import migrations
 from app.core.aes import RemoteAE
-from app.core.attributes import Kind, Level, stored_at
-from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
+from app.core.dicom.attributes import Kind, Level, stored_at
+from app.core.lifecycle.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.ports import RepositoryUnavailable
 from app.core.query.model import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
@@ -317,7 +317,7 @@ class MongoRepository:
     # -- study lifecycle: change feed, completion tracking, outbox -----------------------------------------
     async def append_changes(self, changes: Sequence[NewChange]) -> int:
         """Sequence numbers come from one counter document (`$inc`, atomic), then the entries are inserted.
-        One writer per archive process appends (app/core/changefeed.py), so entries appear in seq order; a
+        One writer per archive process appends (app/core/lifecycle/changefeed.py), so entries appear in seq order; a
         crash between the two writes leaves a gap, never a reused number."""
         with _guarded():
             if not changes:
@@ -519,7 +519,7 @@ class MongoRepository:
                     "attributes": {**record.patient.attributes, **record.study.attributes},
                     "multi": _multi({**record.patient.multi, **record.study.multi}),
                     # `updated_at` is the study's last activity; completion is pending until the tracker
-                    # (app/core/completion.py) reports it. Part of this upsert, so it costs no round trip.
+                    # (app/core/lifecycle/completion.py) reports it. Part of this upsert, so it costs no round trip.
                     "updated_at": now,
                     "completion_pending": True,
                 },

@@ -26,7 +26,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.core.attributes import LEVEL_KEY, LEVEL_TABLE, Level, aggregates_at
+from app.core.dicom.attributes import LEVEL_KEY, LEVEL_TABLE, Level, aggregates_at
 from app.core.query.answers import aggregate_json, assemble
 from app.core.query.model import Match, MatchKind, QueryModel, SearchResult, depth, table_level
 from app.core.query.patterns import literal_prefix, prefix_successor, wildcard_regex

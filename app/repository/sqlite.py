@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import migrations
 from app.core.aes import RemoteAE
-from app.core.attributes import LEVEL_TABLE, Kind, Level, stored_at
-from app.core.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
+from app.core.dicom.attributes import LEVEL_TABLE, Kind, Level, stored_at
+from app.core.lifecycle.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.ports import RepositoryUnavailable
 from app.core.query.model import QueryModel, SearchResult
 from app.core.records import InstanceRecord, LevelRecord, StoredDataset, StoredInstance
@@ -625,7 +625,7 @@ def _add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
         new_series=new_series,
     )
     _refresh_study_sets(conn, record.study_instance_uid, added_class=record.sop_class_uid)
-    # The study's last activity, for the completion tracker (app/core/completion.py), in the same transaction.
+    # The study's last activity, for the completion tracker (app/core/lifecycle/completion.py), in the same transaction.
     conn.execute(
         "INSERT INTO study_activity (study_instance_uid, activity_at, pending) VALUES (?, ?, 1) "
         "ON CONFLICT (study_instance_uid) DO UPDATE SET activity_at = excluded.activity_at, pending = 1",

@@ -27,7 +27,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.core.attributes import LEVEL_KEY, LEVEL_TABLE, Attribute, Level, aggregates_at
+from app.core.dicom.attributes import LEVEL_KEY, LEVEL_TABLE, Attribute, Level, aggregates_at
 from app.core.query.answers import aggregate_json, assemble
 from app.core.query.model import Match, MatchKind, QueryModel, SearchResult, depth, table_level
 from app.core.query.patterns import literal_prefix, prefix_successor

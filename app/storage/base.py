@@ -45,7 +45,7 @@ class StagedFile:
     """A file being written under a temporary name; `path` is local even for remote storages.
 
     `handle` is None once the file is complete and closed: written whole by `write_whole` (possibly in a parser
-    process, see app/core/parsing.py) or copied by `copy_whole`.
+    process, see app/core/ingest/parsing.py) or copied by `copy_whole`.
     """
 
     path: Path

@@ -10,7 +10,7 @@ Everything a compiler needs is decided here, so the two compilers only translate
 
 * each key is resolved to an `Attribute` of the attribute table and its value validated against its VR
   (length, characters, date/time syntax), then normalised with the very functions ingest used
-  (`app.core.values`), so a match compares like with like;
+  (`app.core.dicom.values`), so a match compares like with like;
 * the matching kind is chosen (single value, universal, wildcard, range, list of values); a StudyDate range
   with a StudyTime range becomes one combined date-time range (PS3.4 C.2.2.2.5);
 * the levels whose attributes are returned, extra upper-level attributes and tags to copy from a

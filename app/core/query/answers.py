@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from app.core.attributes import LEVEL_ORDER, Kind, Level, at_level
+from app.core.dicom.attributes import LEVEL_ORDER, Kind, Level, at_level
 from app.core.query.model import QueryModel
 from app.core.records import JSONDict
 

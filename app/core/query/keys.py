@@ -8,7 +8,7 @@ from functools import cache
 
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 
-from app.core.attributes import BY_KEY, LEVEL_ORDER, Attribute, Kind, Level
+from app.core.dicom.attributes import BY_KEY, LEVEL_ORDER, Attribute, Kind, Level
 from app.core.query.model import AGGREGATE_SOURCES, ALL, Include, QueryError, depth, table_level
 
 TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")

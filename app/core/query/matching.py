@@ -1,5 +1,5 @@
 """Matching values: each key's value validated against its VR and normalised as ingest normalised what it indexed
-(app.core.values), and its matching kind chosen (PS3.4 C.2.2.2): single value, universal, wildcard, range, list;
+(app.core.dicom.values), and its matching kind chosen (PS3.4 C.2.2.2): single value, universal, wildcard, range, list;
 a StudyDate range with a StudyTime range becomes one combined date-time range (C.2.2.2.5.1)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import datetime as _dt
 import re
 from collections.abc import Mapping
 
-from app.core.attributes import Attribute
+from app.core.dicom.attributes import Attribute
+from app.core.dicom.uids import InvalidUIDError, check_uid
+from app.core.dicom.values import INTEGER_VRS, name_words, normalize_date, normalize_name, normalize_time
 from app.core.query.keys import show
 from app.core.query.model import Match, MatchKind, QueryError
-from app.core.uids import InvalidUIDError, check_uid
-from app.core.values import INTEGER_VRS, name_words, normalize_date, normalize_name, normalize_time
 
 # Maximum value lengths (PS3.5 Table 6.2-1), in characters. A longer query value can match nothing the
 # archive holds and is almost always a client bug, so it is refused rather than silently finding nothing.

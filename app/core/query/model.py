@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
-from app.core.attributes import LEVEL_ORDER, Attribute, Kind, Level
+from app.core.dicom.attributes import LEVEL_ORDER, Attribute, Kind, Level
 from app.core.records import JSONDict
 
 
@@ -57,7 +57,7 @@ class Match:
     """One matching key. `values` by kind: SINGLE (v,), UID_LIST (v1, v2, ...), WILDCARD (pattern,) with `*` and
     `?` as the only special characters, RANGE (low, high) with None for an open end, UNIVERSAL ().
 
-    Values are normalised as ingest normalised what it indexed (app.core.values): upper-case names, padded
+    Values are normalised as ingest normalised what it indexed (app.core.dicom.values): upper-case names, padded
     times, integers as int. `combined` marks the StudyDate+StudyTime date-time range (values are then
     "YYYYMMDDHHMMSS.FFFFFF" and the field is `study_datetime`). `words` holds the name prefixes of a fuzzy
     person-name match (PS3.18 8.3.4.5), matched on the name-word index instead of `values`.

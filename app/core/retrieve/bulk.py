@@ -18,7 +18,7 @@ SWAP_WIDTH: Final = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def bulk_path(path: str) -> list[int]:
-    """`00540016/0/00181072` -> [tag, item index, tag]: a stored relative BulkDataURI (app/core/header.py)."""
+    """`00540016/0/00181072` -> [tag, item index, tag]: a stored relative BulkDataURI (app/core/ingest/header.py)."""
     if BULK_PATH.fullmatch(path) is None:
         raise InvalidRequest(f"{path[:100]!r} is not a bulk data path (tag, then item/tag pairs)")
     return [int(step, 16) if i % 2 == 0 else int(step) for i, step in enumerate(path.split("/"))]

@@ -12,8 +12,7 @@ from typing import Final
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
-from app.core import transcode as tc
-from app.core.transfer_syntax import (
+from app.core.dicom.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     MEDIA_TYPE_FOR_FRAMES,
     NOT_FOR_WEB_SERVICES,
@@ -21,6 +20,7 @@ from app.core.transfer_syntax import (
     is_encapsulated,
     is_lossless,
 )
+from app.core.retrieve import transcode as tc
 
 ANY: Final = "*"
 """`transfer-syntax=*` (PS3.18 §8.7.3.5): any syntax; the origin server sends the instance as stored."""

@@ -12,7 +12,7 @@ in `CHUNK_SIZE` pieces read in worker threads, and never held whole. Only a tran
 rendered image is built in memory, one at a time, in a worker thread: frames are cut one per thread hop as
 they are sent, and renders (a decoded frame, its float copy and the output each) take turns, at most
 `RenderLimits.concurrency` at once. Pixel work (decoding, re-encoding, frame extraction, rendering) is
-delegated to app.core.transcode and app.core.render.
+delegated to app.core.retrieve.transcode and app.core.render.
 
 This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
 """
@@ -30,11 +30,15 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from app.core import transcode as tc
+from app.core.dicom.transfer_syntax import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    OCTET_STREAM,
+)
 from app.core.ports import Repository
 from app.core.query.model import QueryModel
 from app.core.records import StoredDataset, StoredInstance
-from app.core.render import RenderError, RenderOptions, RenderRequestError, render, thumbnail
+from app.core.retrieve import transcode as tc
 from app.core.retrieve.bulk import PIXEL_DATA_TAGS, bulk_path, walk_path
 from app.core.retrieve.cache import DatasetCache
 from app.core.retrieve.negotiation import (
@@ -52,6 +56,7 @@ from app.core.retrieve.outcomes import (
     RangeNotSatisfiable,
     RetrieveFailed,
 )
+from app.core.retrieve.render import RenderError, RenderOptions, RenderRequestError, render, thumbnail
 from app.core.retrieve.streaming import (
     CHUNK_SIZE,
     EncodedInstance,
@@ -61,11 +66,6 @@ from app.core.retrieve.streaming import (
     stored_data_set,
 )
 from app.core.retrieve.turns import RenderLimits, RenderTurns
-from app.core.transfer_syntax import (
-    EXPLICIT_VR_BIG_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    OCTET_STREAM,
-)
 from app.storage.base import Storage
 
 log = logging.getLogger(__name__)

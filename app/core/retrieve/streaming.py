@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
-from app.core import transcode as tc
 from app.core.records import StoredInstance
+from app.core.retrieve import transcode as tc
 
 CHUNK_SIZE: Final = 1024 * 1024
 """Files are read and sent 1 MiB at a time: big enough that thread hops cost little, small enough to stream."""

@@ -17,7 +17,7 @@ rules:
     copy: [{from: PatientID, to: OtherPatientIDs}]
     remove: [PatientComments]
   - when: {modality: [SR]}
-    deidentify: true                                   # PS3.15 E.1 Basic Profile (app/core/deidentify.py)
+    deidentify: true                                   # PS3.15 E.1 Basic Profile (app/core/ingest/deidentify.py)
 deidentify: {uid_salt: "a secret"}                    # optional
 ```
 
@@ -50,8 +50,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from app.core.deidentify import UIDMapper, deidentify
-from app.core.outcomes import FailureReason
+from app.core.ingest.deidentify import UIDMapper, deidentify
+from app.core.ingest.outcomes import FailureReason
 
 _KEYWORD_TO_UID = {entry[4]: uid for uid, entry in UID_dictionary.items() if entry[4]}
 

@@ -14,9 +14,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from app.core.background import start_task, stop_tasks
-from app.core.events import Event, EventBus, StudyCompleted
-from app.core.feed import NewChange
+from app.core.lifecycle.background import start_task, stop_tasks
+from app.core.lifecycle.events import Event, EventBus, StudyCompleted
+from app.core.lifecycle.feed import NewChange
 from app.core.ports import Repository
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from app.core.background import run_rounds, start_task, stop_tasks
-from app.core.changefeed import ChangeFeed
+from app.core.lifecycle.background import run_rounds, start_task, stop_tasks
+from app.core.lifecycle.changefeed import ChangeFeed
 from app.core.ports import Repository
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import migrations
-from app.core.header import HeaderError
-from app.core.ingest import IngestService
-from app.core.parsing import ParseFailure, parse_instance
+from app.core.ingest.header import HeaderError
+from app.core.ingest.parsing import ParseFailure, parse_instance
+from app.core.ingest.service import IngestService
 from app.core.ports import Repository
 from app.core.records import InstanceRecord
 from app.storage.base import Storage

@@ -4,7 +4,7 @@ Order of work, so that no door ever sees metadata naming a missing file:
 1. the instance's metadata is removed in one repository transaction, which corrects every aggregate
    (NumberOfStudyRelatedInstances, ModalitiesInStudy, patient counts...);
 2. only then is the file deleted. A crash between the two leaves a file that no metadata names: invisible to
-   every door, and removed by the orphan sweep (app/core/sweep.py).
+   every door, and removed by the orphan sweep (app/core/lifecycle/sweep.py).
 Each instance is deleted under the ingest service's per-SOP-Instance-UID lock, so a store of the same instance
 arriving at the same moment happens wholly before or wholly after the delete, never in between (which could
 otherwise leave the new metadata naming a file the delete then removes).
@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.core.ingest import IngestService
+from app.core.ingest.service import IngestService
 from app.core.ports import Repository
 from app.core.records import StoredInstance
 from app.storage.base import Storage, StorageError

@@ -26,8 +26,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from app.core.outcomes import FailureReason
-from app.core.rules import RulesError
+from app.core.ingest.outcomes import FailureReason
+from app.core.ingest.rules import RulesError
 
 
 @dataclass(frozen=True)

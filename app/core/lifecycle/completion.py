@@ -18,8 +18,8 @@ import asyncio
 import logging
 import time
 
-from app.core.background import run_rounds, start_task, stop_tasks
-from app.core.events import EventBus, StudyCompleted
+from app.core.lifecycle.background import run_rounds, start_task, stop_tasks
+from app.core.lifecycle.events import EventBus, StudyCompleted
 from app.core.ports import Repository
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from app.core.lifecycle import LifecycleService
+from app.core.lifecycle.delete import LifecycleService
 
 log = logging.getLogger(__name__)
 PAGE = 1000

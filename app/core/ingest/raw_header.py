@@ -24,7 +24,7 @@ from typing import BinaryIO, NamedTuple
 
 from pydicom.uid import UID
 
-from app.core.dicom_json import (
+from app.core.dicom.dicom_json import (
     BINARY_VRS,
     BULK_DATA_THRESHOLD,
     DEFAULT_ENCODING,
@@ -35,7 +35,7 @@ from app.core.dicom_json import (
     pixel_data_json,
     raw_value_json,
 )
-from app.core.header import DataSetMismatch, HeaderError
+from app.core.ingest.header import DataSetMismatch, HeaderError
 from app.core.records import JSONDict
 
 _PREAMBLE = 128

@@ -6,7 +6,7 @@ Order of work, so that no half-stored instance is ever visible:
 3. the file is committed (fsync + atomic rename; a replaced file is kept aside);
 4. the metadata is written in one repository transaction;
 5. only then is the replaced file let go. A metadata failure rolls the file back, so the two never disagree.
-Ingest rules and the ingest hook (app/core/rules.py, app/core/hooks.py) judge the instance between 1 and 2; an
+Ingest rules and the ingest hook (app/core/ingest/rules.py, app/core/ingest/hooks.py) judge the instance between 1 and 2; an
 instance they coerce or de-identify is re-encoded into a new staged file (only then: otherwise the bytes are
 stored exactly as received) and answered with warning 0xB000.
 Every outcome is a protocol-neutral StoreOutcome; the doors turn it into HTTP or DIMSE statuses. Each refusal,
@@ -27,15 +27,15 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from app.core.events import EventBus, InstanceReplaced, InstanceStored
-from app.core.hooks import HookContext, HookReject, IngestHook
-from app.core.outcomes import DuplicatePolicy, FailureReason, StoreOutcome, StoreStatus, WarningReason
-from app.core.parsing import HeaderParser, ParseFailure, parse_instance
+from app.core.dicom.uids import InvalidUIDError
+from app.core.ingest.hooks import HookContext, HookReject, IngestHook
+from app.core.ingest.outcomes import DuplicatePolicy, FailureReason, StoreOutcome, StoreStatus, WarningReason
+from app.core.ingest.parsing import HeaderParser, ParseFailure, parse_instance
+from app.core.ingest.raw_header import NOT_PART10, is_part10
+from app.core.ingest.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
+from app.core.lifecycle.events import EventBus, InstanceReplaced, InstanceStored
 from app.core.ports import Repository, RepositoryUnavailable
-from app.core.raw_header import NOT_PART10, is_part10
 from app.core.records import InstanceRecord
-from app.core.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
-from app.core.uids import InvalidUIDError
 from app.storage.base import StagedFile, Storage, StorageError, instance_key, write_whole
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class IngestService:
         return outcome
 
     async def _prepare(self, payload: bytes | StagedFile) -> _Prepared:
-        """Stage and parse one instance: one hop to a worker process for bytes (app/core/parsing.py), a flush
+        """Stage and parse one instance: one hop to a worker process for bytes (app/core/ingest/parsing.py), a flush
         and that hop for a file the door staged."""
         # Rules and hooks read the pydicom Dataset, which stays in this process.
         keep_dataset = self.rules is not None or self.hook is not None

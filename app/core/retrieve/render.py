@@ -30,7 +30,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, convert_color_space
 from pydicom.uid import UID
 
-from app.core.transcode import TranscodeError, frame_count, source_transfer_syntax
+from app.core.retrieve.transcode import TranscodeError, frame_count, source_transfer_syntax
 
 MAX_RENDER_PIXELS: Final = 64 * 1024 * 1024
 """Largest Rows x Columns rendered. Checked before decoding: a decompression-bomb bound."""

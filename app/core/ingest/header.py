@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
-from app.core.attributes import Attribute, Kind, Level, stored_at
-from app.core.dicom_json import (
+from app.core.dicom.attributes import Attribute, Kind, Level, stored_at
+from app.core.dicom.dicom_json import (
     BINARY_VRS,
     DEFAULT_ENCODING,
     SPECIFIC_CHARACTER_SET,
@@ -31,9 +31,9 @@ from app.core.dicom_json import (
     pixel_data_json,
     raw_value_json,
 )
+from app.core.dicom.uids import InvalidUIDError, check_uid
+from app.core.dicom.values import name_words, normalize, study_datetime
 from app.core.records import InstanceRecord, JSONDict, LevelRecord
-from app.core.uids import InvalidUIDError, check_uid
-from app.core.values import name_words, normalize, study_datetime
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,14 @@ def first_text(body: JSONDict, key: str) -> str | None:
 
 def build_record(ds: Dataset, *, pixel_data_present: bool) -> InstanceRecord:
     """The repository record of a header read by `read_header` (for tests and benchmarks that edit a data set
-    first; ingest goes through app/core/parsing.py `parse_instance`)."""
+    first; ingest goes through app/core/ingest/parsing.py `parse_instance`)."""
     return record_from_json(
         dataset_json(ds, pixel_data_present=pixel_data_present), str(ds.file_meta.TransferSyntaxUID)
     )
 
 
 def record_from_json(body: JSONDict, transfer_syntax: str, *, conformant: bool = True) -> InstanceRecord:
-    """The repository record of a header as DICOM JSON (`dataset_json`, or app.core.raw_header's fast path).
+    """The repository record of a header as DICOM JSON (`dataset_json`, or app.core.ingest.raw_header's fast path).
 
     The indexed values are read from the JSON rather than from pydicom's elements, whose conversion cost more
     than the rest of ingest together. Raises InvalidUIDError when an identifying UID is missing or malformed.

@@ -37,7 +37,9 @@ from typing import BinaryIO, TextIO, TypeVar
 
 from pydicom.dataset import Dataset
 
-from app.core.header import (
+from app.core.dicom.transfer_syntax import is_encapsulated
+from app.core.dicom.uids import InvalidUIDError
+from app.core.ingest.header import (
     DataSetMismatch,
     HeaderError,
     dataset_json,
@@ -45,11 +47,9 @@ from app.core.header import (
     read_header,
     record_from_json,
 )
-from app.core.outcomes import FailureReason
-from app.core.raw_header import check_pixel_data, read_json
+from app.core.ingest.outcomes import FailureReason
+from app.core.ingest.raw_header import check_pixel_data, read_json
 from app.core.records import InstanceRecord, JSONDict
-from app.core.transfer_syntax import is_encapsulated
-from app.core.uids import InvalidUIDError
 from app.storage.base import StagedFile, write_whole
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def parse_instance(
 ) -> Parsed | ParseFailure:
     """Read the header of a Part 10 instance given as bytes, a file path or an open file, and build its record.
 
-    The common shape is read straight into DICOM JSON (app/core/raw_header.py), a file through a memory map so
+    The common shape is read straight into DICOM JSON (app/core/ingest/raw_header.py), a file through a memory map so
     that only the header's pages are touched; any other shape, a stream with no file behind it, or a caller that
     wants the pydicom Dataset takes pydicom's path. Whichever reader read the header, the pixel data and what
     follows it are then checked against it (`check_pixel_data`), and the identifying UIDs against PS3.5 9.1.

@@ -34,8 +34,7 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 
-from app.core.raw_header import LONG_VRS
-from app.core.transfer_syntax import (
+from app.core.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -45,6 +44,7 @@ from app.core.transfer_syntax import (
     RLE_LOSSLESS,
     is_encapsulated,
 )
+from app.core.ingest.raw_header import LONG_VRS
 
 
 class TranscodeError(Exception):
@@ -260,7 +260,7 @@ def frame_bytes(ds: Dataset, frame_numbers: Sequence[int]) -> list[bytes]:
 
 
 # Decoded pixels are held in memory, and a small compressed file can claim any Rows x Columns: decoding is
-# bounded by the header's own claims before a pixel is touched (as rendered output is, app/core/render.py).
+# bounded by the header's own claims before a pixel is touched (as rendered output is, app/core/retrieve/render.py).
 MAX_DECODED_FRAME_BYTES: Final = 256 * 1024 * 1024
 MAX_DECODED_INSTANCE_BYTES: Final = 2 * 1024 * 1024 * 1024
 
