@@ -1,6 +1,6 @@
-"""The ports of core: the metadata repository interface that core's services use, implemented by SQLite
-(embedded default) and MongoDB in app/repository/. Declared here, beside the services, so core depends on
-nothing above it; the remote AE registry's role (AEStore) is declared with its service in aes.py.
+"""The ports of core: the roles of the metadata store that core's services use, each a small interface, all
+implemented by SQLite (embedded default) and MongoDB in app/repository/. Declared here, beside the services, so
+core depends on nothing above it; the remote AE registry's role (AEStore) is declared with its service in aes.py.
 
 Both implementations are exercised by one contract suite (tests/test_repository_contract.py), so a service
 never needs to know which one it talks to. Aggregates (NumberOfStudyRelatedInstances, ModalitiesInStudy...) are
@@ -23,8 +23,8 @@ class RepositoryUnavailable(RuntimeError):
     """The metadata store cannot be reached or written; callers answer 503 / 0xA700 and retry later."""
 
 
-class Repository(AEStore, Protocol):
-    """Every role of the metadata store; the remote AE registry's (AEStore) is declared with its service."""
+class Connection(Protocol):
+    """Opening, closing and checking the store (bootstrap, /ready, the admin API)."""
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -35,6 +35,13 @@ class Repository(AEStore, Protocol):
         """Raise RepositoryUnavailable unless the store answers."""
 
     async def schema_version(self) -> int: ...
+
+
+class InstanceIndex(Protocol):
+    """The instances held: store, delete, find, their stored DICOM JSON and the aggregates kept with them.
+
+    `store_instance` also records the study's activity (last store time, "completion pending") in the same unit
+    of work as the instance, so completion tracking costs no extra round trip and survives a restart."""
 
     async def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
 
@@ -79,14 +86,18 @@ class Repository(AEStore, Protocol):
     async def patient_aggregates(self, patient_key: str) -> dict[str, Any] | None:
         """number_of_patient_related_studies / _series / _instances, or None when the patient is not held."""
 
+
+class Search(Protocol):
+    """Answers a compiled query (app/core/query/): QIDO-RS, C-FIND and the retrieves that match first."""
+
     async def search(self, query: QueryModel) -> SearchResult:
         """One page of the entities matching `query` (QIDO-RS and C-FIND share it), as DICOM JSON with the
         levels merged and aggregates added (app.core.query.answers.assemble), in a stable order, and how many further
         matches lie beyond the page."""
 
-    # -- study lifecycle: change feed, completion tracking, outbox (app/core/lifecycle/completion.py, app/fhir) ------
-    # `store_instance` also records the study's activity (last store time, "completion pending") in the same
-    # unit of work as the instance, so tracking costs no extra round trip and survives a restart.
+
+class ChangeFeedStore(Protocol):
+    """The persisted change feed (app/core/lifecycle/changefeed.py)."""
 
     async def append_changes(self, changes: Sequence[NewChange]) -> int:
         """Append to the change feed in order, in one unit of work; return the last sequence number given."""
@@ -97,11 +108,19 @@ class Repository(AEStore, Protocol):
     async def last_change_seq(self) -> int:
         """The highest sequence number given so far (0 when the feed is empty)."""
 
+
+class CompletionStore(Protocol):
+    """Study completion tracking (app/core/lifecycle/completion.py)."""
+
     async def pending_completions(self, quiet_before: float, limit: int) -> list[PendingStudy]:
         """Studies with completion pending whose last store was at or before `quiet_before`, oldest first."""
 
     async def mark_completed(self, study_instance_uid: str, activity_at: float) -> bool:
         """Clear the study's completion-pending flag unless a store came after `activity_at`; True if cleared."""
+
+
+class Outbox(Protocol):
+    """Work owed to an outside system, retried until done (app/fhir/sync.py)."""
 
     async def outbox_put(self, target: str, key: str, payload: str) -> None:
         """Add work for `target`, due now; the same (target, key) again replaces the payload (a newer
@@ -113,13 +132,25 @@ class Repository(AEStore, Protocol):
     async def outbox_done(self, target: str, key: str, version: int) -> bool:
         """Remove the entry if it is still at `version`; True if removed."""
 
-    async def outbox_retry(self, target: str, key: str, version: int, next_attempt_at: float, error: str) -> None:
+    async def outbox_retry(
+        self, target: str, key: str, version: int, next_attempt_at: float, error: str
+    ) -> None:
         """Record a failed attempt of the entry at `version` and when to try again."""
 
     async def outbox_status(self, target: str) -> OutboxStatus: ...
+
+
+class Cursors(Protocol):
+    """Named positions in the change feed (a webhook's last delivered seq)."""
 
     async def get_cursor(self, name: str) -> int | None:
         """A named position in the change feed (e.g. a webhook's last delivered seq), None if never set."""
 
     async def set_cursor(self, name: str, value: int) -> None: ...
 
+
+class Repository(
+    Connection, InstanceIndex, Search, ChangeFeedStore, CompletionStore, Outbox, Cursors, AEStore, Protocol
+):
+    """Every role of the metadata store, as SQLite and MongoDB implement it. Services take the roles they use;
+    the composition root (app/bootstrap.py) and the admin door hold the whole."""

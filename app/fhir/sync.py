@@ -21,14 +21,14 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from app.config import Settings
 from app.core.lifecycle.background import run_rounds, start_task, stop_tasks
 from app.core.lifecycle.events import Event, EventBus, InstanceDeleted, StudyCompleted
-from app.core.ports import Repository
+from app.core.ports import InstanceIndex, Outbox
 from app.fhir.builder import (
     RFC3986,
     StudySummary,
@@ -63,8 +63,12 @@ def backoff(first: float, attempts: int) -> float:
     return float(min(first * 2 ** min(attempts, 30), MAX_BACKOFF_SECONDS))
 
 
+class FhirStore(InstanceIndex, Outbox, Protocol):
+    """The roles the sync uses: the studies' stored DICOM JSON, and the outbox of resources owed to the FHIR server."""
+
+
 class FhirSync:
-    def __init__(self, repository: Repository, settings: Settings) -> None:
+    def __init__(self, repository: FhirStore, settings: Settings) -> None:
         if not settings.fhir_base_url:
             raise ValueError("FHIR sync needs FHIR_BASE_URL")
         self.repository = repository

@@ -34,7 +34,7 @@ from app.core.ingest.parsing import HeaderParser, ParseFailure, parse_instance
 from app.core.ingest.raw_header import NOT_PART10, is_part10
 from app.core.ingest.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
 from app.core.lifecycle.events import EventBus, InstanceReplaced, InstanceStored
-from app.core.ports import Repository, RepositoryUnavailable
+from app.core.ports import InstanceIndex, RepositoryUnavailable
 from app.core.records import InstanceRecord
 from app.storage.base import StagedFile, Storage, StorageError, instance_key, write_whole
 
@@ -54,7 +54,7 @@ class _Prepared:
 class IngestService:
     def __init__(
         self,
-        repository: Repository,
+        repository: InstanceIndex,
         storage: Storage,
         duplicate_policy: DuplicatePolicy,
         *,

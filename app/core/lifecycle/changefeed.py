@@ -17,7 +17,7 @@ from collections.abc import Callable
 from app.core.lifecycle.background import start_task, stop_tasks
 from app.core.lifecycle.events import Event, EventBus, StudyCompleted
 from app.core.lifecycle.feed import NewChange
-from app.core.ports import Repository
+from app.core.ports import ChangeFeedStore
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ CLOSE_SECONDS = 10.0
 
 
 class ChangeFeed:
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: ChangeFeedStore) -> None:
         self.repository = repository
         self._queue: asyncio.Queue[NewChange] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None

@@ -20,7 +20,7 @@ import time
 
 from app.core.lifecycle.background import run_rounds, start_task, stop_tasks
 from app.core.lifecycle.events import EventBus, StudyCompleted
-from app.core.ports import Repository
+from app.core.ports import CompletionStore
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ SCAN_BATCH = 100
 
 class CompletionTracker:
     def __init__(
-        self, repository: Repository, bus: EventBus, quiet_seconds: float, *, interval: float | None = None
+        self, repository: CompletionStore, bus: EventBus, quiet_seconds: float, *, interval: float | None = None
     ) -> None:
         self.repository = repository
         self.bus = bus

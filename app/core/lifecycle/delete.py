@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.core.ingest.service import IngestService
-from app.core.ports import Repository
+from app.core.ports import InstanceIndex
 from app.core.records import StoredInstance
 from app.storage.base import Storage, StorageError
 
@@ -48,7 +48,7 @@ DeleteListener = Callable[[StoredInstance], None]
 
 
 class LifecycleService:
-    def __init__(self, repository: Repository, storage: Storage, ingest: IngestService) -> None:
+    def __init__(self, repository: InstanceIndex, storage: Storage, ingest: IngestService) -> None:
         self.repository = repository
         self.storage = storage
         self.ingest = ingest

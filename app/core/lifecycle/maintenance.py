@@ -17,7 +17,7 @@ import migrations
 from app.core.ingest.header import HeaderError
 from app.core.ingest.parsing import ParseFailure, parse_instance
 from app.core.ingest.service import IngestService
-from app.core.ports import Repository
+from app.core.ports import Connection, InstanceIndex
 from app.core.records import InstanceRecord
 from app.storage.base import Storage
 
@@ -38,7 +38,7 @@ class Statistics:
         return dict(self.__dict__)
 
 
-async def statistics(repository: Repository, storage: Storage) -> Statistics:
+async def statistics(repository: InstanceIndex, storage: Storage) -> Statistics:
     """Counts and sizes, from one pass over the instances (paged) and one listing of the storage."""
     stats = Statistics()
     studies: set[str] = set()
@@ -79,7 +79,7 @@ def _record_of(storage: Storage, key: str) -> InstanceRecord:
     return record
 
 
-async def reindex(repository: Repository, storage: Storage, ingest: IngestService) -> ReindexReport:
+async def reindex(repository: InstanceIndex, storage: Storage, ingest: IngestService) -> ReindexReport:
     """Index every file of the storage tree into `repository` (insert or replace, per SOP Instance UID).
 
     Files whose header cannot be read, or whose UIDs are invalid, are reported and left alone. Each write takes
@@ -118,7 +118,7 @@ async def reindex(repository: Repository, storage: Storage, ingest: IngestServic
     return report
 
 
-async def migration_status(repository: Repository) -> dict[str, Any]:
+async def migration_status(repository: Connection) -> dict[str, Any]:
     """The applied schema version, the latest shipped one and the steps still pending.
 
     Pending steps are applied at start-up (and by `python -m app migrate`); a non-empty `pending` on a running

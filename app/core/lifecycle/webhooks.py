@@ -19,13 +19,13 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from app.core.lifecycle.background import run_rounds, start_task, stop_tasks
 from app.core.lifecycle.changefeed import ChangeFeed
-from app.core.ports import Repository
+from app.core.ports import ChangeFeedStore, Cursors
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,13 @@ class WebhookState:
         }
 
 
+class WebhookStore(ChangeFeedStore, Cursors, Protocol):
+    """The roles webhooks use: the change feed they deliver, and a cursor per URL."""
+
+
 class Webhooks:
     def __init__(
-        self, repository: Repository, urls: list[str], *, source: str, retry_seconds: float = 5.0
+        self, repository: WebhookStore, urls: list[str], *, source: str, retry_seconds: float = 5.0
     ) -> None:
         self.repository = repository
         self.source = source

@@ -24,7 +24,7 @@ import logging
 import time
 import zipfile
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -35,7 +35,7 @@ from app.core.dicom.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM,
 )
-from app.core.ports import Repository
+from app.core.ports import InstanceIndex, Search
 from app.core.query.model import QueryModel
 from app.core.records import StoredDataset, StoredInstance
 from app.core.retrieve import transcode as tc
@@ -71,12 +71,16 @@ from app.storage.base import Storage
 log = logging.getLogger(__name__)
 
 
+class RetrieveStore(InstanceIndex, Search, Protocol):
+    """The roles of the metadata store a retrieve reads: the instances held, and the search C-GET / C-MOVE match with."""
+
+
 class RetrieveService:
     """Resolve instances and read them in the representation a client can use."""
 
     def __init__(
         self,
-        repository: Repository,
+        repository: RetrieveStore,
         storage: Storage,
         *,
         render_limits: RenderLimits | None = None,
