@@ -1,8 +1,10 @@
-"""Bulk data values cut out of a parsed data set by their path (PS3.18 §8.7.2 BulkDataURI)."""
+"""What is cut out of a parsed data set: frames by number (PS3.18 10.4.1.1.4) and bulk data values by their path
+(PS3.18 §8.7.2 BulkDataURI)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -10,7 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from app.core.records import StoredInstance
-from app.core.retrieve.outcomes import InvalidRequest, NotFound
+from app.core.retrieve import transcode as tc
+from app.core.retrieve.negotiation import FrameEncoding
+from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, NotFound, RetrieveFailed
 
 PIXEL_DATA_TAGS: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/[0-9]{1,6}/[0-9A-Fa-f]{8})*")
@@ -41,3 +45,34 @@ def walk_path(ds: Dataset, steps: list[int], ref: StoredInstance) -> bytes:
         # Read from a Big Endian file (PS3.5 §A.3): bulk data goes out little-endian (PS3.18 §8.7.3.3.1).
         value = np.frombuffer(value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
     return value
+
+
+def check_frame(ds: Dataset, ref: StoredInstance, number: int) -> int:
+    """The instance's frame count, once `number` is known to be one of its frames (else InvalidRequest)."""
+    if not any(t in ds for t in PIXEL_DATA_TAGS):
+        raise InvalidRequest(f"instance {ref.sop_instance_uid} has no pixel data")
+    try:
+        count = tc.frame_count(ds)
+    except tc.TranscodeError as exc:
+        raise RetrieveFailed(str(exc)) from exc
+    if not 1 <= number <= count:
+        raise InvalidRequest(f"frame {number} is outside 1..{count} (PS3.18 10.4.1.1.4)")
+    return count
+
+
+def frame_data(
+    ds: Dataset, ref: StoredInstance, numbers: Sequence[int], encoding: FrameEncoding
+) -> list[bytes]:
+    """The bytes of frames `numbers`, as stored or decoded (`encoding`), cut out of the parsed instance."""
+    if "PixelData" not in ds:
+        raise InvalidRequest(
+            f"instance {ref.sop_instance_uid} has no (7FE0,0010) Pixel Data to cut frames from"
+        )
+    try:
+        if encoding.decode:
+            return tc.decoded_frame_bytes(ds, numbers)
+        return tc.frame_bytes(ds, numbers)
+    except tc.FrameNumberError as exc:
+        raise InvalidRequest(f"{exc} (PS3.18 10.4.1.1.4)") from exc
+    except tc.TranscodeError as exc:
+        raise NotAcceptable(f"frames of {ref.sop_instance_uid}: {exc}") from exc

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import zipfile
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
@@ -39,13 +37,12 @@ from app.core.ports import InstanceIndex, Search
 from app.core.query.model import QueryModel
 from app.core.records import StoredDataset, StoredInstance
 from app.core.retrieve import transcode as tc
-from app.core.retrieve.bulk import PIXEL_DATA_TAGS, bulk_path, walk_path
+from app.core.retrieve.bulk import bulk_path, check_frame, frame_data, walk_path
 from app.core.retrieve.cache import DatasetCache
 from app.core.retrieve.negotiation import (
     AcceptedFrames,
     AcceptedSyntaxes,
     Frame,
-    FrameEncoding,
     as_accepted,
     encapsulated,
 )
@@ -61,9 +58,9 @@ from app.core.retrieve.streaming import (
     CHUNK_SIZE,
     EncodedInstance,
     InstanceStream,
-    ZipSink,
     in_batches,
     stored_data_set,
+    zip_stored,
 )
 from app.core.retrieve.turns import RenderLimits, RenderTurns
 from app.storage.base import Storage
@@ -300,7 +297,7 @@ class RetrieveService:
             )
         ds = await asyncio.to_thread(self._read_checked, ref, numbers)
         for number in numbers:
-            [data] = await asyncio.to_thread(self._frame_data, ds, ref, [number], encoding)
+            [data] = await asyncio.to_thread(frame_data, ds, ref, [number], encoding)
             yield Frame(encoding.media_type, encoding.transfer_syntax, data)
 
     async def check_frames(self, ref: StoredInstance, numbers: Sequence[int]) -> None:
@@ -355,7 +352,7 @@ class RetrieveService:
                 # Uncompressed bulk data is one part (PS3.18 §8.7.3.3.1). Little-endian native data goes as
                 # stored, so 1-bit frames that share bytes keep their packing.
                 return [Frame(OCTET_STREAM, encoding.transfer_syntax, bytes(ds.PixelData))]
-            data = self._frame_data(ds, ref, range(1, tc.frame_count(ds) + 1), encoding)
+            data = frame_data(ds, ref, range(1, tc.frame_count(ds) + 1), encoding)
             if encoding.media_type == OCTET_STREAM and (encoding.decode or native):
                 return [Frame(OCTET_STREAM, encoding.transfer_syntax, b"".join(data))]
             # Compressed bulk data: one frame per part (PS3.18 §8.7.3.3.2).
@@ -411,32 +408,8 @@ class RetrieveService:
         return refs[len(refs) // 2]
 
     def zip_stored(self, refs: Sequence[StoredInstance]) -> Iterator[bytes]:
-        """The instances as stored, in a zip (PS3.18 Table 8.7.3-2 application/zip), made while it is sent.
-
-        A plain (blocking) generator: the HTTP door runs each step in a worker thread, so reads never block the loop.
-        Entries are stored, not deflated (DICOM pixel data is often compressed already, and speed matters more).
-        """
-        sink = ZipSink()
-        stamp = time.localtime()[:6]
-        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for ref in refs:
-                info = zipfile.ZipInfo(
-                    f"{ref.study_instance_uid}/{ref.series_instance_uid}/{ref.sop_instance_uid}.dcm", stamp
-                )
-                info.file_size = ref.size  # decides whether the entry needs Zip64 sizes
-                try:
-                    handle = self.storage.open(ref.storage_key)
-                except (OSError, ValueError) as exc:
-                    log.warning("instance %s left out of a zip: %s", ref.sop_instance_uid, exc)
-                    continue
-                with handle, archive.open(info, "w") as entry:
-                    while chunk := handle.read(CHUNK_SIZE):
-                        entry.write(chunk)
-                        if len(sink.buffer) >= CHUNK_SIZE:
-                            yield sink.take()
-                if len(sink.buffer) >= CHUNK_SIZE:
-                    yield sink.take()
-        yield sink.take()
+        """The instances as stored, in a zip made while it is sent (streaming.zip_stored)."""
+        return zip_stored(self.storage, refs)
 
     def invalidate(self) -> None:
         """Forget cached parsed instances (after a delete or a replace, or in tests)."""
@@ -509,12 +482,12 @@ class RetrieveService:
             raise InvalidRequest("no frame numbers were requested")
         ds = self._read(ref, cache=True)
         for number in (min(numbers), max(numbers)):
-            self._check_frame(ds, ref, number)
+            check_frame(ds, ref, number)
         return ds
 
     def _render(self, ref: StoredInstance, frame: int, make: Callable[[Dataset], bytes]) -> bytes:
         ds = self._read(ref, cache=True)
-        self._check_frame(ds, ref, frame)
+        check_frame(ds, ref, frame)
         try:
             return make(ds)
         except RenderRequestError as exc:
@@ -523,34 +496,6 @@ class RetrieveService:
             ) from exc
         except RenderError as exc:
             raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be rendered: {exc}") from exc
-
-    @staticmethod
-    def _check_frame(ds: Dataset, ref: StoredInstance, number: int) -> int:
-        if not any(t in ds for t in PIXEL_DATA_TAGS):
-            raise InvalidRequest(f"instance {ref.sop_instance_uid} has no pixel data")
-        try:
-            count = tc.frame_count(ds)
-        except tc.TranscodeError as exc:
-            raise RetrieveFailed(str(exc)) from exc
-        if not 1 <= number <= count:
-            raise InvalidRequest(f"frame {number} is outside 1..{count} (PS3.18 10.4.1.1.4)")
-        return count
-
-    def _frame_data(
-        self, ds: Dataset, ref: StoredInstance, numbers: Sequence[int], encoding: FrameEncoding
-    ) -> list[bytes]:
-        if "PixelData" not in ds:
-            raise InvalidRequest(
-                f"instance {ref.sop_instance_uid} has no (7FE0,0010) Pixel Data to cut frames from"
-            )
-        try:
-            if encoding.decode:
-                return tc.decoded_frame_bytes(ds, numbers)
-            return tc.frame_bytes(ds, numbers)
-        except tc.FrameNumberError as exc:
-            raise InvalidRequest(f"{exc} (PS3.18 10.4.1.1.4)") from exc
-        except tc.TranscodeError as exc:
-            raise NotAcceptable(f"frames of {ref.sop_instance_uid}: {exc}") from exc
 
 
 def _describe(study: str, series: str | None, instance: str | None) -> str:
