@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from io import BytesIO
 from typing import Any, Final, cast
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.tag import Tag
 from pynetdicom import evt
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
@@ -47,8 +47,6 @@ COMMAND_DATA_SET_TYPE: Final = 0x00000800
 # PS3.7 E.1: 0x0101 means no data set follows; any other value, that one does.
 NO_DATA_SET: Final = 0x0101
 DATA_SET_PRESENT: Final = 0x0001
-# The elements that take several values (pynetdicom's _MULTIVALUE_TAGS); of any other, the first value counts.
-_MULTIVALUED: Final = frozenset({0x00001005, 0x00000901})  # AttributeIdentifierList, OffendingElement
 # PS3.8 E.2 Message Control Header: bit 0 command (1) or data set (0), bit 1 last fragment.
 _COMMAND_LAST: Final = b"\x03"
 _COMMAND_MORE: Final = b"\x01"
@@ -150,8 +148,9 @@ def _value(vr: str, raw: bytes) -> Any:
 def decode_command(raw: bytes) -> dict[int, Any]:
     """Tag -> value of every element of an encoded command set; CommandError when it cannot be read.
 
-    Values as pynetdicom's primitives take them: int for US/UL, a Tag or a list of Tags for AT, str otherwise; an empty
-    element is None. Elements outside group 0000 or unknown to the standard are skipped.
+    Values as pynetdicom's primitives take them: int for US/UL (the first value, as pynetdicom takes it), a Tag
+    or a list of Tags for AT (only OffendingElement and AttributeIdentifierList, both multi-valued), str
+    otherwise; an empty element is None. Elements that are not command elements are skipped.
     """
     values: dict[int, Any] = {}
     offset, end = 0, len(raw)
@@ -172,7 +171,9 @@ def decode_command(raw: bytes) -> dict[int, Any]:
     return values
 
 
-def _fragments(control: tuple[bytes, bytes], data: bytes, context_id: int, max_pdu: int) -> Iterator[P_DATA]:
+def _fragments(
+    control: tuple[bytes, bytes], data: bytes | memoryview, context_id: int, max_pdu: int
+) -> Iterator[P_DATA]:
     """One P-DATA primitive per fragment of `data`, each PDV within the peer's maximum PDU length (PS3.8 E.2)."""
     more, last = control
     size = len(data) if max_pdu == 0 else max(max_pdu - _PDV_OVERHEAD, 1)
@@ -190,9 +191,10 @@ def _fragments(control: tuple[bytes, bytes], data: bytes, context_id: int, max_p
 class FastDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE service provider, sending and receiving command sets as bytes (this module)."""
 
-    _command: bytearray
-    _data_set: BytesIO | None
-    _header: dict[int, Any] | None
+    # Set here, not in __init__: reactor.make_prompt turns an existing provider into this class.
+    _command: bytearray | None = None  # the command set's fragments so far
+    _header: dict[int, Any] | None = None  # the decoded command set, while its data set arrives
+    _data_set: BytesIO | None = None
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if getattr(primitive, "_dataset_path", None) is not None:
@@ -210,38 +212,37 @@ class FastDIMSE(DIMSEServiceProvider):
         max_pdu = self.maximum_pdu_size
         for pdata in _fragments((_COMMAND_MORE, _COMMAND_LAST), command, context_id, max_pdu):
             self.dul.send_pdu(pdata)
-        encoded = data_set.getvalue() if data_set is not None else b""
-        if encoded:
-            for pdata in _fragments((_DATA_MORE, _DATA_LAST), encoded, context_id, max_pdu):
-                self.dul.send_pdu(pdata)
+        if data_set is None:
+            return
+        with data_set.getbuffer() as encoded:  # fragments are cut from it without a whole copy first
+            if encoded.nbytes:  # as pynetdicom: an empty data set sends no fragment
+                for pdata in _fragments((_DATA_MORE, _DATA_LAST), encoded, context_id, max_pdu):
+                    self.dul.send_pdu(pdata)
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         for context_id, data in primitive.presentation_data_value_list:
             control = data[0]
             if control & 1:
-                if getattr(self, "_header", None) is not None:
+                if self._header is not None:
                     self._reset()  # a new command while a data set was due: as pynetdicom, the new one wins
-                self._command_bytes().extend(data[1:])
+                if self._command is None:
+                    self._command = bytearray()
+                self._command.extend(data[1:])
                 if control & 2:
                     self._command_complete(context_id)
-            elif getattr(self, "_header", None) is not None and self._data_set is not None:
+            elif self._header is not None and self._data_set is not None:
                 self._data_set.write(data[1:])
                 if control & 2:
                     self._deliver(context_id)
 
-    def _command_bytes(self) -> bytearray:
-        if not hasattr(self, "_command"):
-            self._reset()
-        return self._command
-
     def _reset(self) -> None:
-        self._command = bytearray()
+        self._command = None
         self._data_set = None
         self._header = None
 
     def _command_complete(self, context_id: int) -> None:
         try:
-            header = decode_command(bytes(self._command))
+            header = decode_command(bytes(self._command or b""))
             if header.get(COMMAND_FIELD) not in _MESSAGE_TYPES:
                 raise CommandError(f"unknown Command Field {header.get(COMMAND_FIELD)!r}")
         except CommandError as exc:
@@ -258,7 +259,7 @@ class FastDIMSE(DIMSEServiceProvider):
     def _deliver(self, context_id: int) -> None:
         header = cast(dict[int, Any], self._header)
         data_set = self._data_set
-        command = bytes(self._command)
+        command = bytes(self._command or b"")
         self._reset()
         message_class = _MESSAGE_TYPES[header[COMMAND_FIELD]][1]
         if self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
@@ -286,12 +287,9 @@ def _primitive(class_name: str, header: dict[int, Any], data_set: BytesIO | None
     """pynetdicom's `DIMSEMessage.message_to_primitive`, from decoded values instead of a Dataset."""
     primitive: Any = _MSG_TO_PRIMITVE[class_name[: class_name.rfind("_R")]]()
     for tag, value in header.items():
-        keyword = _KEYWORDS.get(tag) or keyword_for_tag(tag)
-        if not hasattr(primitive, keyword):
-            continue
-        if isinstance(value, list) and tag not in _MULTIVALUED:
-            value = value[0] if value else None
-        setattr(primitive, keyword, value)
+        keyword = _KEYWORDS[tag]  # decode_command keeps only the command elements it knows
+        if hasattr(primitive, keyword):
+            setattr(primitive, keyword, value)
     data_set_keyword = _DATASET_KEYWORDS.get(class_name)
     if data_set_keyword is not None:
         setattr(primitive, data_set_keyword, data_set if data_set is not None else BytesIO())

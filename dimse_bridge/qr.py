@@ -354,17 +354,15 @@ def _sub_operations(
     """(0xFF00, data set) per instance for pynetdicom to send; (0xFE00, None) on C-CANCEL."""
     # A study is mostly one SOP class: its accepted syntaxes are looked up once, not per instance among the
     # ~120 contexts a getscu proposes.
-    syntaxes: dict[tuple[int, str], list[str]] = {}
+    syntaxes: dict[str, list[str]] = {}
     for sent, ref in enumerate(refs):
         if event.is_cancelled:
             log.info("%s cancelled after %d of %d sub-operations", who, sent, len(refs))
             yield status.CANCEL, None
             return
-        assoc = receiver()
-        key = (id(assoc), ref.sop_class_uid)
-        if key not in syntaxes:
-            syntaxes[key] = accepted_syntaxes(assoc, ref.sop_class_uid)
-        accepted = syntaxes[key]
+        if ref.sop_class_uid not in syntaxes:
+            syntaxes[ref.sop_class_uid] = accepted_syntaxes(receiver(), ref.sop_class_uid)
+        accepted = syntaxes[ref.sop_class_uid]
         if not accepted:
             log.warning(
                 "%s: instance %s not sent: no accepted presentation context for SOP class %s",
