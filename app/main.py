@@ -15,7 +15,21 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api import admin, aes, changes, delete, fhir, observability, qido, stow, wado, wado_uri
+from app.api import (
+    admin,
+    aes,
+    changes,
+    delete,
+    fhir,
+    observability,
+    qido,
+    stow,
+    wado_frames,
+    wado_instances,
+    wado_metadata,
+    wado_rendered,
+    wado_uri,
+)
 from app.api.auth import Authenticator, authorize
 from app.api.docs import include_docs
 from app.api.errors import (
@@ -115,7 +129,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RepositoryUnavailable, repository_unavailable_handler)
     app.include_router(stow.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     app.include_router(qido.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
-    app.include_router(wado.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    # WADO-RS, in the order its routes have always been matched.
+    app.include_router(wado_instances.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    app.include_router(wado_metadata.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    app.include_router(wado_frames.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    app.include_router(wado_rendered.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     # PS3.18 §9: /wado, outside the DICOMweb root as viewers expect
     app.include_router(wado_uri.router, dependencies=by_method)
     app.include_router(

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pydicom
 from dicomweb_client.api import DICOMwebClient
 
-from app.api.multipart import multipart_body
+from app.api.multipart_writer import multipart_body
 from bench.common import ct_copies, our_server, record
 
 

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from app.api.multipart import MultipartError, iter_parts, parse_content_type
+from app.api.multipart import MultipartError, parse_content_type
+from app.api.multipart_parser import iter_parts
 from app.api.qido_params import parse_qido
 from app.config import Settings
 from app.core.dicom.attributes import BY_KEYWORD, Level

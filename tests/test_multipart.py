@@ -11,15 +11,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from app.api.multipart import (
-    MultipartError,
-    Part,
+from app.api.multipart import MultipartError, parse_content_type
+from app.api.multipart_parser import Part, iter_parts
+from app.api.multipart_writer import (
     close_delimiter,
-    iter_parts,
     multipart_body,
     multipart_content_type,
     new_boundary,
-    parse_content_type,
     part_head,
     stream_multipart,
 )

@@ -31,7 +31,7 @@ from fastapi.responses import Response
 from app.api.accept import negotiate
 from app.api.dicom_response import DICOM_XML, negotiate_dataset_media_type, to_xml
 from app.api.errors import DicomWebError, check_uids, warning
-from app.api.multipart import multipart_body, multipart_content_type, new_boundary
+from app.api.multipart_writer import multipart_body, multipart_content_type, new_boundary
 from app.api.qido_params import parse_qido
 from app.api.urls import instance_url, series_url, service_root, study_url
 from app.core.dicom.attributes import Level

@@ -24,7 +24,8 @@ from fastapi.responses import Response
 
 from app.api.dicom_response import negotiate_dataset_media_type, render_dataset
 from app.api.errors import DicomWebError, check_uids, warning
-from app.api.multipart import MultipartError, Part, iter_parts, parse_content_type
+from app.api.multipart import MultipartError, parse_content_type
+from app.api.multipart_parser import Part, iter_parts
 from app.api.stow_json import JsonInstanceAssembler, unreadable
 from app.api.urls import instance_url, service_root, study_url
 from app.context import ArchiveContext

@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from app.api.multipart import Part, parse_content_type
+from app.api.multipart import parse_content_type
+from app.api.multipart_parser import Part
 from app.core.ingest.outcomes import FailureReason, StoreOutcome, StoreStatus
 
 # Bulk data of this form of STOW is held in memory until its metadata arrives; larger bodies should use

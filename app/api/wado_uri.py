@@ -22,7 +22,7 @@ from starlette.datastructures import QueryParams
 
 from app.api.accept import split_header
 from app.api.errors import DicomWebError, check_uids, domain_errors
-from app.api.wado import render_options
+from app.api.wado_rendered import render_options
 from app.core.dicom.uids import is_valid_uid
 from app.core.retrieve.bulk import PIXEL_DATA_TAGS
 from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedSyntaxes

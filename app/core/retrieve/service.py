@@ -11,8 +11,9 @@ Memory and the event loop: a study may be gigabytes, so an instance sent as stor
 in `CHUNK_SIZE` pieces read in worker threads, and never held whole. Only a transcoded instance, a frame or a
 rendered image is built in memory, one at a time, in a worker thread: frames are cut one per thread hop as
 they are sent, and renders (a decoded frame, its float copy and the output each) take turns, at most
-`RenderLimits.concurrency` at once. Pixel work (decoding, re-encoding, frame extraction, rendering) is
-delegated to app.core.retrieve.transcode and app.core.render.
+`RenderLimits.concurrency` at once. Opening and parsing the files (and the cache of parsed ones) is
+app.core.retrieve.files'; pixel work (decoding, re-encoding, frame extraction, rendering) is
+app.core.retrieve.transcode's and app.core.retrieve.render's.
 
 This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
 """
@@ -22,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -38,7 +38,7 @@ from app.core.query.model import QueryModel
 from app.core.records import StoredDataset, StoredInstance
 from app.core.retrieve import transcode as tc
 from app.core.retrieve.bulk import bulk_path, check_frame, frame_data, walk_path
-from app.core.retrieve.cache import DatasetCache
+from app.core.retrieve.files import StoredFiles
 from app.core.retrieve.negotiation import (
     AcceptedFrames,
     AcceptedSyntaxes,
@@ -55,7 +55,6 @@ from app.core.retrieve.outcomes import (
 )
 from app.core.retrieve.render import RenderError, RenderOptions, RenderRequestError, render, thumbnail
 from app.core.retrieve.streaming import (
-    CHUNK_SIZE,
     EncodedInstance,
     InstanceStream,
     in_batches,
@@ -88,7 +87,7 @@ class RetrieveService:
         # None: the settings' defaults (model_construct reads no environment), for callers that do not render.
         self.render_limits = render_limits or RenderLimits()
         self._render_turns = RenderTurns(self.render_limits)
-        self._datasets = DatasetCache(cache_bytes)
+        self._files = StoredFiles(storage, cache_bytes)
 
     # -- finding ---------------------------------------------------------------------------------------------
 
@@ -165,7 +164,7 @@ class RetrieveService:
         """
         target = self._target(ref, accepted)
         if target == ref.transfer_syntax_uid:
-            head, handle = await asyncio.to_thread(self._open_stored, ref)
+            head, handle = await asyncio.to_thread(self._files.open_stored, ref)
             return InstanceStream(ref, target, False, ref.size or None, head, handle)
         data = await asyncio.to_thread(self._transcoded_bytes, ref, target)
         return InstanceStream(ref, target, True, len(data), data)
@@ -215,7 +214,7 @@ class RetrieveService:
                     opened.append(None)  # to transcode, or not acceptable: one at a time, below
                     continue
                 try:
-                    head, handle = self._open_stored(ref)
+                    head, handle = self._files.open_stored(ref)
                 except RetrieveFailed as exc:
                     opened.append(exc)
                     continue
@@ -343,7 +342,7 @@ class RetrieveService:
             )
 
         def work() -> list[Frame]:
-            ds = self._read(ref, cache=True)
+            ds = self._files.read(ref, cache=True)
             if "PixelData" not in ds:
                 raise NotFound(f"instance {ref.sop_instance_uid} has no Pixel Data")
             stored = ref.transfer_syntax_uid
@@ -370,7 +369,7 @@ class RetrieveService:
 
         def work() -> list[Frame]:
             full = steps[0] >= 0x7FE00008
-            ds = self._read(ref, cache=True) if full else self._read_header(ref)
+            ds = self._files.read(ref, cache=True) if full else self._files.read_header(ref)
             value = walk_path(ds, steps, ref)
             return [Frame(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, value)]
 
@@ -413,51 +412,9 @@ class RetrieveService:
 
     def invalidate(self) -> None:
         """Forget cached parsed instances (after a delete or a replace, or in tests)."""
-        self._datasets.clear()
+        self._files.clear()
 
     # -- blocking helpers, run in worker threads -------------------------------------------------------------
-
-    def _open_stored(self, ref: StoredInstance) -> tuple[bytes, BinaryIO | None]:
-        """Open the file; a small one is read whole in the same thread hop (most instances are small)."""
-        try:
-            handle = self.storage.open(ref.storage_key)
-        except (OSError, ValueError) as exc:
-            raise RetrieveFailed(f"cannot open the file of {ref.sop_instance_uid}: {exc}") from exc
-        try:
-            head = handle.read(CHUNK_SIZE)
-            if len(head) < CHUNK_SIZE:
-                handle.close()
-                return head, None
-        except BaseException:
-            handle.close()
-            raise
-        return head, handle
-
-    def _read(self, ref: StoredInstance, *, cache: bool) -> Dataset:
-        key = (ref.storage_key, ref.size)
-        if cache:
-            found = self._datasets.get(key)
-            if found is not None:
-                return found
-        try:
-            with self.storage.open(ref.storage_key) as handle:
-                ds = pydicom.dcmread(handle)  # every value read now (no defer_size), so the file can close
-        except (OSError, ValueError) as exc:
-            raise RetrieveFailed(f"cannot read the file of {ref.sop_instance_uid}: {exc}") from exc
-        except Exception as exc:  # pydicom raises many kinds on damaged files
-            raise RetrieveFailed(f"cannot parse the file of {ref.sop_instance_uid}: {exc}") from exc
-        if cache:
-            self._datasets.put(key, ds)
-        return ds
-
-    def _read_header(self, ref: StoredInstance) -> Dataset:
-        try:
-            with self.storage.open(ref.storage_key) as handle:
-                return pydicom.dcmread(handle, stop_before_pixels=True)
-        except (OSError, ValueError) as exc:
-            raise RetrieveFailed(f"cannot read the file of {ref.sop_instance_uid}: {exc}") from exc
-        except Exception as exc:
-            raise RetrieveFailed(f"cannot parse the file of {ref.sop_instance_uid}: {exc}") from exc
 
     def _transcode(self, ds: Dataset, ref: StoredInstance, target: str) -> Dataset:
         try:
@@ -468,7 +425,7 @@ class RetrieveService:
             ) from exc
 
     def _transcoded_bytes(self, ref: StoredInstance, target: str) -> bytes:
-        ds = self._transcode(self._read(ref, cache=False), ref, target)
+        ds = self._transcode(self._files.read(ref, cache=False), ref, target)
         try:
             return tc.encode_part10(ds)
         except tc.TranscodeError as exc:
@@ -480,13 +437,13 @@ class RetrieveService:
         """The parsed instance (cached), once every one of `numbers` is known to be one of its frames."""
         if not numbers:
             raise InvalidRequest("no frame numbers were requested")
-        ds = self._read(ref, cache=True)
+        ds = self._files.read(ref, cache=True)
         for number in (min(numbers), max(numbers)):
             check_frame(ds, ref, number)
         return ds
 
     def _render(self, ref: StoredInstance, frame: int, make: Callable[[Dataset], bytes]) -> bytes:
-        ds = self._read(ref, cache=True)
+        ds = self._files.read(ref, cache=True)
         check_frame(ds, ref, frame)
         try:
             return make(ds)
