@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 def open_repository(settings: Settings) -> Repository:
     """SQLite unless a MongoDB URL is configured (the embedded default needs nothing installed)."""
     if settings.mongo_url:
-        from app.repository.mongo import MongoRepository
+        from app.repository.mongo.repository import MongoRepository
 
         return MongoRepository(settings.mongo_url, settings.mongo_database)
-    from app.repository.sqlite import SQLiteRepository
+    from app.repository.sqlite.repository import SQLiteRepository
 
     return SQLiteRepository(settings.sqlite_path)
 

@@ -2,13 +2,13 @@
 
 Run: `python bench/qido.py [--sizes 10000 100000] [--clients 4] [--seconds 10]`.
 
-For each size a fresh SQLite archive is filled through the repository's own unit of work (`sqlite._add`, the
-code every store runs, batched 2000 instances per transaction so 100k load in well under a minute) with records
-made from CT_small.dcm: 4 instances per study in 2 series, a patient per 2 studies, names drawn from a pool of
-made-up surnames and given names so that a 3-letter prefix matches a realistic fraction. Then the server runs
-as its own process (uvicorn, access log off, so the clients do not share its interpreter) and `--clients`
-concurrent httpx clients send each query for `--seconds` seconds. Figures: requests/s, p50 and p99 latency,
-and the mean number of results per answer.
+For each size a fresh SQLite archive is filled through the repository's own unit of work (`add` in
+app/repository/sqlite/unit_of_work.py, the code every store runs, batched 2000 instances per transaction so 100k
+load in well under a minute) with records made from CT_small.dcm: 4 instances per study in 2 series, a patient per
+2 studies, names drawn from a pool of made-up surnames and given names so that a 3-letter prefix matches a
+realistic fraction. Then the server runs as its own process (uvicorn, access log off, so the clients do not share
+its interpreter) and `--clients` concurrent httpx clients send each query for `--seconds` seconds. Figures:
+requests/s, p50 and p99 latency, and the mean number of results per answer.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from pydicom.data import get_testdata_file
 from app.core.dicom.values import name_words
 from app.core.ingest.header import build_record, read_header
 from app.core.records import InstanceRecord, LevelRecord
-from app.repository import sqlite as sqlite_repository
+from app.repository.sqlite import unit_of_work
+from app.repository.sqlite.repository import SQLiteRepository
 from bench.common import ROOT, free_port, record, wait_for_port
 
 SYLLABLES = ["AN", "BER", "CAR", "DO", "EL", "FI", "GRA", "HOL", "IN", "JO", "KAR", "LE", "MA", "NOR", "OS",
@@ -113,14 +114,14 @@ def _level(template: LevelRecord, values: dict[str, str | int], attributes: dict
 
 async def load(path: Path, count: int) -> float:
     """Fill a fresh archive through the repository's unit of work, BATCH instances per transaction."""
-    repository = sqlite_repository.SQLiteRepository(path)
+    repository = SQLiteRepository(path)
     await repository.open()
     start = time.perf_counter()
     batch: list[InstanceRecord] = []
 
     def store(conn: object, items: list[InstanceRecord]) -> None:
         for item in items:
-            sqlite_repository._add(conn, item)  # type: ignore[arg-type]
+            unit_of_work.add(conn, item)  # type: ignore[arg-type]
 
     for item in records(count):
         batch.append(item)

@@ -2,11 +2,11 @@
 
 Run: `python bench/scale.py [--sizes 10000 100000 1000000] [--seconds 5] [--stow 500]`.
 
-One SQLite archive grows step by step: instance records (bench/qido.py's `records`: 4 instances per study in
-2 series, a patient per 2 studies, made-up names, dates over 2010-2024) are loaded through the repository's
-own unit of work, 2000 instances per transaction (`sqlite._add`, the code every store runs; no files are
-written, the records name files that do not exist, which QIDO never reads; the start-up sweep is turned off
-so that it does not remove them). At each size our server starts on
+One SQLite archive grows step by step: instance records (bench/qido.py's `records`: 4 instances per study in 2
+series, a patient per 2 studies, made-up names, dates over 2010-2024) are loaded through the repository's own unit
+of work, 2000 instances per transaction (`add` in app/repository/sqlite/unit_of_work.py, the code every store
+runs; no files are written, the records name files that do not exist, which QIDO never reads; the start-up sweep
+is turned off so that it does not remove them). At each size our server starts on
 that archive (`python -m app serve`, default settings, fsync on) and is measured:
 - QIDO-RS by PatientID, by wildcard name (`limit=50`), by a 10-day date range + ModalitiesInStudy=CT
   (`limit=50`) and by ModalitiesInStudy=CT alone (`limit=50`): p50/p99 with 1 client (latency), req/s with
@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.repository import sqlite as sqlite_repository
+from app.repository.sqlite import unit_of_work
+from app.repository.sqlite.repository import SQLiteRepository
 from bench.common import ct_copies, our_server, record
 from bench.qido import BATCH, INSTANCES_PER_STUDY, STUDIES_PER_PATIENT, measure, records, surnames
 from bench.stow import stow
@@ -39,13 +40,13 @@ from bench.stow import stow
 
 async def grow(path: Path, start: int, stop: int) -> float:
     """Add records start..stop-1 to the archive at `path`, BATCH per transaction; seconds taken."""
-    repository = sqlite_repository.SQLiteRepository(path)
+    repository = SQLiteRepository(path)
     await repository.open()
     began = time.perf_counter()
 
     def store(conn: object, items: list[object]) -> None:
         for item in items:
-            sqlite_repository._add(conn, item)  # type: ignore[arg-type]
+            unit_of_work.add(conn, item)  # type: ignore[arg-type]
 
     source = itertools.islice(records(stop), start, None)
     while batch := list(itertools.islice(source, BATCH)):

@@ -24,8 +24,8 @@ from app.config import Settings
 from app.core.ingest.header import Header, build_record, read_header
 from app.core.ports import Repository
 from app.core.records import InstanceRecord
-from app.repository.mongo import MongoRepository
-from app.repository.sqlite import SQLiteRepository
+from app.repository.mongo.repository import MongoRepository
+from app.repository.sqlite.repository import SQLiteRepository
 from tests.servers import ArchiveServer, free_port, running_archive
 from tests.tools import stop
 

@@ -32,7 +32,7 @@ from app.core.ingest.header import dataset_json, read_header
 from app.core.ingest.parsing import Parsed, ParseFailure, parse_instance
 from app.core.ingest.raw_header import read_json
 from app.core.query.model import QueryError
-from app.repository.sqlite import SQLiteRepository
+from app.repository.sqlite.repository import SQLiteRepository
 from tests import dicom_files
 from tests.servers import ArchiveServer, running_archive
 

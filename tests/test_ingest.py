@@ -17,7 +17,7 @@ from app.config import Settings
 from app.context import ArchiveContext
 from app.core.ingest.outcomes import DuplicatePolicy, FailureReason, StoreStatus
 from app.core.lifecycle.sweep import sweep
-from app.repository.sqlite import SQLiteRepository
+from app.repository.sqlite.repository import SQLiteRepository
 from tests import dicom_files
 from tests.servers import running_archive
 

@@ -5,7 +5,7 @@ Checked: no error on any door, no lost instance (every acknowledged instance is 
 has the SHA-256 of what was sent; nothing else is held), readers get back exactly the bytes sent, and the
 server's memory is stable: peak RSS under `PEAK_RSS_MIB`, and the resident size of the last quarter of the run
 no more than `RSS_GROWTH_MIB` above the second quarter's. Some growth is expected and bounded: each SQLite
-connection keeps a page cache of up to 64 MiB (app/repository/sqlite.py), which fills as the index grows (about
+connection keeps a page cache of up to 64 MiB (app/repository/sqlite/connection.py), which fills as the index grows (about
 40 MiB over a run here); a leak per request or per association would go past it. The figures (instances sent
 and acknowledged, reads, peak RSS) are printed; run with -s.
 

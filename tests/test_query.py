@@ -1,5 +1,5 @@
 """The query model (app/core/query/), its two parsers (app/api/qido_params.py, dimse_bridge/identifier.py) and
-its two compilers (sqlite_query.py, mongo_query.py).
+its two compilers (app/repository/sqlite/search.py, app/repository/mongo/search.py).
 
 Parser rules with examples, properties that hold for any input (hypothesis), the indexes the compiled queries
 use, and a differential test: the SQLite and MongoDB compilers must give the same answers to random queries
@@ -33,12 +33,12 @@ from app.core.query.matching import parse_value
 from app.core.query.model import ALL, Match, MatchKind, QueryError, QueryModel
 from app.core.query.patterns import prefix_successor, wildcard_regex
 from app.core.records import InstanceRecord
-from app.repository import sqlite_query
-from app.repository.mongo import MongoRepository
-from app.repository.mongo_query import explain as mongo_explain
-from app.repository.sqlite import SQLiteRepository
-from app.repository.sqlite_query import condition_sql
-from app.repository.sqlite_query import explain as sqlite_explain
+from app.repository.mongo.repository import MongoRepository
+from app.repository.mongo.search import explain as mongo_explain
+from app.repository.sqlite import search as sqlite_search
+from app.repository.sqlite.repository import SQLiteRepository
+from app.repository.sqlite.search import condition_sql
+from app.repository.sqlite.search import explain as sqlite_explain
 from dimse_bridge.identifier import from_identifier
 from tests.conftest import make_record, opened_repository
 
@@ -429,7 +429,7 @@ async def test_the_compiled_queries_use_indexes(
 async def test_a_common_modality_is_walked_study_by_study_and_a_rare_one_drawn_from_its_series(
     repository: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_query, "COMMON_LOWER_MATCHES", 3)  # "common" from 3 series up, not 1000
+    monkeypatch.setattr(sqlite_search, "COMMON_LOWER_MATCHES", 3)  # "common" from 3 series up, not 1000
     await _store(repository, [
         make_record(StudyInstanceUID=f"1.2.{n}", SeriesInstanceUID=f"1.4.{n}", SOPInstanceUID=f"1.3.{n}",
                     Modality="MR" if n == 2 else "CT")

@@ -2,10 +2,11 @@
 implemented by SQLite (embedded default) and MongoDB in app/repository/. Declared here, beside the services, so
 core depends on nothing above it; the remote AE registry's role (AEStore) is declared with its service in aes.py.
 
-Both implementations are exercised by one contract suite (tests/test_repository_contract.py), so a service
-never needs to know which one it talks to. Aggregates (NumberOfStudyRelatedInstances, ModalitiesInStudy...) are
-maintained by the repository in the same unit of work as the instance, because only it sees every store and
-delete from every door.
+Both implementations are exercised by one contract suite (tests/repository/, a file per role; the change feed,
+completion and outbox parts are in tests/test_study_lifecycle.py, the cursors' in tests/test_webhooks.py), so a
+service never needs to know which one it talks to. Aggregates (NumberOfStudyRelatedInstances,
+ModalitiesInStudy...) are maintained by the repository in the same unit of work as the instance, because only it
+sees every store and delete from every door.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ identifier (dimse_bridge/identifier.py).
 
 QIDO-RS (PS3.18 10.6) and C-FIND (PS3.4 C.4.1) ask the same question in two syntaxes, so both doors parse into
 one `QueryModel` and one repository method (`Repository.search`) answers it: the matching rules of PS3.4
-C.2.2.2 are implemented once per backend, in `app/repository/sqlite_query.py` and `mongo_query.py`, and can
+C.2.2.2 are implemented once per backend, in `app/repository/sqlite/search.py` and `mongo/search.py`, and can
 never drift apart between the doors.
 
 Everything a compiler needs is decided here, so the two compilers only translate:

@@ -1,7 +1,7 @@
-"""The remote-AE part of the Repository contract and the AERegistry over it, on SQLite and MongoDB alike.
+"""The AEStore part of the Repository contract and the AERegistry over it, on SQLite and MongoDB alike.
 
-Uses the `repository` fixture of tests/conftest.py (parametrised over both stores), as the main contract suite
-(tests/test_repository_contract.py) does. Parsing and validation of AE entries are tested here too.
+Uses the `repository` fixture of tests/conftest.py (parametrised over both stores), as the rest of the contract
+suite (tests/repository/) does. Parsing and validation of AE entries are tested here too.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""QueryModel -> MongoDB filters over the MongoRepository collections, and the search that runs them.
+"""The MongoDB store's Search role: QueryModel -> MongoDB filters over the collections (layout.py), and the
+search that runs them.
 
-The same rules as the SQL compiler (app/repository/sqlite_query.py), in MongoDB's terms, each written so an
+The same rules as the SQL compiler (app/repository/sqlite/search.py), in MongoDB's terms, each written so an
 index serves it (migrations/mongo/0001_indexes.json):
 
 * single values and lists are equality / `$in` on indexed fields;
@@ -30,8 +31,8 @@ from app.core.dicom.attributes import LEVEL_KEY, LEVEL_TABLE, Level, aggregates_
 from app.core.query.answers import aggregate_json, assemble
 from app.core.query.model import Match, MatchKind, QueryModel, SearchResult, depth, table_level
 from app.core.query.patterns import literal_prefix, prefix_successor, wildcard_regex
-
-Document = dict[str, Any]
+from app.repository.mongo.connection import MongoConnection, guarded
+from app.repository.mongo.layout import Document, multi_path
 
 
 def value_filter(match: Match) -> Document:
@@ -66,16 +67,6 @@ def prefix_range(prefix: str) -> Document:
     return {"$gte": prefix} if successor is None else {"$gte": prefix, "$lt": successor}
 
 
-def multi_key(key: str) -> str:
-    """An attribute key as a field name of the `multi` sub-document: field names cannot hold dots."""
-    return key.replace(".", "_")
-
-
-def multi_path(key: str) -> str:
-    """The array of an attribute key's values."""
-    return "multi." + multi_key(key)
-
-
 def match_filter(match: Match, field: str | None = None) -> Document:
     """The filter for one match on a document of the level that holds the attribute."""
     if match.fuzzy:
@@ -101,7 +92,14 @@ def _and(filters: list[Document]) -> Document:
     return filters[0] if len(filters) == 1 else {"$and": filters}
 
 
-class MongoSearch:
+class MongoSearch(MongoConnection):
+    async def search(self, query: QueryModel) -> SearchResult:
+        """QIDO-RS / C-FIND matching, compiled to MongoDB filters by this module."""
+        with guarded():
+            return await run_search(self._db, query)
+
+
+class MongoQuery:
     """One search over a database laid out by MongoRepository."""
 
     def __init__(self, db: AsyncDatabase[Document], model: QueryModel) -> None:
@@ -237,12 +235,12 @@ class MongoSearch:
 
 
 async def run_search(db: AsyncDatabase[Document], model: QueryModel) -> SearchResult:
-    return await MongoSearch(db, model).run()
+    return await MongoQuery(db, model).run()
 
 
 async def explain(db: AsyncDatabase[Document], model: QueryModel) -> Document:
     """The server's explain of the page query (tests assert that an index scan serves it)."""
-    search = MongoSearch(db, model)
+    search = MongoQuery(db, model)
     query = await search.filter()
     result: Document = await db.command(
         "explain", {"find": LEVEL_TABLE[model.level], "filter": query or {}, "sort": {"_id": 1}}

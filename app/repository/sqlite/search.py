@@ -1,4 +1,5 @@
-"""QueryModel -> SQL over the SQLite schema (migrations/sqlite), and the search that runs it.
+"""The SQLite store's Search role: QueryModel -> SQL over the SQLite schema (migrations/sqlite), and the
+search that runs it on a reader thread.
 
 Every condition is written so an index can serve it, because QIDO-RS answers a viewer's study list and a
 full scan of 100 000 studies per keystroke is not an option:
@@ -31,6 +32,7 @@ from app.core.dicom.attributes import LEVEL_KEY, LEVEL_TABLE, Attribute, Level, 
 from app.core.query.answers import aggregate_json, assemble
 from app.core.query.model import Match, MatchKind, QueryModel, SearchResult, depth, table_level
 from app.core.query.patterns import literal_prefix, prefix_successor
+from app.repository.sqlite.connection import SQLiteConnection
 
 ALIASES: dict[Level, str] = {Level.PATIENT: "p", Level.STUDY: "st", Level.SERIES: "se", Level.IMAGE: "i"}
 _ORDER_KEY: dict[Level, str] = {
@@ -325,6 +327,12 @@ def _planned(conn: sqlite3.Connection, model: QueryModel) -> CompiledQuery:
     ):
         return compile_query(model, walk_studies=True)
     return compiled
+
+
+class SQLiteSearch(SQLiteConnection):
+    async def search(self, query: QueryModel) -> SearchResult:
+        """QIDO-RS / C-FIND matching, compiled to SQL by this module."""
+        return await self._read(lambda conn: run_search(conn, query))
 
 
 def run_search(conn: sqlite3.Connection, model: QueryModel) -> SearchResult:

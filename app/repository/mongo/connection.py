@@ -1,0 +1,102 @@
+"""The MongoDB store's connection (the Connection role): the client, the collections, and the migrations.
+
+The other roles (instances.py, search.py, feed.py, aes.py, repair.py) build on this class and wrap every call
+to the server in `guarded`, so a server that cannot be reached is the repository's own outcome wherever it
+happens. Migrations here are index specifications (migrations/mongo), as MongoDB has no schema to change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypedDict
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
+
+import migrations
+from app.core.ports import RepositoryUnavailable
+from app.repository.mongo.layout import Document
+
+
+class IndexSpec(TypedDict, total=False):
+    collection: str
+    name: str
+    keys: list[list[str | int]]
+    unique: bool
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Turn "the server cannot be reached" into the repository's own outcome (503 / 0xA700 at the doors).
+
+    ConnectionFailure is the parent of AutoReconnect, NetworkTimeout, NotPrimaryError and
+    ServerSelectionTimeoutError, so catching it covers every form of the server going away.
+    """
+    try:
+        yield
+    except ConnectionFailure as exc:
+        raise RepositoryUnavailable(f"MongoDB: {exc}") from exc
+
+
+class MongoConnection:
+    def __init__(self, url: str, database: str, *, server_selection_timeout_ms: int = 2000) -> None:
+        self.url = url
+        self.database = database
+        # A short server selection timeout makes an unreachable server an error in seconds, not the driver's
+        # default 30 s for every request; the same bound applies to establishing a connection.
+        self._client: AsyncMongoClient[Document] = AsyncMongoClient(
+            url,
+            serverSelectionTimeoutMS=server_selection_timeout_ms,
+            connectTimeoutMS=server_selection_timeout_ms,
+        )
+        db: AsyncDatabase[Document] = self._client[database]
+        self._db = db
+        self._patients: AsyncCollection[Document] = db["patients"]
+        self._studies: AsyncCollection[Document] = db["studies"]
+        self._series: AsyncCollection[Document] = db["series"]
+        self._instances: AsyncCollection[Document] = db["instances"]
+        self._migrations: AsyncCollection[Document] = db["schema_migrations"]
+        self._changes: AsyncCollection[Document] = db["changes"]
+        self._counters: AsyncCollection[Document] = db["counters"]
+        self._outbox: AsyncCollection[Document] = db["outbox"]
+        self._remote_aes: AsyncCollection[Document] = db["remote_aes"]
+        self._cursors: AsyncCollection[Document] = db["cursors"]
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        with guarded():
+            applied = {doc["_id"] async for doc in self._migrations.find({}, {"_id": 1})}
+            for version, name, text in migrations.steps("mongo"):
+                if version in applied:
+                    continue
+                specs: list[IndexSpec] = json.loads(text)
+                # Creating an index that already exists with the same keys and options is a no-op, so a crash
+                # between the indexes and the version document is repaired by running the step again.
+                for spec in specs:
+                    await self._db[spec["collection"]].create_index(
+                        [(str(field), int(direction)) for field, direction in spec["keys"]],
+                        name=spec["name"],
+                        unique=spec.get("unique", False),
+                    )
+                await self._migrations.update_one(
+                    {"_id": version},
+                    {"$setOnInsert": {"name": name, "applied_at": time.time()}},
+                    upsert=True,
+                )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ping(self) -> None:
+        with guarded():
+            await self._client.admin.command("ping")
+
+    async def schema_version(self) -> int:
+        with guarded():
+            doc = await self._migrations.find_one({}, sort=[("_id", -1)])
+        return 0 if doc is None else int(doc["_id"])

@@ -1,0 +1,281 @@
+"""The MongoDB instance index's unit of work: the writes of one store or delete, and the counts kept with them.
+
+MongoDB standalone servers have no multi-document transactions, so one store is a sequence of single-document
+writes, each atomic, ordered so that what a reader sees is never worse than a count one too high:
+
+* add: series, study, patient documents (upsert + `$inc` in ONE atomic operation each, so an empty level
+  deleted by a concurrent remove can never swallow the count), then the instance document, then the
+  ModalitiesInStudy / SOPClassesInStudy sets (`$addToSet`, atomic under concurrency);
+* remove: the instance document first (`find_one_and_delete`: of two concurrent removers exactly one gets it
+  and corrects the counts), then the counts, deleting a level only while its count is still zero, then the sets
+  (a value is pulled only when no series/instance of the study holds it, and looked for again after the pull
+  in case a concurrent store added a holder meanwhile).
+
+A crash (or lost connection) between those writes leaves at most: a study/series/patient with counts one too
+high, possibly with no instance (crash before the instance insert, or after the instance delete), or a patient
+whose study moved to another patient with stale counts. No instance is ever left without its series, study and
+patient, and no file is lost: the instance documents are the truth. A retried store then succeeds normally but
+the counts stay one too high; `recount_study` (repair.py) recomputes a study's counts and sets from its
+instance documents (and drops emptied levels). An error that is not the server going away (document too large,
+not encodable) undoes the counts before it is raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
+
+from app.core.dicom.attributes import Kind, Level, stored_at
+from app.core.records import InstanceRecord, LevelRecord, StoredInstance
+from app.repository.mongo.connection import MongoConnection
+from app.repository.mongo.layout import (
+    INSTANCE_PROJECTION,
+    MODALITIES,
+    PATIENT_INSTANCES,
+    PATIENT_SERIES,
+    PATIENT_STUDIES,
+    SERIES_INSTANCES,
+    SOP_CLASSES,
+    STUDY_INSTANCES,
+    STUDY_SERIES,
+    Document,
+    multi_key,
+    stored,
+)
+
+
+class MongoUnitOfWork(MongoConnection):
+    async def _add(self, record: InstanceRecord) -> bool:
+        """Add the instance and count it; False when another store of the same SOP Instance UID won."""
+        now = time.time()
+        series_fields = _fields(Level.SERIES, record.series)
+        series_before = await self._upsert(
+            self._series,
+            {"series_instance_uid": record.series_instance_uid},
+            {
+                "$set": {
+                    **series_fields,
+                    "series_instance_uid": record.series_instance_uid,
+                    "study_instance_uid": record.study_instance_uid,
+                    "attributes": record.series.attributes,
+                    "multi": _multi(record.series.multi),
+                    "updated_at": now,
+                },
+                "$inc": {SERIES_INSTANCES: 1},
+            },
+            {"_id": 0, "modality": 1},
+        )
+        new_series = series_before is None
+
+        patient_fields = _fields(Level.PATIENT, record.patient)
+        study_before = await self._upsert(
+            self._studies,
+            {"study_instance_uid": record.study_instance_uid},
+            {
+                "$set": {
+                    "patient_key": record.patient_key,
+                    **patient_fields,
+                    **_fields(Level.STUDY, record.study),
+                    "study_instance_uid": record.study_instance_uid,
+                    "study_datetime": record.study.values.get("study_datetime"),
+                    # In the Study Root model the patient's attributes are study attributes (PS3.4 C.6.2.1).
+                    "attributes": {**record.patient.attributes, **record.study.attributes},
+                    "multi": _multi({**record.patient.multi, **record.study.multi}),
+                    # `updated_at` is the study's last activity; completion is pending until the tracker
+                    # (app/core/lifecycle/completion.py) reports it. Part of this upsert, so it costs no round trip.
+                    "updated_at": now,
+                    "completion_pending": True,
+                },
+                "$inc": {STUDY_INSTANCES: 1, STUDY_SERIES: int(new_series)},
+                "$setOnInsert": {MODALITIES: [], SOP_CLASSES: []},
+            },
+            {"_id": 0, "patient_key": 1, STUDY_SERIES: 1, STUDY_INSTANCES: 1},
+        )
+        # An instance naming another patient for an existing study moves the study to that patient (the newest
+        # instance's patient attributes win, as for every other study attribute): its counts go with it.
+        old_patient = study_before.get("patient_key") if study_before else None
+        moved = old_patient is not None and old_patient != record.patient_key
+        carried_series = int(study_before.get(STUDY_SERIES, 0)) if moved and study_before else 0
+        carried_instances = int(study_before.get(STUDY_INSTANCES, 0)) if moved and study_before else 0
+        await self._upsert(
+            self._patients,
+            {"patient_key": record.patient_key},
+            {
+                "$set": {
+                    **patient_fields,
+                    "patient_key": record.patient_key,
+                    "attributes": record.patient.attributes,
+                    "multi": _multi(record.patient.multi),
+                },
+                "$inc": {
+                    PATIENT_STUDIES: int(study_before is None or moved),
+                    PATIENT_SERIES: int(new_series) + carried_series,
+                    PATIENT_INSTANCES: 1 + carried_instances,
+                },
+            },
+            {"_id": 1},
+        )
+        if moved and old_patient is not None:
+            await self._uncount_patient(
+                old_patient, studies=1, series=carried_series, instances=carried_instances
+            )
+
+        try:
+            await self._instances.insert_one(
+                {
+                    **_fields(Level.IMAGE, record.instance),
+                    "sop_instance_uid": record.sop_instance_uid,
+                    "series_instance_uid": record.series_instance_uid,
+                    "study_instance_uid": record.study_instance_uid,
+                    "sop_class_uid": record.sop_class_uid,
+                    "transfer_syntax_uid": record.transfer_syntax_uid,
+                    "storage_key": record.storage_key,
+                    "size": record.size,
+                    "attributes": record.instance.attributes,
+                    "multi": _multi(record.instance.multi),
+                    "dataset": record.dataset_json,
+                    "created_at": now,
+                }
+            )
+        except DuplicateKeyError:
+            await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
+            return False
+        except ConnectionFailure:
+            raise  # nothing more can be written; the counts stay one too high (see the module docstring)
+        except Exception:
+            # Too large for a document, or not encodable: the instance is not stored, so neither is its count.
+            await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
+            raise
+
+        # Added after the instance exists, so a remover that looks for holders after its pull sees this one.
+        additions: Document = {SOP_CLASSES: record.sop_class_uid}
+        modality = series_fields.get("modality")
+        if modality:
+            additions[MODALITIES] = modality
+        await self._studies.update_one(
+            {"study_instance_uid": record.study_instance_uid}, {"$addToSet": additions}
+        )
+        old_modality = series_before.get("modality") if series_before else None
+        if old_modality and old_modality != modality:
+            await self._drop_if_unused(
+                record.study_instance_uid, MODALITIES, self._series, "modality", old_modality
+            )
+        return True
+
+    async def _remove(self, sop_instance_uid: str) -> StoredInstance | None:
+        doc = await self._instances.find_one_and_delete(
+            {"sop_instance_uid": sop_instance_uid}, projection=INSTANCE_PROJECTION
+        )
+        if doc is None:
+            return None
+        await self._uncount(doc["study_instance_uid"], doc["series_instance_uid"], doc["sop_class_uid"])
+        return stored(doc)
+
+    async def _uncount(self, study_uid: str, series_uid: str, sop_class_uid: str) -> None:
+        """Take one instance out of the counts; levels left empty go."""
+        series_after = await self._series.find_one_and_update(
+            {"series_instance_uid": series_uid},
+            {"$inc": {SERIES_INSTANCES: -1}},
+            projection={"_id": 0, SERIES_INSTANCES: 1, "modality": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        series_gone = series_after is not None and await self._delete_if_empty(
+            self._series, "series_instance_uid", series_uid, SERIES_INSTANCES, series_after
+        )
+        study_after = await self._studies.find_one_and_update(
+            {"study_instance_uid": study_uid},
+            {"$inc": {STUDY_INSTANCES: -1, STUDY_SERIES: -int(series_gone)}},
+            projection={"_id": 0, "patient_key": 1, STUDY_INSTANCES: 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if study_after is None:
+            return
+        study_gone = await self._delete_if_empty(
+            self._studies, "study_instance_uid", study_uid, STUDY_INSTANCES, study_after
+        )
+        await self._uncount_patient(
+            study_after["patient_key"], studies=int(study_gone), series=int(series_gone), instances=1
+        )
+        if study_gone:
+            return
+        await self._drop_if_unused(study_uid, SOP_CLASSES, self._instances, "sop_class_uid", sop_class_uid)
+        if series_gone and series_after and series_after.get("modality"):
+            await self._drop_if_unused(
+                study_uid, MODALITIES, self._series, "modality", series_after["modality"]
+            )
+
+    async def _uncount_patient(self, patient_key: str, *, studies: int, series: int, instances: int) -> None:
+        after = await self._patients.find_one_and_update(
+            {"patient_key": patient_key},
+            {"$inc": {PATIENT_STUDIES: -studies, PATIENT_SERIES: -series, PATIENT_INSTANCES: -instances}},
+            projection={"_id": 0, PATIENT_INSTANCES: 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if after is not None:
+            await self._delete_if_empty(self._patients, "patient_key", patient_key, PATIENT_INSTANCES, after)
+
+    @staticmethod
+    async def _delete_if_empty(
+        collection: AsyncCollection[Document], key: str, value: str, counter: str, after: Document
+    ) -> bool:
+        if after.get(counter, 0) > 0:
+            return False
+        # The count is part of the filter: a store that counted itself in meanwhile keeps the document.
+        result = await collection.delete_one({key: value, counter: {"$lte": 0}})
+        return result.deleted_count == 1
+
+    async def _drop_if_unused(
+        self, study_uid: str, array: str, holders: AsyncCollection[Document], field: str, value: str
+    ) -> None:
+        """Pull `value` from the study's `array` unless a series/instance of the study still holds it."""
+        holder = {"study_instance_uid": study_uid, field: value}
+        if await holders.find_one(holder, {"_id": 1}) is not None:
+            return
+        await self._studies.update_one({"study_instance_uid": study_uid}, {"$pull": {array: value}})
+        # A store that inserted a holder before the pull may have spent its $addToSet before it too: look again.
+        if await holders.find_one(holder, {"_id": 1}) is not None:
+            await self._studies.update_one({"study_instance_uid": study_uid}, {"$addToSet": {array: value}})
+
+    @staticmethod
+    async def _upsert(
+        collection: AsyncCollection[Document],
+        key: Document,
+        update: Document,
+        projection: Mapping[str, int],
+    ) -> Document | None:
+        """Upsert in one atomic operation; None when this call created the document, else the document as it
+        was before (empty when it was created by a concurrent call whose values are not known)."""
+        new_id = ObjectId()
+        update = {**update, "$setOnInsert": {**update.get("$setOnInsert", {}), "_id": new_id}}
+        try:
+            before = await collection.find_one_and_update(
+                key, update, projection=projection, upsert=True, return_document=ReturnDocument.BEFORE
+            )
+        except DuplicateKeyError:
+            # Two upserts of a new key at once: one inserted, the other hit the unique index. Now the
+            # document exists, so the same operation is a plain update.
+            before = await collection.find_one_and_update(
+                key, update, projection=projection, upsert=True, return_document=ReturnDocument.BEFORE
+            )
+        if before is not None:
+            return before
+        # SecantusDB answers "no document before" to EVERY one of several concurrent upserts of a new key; the
+        # _id written on insert says which call created it. (Real MongoDB answers right; there this one read
+        # per new series/study/patient only confirms it.)
+        created = await collection.find_one(key, {"_id": 1})
+        return None if created is None or created["_id"] == new_id else {}
+
+
+def _multi(values: Mapping[str, list[str]]) -> Document:
+    # Duplicates would only bloat the multikey index; order is kept for readability.
+    return {multi_key(key): list(dict.fromkeys(v)) for key, v in values.items()}
+
+
+def _fields(level: Level, record: LevelRecord) -> Document:
+    # Every column, None included, so a value missing from a newer instance clears the old one (as in SQLite).
+    return {a.field: record.values.get(a.field) for a in stored_at(level) if a.kind is Kind.COLUMN}

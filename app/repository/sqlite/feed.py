@@ -1,0 +1,135 @@
+"""The SQLite store's study-lifecycle roles: the change feed, completion tracking, the outbox and the cursors.
+
+Each is a small table of its own (migrations/sqlite), written on the writer thread like everything else. The
+completion role only reads and clears `study_activity`: the store itself marks a study pending, in the same
+transaction as the instance (unit_of_work.py), so tracking costs no extra round trip and survives a restart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from app.core.lifecycle.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
+from app.repository.sqlite.connection import SQLiteConnection
+
+
+class SQLiteChangeFeed(SQLiteConnection):
+    async def append_changes(self, changes: Sequence[NewChange]) -> int:
+        def append(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO changes (kind, study_instance_uid, series_instance_uid, sop_instance_uid, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(c.kind, c.study_instance_uid, c.series_instance_uid, c.sop_instance_uid, c.at) for c in changes],
+            )
+            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+
+        return await self._write(append)
+
+    async def changes(self, since: int, limit: int) -> list[Change]:
+        sql = (
+            "SELECT seq, kind, study_instance_uid, series_instance_uid, sop_instance_uid, at FROM changes "
+            "WHERE seq > ? ORDER BY seq LIMIT ?"
+        )
+        return await self._read(lambda conn: [Change(*row) for row in conn.execute(sql, (since, limit))])
+
+    async def last_change_seq(self) -> int:
+        return await self._read(
+            lambda conn: int(conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+        )
+
+
+class SQLiteCompletion(SQLiteConnection):
+    async def pending_completions(self, quiet_before: float, limit: int) -> list[PendingStudy]:
+        sql = (
+            "SELECT study_instance_uid, activity_at FROM study_activity WHERE pending = 1 AND activity_at <= ? "
+            "ORDER BY activity_at LIMIT ?"
+        )
+        return await self._read(
+            lambda conn: [PendingStudy(*row) for row in conn.execute(sql, (quiet_before, limit))]
+        )
+
+    async def mark_completed(self, study_instance_uid: str, activity_at: float) -> bool:
+        def mark(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE study_activity SET pending = 0 WHERE study_instance_uid = ? AND activity_at = ? "
+                "AND pending = 1",
+                (study_instance_uid, activity_at),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(mark)
+
+
+class SQLiteOutbox(SQLiteConnection):
+    async def outbox_put(self, target: str, key: str, payload: str) -> None:
+        now = time.time()
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO outbox (target, key, payload, version, attempts, next_attempt_at, last_error, "
+                "created_at) VALUES (?, ?, ?, 1, 0, ?, NULL, ?) ON CONFLICT (target, key) DO UPDATE SET "
+                "payload = excluded.payload, version = version + 1, attempts = 0, "
+                "next_attempt_at = excluded.next_attempt_at",
+                (target, key, payload, now, now),
+            )
+        )
+
+    async def outbox_due(self, target: str, now: float, limit: int) -> list[OutboxEntry]:
+        sql = (
+            "SELECT target, key, payload, version, attempts, next_attempt_at, last_error, created_at FROM outbox "
+            "WHERE target = ? AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
+        )
+        return await self._read(
+            lambda conn: [OutboxEntry(*row) for row in conn.execute(sql, (target, now, limit))]
+        )
+
+    async def outbox_done(self, target: str, key: str, version: int) -> bool:
+        def done(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM outbox WHERE target = ? AND key = ? AND version = ?", (target, key, version)
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(done)
+
+    async def outbox_retry(self, target: str, key: str, version: int, next_attempt_at: float, error: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                "WHERE target = ? AND key = ? AND version = ?",
+                (next_attempt_at, error, target, key, version),
+            )
+        )
+
+    async def outbox_status(self, target: str) -> OutboxStatus:
+        def read(conn: sqlite3.Connection) -> OutboxStatus:
+            pending, failing, oldest = conn.execute(
+                "SELECT count(*), coalesce(sum(attempts > 0), 0), min(created_at) FROM outbox WHERE target = ?",
+                (target,),
+            ).fetchone()
+            row = conn.execute(
+                "SELECT last_error FROM outbox WHERE target = ? AND last_error IS NOT NULL "
+                "ORDER BY next_attempt_at DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+            return OutboxStatus(int(pending), int(failing), oldest, None if row is None else row[0])
+
+        return await self._read(read)
+
+
+class SQLiteCursors(SQLiteConnection):
+    async def get_cursor(self, name: str) -> int | None:
+        row = await self._read(
+            lambda conn: conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+        )

@@ -1,0 +1,343 @@
+"""The SQLite instance index's unit of work: what one store or delete writes, run on the writer thread.
+
+Each instance is one transaction (a savepoint inside a group commit, see `store_each`): the instance row, its
+series, study and patient rows, the multi-valued index, and every aggregate change commit together or not at
+all. The aggregates (NumberOfStudyRelatedInstances, ModalitiesInStudy...) are kept here, in the same transaction
+as the instance, because only the repository sees every store and delete from every door. The benchmarks fill
+archives through `add` too, so they measure the code every store runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from app.core.dicom.attributes import LEVEL_TABLE, Kind, Level, stored_at
+from app.core.records import InstanceRecord, LevelRecord, StoredInstance
+
+INSTANCE_COLUMNS = (
+    "study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid, transfer_syntax_uid, "
+    "storage_key, size"
+)
+STUDY_COUNTS = "number_of_study_related_series, number_of_study_related_instances"
+
+
+@functools.cache
+def _columns(level: Level) -> tuple[str, ...]:
+    return tuple(a.field for a in stored_at(level) if a.kind is Kind.COLUMN)
+
+
+@functools.cache
+def _instance_columns() -> tuple[str, ...]:
+    """The image-level columns after the four UIDs that open the instances row."""
+    return tuple(c for c in _columns(Level.IMAGE) if c not in ("sop_instance_uid", "sop_class_uid"))
+
+
+@functools.cache
+def _insert_instance_sql() -> str:
+    return (
+        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
+        + ", ".join(f'"{c}"' for c in _instance_columns())
+        + ", transfer_syntax_uid, storage_key, size, attributes, dataset, created_at) VALUES ("
+        + ", ".join("?" * (len(_instance_columns()) + 10))
+        + ")"
+    )
+
+
+def stored(row: sqlite3.Row) -> StoredInstance:
+    return StoredInstance(*row)
+
+
+def store_each(
+    conn: sqlite3.Connection, records: Sequence[InstanceRecord]
+) -> list[StoredInstance | Exception | None]:
+    """Each record stored under a savepoint: what it replaced, or the error that undid it alone. An
+    OperationalError (disk full, I/O error) ends the whole transaction: the store is unusable for now."""
+    outcomes: list[StoredInstance | Exception | None] = []
+    for record in records:
+        conn.execute("SAVEPOINT store_instance")
+        try:
+            previous = get_instance(conn, record.sop_instance_uid)
+            if previous is not None:
+                # A copy of the same class in the same study leaves its SOPClassesInStudy as it was, and `add`
+                # refreshes ModalitiesInStudy: the study's instances need not be read again.
+                same_place = (previous.study_instance_uid, previous.sop_class_uid) == (
+                    record.study_instance_uid,
+                    record.sop_class_uid,
+                )
+                remove(conn, previous.sop_instance_uid, refresh_sets=not same_place)
+            add(conn, record)
+            outcomes.append(previous)
+        except sqlite3.OperationalError:
+            raise
+        except Exception as exc:
+            conn.execute("ROLLBACK TO store_instance")
+            outcomes.append(exc)
+        conn.execute("RELEASE store_instance")
+    return outcomes
+
+
+def get_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> StoredInstance | None:
+    row = conn.execute(
+        f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+    ).fetchone()
+    return None if row is None else stored(row)
+
+
+def _upsert(conn: sqlite3.Connection, table: str, key: str, row: dict[str, Any]) -> bool:
+    """Insert or update `row` keyed by column `key`; True when the row is new.
+
+    The update is tried first: after a study's first instance its patient, study and series rows exist, so a
+    store costs one statement per level rather than a lookup and a write.
+    """
+    names = list(row)
+    assignments = ", ".join(f'"{n}" = ?' for n in names if n != key)
+    updated = conn.execute(
+        f"UPDATE {table} SET {assignments} WHERE {key} = ?", [row[n] for n in names if n != key] + [row[key]]
+    ).rowcount
+    if updated:
+        return False
+    columns = ", ".join(f'"{n}"' for n in names)
+    conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})", list(row.values()))
+    return True
+
+
+def _level_row(level: Level, record: LevelRecord) -> dict[str, Any]:
+    return {name: record.values.get(name) for name in _columns(level)}
+
+
+def _set_values(
+    conn: sqlite3.Connection, level: Level, owner: str, multi: dict[str, list[str]], *, new: bool
+) -> None:
+    """Replace the multi-valued index entries of one row; a `new` row has none to remove (a removed row's go
+    with it)."""
+    if not new:
+        conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
+    rows = [(level.value, owner, key, value) for key, values in multi.items() for value in dict.fromkeys(values)]
+    if rows:
+        conn.executemany("INSERT INTO attribute_values (level, owner, key, value) VALUES (?, ?, ?, ?)", rows)
+
+
+def add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
+    now = time.time()
+    patient_attrs = record.patient.attributes
+    patient_row = _level_row(Level.PATIENT, record.patient)
+    new_patient = _upsert(
+        conn,
+        "patients",
+        "patient_key",
+        {"patient_key": record.patient_key, **patient_row, "attributes": json.dumps(patient_attrs)},
+    )
+    before = conn.execute(
+        f"SELECT patient_key, {STUDY_COUNTS} FROM studies WHERE study_instance_uid = ?",
+        (record.study_instance_uid,),
+    ).fetchone()
+    if before is not None and before[0] != record.patient_key:
+        _move_study(conn, before[0], record.patient_key, series=before[1], instances=before[2])
+    new_study = _upsert(
+        conn,
+        "studies",
+        "study_instance_uid",
+        {
+            "study_instance_uid": record.study_instance_uid,
+            "patient_key": record.patient_key,
+            **patient_row,
+            **_level_row(Level.STUDY, record.study),
+            "study_datetime": record.study.values.get("study_datetime"),
+            # In the Study Root model the patient's attributes are study attributes (PS3.4 C.6.2.1).
+            "attributes": json.dumps({**patient_attrs, **record.study.attributes}),
+            "updated_at": now,
+        },
+    )
+    new_series = _upsert(
+        conn,
+        "series",
+        "series_instance_uid",
+        {
+            "series_instance_uid": record.series_instance_uid,
+            "study_instance_uid": record.study_instance_uid,
+            **_level_row(Level.SERIES, record.series),
+            "attributes": json.dumps(record.series.attributes),
+            "updated_at": now,
+        },
+    )
+    conn.execute(
+        _insert_instance_sql(),
+        [
+            record.sop_instance_uid,
+            record.series_instance_uid,
+            record.study_instance_uid,
+            record.sop_class_uid,
+            *[record.instance.values.get(c) for c in _instance_columns()],
+            record.transfer_syntax_uid,
+            record.storage_key,
+            record.size,
+            json.dumps(record.instance.attributes),
+            record.dataset_json,
+            now,
+        ],
+    )
+    _set_values(conn, Level.PATIENT, record.patient_key, record.patient.multi, new=new_patient)
+    _set_values(
+        conn,
+        Level.STUDY,
+        record.study_instance_uid,
+        {**record.patient.multi, **record.study.multi},
+        new=new_study,
+    )
+    _set_values(conn, Level.SERIES, record.series_instance_uid, record.series.multi, new=new_series)
+    # The instance row was just inserted: a predecessor's entries went with `remove`.
+    _set_values(conn, Level.IMAGE, record.sop_instance_uid, record.instance.multi, new=True)
+    _count(
+        conn,
+        record.patient_key,
+        record.study_instance_uid,
+        record.series_instance_uid,
+        +1,
+        new_study=new_study,
+        new_series=new_series,
+    )
+    _refresh_study_sets(conn, record.study_instance_uid, added_class=record.sop_class_uid)
+    # The study's last activity, for the completion tracker (app/core/lifecycle/completion.py), in the same transaction.
+    conn.execute(
+        "INSERT INTO study_activity (study_instance_uid, activity_at, pending) VALUES (?, ?, 1) "
+        "ON CONFLICT (study_instance_uid) DO UPDATE SET activity_at = excluded.activity_at, pending = 1",
+        (record.study_instance_uid, now),
+    )
+
+
+def remove(conn: sqlite3.Connection, sop_instance_uid: str, *, refresh_sets: bool = True) -> None:
+    row = conn.execute(
+        "SELECT i.study_instance_uid, i.series_instance_uid, s.patient_key FROM instances i "
+        "JOIN studies s ON s.study_instance_uid = i.study_instance_uid WHERE i.sop_instance_uid = ?",
+        (sop_instance_uid,),
+    ).fetchone()
+    study_uid, series_uid, patient_key = row
+    conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+    conn.execute(
+        "DELETE FROM attribute_values WHERE level = ? AND owner = ?", (Level.IMAGE.value, sop_instance_uid)
+    )
+    _count(conn, patient_key, study_uid, series_uid, -1)
+    # Rows of levels left empty go, with their multi-valued index entries.
+    for level, key, owner in (
+        (Level.SERIES, "series_instance_uid", series_uid),
+        (Level.STUDY, "study_instance_uid", study_uid),
+        (Level.PATIENT, "patient_key", patient_key),
+    ):
+        table = LEVEL_TABLE[level]
+        count_column = {
+            Level.SERIES: "number_of_series_related_instances",
+            Level.STUDY: "number_of_study_related_instances",
+            Level.PATIENT: "number_of_patient_related_instances",
+        }[level]
+        if conn.execute(f"SELECT {count_column} FROM {table} WHERE {key} = ?", (owner,)).fetchone()[0] <= 0:
+            conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (owner,))
+            conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
+            if level is Level.SERIES:
+                _count_series(conn, patient_key, study_uid, -1)
+            elif level is Level.STUDY:
+                conn.execute("DELETE FROM study_activity WHERE study_instance_uid = ?", (owner,))
+                conn.execute(
+                    "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies - 1"
+                    " WHERE patient_key = ?",
+                    (patient_key,),
+                )
+    if refresh_sets and conn.execute("SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone():
+        _refresh_study_sets(conn, study_uid)
+
+
+def _move_study(conn: sqlite3.Connection, old_key: str, new_key: str, *, series: int, instances: int) -> None:
+    """An instance naming another patient for an existing study moves the study to that patient (the newest
+    instance's patient attributes win, as for every other study column): its counts go with it, and the old
+    patient goes when left with nothing. Without this the old patient kept the counts forever and the new one
+    was deleted while still owning the study."""
+    for key, sign in ((old_key, -1), (new_key, +1)):
+        conn.execute(
+            "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies + ?, "
+            "number_of_patient_related_series = number_of_patient_related_series + ?, "
+            "number_of_patient_related_instances = number_of_patient_related_instances + ? WHERE patient_key = ?",
+            (sign, sign * series, sign * instances, key),
+        )
+    left = conn.execute(
+        "SELECT number_of_patient_related_instances FROM patients WHERE patient_key = ?", (old_key,)
+    ).fetchone()
+    if left is not None and left[0] <= 0:
+        conn.execute("DELETE FROM patients WHERE patient_key = ?", (old_key,))
+        conn.execute(
+            "DELETE FROM attribute_values WHERE level = ? AND owner = ?", (Level.PATIENT.value, old_key)
+        )
+
+
+def _count(
+    conn: sqlite3.Connection,
+    patient_key: str,
+    study_uid: str,
+    series_uid: str,
+    delta: int,
+    *,
+    new_study: bool = False,
+    new_series: bool = False,
+) -> None:
+    conn.execute(
+        "UPDATE series SET number_of_series_related_instances = number_of_series_related_instances + ? "
+        "WHERE series_instance_uid = ?",
+        (delta, series_uid),
+    )
+    conn.execute(
+        "UPDATE studies SET number_of_study_related_instances = number_of_study_related_instances + ? "
+        "WHERE study_instance_uid = ?",
+        (delta, study_uid),
+    )
+    conn.execute(
+        "UPDATE patients SET number_of_patient_related_instances = number_of_patient_related_instances + ?, "
+        "number_of_patient_related_studies = number_of_patient_related_studies + ? WHERE patient_key = ?",
+        (delta, 1 if new_study else 0, patient_key),
+    )
+    if new_series:
+        _count_series(conn, patient_key, study_uid, +1)
+
+
+def _count_series(conn: sqlite3.Connection, patient_key: str, study_uid: str, delta: int) -> None:
+    conn.execute(
+        "UPDATE studies SET number_of_study_related_series = number_of_study_related_series + ? "
+        "WHERE study_instance_uid = ?",
+        (delta, study_uid),
+    )
+    conn.execute(
+        "UPDATE patients SET number_of_patient_related_series = number_of_patient_related_series + ? "
+        "WHERE patient_key = ?",
+        (delta, patient_key),
+    )
+
+
+def _refresh_study_sets(conn: sqlite3.Connection, study_uid: str, *, added_class: str | None = None) -> None:
+    """ModalitiesInStudy and SOPClassesInStudy, recomputed from the study's own rows (both indexed).
+
+    After an added instance (`added_class`) the classes can only grow: the stored set gains it, rather than
+    the study's instances being read again, which for a study of 100k instances cost 6 ms a store. A series'
+    modality may change with any store, but a study has few series.
+    """
+    modalities = _distinct(
+        conn, "SELECT DISTINCT modality FROM series WHERE study_instance_uid = ?", study_uid
+    )
+    if added_class is None:
+        classes = _distinct(
+            conn, "SELECT DISTINCT sop_class_uid FROM instances WHERE study_instance_uid = ?", study_uid
+        )
+    else:
+        row = conn.execute(
+            "SELECT sop_classes_in_study FROM studies WHERE study_instance_uid = ?", (study_uid,)
+        ).fetchone()
+        classes = sorted({c for c in str(row[0] or "").split("\\") if c} | {added_class})
+    conn.execute(
+        "UPDATE studies SET modalities_in_study = ?, sop_classes_in_study = ? WHERE study_instance_uid = ?",
+        ("\\".join(modalities), "\\".join(classes), study_uid),
+    )
+
+
+def _distinct(conn: sqlite3.Connection, sql: str, arg: str) -> list[str]:
+    return sorted(str(row[0]) for row in conn.execute(sql, (arg,)) if row[0])

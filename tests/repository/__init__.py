@@ -1,0 +1,1 @@
+"""The Repository contract (app/core/ports.py), a file per role, run against SQLite and MongoDB alike."""

@@ -1,0 +1,50 @@
+"""The Connection part of the Repository contract (app/core/ports.py): open, migrations, ping, and an
+unreachable server answered as RepositoryUnavailable in bounded time."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.core.ports import Repository, RepositoryUnavailable
+from app.repository.mongo.repository import MongoRepository
+from tests.repository.conftest import Factory, stored, uid
+from tests.servers import free_port
+
+
+async def test_schema_version_is_at_least_one_and_open_is_idempotent(
+    repository: Repository, instance_record: Factory
+) -> None:
+    record = instance_record(SOPInstanceUID=uid(1, 1, 1))
+    await repository.store_instance(record)
+    version = await repository.schema_version()
+
+    await repository.open()
+    await repository.open()
+
+    assert version >= 1
+    assert await repository.schema_version() == version
+    assert await repository.get_instance(record.sop_instance_uid) == stored(record)
+    await repository.ping()
+
+
+async def test_a_mongo_repository_on_a_closed_port_is_unavailable_within_bounded_time(
+    instance_record: Factory,
+) -> None:
+    repository = MongoRepository(
+        f"mongodb://127.0.0.1:{free_port()}", "nowhere", server_selection_timeout_ms=300
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(RepositoryUnavailable):
+            await repository.ping()
+        with pytest.raises(RepositoryUnavailable):
+            await repository.open()
+        with pytest.raises(RepositoryUnavailable):
+            await repository.store_instance(instance_record())
+        with pytest.raises(RepositoryUnavailable):
+            await repository.find_instances(uid(1))
+    finally:
+        await repository.close()
+    assert time.monotonic() - started < 10
