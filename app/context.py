@@ -23,6 +23,9 @@ from app.core.lifecycle.events import EventBus
 from app.core.lifecycle.webhooks import Webhooks
 from app.core.ports import Repository
 from app.core.retrieve.service import RetrieveService
+from app.core.workflow.mpps import MppsService
+from app.core.workflow.ups import UpsService
+from app.core.workflow.worklist import WorklistService
 from app.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -48,10 +51,17 @@ class ArchiveContext:
     webhooks: Webhooks | None = None  # change feed -> WEBHOOK_URLS
     # Remote AEs (C-MOVE destinations, SCU actions, Storage Commitment reports), kept in the repository.
     aes: AERegistry = field(init=False)
+    # Workflow (app/core/workflow/): UPS workitems, the Modality Worklist read from them, and MPPS.
+    ups: UpsService = field(init=False)
+    worklist: WorklistService = field(init=False)
+    mpps: MppsService = field(init=False)
     _sweeping: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.aes = AERegistry(self.repository)
+        self.ups = UpsService(self.repository)
+        self.worklist = WorklistService(self.ups)
+        self.mpps = MppsService(self.repository, self.worklist, self.completion)
 
     async def start_background(self) -> None:
         """Start the long-running jobs of a serving archive (study completion; FHIR sync and webhooks when

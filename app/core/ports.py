@@ -18,6 +18,7 @@ from app.core.aes import AEStore
 from app.core.lifecycle.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
 from app.core.query.model import QueryModel, SearchResult
 from app.core.records import InstanceRecord, StoredDataset, StoredInstance
+from app.core.workflow.records import PerformedProcedureStep, Subscription, Workitem
 
 
 class RepositoryUnavailable(RuntimeError):
@@ -119,6 +120,9 @@ class CompletionStore(Protocol):
     async def mark_completed(self, study_instance_uid: str, activity_at: float) -> bool:
         """Clear the study's completion-pending flag unless a store came after `activity_at`; True if cleared."""
 
+    async def pending_completion(self, study_instance_uid: str) -> PendingStudy | None:
+        """The study's pending completion, however recent its last store (an MPPS ends the wait at once)."""
+
 
 class Outbox(Protocol):
     """Work owed to an outside system, retried until done (app/fhir/sync.py)."""
@@ -150,8 +154,78 @@ class Cursors(Protocol):
     async def set_cursor(self, name: str, value: int) -> None: ...
 
 
+class WorkitemStore(Protocol):
+    """UPS workitems (app/core/workflow/ups.py), which the Modality Worklist also reads."""
+
+    async def create_workitem(self, workitem: Workitem) -> bool:
+        """Insert the workitem at version 1; False (nothing written) when its SOP Instance UID is held."""
+
+    async def get_workitem(self, sop_instance_uid: str) -> Workitem | None: ...
+
+    async def replace_workitem(self, workitem: Workitem, expected_version: int) -> bool:
+        """Write the workitem as version `expected_version + 1` if the stored one is still at
+        `expected_version`; False (nothing written) otherwise."""
+
+    async def find_workitems(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        on_worklist: bool | None = None,
+        scheduled_from: str | None = None,
+        scheduled_to: str | None = None,
+        patient_id: str | None = None,
+        after: str | None = None,
+        limit: int = 1000,
+    ) -> list[Workitem]:
+        """Workitems narrowed by the indexed values (None: any), in SOP Instance UID order after `after`.
+        `scheduled_from`/`scheduled_to` compare `scheduled_start` as text, inclusive (`scheduled_to` at its own
+        precision: "20261206" takes every time of that day)."""
+
+
+class PerformedStepStore(Protocol):
+    """Modality Performed Procedure Steps (app/core/workflow/mpps.py)."""
+
+    async def create_performed_step(self, step: PerformedProcedureStep) -> bool:
+        """Insert at version 1; False when its SOP Instance UID is held."""
+
+    async def get_performed_step(self, sop_instance_uid: str) -> PerformedProcedureStep | None: ...
+
+    async def replace_performed_step(self, step: PerformedProcedureStep, expected_version: int) -> bool:
+        """As `replace_workitem`: written only over `expected_version`."""
+
+    async def list_performed_steps(
+        self, *, study_instance_uid: str | None = None, offset: int = 0, limit: int = 100
+    ) -> list[PerformedProcedureStep]:
+        """Newest first (created_at), optionally those that name the study."""
+
+
+class SubscriptionStore(Protocol):
+    """UPS subscriptions (PS3.4 CC.2.3.2): per workitem and global (workitem_uid None), one per AE and target."""
+
+    async def put_subscription(self, subscription: Subscription) -> None:
+        """Add or replace the subscription of (ae_title, workitem_uid)."""
+
+    async def delete_subscription(self, ae_title: str, workitem_uid: str | None) -> bool: ...
+
+    async def subscriptions(
+        self, *, ae_title: str | None = None, workitem_uid: str | None = None, global_only: bool = False
+    ) -> list[Subscription]:
+        """Subscriptions by AE, by workitem, or the global ones (`global_only`), in (ae_title, workitem) order."""
+
+
 class Repository(
-    Connection, InstanceIndex, Search, ChangeFeedStore, CompletionStore, Outbox, Cursors, AEStore, Protocol
+    Connection,
+    InstanceIndex,
+    Search,
+    ChangeFeedStore,
+    CompletionStore,
+    Outbox,
+    Cursors,
+    AEStore,
+    WorkitemStore,
+    PerformedStepStore,
+    SubscriptionStore,
+    Protocol,
 ):
     """Every role of the metadata store, as SQLite and MongoDB implement it. Services take the roles they use;
     the composition root (app/bootstrap.py) and the admin door hold the whole."""

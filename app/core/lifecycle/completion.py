@@ -55,6 +55,15 @@ class CompletionTracker:
             if len(pending) < SCAN_BATCH or not progressed:
                 return fired
 
+    async def complete_now(self, study_instance_uid: str) -> bool:
+        """Fire the study's completion now, quiet or not (an MPPS COMPLETED or DISCONTINUED says the
+        modality is done with it, PS3.4 F.7.2); False when no completion is pending for it."""
+        study = await self.repository.pending_completion(study_instance_uid)
+        if study is None:
+            return False
+        await self.bus.deliver(StudyCompleted(study.study_instance_uid, activity_at=study.activity_at))
+        return await self.repository.mark_completed(study.study_instance_uid, study.activity_at)
+
     def start(self) -> None:
         if self._task is None:
             work = run_rounds(self._round, what="study completion scan", interval=self.interval)
