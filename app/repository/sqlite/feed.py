@@ -61,6 +61,11 @@ class SQLiteCompletion(SQLiteConnection):
 
         return await self._write(mark)
 
+    async def pending_completion(self, study_instance_uid: str) -> PendingStudy | None:
+        sql = "SELECT study_instance_uid, activity_at FROM study_activity WHERE study_instance_uid = ? AND pending = 1"
+        row = await self._read(lambda conn: conn.execute(sql, (study_instance_uid,)).fetchone())
+        return None if row is None else PendingStudy(*row)
+
 
 class SQLiteOutbox(SQLiteConnection):
     async def outbox_put(self, target: str, key: str, payload: str) -> None:

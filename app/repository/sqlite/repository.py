@@ -11,6 +11,7 @@ from app.repository.sqlite.aes import SQLiteAEStore
 from app.repository.sqlite.feed import SQLiteChangeFeed, SQLiteCompletion, SQLiteCursors, SQLiteOutbox
 from app.repository.sqlite.instances import SQLiteInstanceIndex
 from app.repository.sqlite.search import SQLiteSearch
+from app.repository.sqlite.workflow import SQLitePerformedSteps, SQLiteSubscriptions, SQLiteWorkitems
 
 
 class SQLiteRepository(
@@ -21,5 +22,8 @@ class SQLiteRepository(
     SQLiteOutbox,
     SQLiteCursors,
     SQLiteAEStore,
+    SQLiteWorkitems,
+    SQLitePerformedSteps,
+    SQLiteSubscriptions,
 ):
     """Every role of the metadata store on one SQLite file: `SQLiteRepository(path, readers=4)`."""
