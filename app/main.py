@@ -24,11 +24,15 @@ from app.api import (
     observability,
     qido,
     stow,
+    ups,
+    ups_events,
+    ups_subscriptions,
     wado_frames,
     wado_instances,
     wado_metadata,
     wado_rendered,
     wado_uri,
+    workflow,
 )
 from app.api.auth import Authenticator, authorize
 from app.api.docs import include_docs
@@ -58,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         context = await open_archive(settings)
         app.state.context = context
         app.state.metrics.attach(context.events)
+        # UPS-RS event channel (PS3.18 8.10): first, so an AE with a WebSocket open hears there, not by DIMSE.
+        app.state.ups_events = ups_events.WebSocketChannel()
+        context.ups.channels.insert(0, app.state.ups_events)
         log.info(
             "archive open: data in %s, metadata in %s",
             settings.storage_path,
@@ -83,13 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
                     await stop_dimse_server(app.state.dimse)
         finally:
+            app.state.ups_events.close()
             await context.close()
             app.state.audit.close()
 
     app = FastAPI(
         title="DICOMweb archive",
         version="0.1.0",
-        summary="QIDO-RS, WADO-RS and STOW-RS (DICOM PS3.18) bridged to DIMSE",
+        summary="QIDO-RS, WADO-RS, STOW-RS and UPS-RS (DICOM PS3.18) bridged to DIMSE",
         lifespan=lifespan,
         # Served by app/api/docs.py under API_DOCS, behind authentication by default.
         openapi_url=None,
@@ -140,6 +148,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wado_uri.router, prefix=DICOMWEB_PREFIX, include_in_schema=False, dependencies=by_method
     )
     app.include_router(delete.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    # UPS-RS (PS3.18 11) and the operators' MPPS and worklist listings. The event channel is a WebSocket: it
+    # checks the same credentials itself (scope read), having no HTTP method for `authorize` to go by.
+    app.include_router(ups.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    app.include_router(ups_subscriptions.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    app.include_router(ups_events.router, prefix=DICOMWEB_PREFIX)
+    app.include_router(workflow.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     app.include_router(admin.router, prefix=admin.ADMIN_PREFIX, dependencies=admin_only)
     app.include_router(changes.router, prefix=changes.CHANGES_PREFIX, dependencies=by_method)
     app.include_router(changes.admin_router, prefix=changes.CHANGES_PREFIX, dependencies=admin_only)

@@ -9,9 +9,9 @@ and `/ready` needs `Authorization: Bearer <token>`, where the token is either
 * a static API key from `AUTH_API_KEYS` (`name:secret:read+write,...`), compared in constant time; the user is
   the key's name.
 
-Scopes: `read` (GET: QIDO-RS, WADO-RS, WADO-URI, change feed), `write` (POST: STOW-RS), `delete` (DELETE under
-/dicom-web) and `admin` (the operations APIs under /api: admin, AE registry, FHIR and webhook status; and
-/metrics). Each is separate: a token carries the ones it
+Scopes: `read` (GET: QIDO-RS, WADO-RS, WADO-URI, change feed; the UPS-RS event channel, a WebSocket), `write`
+(POST, PUT: STOW-RS, UPS-RS), `delete` (DELETE under /dicom-web) and `admin` (the operations APIs under /api:
+admin, AE registry, FHIR and webhook status; and /metrics). Each is separate: a token carries the ones it
 needs. Answers per RFC 6750 3.1: no token 401 with `WWW-Authenticate: Bearer realm="dicomweb-archive"`; a bad
 one 401 with `error="invalid_token"`; a good one without the scope 403 with `error="insufficient_scope"` and
 the scope needed. JWKS fetches are cached (5 minutes, refetched at once for an unknown `kid`) and run in a
@@ -34,6 +34,7 @@ from typing import Any
 
 import jwt
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from app.api.errors import DicomWebError
 from app.config import Settings
@@ -159,7 +160,7 @@ def _challenge(
     return {"WWW-Authenticate": "Bearer " + ", ".join(parts)}
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -171,26 +172,29 @@ def authorize(scope: str | None = None) -> Callable[[Request], Awaitable[None]]:
     """A route dependency requiring `scope` (by default: from the HTTP method) when authentication is on."""
 
     async def dependency(request: Request) -> None:
-        authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
-        if authenticator is None:
-            return
-        needed = scope or METHOD_SCOPES.get(request.method, "admin")
-        token = bearer_token(request)
-        if token is None:
-            raise DicomWebError(
-                401, "authentication required: send Authorization: Bearer <token>", _challenge()
-            )
-        try:
-            principal = await authenticator.authenticate(token)
-        except Unavailable as exc:
-            log.warning("identity provider unavailable: %s", exc)
-            raise DicomWebError(503, "the identity provider cannot be reached; retry later") from exc
-        except jwt.InvalidTokenError as exc:
-            raise DicomWebError(401, f"invalid token: {exc}", _challenge("invalid_token", str(exc))) from exc
-        request.state.principal = principal.name
-        if needed not in principal.scopes:
-            raise DicomWebError(
-                403, f"the token lacks the {needed!r} scope", _challenge("insufficient_scope", None, needed)
-            )
+        await check_access(request, scope or METHOD_SCOPES.get(request.method, "admin"))
 
     return dependency
+
+
+async def check_access(connection: HTTPConnection, needed: str) -> None:
+    """`authorize`'s check for any connection, a WebSocket too (the UPS-RS event channel, app/api/ups_events.py,
+    which has no HTTP method to take the scope from): DicomWebError 401/403/503 as above when it fails."""
+    authenticator: Authenticator | None = getattr(connection.app.state, "authenticator", None)
+    if authenticator is None:
+        return
+    token = bearer_token(connection)
+    if token is None:
+        raise DicomWebError(401, "authentication required: send Authorization: Bearer <token>", _challenge())
+    try:
+        principal = await authenticator.authenticate(token)
+    except Unavailable as exc:
+        log.warning("identity provider unavailable: %s", exc)
+        raise DicomWebError(503, "the identity provider cannot be reached; retry later") from exc
+    except jwt.InvalidTokenError as exc:
+        raise DicomWebError(401, f"invalid token: {exc}", _challenge("invalid_token", str(exc))) from exc
+    connection.state.principal = principal.name
+    if needed not in principal.scopes:
+        raise DicomWebError(
+            403, f"the token lacks the {needed!r} scope", _challenge("insufficient_scope", None, needed)
+        )

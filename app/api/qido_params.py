@@ -45,11 +45,11 @@ def parse_qido(
                 raise QueryError(f"query parameter {name} is given more than once")
             seen.add(name)
         if name == "limit":
-            limit = _non_negative(name, value)
+            limit = non_negative(name, value)
             if max_limit is not None and limit > max_limit:
                 limit = max_limit
         elif name == "offset":
-            offset = _non_negative(name, value)
+            offset = non_negative(name, value)
         elif name == "fuzzymatching":
             if value.lower() not in ("true", "false"):
                 raise QueryError(f"fuzzymatching must be true or false, not {show(value)} (PS3.18 8.3.4.1)")
@@ -62,7 +62,7 @@ def parse_qido(
                 elif item:
                     include.add(resolve_path(item)[0])
         else:
-            key = _attribute_key(name)
+            key = attribute_key(name)
             if key is None:
                 ignored_parameters.append(name)
                 continue
@@ -114,14 +114,14 @@ def _qido_default_levels(level: Level, scope: Mapping[str, str]) -> frozenset[Le
     return frozenset(levels)
 
 
-def _non_negative(name: str, value: str) -> int:
+def non_negative(name: str, value: str) -> int:
     text = value.strip()
     if not text.isdigit() or not text.isascii() or len(text) > 18:
         raise QueryError(f"{name} must be a non-negative integer, not {show(value)} (PS3.18 8.3.4.4)")
     return int(text)
 
 
-def _attribute_key(name: str) -> str | None:
+def attribute_key(name: str) -> str | None:
     """The dotted hex key of a query parameter naming an attribute; None for a parameter that names none.
 
     Names that look like a keyword or tag must resolve (400 otherwise: a typo must not silently widen the

@@ -164,7 +164,7 @@ class UpsService:
             updated = _indexed(replace(workitem, dataset=body))
             if await self._write(updated, workitem.version):
                 break
-        progress = a.key("ProgressInformationSequence")
+        progress = a.key("ProcedureStepProgressInformationSequence")
         if progress in changes:
             info = {progress: changes[progress]}
             await self._notify(updated, EventType.PROGRESS_REPORT, info)
@@ -194,7 +194,9 @@ class UpsService:
             current = workitem.state
             if wanted is ProcedureStepState.IN_PROGRESS:
                 if current is ProcedureStepState.IN_PROGRESS:
-                    raise WorkflowFailure(FailureReason.ALREADY_IN_PROGRESS, f"workitem {sop_instance_uid} is")
+                    raise WorkflowFailure(
+                        FailureReason.ALREADY_IN_PROGRESS, f"workitem {sop_instance_uid} is already IN PROGRESS"
+                    )
                 if current.final:
                     raise WorkflowFailure(
                         FailureReason.MAY_NO_LONGER_BE_UPDATED, f"workitem {sop_instance_uid} is {current}"
@@ -213,7 +215,9 @@ class UpsService:
                         FailureReason.MAY_NO_LONGER_BE_UPDATED, f"workitem {sop_instance_uid} is {current}"
                     )
                 if current is ProcedureStepState.SCHEDULED:
-                    raise WorkflowFailure(FailureReason.NOT_IN_PROGRESS, f"workitem {sop_instance_uid} is not")
+                    raise WorkflowFailure(
+                        FailureReason.NOT_IN_PROGRESS, f"workitem {sop_instance_uid} is not yet IN PROGRESS"
+                    )
                 _check_transaction(workitem, transaction_uid)
                 if wanted is ProcedureStepState.COMPLETED:
                     _check_final_state(workitem.dataset)
@@ -240,7 +244,9 @@ class UpsService:
             if workitem.state is ProcedureStepState.CANCELED:
                 return WorkflowWarning.ALREADY_CANCELED
             if workitem.state is ProcedureStepState.COMPLETED:
-                raise WorkflowFailure(FailureReason.ALREADY_COMPLETED, f"workitem {sop_instance_uid} is")
+                raise WorkflowFailure(
+                    FailureReason.ALREADY_COMPLETED, f"workitem {sop_instance_uid} is already COMPLETED"
+                )
             if workitem.state is ProcedureStepState.IN_PROGRESS:
                 info = {a.key(k): information[a.key(k)] for k in _CANCEL_INFORMATION if a.key(k) in information}
                 if requesting_ae:
