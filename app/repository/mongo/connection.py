@@ -1,8 +1,9 @@
 """The MongoDB store's connection (the Connection role): the client, the collections, and the migrations.
 
-The other roles (instances.py, search.py, feed.py, aes.py, repair.py) build on this class and wrap every call
-to the server in `guarded`, so a server that cannot be reached is the repository's own outcome wherever it
-happens. Migrations here are index specifications (migrations/mongo), as MongoDB has no schema to change.
+The other roles (instances.py, search.py, feed.py, aes.py, workflow.py, repair.py) build on this class and wrap
+every call to the server in `guarded`, so a server that cannot be reached is the repository's own outcome
+wherever it happens. Migrations here are index specifications (migrations/mongo), as MongoDB has no schema to
+change.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class MongoConnection:
         self._outbox: AsyncCollection[Document] = db["outbox"]
         self._remote_aes: AsyncCollection[Document] = db["remote_aes"]
         self._cursors: AsyncCollection[Document] = db["cursors"]
+        self._workitems: AsyncCollection[Document] = db["workitems"]
+        self._performed_steps: AsyncCollection[Document] = db["performed_steps"]
+        self._subscriptions: AsyncCollection[Document] = db["ups_subscriptions"]
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def open(self) -> None:

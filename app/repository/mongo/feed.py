@@ -90,6 +90,14 @@ class MongoCompletion(MongoConnection):
             )
         return result.modified_count == 1
 
+    async def pending_completion(self, study_instance_uid: str) -> PendingStudy | None:
+        with guarded():
+            doc = await self._studies.find_one(
+                {"study_instance_uid": study_instance_uid, "completion_pending": True},
+                {"_id": 0, "study_instance_uid": 1, "updated_at": 1},
+            )
+        return None if doc is None else PendingStudy(doc["study_instance_uid"], doc["updated_at"])
+
 
 class MongoOutbox(MongoConnection):
     async def outbox_put(self, target: str, key: str, payload: str) -> None:

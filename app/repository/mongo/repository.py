@@ -13,6 +13,7 @@ from app.repository.mongo.feed import MongoChangeFeed, MongoCompletion, MongoCur
 from app.repository.mongo.instances import MongoInstanceIndex
 from app.repository.mongo.repair import MongoRepair
 from app.repository.mongo.search import MongoSearch
+from app.repository.mongo.workflow import MongoPerformedSteps, MongoSubscriptions, MongoWorkitems
 
 
 class MongoRepository(
@@ -23,6 +24,9 @@ class MongoRepository(
     MongoOutbox,
     MongoCursors,
     MongoAEStore,
+    MongoWorkitems,
+    MongoPerformedSteps,
+    MongoSubscriptions,
     MongoRepair,
 ):
     """Every role of the metadata store on one MongoDB database: `MongoRepository(url, database)`."""

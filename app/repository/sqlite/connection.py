@@ -3,8 +3,9 @@
 SQLite blocks, so every statement runs off the event loop: writes on one dedicated thread with one connection
 (SQLite allows one writer at a time anyway, and a single writer thread means no lock contention), reads on a
 small pool of threads with a connection each (WAL lets readers run beside the writer). The other roles
-(instances.py, search.py, feed.py, aes.py) build on this class and reach the database only through `_write`
-(one transaction) and `_read`, so a locked or failing database is turned into RepositoryUnavailable in one place.
+(instances.py, search.py, feed.py, aes.py, workflow.py) build on this class and reach the database only through
+`_write` (one transaction) and `_read`, so a locked or failing database is turned into RepositoryUnavailable in
+one place.
 """
 
 from __future__ import annotations
