@@ -46,7 +46,7 @@ from app.api.workflow_input import (
 )
 from app.core.dicom.uids import is_valid_uid
 from app.core.query.evaluate import parse_matches
-from app.core.query.model import QueryError
+from app.core.query.model import Match, QueryError
 from app.core.records import JSONDict
 from app.core.workflow import attributes as a
 from app.core.workflow.outcomes import WorkflowWarning
@@ -254,7 +254,7 @@ async def search_workitems(request: Request, context: Context) -> Response:
     return paged_response([w.dataset for w in found], query, media_type)
 
 
-def matches(query: WorkflowQuery) -> tuple[Any, ...]:
+def matches(query: WorkflowQuery) -> tuple[Match, ...]:
     """The query model's Matches of the keys (app/core/query/evaluate.py); 400 for a key it cannot match."""
     try:
         return parse_matches(query.keys)

@@ -15,7 +15,6 @@ Transaction UID under 400 (Tables 11.6.3-1 and 11.7.3-1), where other transactio
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -23,8 +22,6 @@ from typing import Final
 
 from app.api.errors import RETRY_AFTER_SECONDS, DicomWebError
 from app.core.workflow.outcomes import FailureReason, WorkflowFailure, WorkflowWarning
-
-log = logging.getLogger(__name__)
 
 
 class Transaction(StrEnum):
