@@ -92,7 +92,7 @@ def _value_bytes(vr: str, value: Any) -> bytes:
     if vr == "UL":
         return struct.pack("<I", value)
     if vr == "AT":
-        tags = value if isinstance(value, (list, tuple)) else [value]
+        tags = [value] if isinstance(value, int) else list(value)  # one tag, or a list (a MultiValue too)
         return b"".join(struct.pack("<HH", (int(t) >> 16), int(t) & 0xFFFF) for t in tags)
     text = "\\".join(value) if isinstance(value, (list, tuple)) else str(value)
     # The command set has no Specific Character Set: the default repertoire (PS3.5 6.1.2.1), as pydicom writes it.

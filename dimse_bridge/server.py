@@ -34,13 +34,23 @@ from pynetdicom.presentation import PresentationContext
 
 from app.config import Settings
 from app.context import ArchiveContext
-from dimse_bridge import access, admission, commitment, handlers, qr, uids
+from app.core.workflow.records import (
+    MPPS_SOP_CLASS,
+    MWL_FIND,
+    UPS_EVENT,
+    UPS_PULL,
+    UPS_PUSH,
+    UPS_QUERY,
+    UPS_WATCH,
+)
+from dimse_bridge import access, admission, commitment, dispatch, handlers, qr, scu, uids
 from dimse_bridge.acceptor import AcceptorAE
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
 from dimse_bridge.context import DimseContext
 from dimse_bridge.policy import PresentationPolicy, build_policy
 from dimse_bridge.tcp import handle_connection_open
+from dimse_bridge.ups_events import DimseEventChannel
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +58,10 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE: Final = 10.0
 
 
-# The non-storage services offered besides Verification: Query/Retrieve and Storage Commitment Push Model.
-SERVICE_SOP_CLASSES: Final = (*qr.QR_SOP_CLASSES, commitment.STORAGE_COMMITMENT_PUSH)
+# The non-storage services offered besides Verification: Query/Retrieve, Storage Commitment Push Model, and the
+# workflow services: Modality Worklist FIND (PS3.4 K), MPPS (F), UPS Push, Pull, Watch, Event and Query (CC).
+WORKFLOW_SOP_CLASSES: Final = (MWL_FIND, MPPS_SOP_CLASS, UPS_PUSH, UPS_PULL, UPS_WATCH, UPS_EVENT, UPS_QUERY)
+SERVICE_SOP_CLASSES: Final = (*qr.QR_SOP_CLASSES, commitment.STORAGE_COMMITMENT_PUSH, *WORKFLOW_SOP_CLASSES)
 
 
 def build_ae(settings: Settings, policy: PresentationPolicy, access_policy: AccessPolicy) -> AE:
@@ -106,10 +118,13 @@ def event_handlers(dimse: DimseContext) -> list[evt.EventHandlerType]:
         (evt.EVT_REJECTED, admission.handle_rejected, [dimse]),
         (evt.EVT_C_ECHO, handlers.handle_echo, [dimse]),
         (evt.EVT_C_STORE, handlers.handle_store, [dimse]),
-        (evt.EVT_C_FIND, qr.handle_find, [dimse]),
+        (evt.EVT_C_FIND, dispatch.handle_find, [dimse]),  # Q/R, Modality Worklist, UPS
         (evt.EVT_C_GET, qr.handle_get, [dimse]),
         (evt.EVT_C_MOVE, qr.handle_move, [dimse]),
-        (evt.EVT_N_ACTION, commitment.handle_n_action, [dimse]),
+        (evt.EVT_N_ACTION, dispatch.handle_n_action, [dimse]),  # Storage Commitment, UPS
+        (evt.EVT_N_CREATE, dispatch.handle_n_create, [dimse]),  # MPPS, UPS Push
+        (evt.EVT_N_SET, dispatch.handle_n_set, [dimse]),  # MPPS, UPS Pull
+        (evt.EVT_N_GET, dispatch.handle_n_get, [dimse]),  # UPS
     ]
 
 
@@ -141,6 +156,8 @@ class DimseServer:
         self.bridge = LoopBridge(loop, timeout=settings.dimse_dimse_timeout)
         self.context = DimseContext(archive=archive, bridge=self.bridge, policy=policy, access=access_policy)
         self.ae = build_ae(settings, policy, access_policy)
+        # UPS event reports to subscribers in the AE registry, attached to the UPS service while we serve.
+        self.ups_events = DimseEventChannel(archive.aes, scu.ScuOptions.from_settings(settings))
         self._server: Any = None
 
     @property
@@ -166,6 +183,7 @@ class DimseServer:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise OSError(exc.errno, f"cannot listen for DICOM on {host}:{port}: {reason}") from exc
+        self.context.archive.ups.channels.append(self.ups_events)
         host, port = self.address
         log.info(
             "DIMSE server %s listening on %s:%d%s (%d SOP classes%s)",
@@ -183,6 +201,10 @@ class DimseServer:
         Blocks: call it from a worker thread (`await asyncio.to_thread(server.stop)`) so the loop stays free to
         finish the stores those associations are waiting on.
         """
+        channels = self.context.archive.ups.channels
+        if self.ups_events in channels:
+            channels.remove(self.ups_events)
+        self.ups_events.close()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
