@@ -197,11 +197,8 @@ def _parse_range(attribute: Attribute, text: str) -> Match:
     """DA and TM: a value, `a-`, `-b` or `a-b`, inclusive (PS3.4 C.2.2.2.5). A time with reduced precision
     covers the whole period it names ("1030" is 10:30:00 to 10:30:59.999999), so a single time is a range."""
     name, vr = attribute.keyword, attribute.vr
-    if vr == "DT":  # no DT attribute is indexed today; matched as text, for completeness
-        low_text, sep, high_text = text.partition("-")
-        if not sep:
-            return Match(attribute, MatchKind.SINGLE, (text,))
-        return Match(attribute, MatchKind.RANGE, (low_text or None, high_text or None))
+    if vr == "DT":  # matched as text at the precision given (workflow keys, app/core/query/evaluate.py)
+        return _parse_datetime(attribute, text)
     if text.count("-") > 1:
         raise QueryError(f"{name}: {show(text)} is not a {_VR_NAME[vr]} or a range of them (PS3.4 C.2.2.2.5)")
     if "-" not in text:
@@ -225,6 +222,26 @@ def _parse_range(attribute: Attribute, text: str) -> Match:
 
 
 _VR_NAME = {"DA": "date (YYYYMMDD)", "TM": "time (HHMMSS.FFFFFF)"}
+# A DT of any precision from the year down, with an optional UTC offset (PS3.5 Table 6.2-1).
+_DT = r"\d{4}(?:\d{2}){0,5}(?:\.\d{1,6})?(?:[+-]\d{4})?"
+_DT_RE = re.compile(_DT)
+_DT_RANGE_RE = re.compile(f"({_DT})?-({_DT})?")
+
+
+def _parse_datetime(attribute: Attribute, text: str) -> Match:
+    if _DT_RE.fullmatch(text):
+        return Match(attribute, MatchKind.SINGLE, (text,))
+    found = _DT_RANGE_RE.fullmatch(text)
+    if found is None or not any(found.groups()):
+        raise QueryError(
+            f"{attribute.keyword}: {show(text)} is not a date-time (YYYYMMDDHHMMSS.FFFFFF&ZZXX) or a range of "
+            "them (PS3.4 C.2.2.2.5)"
+        )
+    low, high = found.groups()
+    shared = min(len(low or ""), len(high or ""))
+    if low and high and low[:shared] > high[:shared]:
+        raise QueryError(f"{attribute.keyword}: the range {show(text)} ends before it starts")
+    return Match(attribute, MatchKind.RANGE, (low, high))
 
 
 def _date(attribute: Attribute, text: str) -> str:

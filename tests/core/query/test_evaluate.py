@@ -61,6 +61,11 @@ def test_a_malformed_key_or_value_is_a_query_error() -> None:
         parse_matches({"ScheduledProcedureStepSequence": "x"})  # a sequence is matched through its items
     with pytest.raises(QueryError):
         parse_matches({"ScheduledProcedureStepSequence.ScheduledProcedureStepStartDate": "2026-13-01"})
+    with pytest.raises(QueryError):
+        parse_matches({"ScheduledProcedureStepStartDateTime": "yesterday"})
+    with pytest.raises(QueryError):
+        parse_matches({"ScheduledProcedureStepStartDateTime": "20261207-20261206"})
+    assert parse_matches({"ScheduledProcedureStepStartDateTime": "2026120610-20261206"})  # one day, from 10:00
 
 
 def test_an_identifier_becomes_keys_with_its_sequence_items_as_paths() -> None:
