@@ -21,9 +21,11 @@ from pynetdicom.association import Association
 
 from tests import dicom_files
 from tests.dimse.workflow_peers import (
+    BACKENDS,
     MPPS,
     MWL_FIND,
     association,
+    backend_url,
     c_find,
     schedule,
     workflow_archive,
@@ -34,9 +36,13 @@ from tests.servers import ArchiveServer
 FEED_WAIT = 15.0
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchiveServer]:
-    with workflow_archive(tmp_path_factory.mktemp("mpps"), study_quiet_seconds=300) as server:
+@pytest.fixture(scope="module", params=BACKENDS)
+def archive(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ArchiveServer]:
+    """One archive per metadata backend, its studies completed after 300 s of quiet unless an MPPS says so."""
+    data_dir = tmp_path_factory.mktemp("mpps")
+    with workflow_archive(data_dir, mongo_url=backend_url(request), study_quiet_seconds=300) as server:
         yield server
 
 

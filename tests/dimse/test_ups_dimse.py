@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import queue
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from pynetdicom import AE, evt
 from websockets.sync.client import connect
 
 from tests.dimse.workflow_peers import (
+    BACKENDS,
     DICOM_JSON,
     GLOBAL_SUBSCRIPTION,
     UPS_EVENT,
@@ -32,6 +34,7 @@ from tests.dimse.workflow_peers import (
     UPS_QUERY,
     UPS_WATCH,
     association,
+    backend_url,
     c_find,
     install_node_peer,
     run_node,
@@ -42,6 +45,7 @@ from tests.dimse.workflow_peers import (
 from tests.servers import ArchiveServer, free_port
 
 WATCHER = "WATCHER"
+LATE = "LATE"  # in the AE registry, but its Event SCP starts after the first report was due
 REPORT_TIMEOUT = 20
 Report = tuple[str, int, Dataset]  # (workitem UID, Event Type ID, Event Information)
 
@@ -57,16 +61,28 @@ def watcher_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory, watcher_port: int) -> Iterator[ArchiveServer]:
-    with workflow_archive(tmp_path_factory.mktemp("ups"), f"{WATCHER}@127.0.0.1:{watcher_port}") as server:
+def late_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def archive(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    watcher_port: int,
+    late_port: int,
+) -> Iterator[ArchiveServer]:
+    """One archive per metadata backend, knowing WATCHER (listening all along) and LATE (listening late)."""
+    registry = f"{WATCHER}@127.0.0.1:{watcher_port},{LATE}@127.0.0.1:{late_port}"
+    with workflow_archive(tmp_path_factory.mktemp("ups"), registry, mongo_url=backend_url(request)) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-def reports(watcher_port: int) -> Iterator[queue.Queue[Report]]:
-    """The watcher's Event SCP: every N-EVENT-REPORT it receives, in order."""
+@contextmanager
+def event_scp(ae_title: str, port: int) -> Iterator[queue.Queue[Report]]:
+    """A watcher's Event SCP (pynetdicom) on 127.0.0.1:`port`: every N-EVENT-REPORT it receives, in order."""
     received: queue.Queue[Report] = queue.Queue()
-    ae = AE(ae_title=WATCHER)
+    ae = AE(ae_title=ae_title)
     # The archive opens the association to report and stays the SCP of the UPS Event SOP class (PS3.7 D.3.3.4).
     ae.add_supported_context(UPS_EVENT, scu_role=False, scp_role=True)
 
@@ -76,12 +92,18 @@ def reports(watcher_port: int) -> Iterator[queue.Queue[Report]]:
         return 0x0000, None
 
     server = ae.start_server(
-        ("127.0.0.1", watcher_port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
     )
     try:
         yield received
     finally:
         server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reports(watcher_port: int) -> Iterator[queue.Queue[Report]]:
+    with event_scp(WATCHER, watcher_port) as received:
+        yield received
 
 
 def next_report(reports: queue.Queue[Report], workitem: str) -> tuple[int, Dataset]:
@@ -283,6 +305,20 @@ def next_report_quick(reports: queue.Queue[Report], workitem: str) -> None:
         uid, _, _ = reports.get(timeout=2)
         if uid == workitem:
             return
+
+
+def test_reports_to_a_subscriber_that_was_down_are_retried_and_arrive_in_order(
+    archive: ArchiveServer, late_port: int
+) -> None:
+    uid = schedule(archive, workitem_json(station="UPS_CT", patient_id="UPS-L"))
+    with association(archive, LATE, UPS_WATCH, UPS_PULL) as assoc:
+        # Accepted: LATE is in the registry. Its SCHEDULED report fails at once (nothing listens yet) ...
+        assert assoc.send_n_action(subscription(LATE), 3, UPS_WATCH, uid)[0].Status == 0x0000
+        # ... and the IN PROGRESS one queues behind it.
+        assert assoc.send_n_action(claim(generate_uid()), 1, UPS_PULL, uid)[0].Status == 0x0000
+    with event_scp(LATE, late_port) as received:  # up before the second attempt (1 s later)
+        first, second = next_report(received, uid), next_report(received, uid)
+    assert [first[1].ProcedureStepState, second[1].ProcedureStepState] == ["SCHEDULED", "IN PROGRESS"]
 
 
 def test_a_ups_rs_websocket_subscriber_hears_of_a_claim_made_over_dimse(archive: ArchiveServer) -> None:

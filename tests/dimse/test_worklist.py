@@ -16,9 +16,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from tests.dimse.workflow_peers import (
+    BACKENDS,
     MWL_FIND,
     UPS_PUSH,
     association,
+    backend_url,
     c_find,
     findscu_worklist,
     schedule,
@@ -30,9 +32,12 @@ from tests.servers import ArchiveServer
 SPS = "ScheduledProcedureStepSequence[0]"
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchiveServer]:
-    with workflow_archive(tmp_path_factory.mktemp("worklist")) as server:
+@pytest.fixture(scope="module", params=BACKENDS)
+def archive(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ArchiveServer]:
+    """One archive per metadata backend: the worklist is narrowed by each store's own date comparison."""
+    with workflow_archive(tmp_path_factory.mktemp("worklist"), mongo_url=backend_url(request)) as server:
         yield server
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -20,8 +21,10 @@ from typing import Any, Final
 
 import httpx
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pymongo import MongoClient
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -46,9 +49,15 @@ DICOM_JSON: Final = "application/dicom+json"
 # -- the archive ------------------------------------------------------------------------------------------------
 
 
+BACKENDS: Final = ("sqlite", "mongo")
+
+
 @contextmanager
-def workflow_archive(data_dir: Path, remote_aes: str = "", **settings: Any) -> Iterator[ArchiveServer]:
-    """The archive with its DIMSE door on a free port of 127.0.0.1 and `remote_aes` in its AE registry."""
+def workflow_archive(
+    data_dir: Path, remote_aes: str = "", *, mongo_url: str | None = None, **settings: Any
+) -> Iterator[ArchiveServer]:
+    """The archive with its DIMSE door on a free port of 127.0.0.1 and `remote_aes` in its AE registry; on
+    MongoDB (a database of its own, dropped afterwards) when `mongo_url` is given, else on SQLite."""
     base = Settings(  # type: ignore[call-arg]
         data_dir=data_dir,
         dimse_enabled=True,
@@ -58,8 +67,20 @@ def workflow_archive(data_dir: Path, remote_aes: str = "", **settings: Any) -> I
         dimse_scu_timeout=10,
         _env_file=None,
     )
-    with running_archive(base.model_copy(update=settings)) as server:
-        yield server
+    if mongo_url is not None:
+        settings = {**settings, "mongo_url": mongo_url, "mongo_database": f"test_{uuid.uuid4().hex[:16]}"}
+    try:
+        with running_archive(base.model_copy(update=settings)) as server:
+            yield server
+    finally:
+        if mongo_url is not None:
+            with MongoClient(mongo_url, serverSelectionTimeoutMS=5000) as admin:
+                admin.drop_database(settings["mongo_database"])
+
+
+def backend_url(request: pytest.FixtureRequest) -> str | None:
+    """For a fixture parametrized over BACKENDS: the session's MongoDB URL, or None for SQLite."""
+    return str(request.getfixturevalue("mongo_url")) if request.param == "mongo" else None
 
 
 # -- scheduling through UPS-RS ----------------------------------------------------------------------------------
