@@ -27,6 +27,7 @@ from websockets.sync.client import connect
 from tests.dimse.workflow_peers import (
     BACKENDS,
     DICOM_JSON,
+    FILTERED_GLOBAL_SUBSCRIPTION,
     GLOBAL_SUBSCRIPTION,
     UPS_EVENT,
     UPS_PULL,
@@ -298,6 +299,35 @@ def test_a_global_watcher_hears_of_new_workitems(
     later = schedule(archive, workitem_json(station="UPS_CT", patient_id="UPS-W3"))
     with pytest.raises(queue.Empty):
         next_report_quick(reports, later)
+
+
+def test_a_filtered_watcher_hears_only_of_matching_workitems_until_it_suspends(
+    archive: ArchiveServer, reports: queue.Queue[Report]
+) -> None:
+    keys = subscription(WATCHER)
+    station = Dataset()
+    station.CodeValue = "UPS_FILTERED"
+    keys.ScheduledStationNameCodeSequence = DicomSequence([station])  # the filter (PS3.4 CC.2.3.2.1)
+    with association(archive, WATCHER, UPS_WATCH) as assoc:
+        assert assoc.send_n_action(keys, 3, UPS_WATCH, FILTERED_GLOBAL_SUBSCRIPTION)[0].Status == 0x0000
+    other = schedule(archive, workitem_json(station="UPS_ELSEWHERE", patient_id="UPS-F1"))
+    matching = schedule(archive, workitem_json(station="UPS_FILTERED", patient_id="UPS-F2"))
+    heard: list[str] = []
+    while matching not in heard:  # reports to one AE keep their order: `other` would have come first
+        heard.append(reports.get(timeout=REPORT_TIMEOUT)[0])
+    assert other not in heard
+    with association(archive, WATCHER, UPS_WATCH) as assoc:
+        suspended, _ = assoc.send_n_action(subscription(WATCHER), 5, UPS_WATCH, FILTERED_GLOBAL_SUBSCRIPTION)
+        assert suspended.Status == 0x0000
+        later = schedule(archive, workitem_json(station="UPS_FILTERED", patient_id="UPS-F3"))
+        with pytest.raises(queue.Empty):
+            next_report_quick(reports, later)
+        not_global, _ = assoc.send_n_action(subscription(WATCHER), 5, UPS_WATCH, matching)
+        assert not_global.Status == 0xC314  # only a global subscription is suspended
+        assert (
+            assoc.send_n_action(subscription(WATCHER), 4, UPS_WATCH, FILTERED_GLOBAL_SUBSCRIPTION)[0].Status
+            == 0
+        )
 
 
 def next_report_quick(reports: queue.Queue[Report], workitem: str) -> None:

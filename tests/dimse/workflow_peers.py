@@ -41,6 +41,7 @@ UPS_PULL: Final = "1.2.840.10008.5.1.4.34.6.3"
 UPS_EVENT: Final = "1.2.840.10008.5.1.4.34.6.4"
 UPS_QUERY: Final = "1.2.840.10008.5.1.4.34.6.5"
 GLOBAL_SUBSCRIPTION: Final = "1.2.840.10008.5.1.4.34.5"
+FILTERED_GLOBAL_SUBSCRIPTION: Final = "1.2.840.10008.5.1.4.34.5.1"
 NODE_DIR: Final = Path(__file__).resolve().parent.parent / "node"
 TOOL_TIMEOUT: Final = 60
 DICOM_JSON: Final = "application/dicom+json"
