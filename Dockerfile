@@ -15,6 +15,9 @@ COPY app ./app
 COPY dimse_bridge ./dimse_bridge
 COPY migrations ./migrations
 RUN pip install . \
+    # The OHIF Viewer served at /viewer: fetched from the npm registry, integrity checked, into the image
+    # (/usr/local/share/dicomweb-archive/viewer), so an upgraded image brings its own.
+    && python -m app viewer install \
     && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home archive \
     && mkdir -p /data /storage \
     && chown archive:archive /data /storage

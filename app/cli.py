@@ -1,4 +1,4 @@
-"""The command line: `python -m app serve | import | migrate | sweep | reindex | stats`.
+"""The command line: `python -m app serve | import | migrate | sweep | reindex | stats | viewer install`.
 
 `serve` runs uvicorn on the app (SIGTERM and Ctrl-C shut down cleanly through the lifespan); `import` bulk-loads
 files and folders through the same ingest service as STOW-RS and C-STORE.
@@ -42,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("sweep", help="remove files without metadata and metadata without files")
     commands.add_parser("reindex", help="rebuild the metadata from the files in storage")
     commands.add_parser("stats", help="print counts of studies, series, instances and bytes as JSON")
+    viewer = commands.add_parser("viewer", help="the OHIF Viewer served at /viewer")
+    viewer_commands = viewer.add_subparsers(dest="viewer_command", required=True)
+    viewer_install = viewer_commands.add_parser(
+        "install", help="fetch @ohif/app from the npm registry, check its integrity, unpack it into VIEWER_DIR"
+    )
+    viewer_install.add_argument("--version", default=None, help="the @ohif/app version (default: pinned)")
+    viewer_install.add_argument("--registry", default=None, help="npm registry URL (default: registry.npmjs.org)")
     args = parser.parse_args(argv)
 
     overrides: dict[str, object] = {}
@@ -74,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_reindex(settings))
     if args.command == "stats":
         return asyncio.run(_stats(settings))
+    if args.command == "viewer":
+        return _viewer_install(settings, args.version, args.registry)
     return asyncio.run(_sweep(settings))
 
 
@@ -239,4 +248,16 @@ async def _stats(settings: Settings) -> int:
     finally:
         await context.close()
     print(json.dumps(stats.as_dict()))
+    return 0
+
+
+def _viewer_install(settings: Settings, version: str | None, registry: str | None) -> int:
+    from app.ui.viewer_install import DEFAULT_REGISTRY, DEFAULT_VERSION, InstallError, install_viewer
+
+    try:
+        installed = install_viewer(settings.viewer_path, version or DEFAULT_VERSION, registry or DEFAULT_REGISTRY)
+    except (InstallError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"OHIF Viewer {installed.version} installed in {installed.folder} ({installed.files} files): /viewer")
     return 0

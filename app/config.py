@@ -7,6 +7,7 @@ keeps the two in step.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -36,6 +37,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Root for the SQLite database and, by default, files.")
     storage_root: Path | None = Field(
         None, description="Root of the DICOM file tree; default DATA_DIR/storage."
+    )
+    viewer_dir: Path | None = Field(
+        None,
+        description="The OHIF Viewer served at /viewer (python -m app viewer install); default "
+        "PREFIX/share/dicomweb-archive/viewer beside the installed archive (software, not data: an upgraded "
+        "image or environment brings its own).",
     )
     mongo_url: str | None = Field(
         None, description="MongoDB URL; when unset the embedded SQLite store is used."
@@ -158,6 +165,10 @@ class Settings(BaseSettings):
     oidc_audience: str | None = None
     # Static API keys `name:secret:scope+scope,...` with scopes read, write, delete, admin.
     auth_api_keys: SecretStr = SecretStr("")
+    # The console's OIDC sign-in (app/ui/console.py): its public client id at OIDC_ISSUER (authorization code with
+    # PKCE, redirect URI {archive}/ui/) and the scopes it asks for; no client id = API keys only.
+    ui_oidc_client_id: str | None = None
+    ui_oidc_scope: str = "openid read write delete admin"
     # /openapi.json, /docs and /redoc: `auth` (the API's own authentication, scope read), `public`, or `off`.
     api_docs: Literal["auth", "public", "off"] = "auth"
     # Origins allowed by CORS (e.g. the OHIF viewer's); `*` = any; empty = no CORS headers.
@@ -251,6 +262,12 @@ class Settings(BaseSettings):
     @property
     def storage_path(self) -> Path:
         return self.storage_root if self.storage_root is not None else self.data_dir / "storage"
+
+    @property
+    def viewer_path(self) -> Path:
+        if self.viewer_dir is not None:
+            return self.viewer_dir
+        return Path(sys.prefix) / "share" / "dicomweb-archive" / "viewer"
 
     @property
     def sqlite_path(self) -> Path:

@@ -50,6 +50,8 @@ from app.config import Settings
 from app.core.audit import AuditLog
 from app.core.metrics import Metrics
 from app.core.ports import RepositoryUnavailable
+from app.ui.console import include_console
+from app.ui.viewer import viewer_routes
 
 log = logging.getLogger(__name__)
 
@@ -162,4 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(observability.router, dependencies=admin_only)  # /metrics
     app.include_router(observability.probes)  # /health, /ready: open to orchestrators
     include_docs(app, settings.api_docs)
+    # The operator console (/ui, its /ui/whoami needs `read`) and the OHIF Viewer (/viewer): app/ui/.
+    include_console(app, settings)
+    app.router.routes.extend(viewer_routes(settings.viewer_path))
     return app

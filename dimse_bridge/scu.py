@@ -192,10 +192,16 @@ class StoreReport:
     failed: int = 0
     warning: int = 0
     failed_sop_instance_uids: list[str] = field(default_factory=list)
+    # Told after each sub-operation is counted (from the sending thread), for callers that show progress.
+    listener: Callable[[StoreReport], None] | None = field(default=None, repr=False, compare=False)
 
     def fail(self, ref: StoredInstance) -> None:
         self.failed += 1
         self.failed_sop_instance_uids.append(ref.sop_instance_uid)
+
+    def changed(self) -> None:
+        if self.listener is not None:
+            self.listener(self)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -224,11 +230,18 @@ def storage_contexts(refs: Sequence[StoredInstance]) -> list[list[PresentationCo
     return [group for group in groups if group]
 
 
-def store(remote: RemoteAE, refs: Sequence[StoredInstance], load: Loader, options: ScuOptions) -> StoreReport:
+def store(
+    remote: RemoteAE,
+    refs: Sequence[StoredInstance],
+    load: Loader,
+    options: ScuOptions,
+    progress: Callable[[StoreReport], None] | None = None,
+) -> StoreReport:
     """C-STORE every instance of `refs` to `remote` (PS3.4 B.2), each in a transfer syntax accepted for its SOP
     class. ScuError only when no association at all could be made; after that, what could not be sent is
-    counted as failed and the rest is still tried."""
-    report = StoreReport()
+    counted as failed and the rest is still tried. `progress` is called with the report after each
+    sub-operation."""
+    report = StoreReport(listener=progress)
     groups = storage_contexts(refs)
     for number, contexts in enumerate(groups):
         classes = {str(cx.abstract_syntax) for cx in contexts}
@@ -241,6 +254,7 @@ def store(remote: RemoteAE, refs: Sequence[StoredInstance], load: Loader, option
             log.warning("C-STORE to %s: association %d failed", remote.ae_title, number + 1, exc_info=True)
             for ref in batch:
                 report.fail(ref)
+            report.changed()
             continue
         try:
             _store_batch(assoc, remote, batch, load, report)
@@ -260,33 +274,45 @@ def _store_batch(
             log.warning("C-STORE to %s: association lost, %d not sent", remote.ae_title, len(refs) - index)
             for rest in refs[index:]:
                 report.fail(rest)
+            report.changed()
             return
-        syntaxes = accepted.get(ref.sop_class_uid)
-        if not syntaxes:
-            log.info("C-STORE to %s: SOP class %s not accepted", remote.ae_title, ref.sop_class_uid)
-            report.fail(ref)
-            continue
-        try:
-            dataset = load(ref, syntaxes)
-        except Exception as exc:  # not acceptable, unreadable, deleted meanwhile, archive unreachable
-            log.warning("C-STORE to %s: cannot read %s: %s", remote.ae_title, ref.sop_instance_uid, exc)
-            report.fail(ref)
-            continue
-        try:
-            status = send_encoded(assoc, EncodedDataSet(dataset))
-        except (ValueError, AttributeError, RuntimeError) as exc:  # no matching context
-            log.warning("C-STORE to %s: cannot send %s: %s", remote.ae_title, ref.sop_instance_uid, exc)
-            report.fail(ref)
-            continue
-        code = int(status.Status) if "Status" in status else UNABLE_TO_PROCESS
-        category = code_to_category(code)
-        if category == "Success":
-            report.completed += 1
-        elif category == "Warning":
-            report.warning += 1
-        else:
-            log.info("C-STORE to %s: %s answered 0x%04X", remote.ae_title, ref.sop_instance_uid, code)
-            report.fail(ref)
+        _store_one(assoc, remote, ref, accepted.get(ref.sop_class_uid), load, report)
+        report.changed()
+
+
+def _store_one(
+    assoc: Association,
+    remote: RemoteAE,
+    ref: StoredInstance,
+    syntaxes: list[str] | None,
+    load: Loader,
+    report: StoreReport,
+) -> None:
+    if not syntaxes:
+        log.info("C-STORE to %s: SOP class %s not accepted", remote.ae_title, ref.sop_class_uid)
+        report.fail(ref)
+        return
+    try:
+        dataset = load(ref, syntaxes)
+    except Exception as exc:  # not acceptable, unreadable, deleted meanwhile, archive unreachable
+        log.warning("C-STORE to %s: cannot read %s: %s", remote.ae_title, ref.sop_instance_uid, exc)
+        report.fail(ref)
+        return
+    try:
+        status = send_encoded(assoc, EncodedDataSet(dataset))
+    except (ValueError, AttributeError, RuntimeError) as exc:  # no matching context
+        log.warning("C-STORE to %s: cannot send %s: %s", remote.ae_title, ref.sop_instance_uid, exc)
+        report.fail(ref)
+        return
+    code = int(status.Status) if "Status" in status else UNABLE_TO_PROCESS
+    category = code_to_category(code)
+    if category == "Success":
+        report.completed += 1
+    elif category == "Warning":
+        report.warning += 1
+    else:
+        log.info("C-STORE to %s: %s answered 0x%04X", remote.ae_title, ref.sop_instance_uid, code)
+        report.fail(ref)
 
 
 def _release(assoc: Association) -> None:

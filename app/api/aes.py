@@ -6,7 +6,11 @@
 * `POST /api/aes/{AET}/echo`: C-ECHO from our AE title; `{"status": 0, ...}`, or 502 with the reason when no
   association can be made;
 * `POST /api/aes/{AET}/store` `{"StudyInstanceUID": ..., "SeriesInstanceUID"?: ..., "SOPInstanceUID"?: ...}`:
-  C-STORE of the study, series or instance to the AE, answered with the sub-operation counts.
+  C-STORE of the study, series or instance to the AE, answered with the sub-operation counts; with
+  `Accept: application/x-ndjson`, answered as it goes instead: one JSON line of counts (`completed`, `failed`,
+  `warning`, `remaining`, `done`) at the start and after each sub-operation, as a C-MOVE's pending responses
+  count them (PS3.4 C.4.2.1.5), the last with `done: true` and the failed UIDs, or with `error` when no
+  association could be made (the status is 200 by then). The sending goes on if the client leaves.
 
 The DIMSE work (dimse_bridge/scu.py) blocks, so it runs in a worker thread, which also reads the instances it
 sends (RetrieveService.encoded: stored bytes as they are when the peer accepts their syntax). With authentication on, every route needs the `admin`
@@ -16,18 +20,23 @@ scope (the registry decides where the archive's data may be sent).
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.errors import DicomWebError, check_uids
 from app.core.aes import InvalidAE, RemoteAE, normalise_ae_title
+from app.core.records import StoredInstance
 from app.core.retrieve.outcomes import NotFound
 from app.deps import Context
 from dimse_bridge import scu
 
 AES_PREFIX = "/api/aes"
+NDJSON = "application/x-ndjson"
 router = APIRouter(tags=["AE registry"])
 
 
@@ -102,8 +111,12 @@ async def echo_ae(aet: str, context: Context) -> dict[str, Any]:
     return {**_json(remote), "status": result.status, "seconds": round(result.seconds, 3)}
 
 
-@router.post("/{aet}/store", summary="C-STORE a study, series or instance to the remote AE")
-async def store_to_ae(aet: str, request: StoreRequest, context: Context) -> dict[str, Any]:
+@router.post(
+    "/{aet}/store",
+    summary="C-STORE a study, series or instance to the remote AE (counts as it goes with Accept: "
+    "application/x-ndjson)",
+)
+async def store_to_ae(aet: str, request: StoreRequest, context: Context, http: Request) -> Response:
     remote = await _registered(context, aet)
     uids = (request.StudyInstanceUID, request.SeriesInstanceUID, request.SOPInstanceUID)
     check_uids(*uids)
@@ -112,8 +125,49 @@ async def store_to_ae(aet: str, request: StoreRequest, context: Context) -> dict
     except NotFound as exc:
         raise DicomWebError(404, str(exc)) from exc
     options = scu.ScuOptions.from_settings(context.settings)
+    if NDJSON in http.headers.get("accept", ""):
+        return StreamingResponse(_store_progress(context, remote, refs, options), media_type=NDJSON)
     try:
         report = await asyncio.to_thread(scu.store, remote, refs, context.retrieve.encoded, options)
     except scu.ScuError as exc:
         raise DicomWebError(502, str(exc)) from exc
-    return report.as_dict()
+    return JSONResponse(report.as_dict())
+
+
+async def _store_progress(
+    context: Context, remote: RemoteAE, refs: Sequence[StoredInstance], options: scu.ScuOptions
+) -> AsyncIterator[bytes]:
+    """The NDJSON lines of a C-STORE in progress: the sending thread's counts are handed to the loop."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def counts(report: scu.StoreReport) -> dict[str, Any]:
+        done = report.completed + report.failed + report.warning
+        return {
+            "completed": report.completed,
+            "failed": report.failed,
+            "warning": report.warning,
+            "remaining": len(refs) - done,
+            "done": False,
+        }
+
+    def progress(report: scu.StoreReport) -> None:
+        loop.call_soon_threadsafe(lines.put_nowait, counts(report))
+
+    yield _line(counts(scu.StoreReport()))
+    sending = asyncio.ensure_future(
+        asyncio.to_thread(scu.store, remote, refs, context.retrieve.encoded, options, progress)
+    )
+    sending.add_done_callback(lambda _: lines.put_nowait(None))
+    while (line := await lines.get()) is not None:
+        yield _line(line)
+    try:
+        report = sending.result()
+    except scu.ScuError as exc:
+        yield _line({"error": str(exc), "done": True})
+        return
+    yield _line({**counts(report), **report.as_dict(), "done": True})
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value).encode() + b"\n"

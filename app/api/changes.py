@@ -4,7 +4,8 @@
 `{"seq", "type", "at", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}` with `type` one of
 instance.created, instance.updated, instance.deleted, study.completed; and `last` (the highest seq the answer
 holds, or `since` when it holds none) and `done` (no later entry exists yet), so a client polls with
-`since=last` until done.
+`since=last` until done. `study=UID` keeps that study's entries only (its history); `tail=N` starts N
+sequence numbers before the newest, instead of at `since` (the console's view of what happened last).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from app.api.errors import check_uids
 from app.deps import Context
 
 CHANGES_PREFIX = "/api"
@@ -29,13 +31,21 @@ async def get_changes(
     # Bounded to a 64-bit integer: a larger one cannot be compared in the store (it was a 500, tests/test_schema.py).
     since: int = Query(0, ge=0, le=2**63 - 1, description="Answer entries after this sequence number."),
     limit: int = Query(100, ge=1, le=MAX_LIMIT, description="At most this many entries."),
+    study: str | None = Query(None, description="Only the entries of this Study Instance UID."),
+    tail: int | None = Query(
+        None, ge=1, le=MAX_LIMIT, description="Start this many sequence numbers before the newest (not at since)."
+    ),
 ) -> dict[str, Any]:
+    if study is not None:
+        check_uids(study)
     if context.change_feed is not None:
         # Entries still queued for writing are part of the feed already: make them visible (bounded, so a
         # metadata store that is down delays the answer, never hangs it).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(context.change_feed.flush(), FLUSH_SECONDS)
-    changes = await context.repository.changes(since, limit + 1)
+    if tail is not None:
+        since = max(0, await context.repository.last_change_seq() - tail)
+    changes = await context.repository.changes(since, limit + 1, study)
     page = changes[:limit]
     return {
         "changes": [change.to_json() for change in page],

@@ -104,8 +104,9 @@ class ChangeFeedStore(Protocol):
     async def append_changes(self, changes: Sequence[NewChange]) -> int:
         """Append to the change feed in order, in one unit of work; return the last sequence number given."""
 
-    async def changes(self, since: int, limit: int) -> list[Change]:
-        """Feed entries with seq > since, in seq order, at most `limit`."""
+    async def changes(self, since: int, limit: int, study: str | None = None) -> list[Change]:
+        """Feed entries with seq > since, in seq order, at most `limit`; only those of the study `study` (its
+        history, read through an index) when given."""
 
     async def last_change_seq(self) -> int:
         """The highest sequence number given so far (0 when the feed is empty)."""

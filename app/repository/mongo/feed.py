@@ -48,11 +48,14 @@ class MongoChangeFeed(MongoConnection):
             )
             return last
 
-    async def changes(self, since: int, limit: int) -> list[Change]:
+    async def changes(self, since: int, limit: int, study: str | None = None) -> list[Change]:
         if limit <= 0:
             return []
+        query: dict[str, object] = {"seq": {"$gt": since}}
+        if study is not None:
+            query["study_instance_uid"] = study
         with guarded():
-            cursor = self._changes.find({"seq": {"$gt": since}}, {"_id": 0}).sort("seq", 1).limit(limit)
+            cursor = self._changes.find(query, {"_id": 0}).sort("seq", 1).limit(limit)
             return [
                 Change(
                     doc["seq"], doc["kind"], doc["study_instance_uid"], doc.get("series_instance_uid"),

@@ -27,12 +27,14 @@ class SQLiteChangeFeed(SQLiteConnection):
 
         return await self._write(append)
 
-    async def changes(self, since: int, limit: int) -> list[Change]:
+    async def changes(self, since: int, limit: int, study: str | None = None) -> list[Change]:
+        by_study = "" if study is None else "AND study_instance_uid = ? "
         sql = (
             "SELECT seq, kind, study_instance_uid, series_instance_uid, sop_instance_uid, at FROM changes "
-            "WHERE seq > ? ORDER BY seq LIMIT ?"
+            f"WHERE seq > ? {by_study}ORDER BY seq LIMIT ?"
         )
-        return await self._read(lambda conn: [Change(*row) for row in conn.execute(sql, (since, limit))])
+        args = (since, limit) if study is None else (since, study, limit)
+        return await self._read(lambda conn: [Change(*row) for row in conn.execute(sql, args)])
 
     async def last_change_seq(self) -> int:
         return await self._read(
