@@ -29,7 +29,7 @@ performer unsure whether it holds the workitem).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR
@@ -187,6 +187,7 @@ def handle_n_action(event: Event, dimse: DimseContext) -> Reply:
             )
             return ws.ups_warning(warning), None
         receiving = text(information, "ReceivingAE") or calling
+        coro: Coroutine[Any, Any, object]
         if action == SUBSCRIBE:
             lock = _deletion_lock(information)
             filter_keys = _filter_keys(information) if uid == FILTERED_GLOBAL_SUBSCRIPTION else None

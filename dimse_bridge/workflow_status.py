@@ -45,6 +45,7 @@ UPS_RECEIVING_AE_UNKNOWN: Final = 0xC308  # Failed: Receiving AE-TITLE is Unknow
 UPS_NOT_SCHEDULED_ON_CREATE: Final = 0xC309  # Failed: The provided value of UPS State was not SCHEDULED
 UPS_NOT_IN_PROGRESS: Final = 0xC310  # Failed: The UPS is not yet in the IN PROGRESS state
 UPS_ALREADY_COMPLETED: Final = 0xC311  # Failed: The UPS is already COMPLETED
+UPS_PERFORMER_UNREACHABLE: Final = 0xC312  # Failed: The performer cannot be contacted
 UPS_ACTION_NOT_APPROPRIATE: Final = 0xC314  # Failed: Specified action not appropriate for specified instance
 UPS_CREATED_WITH_MODIFICATIONS: Final = 0xB300  # Warning: The UPS was created with modifications
 UPS_DELETION_LOCK_NOT_GRANTED: Final = 0xB301  # Warning: Deletion Lock not granted
@@ -77,6 +78,7 @@ _UPS_FAILURE: Final[dict[FailureReason, int]] = {
     FailureReason.FINAL_STATE_REQUIREMENTS: UPS_FINAL_STATE_REQUIREMENTS,
     FailureReason.NOT_IN_PROGRESS: UPS_NOT_IN_PROGRESS,
     FailureReason.ALREADY_COMPLETED: UPS_ALREADY_COMPLETED,
+    FailureReason.PERFORMER_UNREACHABLE: UPS_PERFORMER_UNREACHABLE,
     FailureReason.UNKNOWN_RECEIVING_AE: UPS_RECEIVING_AE_UNKNOWN,
     FailureReason.UNAVAILABLE: PROCESSING_FAILURE,
 }

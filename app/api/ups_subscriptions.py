@@ -89,13 +89,16 @@ async def subscribe(
     summary="Unsubscribe (UPS-RS, PS3.18 11.11)",
     description="Ends the AE's subscription to the workitem, or, for the Worklist and Filtered Worklist UIDs, its "
     "global subscription and every workitem subscription that one made (PS3.4 CC.2.3.2.3). Answers 200.",
-    responses=responses(_200="Unsubscribed.", _400=_BAD, _404="No such workitem."),
+    responses=responses(_200="Unsubscribed.", _400=_BAD, _404="No such workitem, or the AE holds no such subscription."),
 )
 async def unsubscribe(workitem: str, aetitle: str, context: Context) -> Response:
     target = checked_uid(workitem, WORKITEM_UID)
     ae_title = checked_ae_title(aetitle)
     with workflow_errors(Transaction.UNSUBSCRIBE):
-        await context.ups.unsubscribe(ae_title, target)
+        subscribed = await context.ups.unsubscribe(ae_title, target)
+    if not subscribed:
+        # PS3.18 11.11.3.1: 404 when there is no such subscription to end.
+        raise DicomWebError(404, f"{ae_title} holds no subscription to {target}")
     return Response(status_code=200)
 
 

@@ -51,6 +51,7 @@ STATUS: Final[dict[FailureReason, int]] = {
     FailureReason.FINAL_STATE_REQUIREMENTS: 409,
     FailureReason.NOT_IN_PROGRESS: 409,
     FailureReason.ALREADY_COMPLETED: 409,
+    FailureReason.PERFORMER_UNREACHABLE: 409,
     FailureReason.MISSING_ATTRIBUTE: 400,
     FailureReason.INVALID_ATTRIBUTE_VALUE: 400,
     FailureReason.NOT_SCHEDULED_ON_CREATE: 400,

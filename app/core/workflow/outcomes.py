@@ -26,6 +26,7 @@ class FailureReason(StrEnum):
     FINAL_STATE_REQUIREMENTS = "final state requirements not met"  # C304 / 409
     NOT_IN_PROGRESS = "not yet IN PROGRESS"  # C310 / 409
     ALREADY_COMPLETED = "already COMPLETED"  # C311 / 409
+    PERFORMER_UNREACHABLE = "performer cannot be contacted"  # C312 / 409
     UNKNOWN_RECEIVING_AE = "receiving AE unknown"  # C308 / 404
     UNAVAILABLE = "store unavailable"  # A700/0110 / 503
 

@@ -251,7 +251,11 @@ class UpsService:
                 info = {a.key(k): information[a.key(k)] for k in _CANCEL_INFORMATION if a.key(k) in information}
                 if requesting_ae:
                     a.put(info, "RequestingAE", requesting_ae)
-                await self._notify(workitem, EventType.CANCEL_REQUESTED, info)
+                if not await self._notify(workitem, EventType.CANCEL_REQUESTED, info):
+                    raise WorkflowFailure(
+                        FailureReason.PERFORMER_UNREACHABLE,
+                        f"workitem {sop_instance_uid} is IN PROGRESS and no subscriber could be told of the request",
+                    )
                 return None
             body = dict(workitem.dataset)
             a.put(body, "ProcedureStepState", ProcedureStepState.CANCELED.value)
@@ -329,16 +333,17 @@ class UpsService:
         await self.store.put_subscription(Subscription(ae_title, target, deletion_lock))
         await self._send(ae_title, _state_event(workitem))
 
-    async def unsubscribe(self, ae_title: str, target: str) -> None:
+    async def unsubscribe(self, ae_title: str, target: str) -> bool:
         """Unsubscribe (PS3.4 CC.2.3.2.3): from one workitem, or from the global subscription and every
-        workitem subscription it added."""
+        workitem subscription it added. False when the AE held no such subscription."""
         ae_title = ae_title.strip()
         if target in (GLOBAL_SUBSCRIPTION, FILTERED_GLOBAL_SUBSCRIPTION):
+            removed = False
             for subscription in await self.store.subscriptions(ae_title=ae_title):
-                await self.store.delete_subscription(ae_title, subscription.workitem_uid)
-            return
+                removed |= await self.store.delete_subscription(ae_title, subscription.workitem_uid)
+            return removed
         await self.get(target)
-        await self.store.delete_subscription(ae_title, target)
+        return await self.store.delete_subscription(ae_title, target)
 
     async def suspend_global(self, ae_title: str) -> None:
         """Suspend Global Subscription (PS3.4 CC.2.3.2.4): no new workitems are added; those added stay."""
@@ -371,22 +376,26 @@ class UpsService:
         for subscription in await self.store.subscriptions(workitem_uid=workitem.sop_instance_uid):
             await self._send(subscription.ae_title, event)
 
-    async def _notify(self, workitem: Workitem, event_type: EventType, information: JSONDict) -> None:
+    async def _notify(self, workitem: Workitem, event_type: EventType, information: JSONDict) -> int:
+        """Send the event to the workitem's subscribers; how many a channel took."""
         event = UpsEvent(workitem.sop_instance_uid, event_type, information)
+        sent = 0
         for subscription in await self.store.subscriptions(workitem_uid=workitem.sop_instance_uid):
-            await self._send(subscription.ae_title, event)
+            sent += await self._send(subscription.ae_title, event)
+        return sent
 
-    async def _send(self, ae_title: str, event: UpsEvent) -> None:
+    async def _send(self, ae_title: str, event: UpsEvent) -> bool:
         for channel in self.channels:
             try:
                 if await channel.offer(ae_title, event):
-                    return
+                    return True
             except Exception:
                 log.exception("UPS event for %s: a channel failed", ae_title)
         log.info(
             "UPS event %s of %s for %s: no open channel and not a known AE; not delivered",
             event.event_type.name, event.workitem_uid, ae_title,
         )  # fmt: skip
+        return False
 
 
 def _state_event(workitem: Workitem) -> UpsEvent:

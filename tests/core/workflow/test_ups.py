@@ -176,3 +176,22 @@ async def test_search_matches_with_the_query_models_rules_and_pages(ups: UpsServ
     rest = await ups.search(parse_matches({"PatientName": "DOE*"}), offset=2)
     assert len(first) == 2 and len(rest) == 3
     assert not {w.sop_instance_uid for w in first} & {w.sop_instance_uid for w in rest}
+
+
+async def test_a_cancellation_request_nobody_can_hear_is_refused(ups: UpsService) -> None:
+    """PS3.4 CC.2.2: the performer of an IN PROGRESS workitem decides; if no subscriber can be told, C312."""
+    uid = new_uid()
+    await ups.create(workitem_json(), uid)
+    await ups.change_state(uid, "IN PROGRESS", new_uid())
+    with refused(FailureReason.PERFORMER_UNREACHABLE):
+        await ups.request_cancellation(uid, {})
+    assert (await ups.get(uid)).state is ProcedureStepState.IN_PROGRESS
+
+
+async def test_unsubscribing_says_whether_there_was_a_subscription(ups: UpsService) -> None:
+    uid = new_uid()
+    await ups.create(workitem_json(), uid)
+    await ups.subscribe("WATCHER", uid)
+    assert await ups.unsubscribe("WATCHER", uid)
+    assert not await ups.unsubscribe("WATCHER", uid)
+    assert not await ups.unsubscribe("WATCHER", GLOBAL_SUBSCRIPTION)
