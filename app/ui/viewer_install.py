@@ -8,9 +8,9 @@ are taken; a member whose path climbs out (`..`, absolute) or is a link is refus
 write outside the viewer folder. The new tree is built beside the old one and swapped in by renames, so a
 failed install leaves the running viewer as it was.
 
-OHIF's build bakes its public path `/` into index.html, manifest.json and webpack's runtime
-(`__webpack_require__.p = "/"`); we serve it under `/viewer/`, so those few literals are rewritten to what a
-build with `PUBLIC_URL=/viewer/` would have produced. `app-config.js` is replaced by ours: one DICOMweb data
+OHIF's build bakes its public path `/` into index.html, manifest.json, its stylesheets, webpack's runtime
+(`__webpack_require__.p = "/"`) and its service worker; we serve it under `/viewer/`, so those few literals are
+rewritten to what a build with `PUBLIC_URL=/viewer/` would have produced. `app-config.js` is replaced by ours: one DICOMweb data
 source at this archive's own root, computed in the browser from `window.location.origin`, so the viewer talks
 to the origin that served it (no CORS, and right behind a reverse proxy too).
 """
@@ -38,7 +38,6 @@ VIEWER_PREFIX = "/viewer"
 VERSION_FILE = "ohif-version.txt"
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 CHUNK = 1 << 20
-WEBPACK_PUBLIC_PATH = b'__webpack_require__.p = "/";'
 
 
 class InstallError(RuntimeError):
@@ -150,23 +149,26 @@ def _unpack(archive: Path, folder: Path) -> int:
 
 
 def _serve_under_prefix(folder: Path) -> None:
-    """Rewrite the public path `/` that OHIF's build baked in to `/viewer/`."""
+    """Rewrite the public path `/` that OHIF's build baked in to `/viewer/`: in index.html's links, its
+    PUBLIC_URL, the web app manifest, the stylesheets' fonts, webpack's runtime and the service worker's
+    precache list."""
     prefix = VIEWER_PREFIX + "/"
-    index = folder / "index.html"
-    html = index.read_text(encoding="utf-8")
-    html = html.replace('href="/', f'href="{prefix}').replace('src="/', f'src="{prefix}')
-    index.write_text(html.replace('PUBLIC_URL="/"', f'PUBLIC_URL="{prefix}"'), encoding="utf-8")
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        manifest.write_text(
-            manifest.read_text(encoding="utf-8").replace('"/', f'"{prefix}'), encoding="utf-8"
-        )
-    for script in folder.glob("*.js"):
-        code = script.read_bytes()
-        if WEBPACK_PUBLIC_PATH in code:
-            script.write_bytes(
-                code.replace(WEBPACK_PUBLIC_PATH, f'__webpack_require__.p = "{prefix}";'.encode())
-            )
+    rewrites: list[tuple[str, list[tuple[str, str]]]] = [
+        ("index.html", [('href="/', f'href="{prefix}'), ('src="/', f'src="{prefix}'),
+                        ('PUBLIC_URL="/"', f'PUBLIC_URL="{prefix}"')]),
+        ("manifest.json", [('"/', f'"{prefix}')]),
+        ("*.css", [("url(/", f"url({prefix}")]),
+        ("*.js", [('__webpack_require__.p = "/";', f'__webpack_require__.p = "{prefix}";')]),
+        ("sw.js", [('"url":"/', f'"url":"{prefix}')]),
+    ]
+    for pattern, pairs in rewrites:
+        for path in folder.glob(pattern):
+            text = path.read_bytes()
+            changed = text
+            for old, new in pairs:
+                changed = changed.replace(old.encode(), new.encode())
+            if changed != text:
+                path.write_bytes(changed)
 
 
 def app_config() -> str:
