@@ -16,6 +16,7 @@ from app.core.ingest.hooks import load_hook
 from app.core.ingest.parsing import HeaderParser
 from app.core.ingest.rules import IngestRules
 from app.core.ingest.service import IngestService
+from app.core.leases import Leases
 from app.core.lifecycle.changefeed import ChangeFeed
 from app.core.lifecycle.completion import CompletionTracker
 from app.core.lifecycle.delete import LifecycleService
@@ -109,6 +110,8 @@ async def open_archive(settings: Settings) -> ArchiveContext:
     cleared = storage.clear_staging()
     if cleared:
         log.info("removed %d staged files left by an interrupted store", cleared)
+    # This process's leases and claims on work the archive processes sharing the repository must not repeat.
+    leases = Leases(repository, settings.lease_seconds)
     events = EventBus()
     change_feed = ChangeFeed(repository)
     change_feed.attach(events)
@@ -117,6 +120,7 @@ async def open_archive(settings: Settings) -> ArchiveContext:
         repository,
         storage,
         settings.duplicate_policy,
+        leases=leases,
         events=events,
         rules=rules,
         hook=hook,
@@ -150,9 +154,11 @@ async def open_archive(settings: Settings) -> ArchiveContext:
         lifecycle=lifecycle,
         events=events,
         change_feed=change_feed,
-        completion=CompletionTracker(repository, events, settings.study_quiet_seconds),
+        completion=CompletionTracker(
+            repository, events, settings.study_quiet_seconds, lease_seconds=settings.lease_seconds
+        ),
         fhir=_fhir_sync(settings, repository, events),
-        webhooks=_webhooks(settings, repository, change_feed),
+        webhooks=_webhooks(settings, repository, change_feed, leases),
     )
     # The AEs configured in DIMSE_REMOTE_AES (validated by Settings), upserted over those stored.
     await context.aes.load(parse_remote_aes(settings.dimse_remote_aes))
@@ -169,11 +175,15 @@ def _fhir_sync(settings: Settings, repository: Repository, events: EventBus) -> 
     return sync
 
 
-def _webhooks(settings: Settings, repository: Repository, feed: ChangeFeed) -> Webhooks | None:
+def _webhooks(settings: Settings, repository: Repository, feed: ChangeFeed, leases: Leases) -> Webhooks | None:
     if not settings.webhook_urls:
         return None
     hooks = Webhooks(
-        repository, settings.webhook_urls, source=settings.ae_title, retry_seconds=settings.outbox_retry_seconds
+        repository,
+        settings.webhook_urls,
+        source=settings.ae_title,
+        leases=leases,
+        retry_seconds=settings.outbox_retry_seconds,
     )
     hooks.attach(feed)
     return hooks

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     webhook_urls: CommaList = Field(default_factory=list)
     # First delay before a failed FHIR or webhook delivery is retried; doubles each time, up to 300 s.
     outbox_retry_seconds: PositiveFloat = 5.0
+    # Several archive processes over one MongoDB (README "Scaling out"): how long a process's claim on shared
+    # work lasts (an outbox delivery, a study completion, a webhook URL, an instance being stored or deleted)
+    # before another may take it over, should the process die; longer than any one delivery or store takes.
+    lease_seconds: PositiveFloat = 60.0
 
     # FHIR
     fhir_enabled: bool = False

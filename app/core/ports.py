@@ -2,9 +2,8 @@
 implemented by SQLite (embedded default) and MongoDB in app/repository/. Declared here, beside the services, so
 core depends on nothing above it; the remote AE registry's role (AEStore) is declared with its service in aes.py.
 
-Both implementations are exercised by one contract suite (tests/repository/, a file per role; the change feed,
-completion and outbox parts are in tests/test_study_lifecycle.py, the cursors' in tests/test_webhooks.py), so a
-service never needs to know which one it talks to. Aggregates (NumberOfStudyRelatedInstances,
+Both implementations are exercised by one contract suite (tests/repository/, a file per role), so a service
+never needs to know which one it talks to. Aggregates (NumberOfStudyRelatedInstances,
 ModalitiesInStudy...) are maintained by the repository in the same unit of work as the instance, because only it
 sees every store and delete from every door.
 """
@@ -119,10 +118,17 @@ class CompletionStore(Protocol):
         """Studies with completion pending whose last store was at or before `quiet_before`, oldest first."""
 
     async def mark_completed(self, study_instance_uid: str, activity_at: float) -> bool:
-        """Clear the study's completion-pending flag unless a store came after `activity_at`; True if cleared."""
+        """Clear the study's completion-pending flag unless a store came after `activity_at`; True if cleared.
+        Either way the study's claim ends (a study stored to meanwhile completes again later)."""
 
     async def pending_completion(self, study_instance_uid: str) -> PendingStudy | None:
         """The study's pending completion, however recent its last store (an MPPS ends the wait at once)."""
+
+    async def claim_completion(self, study_instance_uid: str, activity_at: float, now: float, until: float) -> bool:
+        """Claim the study's completion at `activity_at` until `until`, in one atomic step: True only if it is
+        still pending at that activity and unclaimed (or its claim expired by `now`). Of several archive
+        processes reading the same pending study, one reports it; `mark_completed` ends the claim, and a
+        process that dies holding one hands the study on when the claim expires."""
 
 
 class Outbox(Protocol):
@@ -133,15 +139,23 @@ class Outbox(Protocol):
         version), resets the attempts and makes it due now."""
 
     async def outbox_due(self, target: str, now: float, limit: int) -> list[OutboxEntry]:
-        """Entries of `target` due at `now`, earliest due first."""
+        """Entries of `target` due at `now` and not claimed (or claimed until `now` at the latest), earliest due
+        first."""
+
+    async def outbox_claim(self, target: str, key: str, version: int, now: float, until: float) -> bool:
+        """Claim the entry at `version` until `until`, in one atomic step: True only if it is still at that
+        version, due and unclaimed at `now`. Of several archive processes reading the same due entry, one does
+        the work; `outbox_done` or `outbox_retry` ends the claim, and a process that dies holding one hands the
+        entry on when the claim expires."""
 
     async def outbox_done(self, target: str, key: str, version: int) -> bool:
-        """Remove the entry if it is still at `version`; True if removed."""
+        """Remove the entry if it is still at `version`; True if removed. Otherwise (put again meanwhile) its
+        claim ends, so the newer version is due at once."""
 
     async def outbox_retry(
         self, target: str, key: str, version: int, next_attempt_at: float, error: str
     ) -> None:
-        """Record a failed attempt of the entry at `version` and when to try again."""
+        """Record a failed attempt of the entry at `version` and when to try again; its claim ends."""
 
     async def outbox_status(self, target: str) -> OutboxStatus: ...
 
@@ -153,6 +167,18 @@ class Cursors(Protocol):
         """A named position in the change feed (e.g. a webhook's last delivered seq), None if never set."""
 
     async def set_cursor(self, name: str, value: int) -> None: ...
+
+
+class LeaseStore(Protocol):
+    """Named leases: exclusive, expiring holds on a piece of shared work (a webhook URL's deliveries, one
+    instance being stored or deleted) among the archive processes sharing this store (app/core/leases.py)."""
+
+    async def acquire_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+        """Hold `name` for `holder` until `until` if it is free, expired at `now`, or already `holder`'s (a
+        renewal), in one atomic step; True if `holder` holds it now."""
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give `name` up if `holder` holds it (another holder's lease is left alone)."""
 
 
 class WorkitemStore(Protocol):
@@ -222,6 +248,7 @@ class Repository(
     CompletionStore,
     Outbox,
     Cursors,
+    LeaseStore,
     AEStore,
     WorkitemStore,
     PerformedStepStore,

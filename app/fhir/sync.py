@@ -6,6 +6,9 @@ Endpoint are put on the FHIR server configured by FHIR_BASE_URL.
   the entry stays, retried with exponential backoff (OUTBOX_RETRY_SECONDS doubling up to 300 s), and the sync
   resumes when the server is back, across restarts of the archive too. A study changed again while being synced
   gets a newer entry version, which the worker does not remove (`outbox_done` compares versions).
+* Once among replicas: several archive processes may share the outbox; each entry is claimed before it is
+  synced (`outbox_claim`, atomic, with a lease of LEASE_SECONDS), so one of them does it, and one killed
+  mid-sync hands the entry on when its claim expires.
 * Idempotent: ImagingStudy by conditional update (`PUT ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>`),
   so any number of re-syncs leave one resource; the Endpoint likewise by its address; the Patient is matched by
   identifier and created only if absent (`If-None-Exist`), so records the EHR owns are never overwritten.
@@ -76,6 +79,7 @@ class FhirSync:
         self.ae_title = settings.ae_title
         self.address = dicomweb_address(settings)
         self.retry_seconds = settings.outbox_retry_seconds
+        self.lease_seconds = settings.lease_seconds
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -109,9 +113,14 @@ class FhirSync:
             self._client = None
 
     async def run_once(self) -> int:
-        """Sync every due outbox entry; return how many were attempted."""
+        """Sync every due outbox entry this process can claim; return how many were attempted."""
         due = await self.repository.outbox_due(TARGET, time.time(), BATCH)
+        attempted = 0
         for entry in due:
+            now = time.time()
+            if not await self.repository.outbox_claim(TARGET, entry.key, entry.version, now, now + self.lease_seconds):
+                continue  # another process has it, or it changed meanwhile
+            attempted += 1
             try:
                 await self.sync_study(entry.key)
             except Exception as exc:
@@ -125,7 +134,7 @@ class FhirSync:
             await self.repository.outbox_done(TARGET, entry.key, entry.version)
             self.synced += 1
             self.last_synced_at = time.time()
-        return len(due)
+        return attempted
 
     async def status(self) -> dict[str, Any]:
         outbox = await self.repository.outbox_status(TARGET)

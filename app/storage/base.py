@@ -12,11 +12,17 @@ import contextlib
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+# A staged file or kept-aside copy of another machine, or of a process here whose pid was taken over, is left
+# alone at start-up until it is this old (its process may still be writing it).
+ABANDONED_AFTER_SECONDS = 3600.0
 
 # Storage keys are built only from validated UIDs; this pattern is checked again wherever a key turns into a
 # path, so a key from the database or the network cannot reach outside the storage root.
@@ -87,15 +93,25 @@ def copy_whole(source: Path, path: Path) -> StagedFile:
 
 class LocalStaging:
     """Staged files in a local folder, for every storage: the bytes of an instance are written here while it
-    arrives and is parsed, then committed to the storage's own place (a rename, or an upload)."""
+    arrives and is parsed, then committed to the storage's own place (a rename, or an upload).
+
+    Several archive processes may stage in one folder (replicas over one shared storage root), so each name
+    says whose it is: `{uuid}@{pid}@{host}{suffix}`. Start-up clears only what is abandoned (`abandoned`): its
+    own process's leftovers, those of processes of this host that are gone, and anything else once it is
+    ABANDONED_AFTER_SECONDS old, never a live replica's store in flight."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.host = socket.gethostname()
         folder.mkdir(parents=True, exist_ok=True)
 
-    def new_path(self) -> Path:
+    def new_name(self, suffix: str = "") -> str:
+        """A fresh name that says which process made it (a staged file, a kept-aside copy)."""
+        return f"{uuid.uuid4().hex}@{os.getpid()}@{self.host}{suffix}"
+
+    def new_path(self, suffix: str = ".part") -> Path:
         """A fresh name in the staging folder."""
-        return self.folder / f"{uuid.uuid4().hex}.part"
+        return self.folder / self.new_name(suffix)
 
     def stage(self) -> StagedFile:
         path = self.new_path()
@@ -111,13 +127,37 @@ class LocalStaging:
                 staged.handle.close()
         staged.path.unlink(missing_ok=True)
 
+    def abandoned(self, name: str, changed_at: float) -> bool:
+        """Whether the staged file or copy `name` (last changed at `changed_at`) is no process's work in flight:
+        this process's own (cleared before it serves), a gone process's of this host, or an old one."""
+        parts = name.rsplit("/", 1)[-1].removesuffix(".part").removesuffix(".old").split("@")
+        if len(parts) == 3 and parts[2] == self.host and parts[1].isdigit():
+            pid = int(parts[1])
+            if pid == os.getpid() or not _running(pid):
+                return True
+        return time.time() - changed_at > ABANDONED_AFTER_SECONDS
+
     def clear(self) -> int:
-        """Remove what a crash left staged; returns how many files."""
+        """Remove what a crash left staged (see `abandoned`); returns how many files."""
         removed = 0
         for entry in os.scandir(self.folder):
-            Path(entry.path).unlink(missing_ok=True)
-            removed += 1
+            with contextlib.suppress(FileNotFoundError):
+                info = entry.stat()
+                # A kept-aside copy is a new link to an old file: its ctime, not its mtime, says when it was made.
+                if self.abandoned(entry.name, max(info.st_mtime, info.st_ctime)):
+                    Path(entry.path).unlink()
+                    removed += 1
         return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 class Commit(Protocol):
@@ -157,7 +197,8 @@ class Storage(Protocol):
         ...
 
     def clear_staging(self) -> int:
-        """Remove what a crash left staged; returns how many files. Only safe before serving."""
+        """Remove what a crash left staged or kept aside (LocalStaging.abandoned: never another live process's
+        work in flight); returns how many files. Called at start-up, before this process serves."""
         ...
 
 

@@ -8,7 +8,6 @@ rename (unless disabled) so an acknowledged instance survives a power cut, not o
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -56,7 +55,7 @@ class FileSystemStorage:
     def commit(self, staged: StagedFile, key: str) -> Commit:
         final = self._path(key)
         # A replace keeps the predecessor aside until finalize or rollback; one link call tells whether there is one.
-        aside = self.staging.folder / f"{uuid.uuid4().hex}.old"
+        aside = self.staging.new_path(".old")
         backup: Path | None = None
         placed = False
         try:
@@ -140,7 +139,8 @@ class FileSystemStorage:
 
     def clear_staging(self) -> int:
         # A `.old` left here is the predecessor of a replace that crashed before finalize; the new file is
-        # in place and its sender was either acknowledged or will retry, so the old copy goes too.
+        # in place and its sender was either acknowledged or will retry, so the old copy goes too (once it is
+        # abandoned: another replica sharing the root may be mid-replace).
         return self.staging.clear()
 
 

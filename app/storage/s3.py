@@ -9,7 +9,8 @@ bucket and a storage folder are interchangeable (`aws s3 sync` one into the othe
   object or the new one, never part of one.
 * A commit over an existing object first copies the old one aside (server-side, under `{prefix}.replaced/`),
   so a replace whose metadata write fails is rolled back; finalize deletes the copy. Leftover copies of a crash
-  are removed by `clear_staging` at start-up, as the filesystem storage does with its `.old` files.
+  are removed by `clear_staging` at start-up, as the filesystem storage does with its `.old` files (only
+  abandoned ones: a copy names the process that made it, and replicas share the bucket).
 * `open` answers a seekable, buffered reader over one streaming GET: sequential reads (WADO-RS as stored, zip)
   are a single request however large the object; a seek outside the buffer (pydicom does a few while parsing)
   reopens the stream at that offset with a ranged GET.
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -108,7 +108,7 @@ class S3Storage:
                 staged.handle.flush()
                 staged.handle.close()
             if self._head(name) is not None:
-                backup = f"{self.prefix}{REPLACED}{uuid.uuid4().hex}"
+                backup = f"{self.prefix}{REPLACED}{self.staging.new_name()}"
                 self.client.copy({"Bucket": self.bucket, "Key": name}, self.bucket, backup, Config=TRANSFER)
             self.client.upload_file(str(staged.path), self.bucket, name, Config=TRANSFER)
         except (ClientError, BotoCoreError, OSError) as exc:
@@ -155,14 +155,16 @@ class S3Storage:
 
     def clear_staging(self) -> int:
         removed = self.staging.clear()
-        # Copies kept aside by a replace that crashed before finalize (see the filesystem storage).
+        # Copies kept aside by a replace that crashed before finalize (see the filesystem storage); a copy of
+        # another replica's replace in flight is left alone (LocalStaging.abandoned).
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.prefix + REPLACED
         )
         for page in pages:
             for item in page.get("Contents", ()):
-                self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
-                removed += 1
+                if self.staging.abandoned(item["Key"], item["LastModified"].timestamp()):
+                    self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                    removed += 1
         return removed
 
     def ping(self) -> None:

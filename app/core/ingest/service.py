@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from app.core.ingest.outcomes import DuplicatePolicy, FailureReason, StoreOutcom
 from app.core.ingest.parsing import HeaderParser, ParseFailure, parse_instance
 from app.core.ingest.raw_header import NOT_PART10, is_part10
 from app.core.ingest.rules import Edit, IngestRules, Verdict, attribute_tag, set_attribute
+from app.core.leases import Leases
 from app.core.lifecycle.events import EventBus, InstanceReplaced, InstanceStored
 from app.core.ports import InstanceIndex, RepositoryUnavailable
 from app.core.records import InstanceRecord
@@ -58,6 +59,7 @@ class IngestService:
         storage: Storage,
         duplicate_policy: DuplicatePolicy,
         *,
+        leases: Leases,
         events: EventBus | None = None,
         rules: IngestRules | None = None,
         hook: IngestHook | None = None,
@@ -71,6 +73,7 @@ class IngestService:
         self.events = events if events is not None else EventBus()
         self.rules = rules
         self.hook = hook
+        self.leases = leases
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
 
@@ -164,8 +167,8 @@ class IngestService:
                 return judged
             record = prepared.record
             assert record is not None
-        with self.locked(record.sop_instance_uid) as lock:
-            async with lock:
+        try:
+            async with self.locked(record.sop_instance_uid):
                 # File, metadata and the replaced file's release go together: a caller cancelled half-way (a
                 # client gone, a shutdown) waits here, under the lock, until they are done or undone.
                 commit = asyncio.ensure_future(self._commit(prepared, record, outcome))
@@ -175,6 +178,9 @@ class IngestService:
                     await asyncio.wait({commit})
                     _log_orphaned(commit, record.sop_instance_uid)
                     raise
+        except RepositoryUnavailable as exc:  # the lease could not be taken: nothing was committed
+            prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}")
+            return await self._failed(prepared)
 
     async def _apply_rules(
         self, prepared: _Prepared, outcome: StoreOutcome, origin: str, calling_ae_title: str | None
@@ -365,14 +371,18 @@ class IngestService:
             await asyncio.to_thread(self.storage.discard, prepared.staged)
         return outcome
 
-    @contextmanager
-    def locked(self, uid: str) -> Iterator[asyncio.Lock]:
-        """A lock per SOP Instance UID: two copies of one instance arriving at once are stored one after the
-        other, so the duplicate policy sees the first before deciding on the second."""
+    @asynccontextmanager
+    async def locked(self, uid: str) -> AsyncIterator[None]:
+        """Hold the SOP Instance UID: two copies of one instance arriving at once are stored one after the
+        other, so the duplicate policy sees the first before deciding on the second, and a store and a delete
+        never interleave (app/core/lifecycle/delete.py). An asyncio lock orders this process's own tasks; a
+        lease in the repository (app/core/leases.py) then orders the archive processes sharing it, whose
+        stores of one instance name the same file."""
         lock = self._locks.setdefault(uid, asyncio.Lock())
         self._waiters[uid] = self._waiters.get(uid, 0) + 1
         try:
-            yield lock
+            async with lock, self.leases.held(f"instance:{uid}"):
+                yield
         finally:
             self._waiters[uid] -= 1
             if not self._waiters[uid]:

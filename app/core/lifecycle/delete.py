@@ -5,9 +5,10 @@ Order of work, so that no door ever sees metadata naming a missing file:
    (NumberOfStudyRelatedInstances, ModalitiesInStudy, patient counts...);
 2. only then is the file deleted. A crash between the two leaves a file that no metadata names: invisible to
    every door, and removed by the orphan sweep (app/core/lifecycle/sweep.py).
-Each instance is deleted under the ingest service's per-SOP-Instance-UID lock, so a store of the same instance
-arriving at the same moment happens wholly before or wholly after the delete, never in between (which could
-otherwise leave the new metadata naming a file the delete then removes).
+Each instance is deleted under the ingest service's per-SOP-Instance-UID lock (an asyncio lock, then a lease in
+the repository, so across every archive process sharing it), so a store of the same instance arriving at the
+same moment happens wholly before or wholly after the delete, never in between (which could otherwise leave the
+new metadata naming a file the delete then removes).
 
 Protocol-neutral: the doors turn `NothingToDelete` into 404 and the report into their own answer.
 """
@@ -79,27 +80,26 @@ class LifecycleService:
         """Delete one instance; with `only_if_key`, only while its record still names that file (the sweep
         uses this so that an instance replaced meanwhile, at another key, is never taken for an orphan)."""
         # The ingest lock serialises this with any store of the same SOP Instance UID (see the module doc).
-        with self.ingest.locked(sop_instance_uid) as lock:
-            async with lock:
-                if only_if_key is not None:
-                    held = await self.repository.get_instance(sop_instance_uid)
-                    if held is None or held.storage_key != only_if_key:
-                        return None
-                removed = await self.repository.delete_instance(sop_instance_uid)
-                if removed is None:
+        async with self.ingest.locked(sop_instance_uid):
+            if only_if_key is not None:
+                held = await self.repository.get_instance(sop_instance_uid)
+                if held is None or held.storage_key != only_if_key:
                     return None
-                try:
-                    await asyncio.to_thread(self.storage.delete, removed.storage_key)
-                except (OSError, StorageError) as exc:
-                    # The metadata is gone, so nothing names the file: the sweep removes it later.
-                    log.warning(
-                        "metadata of %s deleted but not its file %s: %s",
-                        sop_instance_uid,
-                        removed.storage_key,
-                        exc,
-                    )
-                    if report is not None:
-                        report.files_not_removed += 1
+            removed = await self.repository.delete_instance(sop_instance_uid)
+            if removed is None:
+                return None
+            try:
+                await asyncio.to_thread(self.storage.delete, removed.storage_key)
+            except (OSError, StorageError) as exc:
+                # The metadata is gone, so nothing names the file: the sweep removes it later.
+                log.warning(
+                    "metadata of %s deleted but not its file %s: %s",
+                    sop_instance_uid,
+                    removed.storage_key,
+                    exc,
+                )
+                if report is not None:
+                    report.files_not_removed += 1
         for listener in self.listeners:
             try:
                 listener(removed)

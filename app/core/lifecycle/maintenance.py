@@ -104,13 +104,12 @@ async def reindex(repository: InstanceIndex, storage: Storage, ingest: IngestSer
                 continue
             if isinstance(result, BaseException):
                 raise result
-            with ingest.locked(result.sop_instance_uid) as lock:
-                async with lock:
-                    # A delete (or a replace that moved the instance) may have come first: never index a file
-                    # that is no longer there.
-                    if not await asyncio.to_thread(storage.exists, key):
-                        continue
-                    await repository.store_instance(result)
+            async with ingest.locked(result.sop_instance_uid):
+                # A delete (or a replace that moved the instance) may have come first: never index a file
+                # that is no longer there.
+                if not await asyncio.to_thread(storage.exists, key):
+                    continue
+                await repository.store_instance(result)
             report.indexed += 1
     report.failed.sort()
     if report.failed:

@@ -2,9 +2,10 @@
 
 Ingest writes the file before the metadata, so a crash can leave a file that no metadata names (invisible to
 every door, but taking space); metadata naming a missing file only comes from outside interference. The sweep
-removes both kinds, each decision re-checked under the instance's ingest lock so that a store or replace in
-flight in this process is never mistaken for an orphan. Files younger than `grace_seconds` are left alone too:
-they may belong to a store in flight in another process (the CLI sweeping beside a running server).
+removes both kinds, each decision re-checked under the instance's ingest lock (held across the archive
+processes sharing the repository, app/core/leases.py) so that a store or replace in flight is never mistaken for
+an orphan. Files younger than `grace_seconds` are left alone too: they may belong to a store in flight in a
+process that takes no such lock (the CLI beside a running server on SQLite).
 """
 
 from __future__ import annotations
@@ -48,12 +49,11 @@ async def sweep(lifecycle: LifecycleService, *, grace_seconds: float = 60.0) -> 
         if key in known or mtime > cutoff:
             continue
         sop_instance_uid = key.rsplit("/", 1)[-1].removesuffix(".dcm")
-        with lifecycle.ingest.locked(sop_instance_uid) as lock:
-            async with lock:
-                held = await repository.get_instance(sop_instance_uid)
-                if held is not None and held.storage_key == key:
-                    continue  # stored after the first pass looked
-                await asyncio.to_thread(storage.delete, key)
+        async with lifecycle.ingest.locked(sop_instance_uid):
+            held = await repository.get_instance(sop_instance_uid)
+            if held is not None and held.storage_key == key:
+                continue  # stored after the first pass looked
+            await asyncio.to_thread(storage.delete, key)
         log.warning("file %s had no metadata; removed", key)
         report.orphan_files += 1
     return report

@@ -8,6 +8,12 @@ restarts, and ingest never waits for or fails on a webhook. A URL seen for the f
 the feed (no replay of history). A change a receiver refuses MAX_ATTEMPTS times in a row is skipped with an
 error in the log, so one poisonous entry cannot stop a receiver forever.
 
+Several archive processes may share the repository (README "Scaling out"): every one runs a worker per URL, but
+only the holder of the URL's lease (`webhook:<url>`, app/core/leases.py) delivers, from the cursor as the
+repository has it, renewing the lease as it goes; the others find it held and wait. So each change is POSTed
+once whatever the number of replicas, and when the holder is killed another takes over from the cursor once the
+lease expires (the change in flight at the kill may be POSTed twice; none is skipped).
+
 The body (`Content-Type: application/json`):
 `{"seq": 12, "type": "study.completed", "at": 1700000000.0, "StudyInstanceUID": "...", "SeriesInstanceUID": null,
   "SOPInstanceUID": null, "source": "<AE title>"}`; any 2xx answer is success.
@@ -16,6 +22,7 @@ The body (`Content-Type: application/json`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -23,9 +30,10 @@ from typing import Any, Protocol
 
 import httpx
 
+from app.core.leases import Leases
 from app.core.lifecycle.background import run_rounds, start_task, stop_tasks
 from app.core.lifecycle.changefeed import ChangeFeed
-from app.core.ports import ChangeFeedStore, Cursors
+from app.core.ports import ChangeFeedStore, Cursors, RepositoryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +66,10 @@ class WebhookStore(ChangeFeedStore, Cursors, Protocol):
 
 class Webhooks:
     def __init__(
-        self, repository: WebhookStore, urls: list[str], *, source: str, retry_seconds: float = 5.0
+        self, repository: WebhookStore, urls: list[str], *, source: str, leases: Leases, retry_seconds: float = 5.0
     ) -> None:
         self.repository = repository
+        self.leases = leases
         self.source = source
         self.retry_seconds = retry_seconds
         self.states = [WebhookState(url) for url in dict.fromkeys(urls)]
@@ -93,6 +102,9 @@ class Webhooks:
     async def stop(self) -> None:
         await stop_tasks(*self._tasks)
         self._tasks.clear()
+        for state in self.states:  # another replica takes over at once, not after the lease
+            with contextlib.suppress(RepositoryUnavailable):
+                await self.leases.release(_cursor(state.url))
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -101,7 +113,13 @@ class Webhooks:
         return [state.as_dict() for state in self.states]
 
     async def deliver_pending(self, state: WebhookState) -> int:
-        """Deliver the entries after the URL's cursor, in order, until one fails; return how many went."""
+        """Deliver the entries after the URL's cursor, in order, while this process holds the URL's lease;
+        return how many went (0 when another process holds it)."""
+        name = _cursor(state.url)
+        if not await self.leases.acquire(name):
+            return 0
+        cursor = await self.repository.get_cursor(name)
+        state.delivered_seq = state.delivered_seq if cursor is None else cursor
         changes = await self.repository.changes(state.delivered_seq, BATCH)
         sent = 0
         for change in changes:
@@ -111,10 +129,14 @@ class Webhooks:
                               state.url, change.seq, state.attempts, state.last_error)
                     break
                 await asyncio.sleep(min(self.retry_seconds * 2 ** (state.attempts - 1), MAX_BACKOFF_SECONDS))
+                if not await self.leases.acquire(name):  # renewed across the wait, or lost to another replica
+                    return sent
             state.attempts = 0
             state.delivered_seq = change.seq
             sent += 1
-            await self.repository.set_cursor(_cursor(state.url), change.seq)
+            await self.repository.set_cursor(name, change.seq)
+            if not await self.leases.acquire(name):
+                return sent
         return sent
 
     async def _post(self, state: WebhookState, body: dict[str, Any]) -> bool:

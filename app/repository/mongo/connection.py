@@ -67,6 +67,7 @@ class MongoConnection:
         self._outbox: AsyncCollection[Document] = db["outbox"]
         self._remote_aes: AsyncCollection[Document] = db["remote_aes"]
         self._cursors: AsyncCollection[Document] = db["cursors"]
+        self._leases: AsyncCollection[Document] = db["leases"]
         self._workitems: AsyncCollection[Document] = db["workitems"]
         self._performed_steps: AsyncCollection[Document] = db["performed_steps"]
         self._subscriptions: AsyncCollection[Document] = db["ups_subscriptions"]

@@ -1,60 +1,118 @@
-"""The MongoDB store's study-lifecycle roles: the change feed, completion tracking, the outbox and the cursors.
+"""The MongoDB store's study-lifecycle roles: the change feed, completion tracking, the outbox, the cursors and
+the leases.
 
 The change feed and the outbox are collections of their own; completion tracking reads and clears the
 `completion_pending` flag that a store sets on the study document in the same upsert as its counts
 (unit_of_work.py), so tracking costs no extra round trip and survives a restart.
+
+Several archive processes may share the database (README "Scaling out"), and nothing here relies on one being
+alone: claims on outbox entries (`claimed_until`) and study completions (`completion_claimed_until`) are set by
+one conditional update each, leases are documents of their own taken by a conditional upsert (the unique `_id`
+refuses a second holder), and the change feed's numbers are handed out under a lease on its counter, so entries
+become visible in sequence order (see MongoChangeFeed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import Sequence
 
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from app.core.lifecycle.feed import Change, NewChange, OutboxEntry, OutboxStatus, PendingStudy
+from app.core.ports import RepositoryUnavailable
 from app.repository.mongo.connection import MongoConnection, guarded
+from app.repository.mongo.layout import Document
+
+# How long a change feed append may hold the counter: an append is three writes, so this only matters when its
+# process dies mid-way, and then bounds how long the other processes' appends wait.
+APPEND_LEASE_SECONDS = 5.0
+APPEND_WAIT_SECONDS = (0.002, 0.05)  # first and longest pause while another process appends
+
+
+def _unclaimed(field: str, now: float) -> Document:
+    """Documents whose claim in `field` is absent or ended by `now`."""
+    return {"$or": [{field: {"$exists": False}}, {field: {"$lte": now}}]}
 
 
 class MongoChangeFeed(MongoConnection):
+    """Without a transaction, numbering and inserting are two writes, and several processes append: numbers
+    taken by one `$inc` could become visible out of order (7 before 6), and a reader that moved past 7 would
+    never see 6. So the counter document is also the appenders' lock: an append takes it (`writer`, with an
+    expiry), inserts its entries after the committed `seq`, then advances `seq` and lets go in one update. The
+    committed `seq` is the feed's visible end: readers read no further, so they see entries in order and never a
+    gap that fills later. An appender that died holding the counter left entries above `seq` that nobody saw;
+    the next one removes them when it takes the expired lock."""
+
     async def append_changes(self, changes: Sequence[NewChange]) -> int:
-        """Sequence numbers come from one counter document (`$inc`, atomic), then the entries are inserted.
-        One writer per archive process appends (app/core/lifecycle/changefeed.py), so entries appear in seq order; a
-        crash between the two writes leaves a gap, never a reused number."""
         with guarded():
             if not changes:
                 return await self.last_change_seq()
-            counter = await self._counters.find_one_and_update(
-                {"_id": "changes"},
-                {"$inc": {"seq": len(changes)}},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-            last = int(counter["seq"]) if counter else len(changes)
-            first = last - len(changes) + 1
-            await self._changes.insert_many(
-                [
-                    {
-                        "seq": first + i,
-                        "kind": c.kind,
-                        "study_instance_uid": c.study_instance_uid,
-                        "series_instance_uid": c.series_instance_uid,
-                        "sop_instance_uid": c.sop_instance_uid,
-                        "at": c.at,
-                    }
-                    for i, c in enumerate(changes)
-                ],
-                ordered=True,
-            )
-            return last
+            token = uuid.uuid4().hex
+            last, abandoned = await self._take_counter(token)
+            try:
+                if abandoned:
+                    await self._changes.delete_many({"seq": {"$gt": last}})
+                await self._changes.insert_many(
+                    [
+                        {
+                            "seq": last + 1 + i,
+                            "kind": c.kind,
+                            "study_instance_uid": c.study_instance_uid,
+                            "series_instance_uid": c.series_instance_uid,
+                            "sop_instance_uid": c.sop_instance_uid,
+                            "at": c.at,
+                        }
+                        for i, c in enumerate(changes)
+                    ],
+                    ordered=True,
+                )
+                committed = await self._counters.update_one(
+                    {"_id": "changes", "writer": token},
+                    {"$set": {"seq": last + len(changes), "writer": None}},
+                )
+            except BaseException:
+                with contextlib.suppress(PyMongoError):
+                    await self._changes.delete_many({"seq": {"$gt": last}})
+                    await self._counters.update_one({"_id": "changes", "writer": token}, {"$set": {"writer": None}})
+                raise
+            if committed.modified_count != 1:
+                # Held past its lease and taken over: the next appender removed these entries.
+                raise RepositoryUnavailable("MongoDB: a change feed append outlived its lease; try again")
+            return last + len(changes)
+
+    async def _take_counter(self, token: str) -> tuple[int, bool]:
+        """Wait for the counter and take it; the committed seq, and whether an expired appender held it."""
+        pause, longest = APPEND_WAIT_SECONDS
+        while True:
+            now = time.time()
+            try:
+                before = await self._counters.find_one_and_update(
+                    {"_id": "changes", "$or": [{"writer": None}, {"writer_until": {"$lte": now}}]},
+                    {"$set": {"writer": token, "writer_until": now + APPEND_LEASE_SECONDS}},
+                    upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                )
+            except DuplicateKeyError:  # held: the upsert met the existing counter
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+                continue
+            if before is None:
+                return 0, False
+            return int(before.get("seq", 0)), before.get("writer") is not None
 
     async def changes(self, since: int, limit: int, study: str | None = None) -> list[Change]:
         if limit <= 0:
             return []
-        query: dict[str, object] = {"seq": {"$gt": since}}
-        if study is not None:
-            query["study_instance_uid"] = study
         with guarded():
+            # Up to the committed end only: entries above it are an append in flight (see the class docstring).
+            query: dict[str, object] = {"seq": {"$gt": since, "$lte": await self.last_change_seq()}}
+            if study is not None:
+                query["study_instance_uid"] = study
             cursor = self._changes.find(query, {"_id": 0}).sort("seq", 1).limit(limit)
             return [
                 Change(
@@ -67,7 +125,7 @@ class MongoChangeFeed(MongoConnection):
     async def last_change_seq(self) -> int:
         with guarded():
             counter = await self._counters.find_one({"_id": "changes"})
-        return 0 if counter is None else int(counter["seq"])
+        return 0 if counter is None else int(counter.get("seq", 0))  # none before the first append commits
 
 
 class MongoCompletion(MongoConnection):
@@ -85,13 +143,31 @@ class MongoCompletion(MongoConnection):
             )
             return [PendingStudy(doc["study_instance_uid"], doc["updated_at"]) async for doc in cursor]
 
+    async def claim_completion(self, study_instance_uid: str, activity_at: float, now: float, until: float) -> bool:
+        with guarded():
+            result = await self._studies.update_one(
+                {
+                    "study_instance_uid": study_instance_uid,
+                    "updated_at": activity_at,
+                    "completion_pending": True,
+                    **_unclaimed("completion_claimed_until", now),
+                },
+                {"$set": {"completion_claimed_until": until}},
+            )
+        return result.modified_count == 1
+
     async def mark_completed(self, study_instance_uid: str, activity_at: float) -> bool:
         with guarded():
             result = await self._studies.update_one(
                 {"study_instance_uid": study_instance_uid, "updated_at": activity_at, "completion_pending": True},
-                {"$set": {"completion_pending": False}},
+                {"$set": {"completion_pending": False}, "$unset": {"completion_claimed_until": ""}},
             )
-        return result.modified_count == 1
+            if result.modified_count == 1:
+                return True
+            await self._studies.update_one(
+                {"study_instance_uid": study_instance_uid}, {"$unset": {"completion_claimed_until": ""}}
+            )
+        return False
 
     async def pending_completion(self, study_instance_uid: str) -> PendingStudy | None:
         with guarded():
@@ -120,8 +196,9 @@ class MongoOutbox(MongoConnection):
         if limit <= 0:
             return []
         with guarded():
+            due = {"target": target, "next_attempt_at": {"$lte": now}, **_unclaimed("claimed_until", now)}
             cursor = (
-                self._outbox.find({"target": target, "next_attempt_at": {"$lte": now}}, {"_id": 0})
+                self._outbox.find(due, {"_id": 0})
                 .sort("next_attempt_at", 1)
                 .limit(limit)
             )
@@ -133,17 +210,44 @@ class MongoOutbox(MongoConnection):
                 async for doc in cursor
             ]
 
+    async def outbox_claim(self, target: str, key: str, version: int, now: float, until: float) -> bool:
+        with guarded():
+            result = await self._outbox.update_one(
+                {
+                    "target": target,
+                    "key": key,
+                    "version": version,
+                    "next_attempt_at": {"$lte": now},
+                    **_unclaimed("claimed_until", now),
+                },
+                {"$set": {"claimed_until": until}},
+            )
+        return result.modified_count == 1
+
     async def outbox_done(self, target: str, key: str, version: int) -> bool:
         with guarded():
             result = await self._outbox.delete_one({"target": target, "key": key, "version": version})
-        return result.deleted_count == 1
+            if result.deleted_count == 1:
+                return True
+            await self._release_entry(target, key)
+        return False
 
     async def outbox_retry(self, target: str, key: str, version: int, next_attempt_at: float, error: str) -> None:
         with guarded():
-            await self._outbox.update_one(
+            result = await self._outbox.update_one(
                 {"target": target, "key": key, "version": version},
-                {"$inc": {"attempts": 1}, "$set": {"next_attempt_at": next_attempt_at, "last_error": error}},
+                {
+                    "$inc": {"attempts": 1},
+                    "$set": {"next_attempt_at": next_attempt_at, "last_error": error},
+                    "$unset": {"claimed_until": ""},
+                },
             )
+            if result.matched_count == 0:
+                await self._release_entry(target, key)
+
+    async def _release_entry(self, target: str, key: str) -> None:
+        """End the claim on an entry put again meanwhile, so its newer version is due at once."""
+        await self._outbox.update_one({"target": target, "key": key}, {"$unset": {"claimed_until": ""}})
 
     async def outbox_status(self, target: str) -> OutboxStatus:
         with guarded():
@@ -170,3 +274,21 @@ class MongoCursors(MongoConnection):
     async def set_cursor(self, name: str, value: int) -> None:
         with guarded():
             await self._cursors.update_one({"_id": name}, {"$set": {"value": value}}, upsert=True)
+
+
+class MongoLeases(MongoConnection):
+    async def acquire_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+        with guarded():
+            try:
+                await self._leases.update_one(
+                    {"_id": name, "$or": [{"holder": holder}, {"until": {"$lte": now}}]},
+                    {"$set": {"holder": holder, "until": until}},
+                    upsert=True,
+                )
+            except DuplicateKeyError:  # held by another: the upsert met its document
+                return False
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        with guarded():
+            await self._leases.delete_one({"_id": name, "holder": holder})

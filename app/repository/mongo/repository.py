@@ -9,7 +9,7 @@ so each role's code is read in one place.
 from __future__ import annotations
 
 from app.repository.mongo.aes import MongoAEStore
-from app.repository.mongo.feed import MongoChangeFeed, MongoCompletion, MongoCursors, MongoOutbox
+from app.repository.mongo.feed import MongoChangeFeed, MongoCompletion, MongoCursors, MongoLeases, MongoOutbox
 from app.repository.mongo.instances import MongoInstanceIndex
 from app.repository.mongo.repair import MongoRepair
 from app.repository.mongo.search import MongoSearch
@@ -23,6 +23,7 @@ class MongoRepository(
     MongoCompletion,
     MongoOutbox,
     MongoCursors,
+    MongoLeases,
     MongoAEStore,
     MongoWorkitems,
     MongoPerformedSteps,

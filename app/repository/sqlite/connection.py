@@ -33,6 +33,8 @@ class SQLiteConnection:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Leases and claims (feed.py): name -> (holder, until), in memory, since one process serves the file.
+        self._leases: dict[str, tuple[str, float]] = {}
 
     # -- connections -------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:

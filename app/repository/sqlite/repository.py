@@ -8,7 +8,13 @@ composition only, so each role's code is read in one place.
 from __future__ import annotations
 
 from app.repository.sqlite.aes import SQLiteAEStore
-from app.repository.sqlite.feed import SQLiteChangeFeed, SQLiteCompletion, SQLiteCursors, SQLiteOutbox
+from app.repository.sqlite.feed import (
+    SQLiteChangeFeed,
+    SQLiteCompletion,
+    SQLiteCursors,
+    SQLiteLeases,
+    SQLiteOutbox,
+)
 from app.repository.sqlite.instances import SQLiteInstanceIndex
 from app.repository.sqlite.search import SQLiteSearch
 from app.repository.sqlite.workflow import SQLitePerformedSteps, SQLiteSubscriptions, SQLiteWorkitems
@@ -21,6 +27,7 @@ class SQLiteRepository(
     SQLiteCompletion,
     SQLiteOutbox,
     SQLiteCursors,
+    SQLiteLeases,
     SQLiteAEStore,
     SQLiteWorkitems,
     SQLitePerformedSteps,
