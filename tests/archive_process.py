@@ -1,7 +1,8 @@
 """The real archive as a separate process, and senders that remember what was acknowledged.
 
-Used by the fault and load tests (tests/test_faults.py, tests/test_load.py): the server is `python -m app serve`
-in a subprocess, so it can be killed with SIGKILL and restarted on the same data, and its memory measured.
+Used by the fault and load tests (tests/system/test_faults.py, tests/system/test_load.py): the server is
+`python -m app serve` in a subprocess, so it can be killed with SIGKILL and restarted on the same data, and its
+memory measured.
 Senders are the real doors' clients: STOW-RS over httpx (one instance per request, so each acknowledgement
 names one instance) and C-STORE over pynetdicom (one association, one C-STORE per instance).
 """

@@ -90,7 +90,7 @@ def stow(dicomweb: str, datasets: Iterable[Dataset]) -> None:
 
 def data_set_bytes(raw: bytes) -> bytes:
     """The data set of a Part 10 file, preamble and File Meta cut off (the archive's own reader, which
-    tests/test_transcode.py checks against File Meta groups built element by element)."""
+    tests/core/retrieve/test_transcode.py checks against File Meta groups built element by element)."""
     return raw[data_set_offset(raw) :]
 
 

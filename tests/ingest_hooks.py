@@ -1,4 +1,4 @@
-"""Ingest hooks used by tests/test_ingest_rules.py through INGEST_HOOK."""
+"""Ingest hooks used by tests/core/ingest/test_rules.py through INGEST_HOOK."""
 
 from __future__ import annotations
 

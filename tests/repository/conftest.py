@@ -3,7 +3,7 @@ aggregates a study or patient should have.
 
 The contract runs every test against both stores through the `repository` fixture, parametrised over SQLite and
 MongoDB (SecantusDB, or MONGO_TEST_URL). That fixture, `opened_repository` and `mongo_url` stay in
-tests/conftest.py, because suites outside this folder (the query compilers, the study lifecycle, webhooks, DIMSE
+tests/conftest.py, because suites outside this folder (the query compilers, the study lifecycle, DIMSE
 Q/R) run over both stores with them too.
 """
 

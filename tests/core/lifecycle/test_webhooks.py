@@ -17,7 +17,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.config import Settings
-from app.core.ports import Repository
 from tests import dicom_files
 from tests.servers import ArchiveServer, free_port, running_archive
 
@@ -124,12 +123,3 @@ def test_a_failing_or_absent_receiver_loses_nothing_and_never_blocks_ingest(tmp_
         wait_for(lambda: len(receiver.received) == 5, "the changes made after the restart")
         assert [e["seq"] for e in receiver.received] == [1, 2, 3, 4, 5]
         assert receiver.received[3]["SOPInstanceUID"] == more[0]
-
-
-async def test_cursors_are_kept_by_name(repository: Repository) -> None:
-    assert await repository.get_cursor("webhook:http://a") is None
-    await repository.set_cursor("webhook:http://a", 5)
-    await repository.set_cursor("webhook:http://a", 7)
-    await repository.set_cursor("webhook:http://b", 1)
-    assert await repository.get_cursor("webhook:http://a") == 7
-    assert await repository.get_cursor("webhook:http://b") == 1

@@ -21,7 +21,7 @@ from app.config import Settings
 from tests import dicom_files
 from tests.servers import ArchiveServer, running_archive
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]  # tests/core/lifecycle/ -> the repository root
 
 
 
@@ -349,8 +349,8 @@ def test_the_change_feed_records_each_deleted_instance(archive_server: ArchiveSe
 
 
 def test_a_study_deleted_over_http_is_gone_from_c_find(tmp_path: Path) -> None:
-    from tests.test_dimse_store import AE_TITLE, dcmtk, storescu
-    from tests.test_dimse_store import running_archive as dimse_archive
+    from tests.dimse.test_store import AE_TITLE, dcmtk, storescu
+    from tests.dimse.test_store import running_archive as dimse_archive
 
     datasets = one_study(1, 2)
     files = []

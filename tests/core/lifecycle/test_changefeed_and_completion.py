@@ -1,9 +1,9 @@
-"""Study lifecycle: events, the change feed, study completion, the outbox; over both repositories and over
-the real HTTP door."""
+"""Study lifecycle (app/core/lifecycle/): events, the change feed and study completion; over both repositories
+and over the real HTTP door. The repository's own parts (change feed, completion, outbox) are contract tests in
+tests/repository/."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,97 +16,18 @@ from app.config import Settings
 from app.core.lifecycle.changefeed import ChangeFeed
 from app.core.lifecycle.completion import CompletionTracker
 from app.core.lifecycle.events import (
-    ChangeKind,
     Event,
     EventBus,
     InstanceDeleted,
     InstanceStored,
     StudyCompleted,
 )
-from app.core.lifecycle.feed import NewChange
 from app.core.ports import Repository
 from app.core.records import InstanceRecord
 from tests import dicom_files
 from tests.servers import running_archive
 
 MULTIPART = 'multipart/related; type="application/dicom"; boundary=dicom-boundary'
-
-
-def change(kind: ChangeKind, study: str, sop: str | None = None, at: float = 1.0) -> NewChange:
-    return NewChange(str(kind), study, "1.2.3" if sop else None, sop, at)
-
-
-# --------------------------------------------------------------------------- repository contract
-
-
-async def test_the_change_feed_is_ordered_and_paged(repository: Repository) -> None:
-    assert await repository.last_change_seq() == 0
-    assert await repository.changes(0, 10) == []
-    last = await repository.append_changes(
-        [change(ChangeKind.INSTANCE_CREATED, "1.1", f"1.1.{i}") for i in range(5)]
-    )
-    assert last == 5
-    last = await repository.append_changes([change(ChangeKind.STUDY_COMPLETED, "1.1")])
-    assert last == 6 == await repository.last_change_seq()
-    first_page = await repository.changes(0, 4)
-    assert [c.seq for c in first_page] == [1, 2, 3, 4]
-    assert first_page[0].sop_instance_uid == "1.1.0" and first_page[0].kind == "instance.created"
-    rest = await repository.changes(4, 100)
-    assert [c.seq for c in rest] == [5, 6]
-    assert rest[-1].kind == "study.completed" and rest[-1].sop_instance_uid is None
-    assert rest[-1].to_json()["StudyInstanceUID"] == "1.1"
-    assert await repository.changes(6, 10) == []
-
-
-async def test_a_store_marks_its_study_pending_until_marked_completed(
-    repository: Repository, instance_record: Callable[..., InstanceRecord]
-) -> None:
-    study = generate_uid()
-    before = time.time()
-    await repository.store_instance(instance_record(StudyInstanceUID=study, SOPInstanceUID=generate_uid()))
-    assert await repository.pending_completions(before - 1, 10) == []  # not quiet long enough
-    (pending,) = await repository.pending_completions(time.time() + 1, 10)
-    assert pending.study_instance_uid == study and pending.activity_at >= before
-    # A store after the activity the tracker saw keeps the study pending.
-    assert not await repository.mark_completed(study, pending.activity_at - 1)
-    assert await repository.mark_completed(study, pending.activity_at)
-    assert await repository.pending_completions(time.time() + 1, 10) == []
-    assert not await repository.mark_completed(study, pending.activity_at)  # once per burst
-    # More instances later: pending again, with a later activity time.
-    await asyncio.sleep(0.01)
-    await repository.store_instance(instance_record(StudyInstanceUID=study, SOPInstanceUID=generate_uid()))
-    (again,) = await repository.pending_completions(time.time() + 1, 10)
-    assert again.activity_at > pending.activity_at
-
-
-async def test_a_deleted_study_is_no_longer_pending(
-    repository: Repository, instance_record: Callable[..., InstanceRecord]
-) -> None:
-    record = instance_record(StudyInstanceUID=generate_uid(), SOPInstanceUID=generate_uid())
-    await repository.store_instance(record)
-    await repository.delete_instance(record.sop_instance_uid)
-    assert await repository.pending_completions(time.time() + 1, 10) == []
-
-
-async def test_the_outbox_keeps_the_newest_version_until_done(repository: Repository) -> None:
-    status = await repository.outbox_status("fhir")
-    assert (status.pending, status.failing, status.oldest_created_at, status.last_error) == (0, 0, None, None)
-    await repository.outbox_put("fhir", "1.2", '{"n": 1}')
-    (entry,) = await repository.outbox_due("fhir", time.time() + 1, 10)
-    assert (entry.key, entry.payload, entry.attempts) == ("1.2", '{"n": 1}', 0)
-    assert await repository.outbox_due("webhook", time.time() + 1, 10) == []
-    later = time.time() + 3600
-    await repository.outbox_retry("fhir", "1.2", entry.version, later, "connection refused")
-    assert await repository.outbox_due("fhir", time.time() + 1, 10) == []
-    status = await repository.outbox_status("fhir")
-    assert (status.pending, status.failing, status.last_error) == (1, 1, "connection refused")
-    # Put again while the first version is in flight: a worker finishing the old version leaves the new one.
-    await repository.outbox_put("fhir", "1.2", '{"n": 2}')
-    (newer,) = await repository.outbox_due("fhir", time.time() + 1, 10)
-    assert newer.version > entry.version and newer.payload == '{"n": 2}' and newer.attempts == 0
-    assert not await repository.outbox_done("fhir", "1.2", entry.version)
-    assert await repository.outbox_done("fhir", "1.2", newer.version)
-    assert (await repository.outbox_status("fhir")).pending == 0
 
 
 # --------------------------------------------------------------------------- services over a repository

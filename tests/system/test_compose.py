@@ -15,7 +15,7 @@ import yaml
 
 from app.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/system/ -> the repository root
 COMPOSE = ROOT / "docker-compose.yaml"
 
 

@@ -529,15 +529,15 @@ def test_rendering_a_decompression_bomb_is_bounded(
 
 def test_authentication_and_dimse_access_control_are_covered_elsewhere() -> None:
     """With auth on, every route without a token is 401 and with a token lacking its scope 403: the route list is
-    the real application's (tests/test_auth.py, `test_every_door_*`). A DIMSE peer that is not allowed is
-    rejected at association (tests/test_dimse_store.py, `test_an_unknown_calling_ae_is_rejected_with_a_reason`,
+    the real application's (tests/api/test_auth.py, `test_every_door_*`). A DIMSE peer that is not allowed is
+    rejected at association (tests/dimse/test_store.py, `test_an_unknown_calling_ae_is_rejected_with_a_reason`,
     `test_bad_credentials_are_rejected`). Hostile DIMSE peers (half-sent and oversized PDUs, one host taking
-    every slot, a C-STORE the stack cannot route) meet the real server in tests/test_dimse_limits.py. This test
+    every slot, a C-STORE the stack cannot route) meet the real server in tests/dimse/test_limits.py. This test
     only keeps those names from drifting away."""
-    here = Path(__file__).parent
-    auth = (here / "test_auth.py").read_text()
-    dimse = (here / "test_dimse_store.py").read_text()
-    limits = (here / "test_dimse_limits.py").read_text()
+    tests = Path(__file__).resolve().parents[1]
+    auth = (tests / "api" / "test_auth.py").read_text()
+    dimse = (tests / "dimse" / "test_store.py").read_text()
+    limits = (tests / "dimse" / "test_limits.py").read_text()
     assert "def test_every_door_refuses_a_request_without_a_token_with_401" in auth
     assert "def test_every_door_refuses_a_token_without_its_scope_with_403" in auth
     assert "def test_an_unknown_calling_ae_is_rejected_with_a_reason" in dimse

@@ -1,6 +1,6 @@
 """The Query/Retrieve SCP (C-FIND, C-GET, C-MOVE; dimse_bridge/qr.py) against real peers.
 
-The archive is the real CLI (`python -m app serve`) in a subprocess, as in test_dimse_store.py, whose helpers
+The archive is the real CLI (`python -m app serve`) in a subprocess, as in test_store.py, whose helpers
 are reused. Peers: DCMTK's findscu, getscu and movescu (TCP_NODELAY=1), pynetdicom's storescp CLI bound to
 127.0.0.1 as a move destination, and pynetdicom SCUs where a test needs exact statuses or a C-CANCEL. Data goes
 in through STOW-RS (and C-STORE), so every door is seen answering for what another door stored.
@@ -27,8 +27,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import evt
 
 from tests import dicom_files
+from tests.dimse.test_store import AE_TITLE, DimseArchive, dcmtk, running_archive, storescu
 from tests.servers import free_port
-from tests.test_dimse_store import AE_TITLE, DimseArchive, dcmtk, running_archive, storescu
 from tests.tools import DCMTK, require
 
 

@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset
 from app.config import Settings
 from app.core.retrieve import service as retrieve
 from tests import dicom_files
+from tests.api.test_wado import error_comment, instance_path
 from tests.servers import ArchiveServer, running_archive
-from tests.test_wado import error_comment, instance_path
 
 WAIT_SECONDS = 3.0
 

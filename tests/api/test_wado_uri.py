@@ -19,8 +19,8 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
 from tests import dicom_files
+from tests.api.test_wado import EXPLICIT_LE, RLE, error_comment, on_disk, windowed
 from tests.servers import ArchiveServer
-from tests.test_wado import EXPLICIT_LE, RLE, error_comment, on_disk, windowed
 
 NAMES = (
     "CT_small.dcm",

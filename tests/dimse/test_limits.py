@@ -29,8 +29,8 @@ from app.bootstrap import open_archive
 from app.config import Settings
 from app.context import ArchiveContext
 from dimse_bridge.server import start_dimse_server, stop_dimse_server
+from tests.dimse.test_store import AE_TITLE, CALLING, DimseArchive, dcmtk, renewed_file, running_archive
 from tests.servers import free_port
-from tests.test_dimse_store import AE_TITLE, CALLING, DimseArchive, dcmtk, renewed_file, running_archive
 from tests.tools import DCMTK, require
 
 ACSE_TIMEOUT = 1.0

@@ -287,8 +287,8 @@ def test_the_audit_trail_names_the_client_a_trusted_proxy_forwards(tmp_path: Pat
 
 
 def test_the_dimse_door_is_audited_counted_and_logged_with_an_association_id(tmp_path: Path) -> None:
-    from tests.test_dimse_store import AE_TITLE, CALLING, dcmtk, storescu
-    from tests.test_dimse_store import running_archive as dimse_archive
+    from tests.dimse.test_store import AE_TITLE, CALLING, dcmtk, storescu
+    from tests.dimse.test_store import running_archive as dimse_archive
 
     audit = tmp_path / "audit.jsonl"
     ds = dicom_files.renewed("CT_small.dcm")
