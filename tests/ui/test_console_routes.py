@@ -37,11 +37,13 @@ def test_whoami_answers_every_scope_when_authentication_is_off(archive_server: A
     assert answer.json()["name"] is None
 
 
-def test_the_change_feed_gives_one_studys_history_and_its_own_tail(archive_server: ArchiveServer) -> None:
+def test_the_change_feed_gives_one_studys_history_and_its_own_tail(backend_archive_server: ArchiveServer) -> None:
+    """On both metadata stores (the study filter is each store's own query)."""
+    archive = backend_archive_server
     first, second = dicom_files.renewed("CT_small.dcm"), dicom_files.renewed("MR_small.dcm")
-    dicom_files.stow(archive_server.dicomweb, [first, second])
-    dicom_files.stow(archive_server.dicomweb, [first])  # replaced: instance.updated
-    feed = f"{archive_server.base_url}/api/changes"
+    dicom_files.stow(archive.dicomweb, [first, second])
+    dicom_files.stow(archive.dicomweb, [first])  # replaced: instance.updated
+    feed = f"{archive.base_url}/api/changes"
     history = httpx.get(feed, params={"study": first.StudyInstanceUID}).json()
     assert [c["type"] for c in history["changes"]] == ["instance.created", "instance.updated"]
     assert {c["StudyInstanceUID"] for c in history["changes"]} == {first.StudyInstanceUID}
