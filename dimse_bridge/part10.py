@@ -4,7 +4,7 @@ A C-STORE carries the data set alone; the archive stores Part 10 files (PS3.10 7
 preamble, File Meta Information and then the peer's bytes, unchanged. This runs once per instance on the
 association thread, where pydicom's per-element validation cost more than the rest of the handler together
 (0.75 ms against ~30 us here, measured with CT_small.dcm). Its output is checked against pydicom's in
-tests/test_dimse_store.py. Whether the data set matches its request is judged by ingest, which parses it.
+tests/dimse/test_store.py. Whether the data set matches its request is judged by ingest, which parses it.
 """
 
 from __future__ import annotations

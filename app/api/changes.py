@@ -28,7 +28,7 @@ router = APIRouter(tags=["Changes"])
 @router.get("/changes", summary="Ordered feed of instance changes and completed studies")
 async def get_changes(
     context: Context,
-    # Bounded to a 64-bit integer: a larger one cannot be compared in the store (it was a 500, tests/test_schema.py).
+    # Bounded to a 64-bit integer: a larger one cannot be compared in the store (it was a 500, tests/system/test_schema.py).
     since: int = Query(0, ge=0, le=2**63 - 1, description="Answer entries after this sequence number."),
     limit: int = Query(100, ge=1, le=MAX_LIMIT, description="At most this many entries."),
     study: str | None = Query(None, description="Only the entries of this Study Instance UID."),

@@ -121,7 +121,7 @@ def _parse(
             return ParseFailure(FailureReason.CANNOT_UNDERSTAND, str(exc))
         except Exception as exc:
             # pydicom converts values lazily, so a damaged element (unknown VR, bad length) only raises here:
-            # like a damaged header, it is "cannot understand", never an unhandled error (tests/test_hostile.py).
+            # like a damaged header, it is "cannot understand", never an unhandled error (tests/system/test_hostile.py).
             return ParseFailure(
                 FailureReason.CANNOT_UNDERSTAND, f"cannot parse the DICOM header: {type(exc).__name__}: {exc}"
             )

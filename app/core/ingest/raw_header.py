@@ -5,7 +5,7 @@ of 250 elements that reading was a third of the CPU an instance cost to store. M
 shape: a Part 10 file (PS3.10 7.1) in Explicit VR Little Endian or an encapsulated syntax (which is explicit
 little endian up to the pixel data, PS3.5 A.4), with defined-length elements and sequences of explicit items.
 For those, `read_json` walks the bytes once and writes the same JSON `app.core.header.dataset_json` writes
-(tests/test_dicom_json.py compares the two on every test file). Anything else - implicit VR, big endian,
+(tests/core/dicom/test_dicom_json.py compares the two on every test file). Anything else - implicit VR, big endian,
 deflate, an unknown or UN VR, an undefined-length value that is not a sequence, a value that needs pydicom's
 conversion, a truncated stream - makes it return None, and ingest takes pydicom's path, which also gives the
 clear error for a damaged file.
