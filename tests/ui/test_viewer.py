@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,13 +75,7 @@ def test_ohif_opened_from_the_console_shows_the_ct_study(
     with context.expect_page() as opened:
         link.click()
     viewer = opened.value
-    viewer.wait_for_selector("canvas.cornerstone-canvas", timeout=RENDER_SECONDS * 1000)
-    spread = 0.0
-    for _ in range(RENDER_SECONDS):
-        spread = canvas_spread(viewer)
-        if spread > 10:
-            break
-        viewer.wait_for_timeout(1000)
+    spread = rendered_spread(viewer)
     skip_tour = viewer.locator("text=Skip all")
     if skip_tour.count():
         skip_tour.first.click()
@@ -87,3 +83,46 @@ def test_ohif_opened_from_the_console_shows_the_ct_study(
     # A blank (or one-colour) canvas has a spread near 0; the CT slice has bone, tissue and air.
     assert spread > 10, f"OHIF's canvas stayed blank (grey-level spread {spread:.1f})"
     expect(viewer.locator("body")).to_contain_text("19-Jan-2004")  # the study date, read from the archive
+
+
+
+def rendered_spread(viewer: Page) -> float:
+    """Wait for OHIF's viewport to hold an image; its grey-level spread (near 0 while blank)."""
+    viewer.wait_for_selector("canvas.cornerstone-canvas", timeout=RENDER_SECONDS * 1000)
+    spread = 0.0
+    for _ in range(RENDER_SECONDS):
+        spread = canvas_spread(viewer)
+        if spread > 10:
+            break
+        viewer.wait_for_timeout(1000)
+    return spread
+
+
+def test_with_authentication_on_ohif_shows_the_study_with_the_consoles_credential(
+    context: BrowserContext, page: Page, ohif: Path, tmp_path: Path
+) -> None:
+    reader, loader = "viewer-secret-0123456789", "loader-secret-0123456789"
+    settings = Settings(  # type: ignore[call-arg]
+        data_dir=tmp_path, viewer_dir=ohif, dimse_enabled=False, _env_file=None, auth_enabled=True,
+        auth_api_keys=f"viewer:{reader}:read,loader:{loader}:write",
+    )
+    ct = dicom_files.renewed("CT_small.dcm", PatientName="SECURE^CT", PatientID="VIEW-2")
+    with running_archive(settings) as archive:
+        stored = httpx.post(
+            f"{archive.dicomweb}/studies", content=dicom_files.multipart([dicom_files.part10(ct)]),
+            headers={"Authorization": f"Bearer {loader}",
+                     "Content-Type": 'multipart/related; type="application/dicom"; boundary=dicom-boundary'},
+        )
+        assert stored.status_code == 200, stored.text
+        page.goto(f"{archive.base_url}/ui/#/study/{ct.StudyInstanceUID}")
+        page.fill("#api-key", reader)
+        page.click("#sign-in-key")
+        link = page.locator("#open-viewer")
+        expect(link).to_have_attribute("href", re.compile(r"&token="), timeout=30_000)
+        with context.expect_page() as opened:
+            link.click()
+        viewer = opened.value
+        spread = rendered_spread(viewer)
+        screenshot(viewer, "viewer-signed-in")
+        assert spread > 10, f"OHIF's canvas stayed blank with authentication on (spread {spread:.1f})"
+        assert "token=" not in viewer.url  # OHIF took the credential out of the address
