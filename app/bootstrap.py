@@ -64,6 +64,20 @@ def open_storage(settings: Settings) -> Storage:
     return FileSystemStorage(settings.storage_path, fsync=settings.storage_fsync)
 
 
+def serve_alone(settings: Settings) -> str | None:
+    """Before serving on SQLite: hold the database so that no other process serves it while this one lives
+    (app/repository/sqlite/exclusive.py); why not, if another does. MongoDB takes any number of processes."""
+    if settings.mongo_url:
+        return None
+    from app.repository.sqlite.exclusive import DatabaseInUse, hold
+
+    try:
+        hold(settings.sqlite_path)
+    except DatabaseInUse as exc:
+        return str(exc)
+    return None
+
+
 # How long start-up waits for the storage to answer (an S3 bucket that another container creates, as compose's
 # minio-init does, may not exist yet when the archive starts).
 STORAGE_WAIT_SECONDS = 60.0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.bootstrap import open_archive
+from app.bootstrap import open_archive, serve_alone
 from app.config import Settings
 from app.core.ingest.outcomes import StoreStatus
 from app.core.logs import configure_logging
@@ -127,6 +127,9 @@ def _serve(settings: Settings) -> int:
 
     if settings.dimse_enabled and (reason := _dimse_port_taken(settings.dimse_host, settings.dimse_port)):
         print(f"error: {reason} (DIMSE_HOST/DIMSE_PORT, --dimse-host/--dimse-port)", file=sys.stderr)
+        return 1
+    if reason := serve_alone(settings):
+        print(f"error: {reason}", file=sys.stderr)
         return 1
 
     # X-Forwarded-* are judged by the app against TRUSTED_PROXIES (app/api/proxies.py), not by uvicorn; logging
