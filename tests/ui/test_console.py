@@ -173,17 +173,23 @@ def test_three_files_uploaded_through_the_page_are_stored_each_with_its_result(
             ds.StudyInstanceUID
         ]
 
-    # The same three again, and a file that is not DICOM: each line says what became of it.
+    # The same three again, a file that is not DICOM and one whose Series Instance UID is not a UID (PS3.5
+    # 9.1: no leading zero): each line says what became of it, the refused one with the server's reason.
     junk = tmp_path / "notes.txt"
     junk.write_text("not a DICOM file")
+    bad = tmp_path / "bad-uid.dcm"
+    bad.write_bytes(dicom_files.part10(dicom_files.renewed("CT_small.dcm", SeriesInstanceUID="1.02.3")))
     page.goto(f"{archive_server.base_url}/ui/#/studies")
     page.goto(f"{archive_server.base_url}/ui/#/upload")
-    page.set_input_files("#upload-files", [*map(str, files), str(junk)])
-    expect(page.locator("#upload-summary")).to_have_text("Done: 0 stored, 3 replaced, 1 failed.", timeout=TIMEOUT)
+    page.set_input_files("#upload-files", [*map(str, files), str(junk), str(bad)])
+    expect(page.locator("#upload-summary")).to_have_text("Done: 0 stored, 3 replaced, 2 failed.", timeout=TIMEOUT)
     expect(page.locator("#upload-results tr[data-result=replaced]")).to_have_count(3)
     failed = page.locator("#upload-results tr[data-result=failed]")
-    expect(failed).to_contain_text("notes.txt")
-    expect(failed).to_contain_text("failed")
+    expect(failed.filter(has_text="notes.txt")).to_contain_text("failed")
+    refused = failed.filter(has_text="bad-uid.dcm")
+    expect(refused).to_contain_text("(0xA900)")
+    expect(refused).to_contain_text("leading zero")
+    screenshot(page, "upload-results")
 
 
 # --------------------------------------------------------------------------- send, delete

@@ -39,7 +39,12 @@ function showWho() {
   }
 }
 
+// Each render draws into its own element and shows it only if no later render began meanwhile: a slow answer
+// for a page the user has already left never covers the page they are on.
+let generation = 0;
+
 async function render() {
+  const mine = ++generation;
   const current = route();
   for (const link of document.querySelectorAll("#nav a[data-page]")) {
     link.classList.toggle("current", link.dataset.page === current.name);
@@ -60,15 +65,18 @@ async function render() {
   }
   showWho();
   replace(main, h("p", { class: "muted" }, "Loading…"));
+  const view = h("div", { class: "view" });
   try {
-    await PAGES[current.name].render(main, { args: current.args, params: current.params, who });
+    await PAGES[current.name].render(view, { args: current.args, params: current.params, who });
   } catch (error) {
-    replace(main, notice("error", error.message));
+    replace(view, notice("error", error.message));
   }
+  if (mine === generation) replace(main, view);
 }
 
 window.addEventListener("hashchange", render);
 window.addEventListener("signin-needed", (event) => {
+  generation += 1;
   signOut();
   who = null;
   signin.render(main, event.detail);

@@ -86,9 +86,9 @@ function post(blob, ranges) {
 // The server's own words for a failed instance, when its Warning header names it ("<uid> 0xA900 reason").
 function reasonFromWarnings(header, uid) {
   for (const text of warnings(header)) {
-    for (const part of text.split(/;\s*|:\s(?=\d)/)) {
-      const found = part.match(/^(?:.*?)(\S+) 0x([0-9A-F]{4}) (.*)$/i);
-      if (found && found[1] === uid) return found[3];
+    for (const part of text.split("; ")) {
+      const found = part.match(/(\S+) 0x[0-9A-F]{4} (.*)$/i);
+      if (found && found[1] === uid) return found[2];
     }
   }
   return "";
