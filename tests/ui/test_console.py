@@ -16,10 +16,12 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from tests import dicom_files
+from tests.api.workflow_client import workitem
 from tests.servers import ArchiveServer, free_port
 from tests.ui.conftest import screenshot
 
@@ -302,10 +304,26 @@ def test_the_system_page_shows_counts_probes_version_and_the_latest_changes(
 def test_the_workflow_page_lists_worklist_workitems_and_performed_steps(
     page: Page, archive_server: ArchiveServer
 ) -> None:
+    uid = generate_uid()
+    created = httpx.post(  # UPS-RS Create Workitem (PS3.18 11.4)
+        f"{archive_server.dicomweb}/workitems", params={"workitem": uid},
+        json=workitem(PatientName="WORK^LIST", PatientID="WL-1", ProcedureStepLabel="CT abdomen"),
+        headers={"Content-Type": "application/dicom+json"},
+    )
+    assert created.status_code == 201, created.text
     page.goto(f"{archive_server.base_url}/ui/#/workflow")
     for table in ("#worklist", "#workitems", "#mpps"):
         expect(page.locator(table)).to_be_visible(timeout=TIMEOUT)
+    # A scheduled workitem is on the Modality Worklist too, for its station (CT1) and modality (CT).
+    expect(page.locator("#worklist tbody tr")).to_contain_text(["WORK, LIST"])
+    expect(page.locator("#worklist")).to_contain_text("CT1")
+    row = page.locator(f"#workitems tr:has-text('{uid}')")
+    expect(row).to_contain_text("CT abdomen")
+    expect(row.locator(".state")).to_have_text("SCHEDULED")
+    expect(row).to_contain_text("2030-01-01 09:00")
     screenshot(page, "workflow")
+    page.select_option("#ups-state", "IN PROGRESS")
+    expect(page.locator("#workitems")).to_contain_text("No workitem matches.", timeout=TIMEOUT)
 
 
 # --------------------------------------------------------------------------- offline

@@ -51,6 +51,17 @@ export function date(text) {
   return found ? `${found[1]}-${found[2]}-${found[3]}` : String(text || "");
 }
 
+// 0930 or 093000.5 -> 09:30; a DT 20300101090000 -> 2030-01-01 09:00
+export function time(text) {
+  const found = String(text || "").match(/^(\d{2})(\d{2})?/);
+  return found ? `${found[1]}:${found[2] || "00"}` : "";
+}
+
+export function dateTime(text) {
+  const whole = String(text || "");
+  return [date(whole.slice(0, 8)), time(whole.slice(8))].filter(Boolean).join(" ");
+}
+
 // Failure reasons of STOW-RS (PS3.18 Table I.1-1 via PS3.4 B.2.3) and the archive's own (README).
 export const FAILURE_REASONS = {
   0x0110: "processing failure",

@@ -1,7 +1,7 @@
 // Workflow: the Modality Worklist (GET /worklist), UPS workitems with their states (UPS-RS Search, PS3.18
 // 11.9: GET /workitems) and the performed procedure steps modalities reported (GET /mpps), read-only.
 import { qido } from "../api.js";
-import { date, personName, value } from "../dicom.js";
+import { date, dateTime, personName, time, value } from "../dicom.js";
 import { h, notice, replace } from "../dom.js";
 
 const LIMIT = 50;
@@ -38,21 +38,21 @@ export async function render(main, { params }) {
       rows.map((row) => {
         const sps = first(row, SPS);
         return h("tr", {}, h("td", {}, personName(row, "00100010")), h("td", {}, value(row, "00100020")),
-          h("td", {}, `${date(value(sps, "00400002"))} ${value(sps, "00400003")}`), h("td", {}, value(sps, "00080060")),
+          h("td", {}, `${date(value(sps, "00400002"))} ${time(value(sps, "00400003"))}`), h("td", {}, value(sps, "00080060")),
           h("td", {}, value(sps, "00400001")), h("td", {}, value(sps, "00400007") || value(sps, "00400009")));
       }), "No scheduled step is on the worklist.")),
     section(() => qido("/workitems", { ProcedureStepState: state, limit: LIMIT }), ({ rows }) => table("workitems",
       ["Label", "State", "Priority", "Scheduled start", "Patient", "Workitem UID"],
       rows.map((row) => h("tr", { dataset: { state: value(row, "00741000") } },
         h("td", {}, value(row, "00741204")), h("td", {}, h("span", { class: "state" }, value(row, "00741000"))),
-        h("td", {}, value(row, "00741200")), h("td", {}, value(row, "00404005")),
+        h("td", {}, value(row, "00741200")), h("td", {}, dateTime(value(row, "00404005"))),
         h("td", {}, personName(row, "00100010")), h("td", { class: "uid" }, value(row, "00080018")))),
       "No workitem matches.")),
     section(() => qido("/mpps", { limit: LIMIT }), ({ rows }) => table("mpps",
       ["Status", "Started", "Modality", "Patient", "Description", "Step UID"],
       rows.map((row) => h("tr", {},
         h("td", {}, h("span", { class: "state" }, value(row, "00400252"))),
-        h("td", {}, `${date(value(row, "00400244"))} ${value(row, "00400245")}`), h("td", {}, value(row, "00080060")),
+        h("td", {}, `${date(value(row, "00400244"))} ${time(value(row, "00400245"))}`), h("td", {}, value(row, "00080060")),
         h("td", {}, personName(row, "00100010")), h("td", {}, value(row, "00400254")),
         h("td", { class: "uid" }, value(row, "00080018")))),
       "No performed procedure step was reported.")),
