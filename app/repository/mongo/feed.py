@@ -46,17 +46,18 @@ class MongoChangeFeed(MongoConnection):
     expiry), inserts its entries after the committed `seq`, then advances `seq` and lets go in one update. The
     committed `seq` is the feed's visible end: readers read no further, so they see entries in order and never a
     gap that fills later. An appender that died holding the counter left entries above `seq` that nobody saw;
-    the next one removes them when it takes the expired lock."""
+    the next one removes them once the lock has expired and it holds it."""
 
     async def append_changes(self, changes: Sequence[NewChange]) -> int:
         with guarded():
             if not changes:
                 return await self.last_change_seq()
             token = uuid.uuid4().hex
-            last, abandoned = await self._take_counter(token)
+            last = await self._take_counter(token)
             try:
-                if abandoned:
-                    await self._changes.delete_many({"seq": {"$gt": last}})
+                # Above the committed end lies only what an appender that died, or outlived its lease, left: never
+                # seen by a reader, and in the way of these numbers.
+                await self._changes.delete_many({"seq": {"$gt": last}})
                 await self._changes.insert_many(
                     [
                         {
@@ -66,6 +67,7 @@ class MongoChangeFeed(MongoConnection):
                             "series_instance_uid": c.series_instance_uid,
                             "sop_instance_uid": c.sop_instance_uid,
                             "at": c.at,
+                            "appender": token,
                         }
                         for i, c in enumerate(changes)
                     ],
@@ -77,33 +79,35 @@ class MongoChangeFeed(MongoConnection):
                 )
             except BaseException:
                 with contextlib.suppress(PyMongoError):
-                    await self._changes.delete_many({"seq": {"$gt": last}})
+                    await self._changes.delete_many({"appender": token})
                     await self._counters.update_one({"_id": "changes", "writer": token}, {"$set": {"writer": None}})
                 raise
             if committed.modified_count != 1:
-                # Held past its lease and taken over: the next appender removed these entries.
+                # Held past its lease and taken over: these entries were never committed.
+                with contextlib.suppress(PyMongoError):
+                    await self._changes.delete_many({"appender": token})
                 raise RepositoryUnavailable("MongoDB: a change feed append outlived its lease; try again")
             return last + len(changes)
 
-    async def _take_counter(self, token: str) -> tuple[int, bool]:
-        """Wait for the counter and take it; the committed seq, and whether an expired appender held it."""
+    async def _take_counter(self, token: str) -> int:
+        """Wait for the counter and take it; the committed seq. A plain conditional update (no upsert: a
+        concurrent upsert may answer "no document before" on SecantusDB); the counter is created once, here."""
         pause, longest = APPEND_WAIT_SECONDS
         while True:
             now = time.time()
-            try:
-                before = await self._counters.find_one_and_update(
-                    {"_id": "changes", "$or": [{"writer": None}, {"writer_until": {"$lte": now}}]},
-                    {"$set": {"writer": token, "writer_until": now + APPEND_LEASE_SECONDS}},
-                    upsert=True,
-                    return_document=ReturnDocument.BEFORE,
-                )
-            except DuplicateKeyError:  # held: the upsert met the existing counter
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, longest)
+            before = await self._counters.find_one_and_update(
+                {"_id": "changes", "$or": [{"writer": None}, {"writer_until": {"$lte": now}}]},
+                {"$set": {"writer": token, "writer_until": now + APPEND_LEASE_SECONDS}},
+                return_document=ReturnDocument.BEFORE,
+            )
+            if before is not None:
+                return int(before.get("seq", 0))
+            if await self._counters.find_one({"_id": "changes"}, {"_id": 1}) is None:
+                with contextlib.suppress(DuplicateKeyError):
+                    await self._counters.insert_one({"_id": "changes", "seq": 0, "writer": None})
                 continue
-            if before is None:
-                return 0, False
-            return int(before.get("seq", 0)), before.get("writer") is not None
+            await asyncio.sleep(pause)  # another process is appending
+            pause = min(pause * 2, longest)
 
     async def changes(self, since: int, limit: int, study: str | None = None) -> list[Change]:
         if limit <= 0:
