@@ -139,7 +139,7 @@ async def second_connection(repository: Repository) -> AsyncIterator[Repository]
 async def test_a_change_feed_appended_through_several_connections_is_read_whole_and_in_order(
     repository: Repository,
 ) -> None:
-    batches, per_batch = 12, 3
+    batches, per_batch = 6, 3
     done = asyncio.Event()
     seen: list[int] = []
 
@@ -162,10 +162,13 @@ async def test_a_change_feed_appended_through_several_connections_is_read_whole_
 
     async with second_connection(repository) as other:
         reader = asyncio.ensure_future(follow())
-        await asyncio.gather(append(repository, "1"), append(other, "2"))
+        # Several appends at once on each connection too, as when a process's feed writer and a study
+        # completion's flush meet.
+        await asyncio.gather(*(append(writer, f"{n}.{k}") for n, writer in enumerate((repository, other))
+                               for k in range(3)))  # fmt: skip
         done.set()
         await reader
-    total = 2 * batches * per_batch
+    total = 2 * 3 * batches * per_batch
     assert seen == list(range(1, total + 1))
     assert await repository.last_change_seq() == total
 
