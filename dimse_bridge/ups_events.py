@@ -18,6 +18,7 @@ on. A worker with nothing to do for IDLE_SECONDS ends; the next event starts ano
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 REPORT_ATTEMPTS: Final = 3
 REPORT_RETRY_SECONDS: Final = 1.0
 IDLE_SECONDS: Final = 30.0
+# Reports waiting for one AE at most (one worker sends them in order).
+MAX_PENDING: Final = 1000
 SUCCESS: Final = 0x0000
 
 Sender = Callable[[RemoteAE, UpsEvent], int]
@@ -85,6 +88,12 @@ class DimseEventChannel:
                     name=f"ups-events-{remote.ae_title}",
                     daemon=True,
                 ).start()
+            if pending.qsize() >= MAX_PENDING:
+                # A registered peer that stays down must not grow this process without bound: the oldest
+                # report goes (a subscriber that comes back reads the current state with N-GET, PS3.4 CC.2.7).
+                with contextlib.suppress(queue.Empty):
+                    pending.get_nowait()
+                log.warning("UPS event reports for %s: %d waiting, the oldest dropped", ae_title, MAX_PENDING)
             pending.put(report)
         return True
 

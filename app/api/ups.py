@@ -37,10 +37,10 @@ from app.api.multipart_writer import multipart_body, multipart_content_type, new
 from app.api.urls import service_root
 from app.api.workflow_errors import WARNING_TEXT, Transaction, workflow_errors
 from app.api.workflow_input import (
+    MORE_RESULTS,
     WorkflowQuery,
     checked_ae_title,
     checked_uid,
-    paged_warning,
     parse_query,
     read_dataset,
 )
@@ -250,7 +250,7 @@ async def search_workitems(request: Request, context: Context) -> Response:
     )
     keys = matches(query)
     with workflow_errors(Transaction.SEARCH):
-        found = await context.ups.search(keys, offset=query.offset)
+        found = await context.ups.search(keys, offset=query.offset, limit=one_past(query))
     return paged_response([w.dataset for w in found], query, media_type)
 
 
@@ -265,13 +265,19 @@ def matches(query: WorkflowQuery) -> tuple[Match, ...]:
 # --------------------------------------------------------------------------- answers
 
 
+def one_past(query: WorkflowQuery) -> int | None:
+    """How many matches past the offset to read: one more than the page, to know whether more are left."""
+    return None if query.limit is None else query.limit + 1
+
+
 def paged_response(datasets: Sequence[JSONDict], query: WorkflowQuery, media_type: str) -> Response:
-    """One page of `datasets` (all matches past the offset) with the warnings QIDO-RS gives (PS3.18 8.3.4.4)."""
+    """One page of `datasets` (the matches past the offset, one past the page at most) with the warnings
+    QIDO-RS gives (PS3.18 8.3.4.4)."""
     page = list(datasets if query.limit is None else datasets[: query.limit])
     response = datasets_response(page, media_type)
     notes = list(query.warnings)
     if len(datasets) > len(page):
-        notes.append(paged_warning(len(datasets) - len(page)))
+        notes.append(MORE_RESULTS)
     for text in notes:
         response.headers.append("Warning", warning(text))
     return response

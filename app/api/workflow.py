@@ -22,9 +22,9 @@ from fastapi.responses import Response
 from app.api.accept import negotiate
 from app.api.dicom_response import negotiate_dataset_media_type
 from app.api.errors import warning
-from app.api.ups import datasets_response, matches, paged_response, responses
+from app.api.ups import datasets_response, matches, one_past, paged_response, responses
 from app.api.workflow_errors import Transaction, workflow_errors
-from app.api.workflow_input import checked_uid, parse_query
+from app.api.workflow_input import MORE_RESULTS, checked_uid, parse_query
 from app.deps import Context
 
 router = APIRouter(tags=["Workflow (operators)"])
@@ -66,7 +66,7 @@ async def list_mpps(
     for text in query.warnings:
         response.headers.append("Warning", warning(text))
     if len(steps) > limit:
-        response.headers.append("Warning", warning("There are additional results that can be requested"))
+        response.headers.append("Warning", warning(MORE_RESULTS))
     return response
 
 
@@ -101,5 +101,6 @@ async def list_worklist(request: Request, context: Context) -> Response:
     )
     keys = matches(query)
     with workflow_errors(Transaction.LISTING):
-        items = await context.worklist.find(keys)
+        limit = one_past(query)
+        items = await context.worklist.find(keys, limit=None if limit is None else query.offset + limit)
     return paged_response(items[query.offset :], query, media_type)

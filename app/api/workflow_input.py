@@ -97,13 +97,13 @@ def _check_element(element: Any, where: str, depth: int) -> JSONDict:
     if "BulkDataURI" in element:
         raise DatasetError(f"{where} refers to bulk data, which a workitem cannot carry (PS3.18 11.1.3)")
     if "Value" not in element:
-        return dict(element)
+        return _kept(element)
     values = element["Value"]
     if not isinstance(values, list):
         raise DatasetError(f"the Value of {where} is not an array (PS3.18 F.2.3)")
     if vr == "SQ":
         items = [check_dataset(item, f"an item of {where}", depth + 1) for item in values]
-        return {**element, "Value": items}
+        return {"vr": vr, "Value": items}
     for value in values:
         if vr == "PN":
             ok = value is None or (
@@ -113,9 +113,16 @@ def _check_element(element: Any, where: str, depth: int) -> JSONDict:
             )
         else:
             ok = value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+            # Held as signed 64-bit integers by both stores (SV's range, PS3.5 Table 6.2-1).
+            ok = ok and not (isinstance(value, int) and not -(2**63) <= value < 2**63)
         if not ok:
             raise DatasetError(f"a value of {where} is not a {vr} value (PS3.18 F.2.4)")
-    return dict(element)
+    return _kept(element)
+
+
+def _kept(element: JSONDict) -> JSONDict:
+    """Only what PS3.18 F.2.2 defines of an element: anything else a client adds is not kept and not echoed."""
+    return {k: element[k] for k in ("vr", "Value", "InlineBinary") if k in element}
 
 
 async def read_dataset(request: Request, *, optional: bool = False) -> JSONDict:
@@ -260,6 +267,6 @@ def filter_keys(params: Iterable[tuple[str, str]], ignore: frozenset[str]) -> di
     return keys
 
 
-def paged_warning(remaining: int) -> str:
-    """PS3.18 8.3.4.4: the exact text clients look for."""
-    return f"There are {remaining} additional results that can be requested"
+# PS3.18 8.3.4.4's text, without the count: the workflow searches stop reading one past the page, so they know
+# that more are left, not how many.
+MORE_RESULTS = "There are additional results that can be requested"

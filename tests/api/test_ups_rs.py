@@ -410,12 +410,12 @@ def test_search_matches_the_state_and_keys_inside_sequences(client: httpx.Client
     assert uids(search(client, **{"00100020": patient, "00741000": "SCHEDULED"})) == {on_ct2}
 
 
-def test_search_pages_with_limit_and_offset_and_says_how_many_are_left(client: httpx.Client) -> None:
+def test_search_pages_with_limit_and_offset_and_says_more_are_left(client: httpx.Client) -> None:
     patient = f"S-{uuid.uuid4().hex[:8]}"
     made = {create(client, PatientID=patient) for _ in range(3)}
     first = search(client, PatientID=patient, limit=2)
     assert len(first.json()) == 2
-    assert "There are 1 additional results that can be requested" in first.headers["warning"]
+    assert "There are additional results that can be requested" in first.headers["warning"]
     rest = search(client, PatientID=patient, limit=2, offset=2)
     assert len(rest.json()) == 1 and "warning" not in rest.headers
     assert uids(first) | uids(rest) == made
@@ -555,3 +555,14 @@ def test_the_mpps_listing_answers_json_and_404_for_an_unknown_step(client: httpx
     refused(client.get(f"/mpps/{new_uid()}"), 404)
     refused(client.get("/mpps", params={"StudyInstanceUID": "not-a-uid"}), 400)
     refused(client.get("/mpps/1.2.x"), 400)
+
+
+def test_an_element_keeps_only_what_dicom_json_defines_and_no_integer_past_64_bits(client: httpx.Client) -> None:
+    body = workitem()
+    body["00100020"]["junk$"] = "x"  # not a member of a DICOM JSON element (PS3.18 F.2.2)
+    uid = new_uid()
+    assert client.post("/workitems", params={"workitem": uid}, json=body, headers=DICOM_JSON).status_code == 201
+    assert "junk$" not in retrieve(client, uid)["00100020"]
+    huge = workitem()
+    huge["00101020"] = {"vr": "DS", "Value": [2**70]}
+    refused(client.post("/workitems", json=huge, headers=DICOM_JSON), 400)

@@ -13,9 +13,8 @@ naming the same sequence must match in one item (PS3.4 C.2.2.2.6, sequence match
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from app.core.dicom.attributes import Attribute, Kind, Level
@@ -23,11 +22,11 @@ from app.core.dicom.values import normalize
 from app.core.query.keys import keyword_of_path, resolve_path, vr_of
 from app.core.query.matching import parse_value
 from app.core.query.model import Match, MatchKind, QueryError
-from app.core.query.patterns import wildcard_regex
+from app.core.query.patterns import wildcard_matches
 from app.core.records import JSONDict
 
 
-@cache
+@lru_cache(maxsize=1024)
 def attribute(key: str) -> Attribute:
     """Any attribute path (keyword, tag or dotted path, PS3.18 8.3.4.1) as an Attribute the matcher can use."""
     dotted, path = resolve_path(key)
@@ -148,7 +147,7 @@ def _matches_one(value: Any, m: Match, vr: str) -> bool:
     if m.kind is MatchKind.UID_LIST:
         return value in m.values
     if m.kind is MatchKind.WILDCARD:
-        return _pattern(str(m.values[0])).fullmatch(str(value)) is not None
+        return wildcard_matches(str(m.values[0]), str(value))
     if m.kind is MatchKind.RANGE:
         low, high = m.values
         text = str(value)
@@ -158,7 +157,3 @@ def _matches_one(value: Any, m: Match, vr: str) -> bool:
         return (low is None or text >= low) and (high is None or text <= high)
     return True
 
-
-@cache
-def _pattern(wildcard: str) -> re.Pattern[str]:
-    return re.compile(wildcard_regex(wildcard), re.DOTALL)

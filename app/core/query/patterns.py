@@ -4,6 +4,7 @@ an anchored regular expression. Shared by the SQLite and MongoDB compilers."""
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 
 def literal_prefix(pattern: str) -> str:
@@ -38,3 +39,33 @@ def wildcard_regex(pattern: str) -> str:
         else:
             out.append(re.escape(char))
     return "^" + "".join(out) + "$"
+
+
+def wildcard_matches(pattern: str, text: str) -> bool:
+    """Whether `text` matches the DICOM wildcard `pattern`, in time linear in the text for each part between
+    stars: the first part is anchored at the start, the last at the end, and each part between them is taken
+    at its earliest place after the one before (taking it later can never help). A regular expression with one
+    `.*` per star backtracks exponentially on patterns such as `*A*A*A*A*A*A*AB`, so it is not used here,
+    where a client writes the pattern and the text is the whole stored value."""
+    parts = pattern.split("*")
+    if len(parts) == 1:
+        return _part(pattern).fullmatch(text) is not None
+    first, *middle, last = parts
+    end = len(text) - len(last)
+    if end < len(first) or _part(first).match(text) is None or _part(last).fullmatch(text, end) is None:
+        return False
+    position = len(first)
+    for part in middle:
+        if part:
+            found = _part(part).search(text, position, end)
+            if found is None:
+                return False
+            position = found.end()
+    return True
+
+
+@lru_cache(maxsize=1024)
+def _part(part: str) -> re.Pattern[str]:
+    """A run of a pattern without stars: `?` is any one character, all else literal (no repetition, so no
+    backtracking)."""
+    return re.compile("".join("." if char == "?" else re.escape(char) for char in part), re.DOTALL)

@@ -7,7 +7,6 @@ services read and set attributes here rather than through pydicom.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -63,16 +62,6 @@ def element(keyword: str, *value: Any) -> JSONDict:
 
 def put(dataset: JSONDict, keyword: str, *value: Any) -> None:
     dataset[key(keyword)] = element(keyword, *value)
-
-
-def walk_items(dataset: JSONDict) -> Iterator[JSONDict]:
-    """The data set and every sequence item inside it, depth first."""
-    yield dataset
-    for element_json in dataset.values():
-        if isinstance(element_json, dict) and element_json.get("vr") == "SQ":
-            for item in element_json.get("Value", []):
-                if isinstance(item, dict):
-                    yield from walk_items(item)
 
 
 def project(dataset: JSONDict, template: JSONDict) -> JSONDict:

@@ -164,8 +164,8 @@ class MppsService:
         scheduled = a.items(step.dataset, "ScheduledStepAttributesSequence")
         candidates = await self.worklist.scheduled_for(a.text(step.dataset, "PatientID"))
         for workitem, item in candidates:
-            named = any(_names(reference, item) for reference in scheduled)
-            if named and await self.worklist.ups.mark_performed(workitem):
+            if any(_names(reference, item) for reference in scheduled):
+                await self.worklist.ups.mark_performed(workitem)
                 log.info("UPS %s off the worklist: performed (MPPS %s)", workitem.sop_instance_uid,
                          step.sop_instance_uid)  # fmt: skip
         if self.completion is not None:

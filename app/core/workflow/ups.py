@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final, Protocol
 
@@ -66,6 +66,8 @@ _CANCEL_INFORMATION: Final = (
     "ContactDisplayName",
 )
 _PAGE: Final = 500
+# What a global subscription takes in when made: the workitems that may still change (PS3.4 CC.2.3.2.1).
+_OPEN_STATES: Final = (ProcedureStepState.SCHEDULED.value, ProcedureStepState.IN_PROGRESS.value)
 
 
 class EventChannel(Protocol):
@@ -130,7 +132,7 @@ class UpsService:
             raise WorkflowFailure(FailureReason.DUPLICATE, f"workitem {uid} exists already")
         workitem.version = 1
         log.info("UPS %s created (%s)", uid, a.text(body, "ProcedureStepLabel"))
-        await self._on_created(workitem)
+        await self._after_write(self._on_created(workitem), uid)
         return workitem, modified
 
     async def get(self, sop_instance_uid: str) -> Workitem:
@@ -167,7 +169,7 @@ class UpsService:
         progress = a.key("ProcedureStepProgressInformationSequence")
         if progress in changes:
             info = {progress: changes[progress]}
-            await self._notify(updated, EventType.PROGRESS_REPORT, info)
+            await self._after_write(self._notify(updated, EventType.PROGRESS_REPORT, info), sop_instance_uid)
         return updated
 
     # -- state ----------------------------------------------------------------------------------------------
@@ -204,7 +206,8 @@ class UpsService:
                 changed = replace(workitem, state=wanted, transaction_uid=transaction_uid)
             else:
                 if current is wanted:
-                    _check_transaction(workitem, transaction_uid)
+                    if workitem.transaction_uid is not None:  # none when it was cancelled while SCHEDULED
+                        _check_transaction(workitem, transaction_uid)
                     return (
                         WorkflowWarning.ALREADY_CANCELED
                         if wanted is ProcedureStepState.CANCELED
@@ -230,7 +233,7 @@ class UpsService:
             if await self._write(changed, workitem.version):
                 break
         log.info("UPS %s: %s -> %s", sop_instance_uid, current, wanted)
-        await self._notify_state(changed)
+        await self._after_write(self._notify_state(changed), sop_instance_uid)
         return None
 
     async def request_cancellation(
@@ -266,15 +269,16 @@ class UpsService:
             changed = replace(workitem, state=ProcedureStepState.CANCELED, dataset=body)
             if await self._write(changed, workitem.version):
                 log.info("UPS %s cancelled before it started", sop_instance_uid)
-                await self._notify_state(changed)
+                await self._after_write(self._notify_state(changed), sop_instance_uid)
                 return None
 
-    async def mark_performed(self, workitem: Workitem) -> bool:
-        """Take the workitem off the worklist: an MPPS reported its procedure performed (PS3.4 F.7.2).
-        False when it changed meanwhile (the caller may look again)."""
-        if workitem.performed:
-            return True
-        return await self._write(replace(workitem, performed=True), workitem.version)
+    async def mark_performed(self, workitem: Workitem) -> None:
+        """Take the workitem off the worklist: an MPPS reported its procedure performed (PS3.4 F.7.2). Written
+        over the version read, again after any change made meanwhile."""
+        while not workitem.performed:
+            if await self._write(replace(workitem, performed=True), workitem.version):
+                return
+            workitem = await self.get(workitem.sop_instance_uid)
 
     # -- search ---------------------------------------------------------------------------------------------
 
@@ -282,26 +286,31 @@ class UpsService:
         self, keys: Sequence[Match], *, offset: int = 0, limit: int | None = None, on_worklist: bool | None = None
     ) -> list[Workitem]:
         """Search for Workitems (PS3.18 11.9, C-FIND of UPS Pull/Watch/Query): the query model's matching
-        (app/core/query/evaluate.py) over the workitems the store narrows by state, scheduled start and patient."""
-        narrow = _narrowing(keys)
+        (app/core/query/evaluate.py) over the workitems the store narrows by state, scheduled start and patient;
+        reading stops once `offset + limit` have matched."""
         found: list[Workitem] = []
-        after: str | None = None
         skipped = 0
-        while limit is None or len(found) < limit:
-            page = await self.store.find_workitems(on_worklist=on_worklist, after=after, limit=_PAGE, **narrow)
-            for workitem in page:
-                if not matches_all(workitem.dataset, keys):
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                    continue
-                found.append(workitem)
-                if limit is not None and len(found) >= limit:
-                    break
-            if len(page) < _PAGE:
+        async for workitem in self.scan(on_worklist=on_worklist, **_narrowing(keys)):
+            if not matches_all(workitem.dataset, keys):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            found.append(workitem)
+            if limit is not None and len(found) >= limit:
                 break
-            after = page[-1].sop_instance_uid
         return found
+
+    async def scan(self, **narrow: Any) -> AsyncIterator[Workitem]:
+        """Every workitem the store's narrowing finds (`find_workitems`' keywords), a page at a time."""
+        after: str | None = None
+        while True:
+            page = await self.store.find_workitems(after=after, limit=_PAGE, **narrow)
+            for workitem in page:
+                yield workitem
+            if len(page) < _PAGE:
+                return
+            after = page[-1].sop_instance_uid
 
     # -- subscriptions --------------------------------------------------------------------------------------
 
@@ -321,13 +330,15 @@ class UpsService:
             keys = _filter(filter_keys) if target == FILTERED_GLOBAL_SUBSCRIPTION else ()
             raw = dict(filter_keys or {}) if keys else None
             await self.store.put_subscription(Subscription(ae_title, None, deletion_lock, raw))
-            added = await self.search(keys, on_worklist=None)
-            for workitem in added:
-                if workitem.state.final:
-                    continue
-                await self.store.put_subscription(Subscription(ae_title, workitem.sop_instance_uid, deletion_lock))
-                await self._send(ae_title, _state_event(workitem))
-            log.info("UPS: %s subscribed globally (%d workitems now)", ae_title, len(added))
+            added = 0
+            async for workitem in self.scan(states=_OPEN_STATES):
+                if matches_all(workitem.dataset, keys):
+                    await self.store.put_subscription(
+                        Subscription(ae_title, workitem.sop_instance_uid, deletion_lock)
+                    )
+                    await self._send(ae_title, _state_event(workitem))
+                    added += 1
+            log.info("UPS: %s subscribed globally (%d workitems now)", ae_title, added)
             return
         workitem = await self.get(target)
         await self.store.put_subscription(Subscription(ae_title, target, deletion_lock))
@@ -358,6 +369,15 @@ class UpsService:
             return True
         log.debug("UPS %s changed meanwhile; deciding again", workitem.sop_instance_uid)
         return False
+
+    @staticmethod
+    async def _after_write(notifying: Awaitable[object], sop_instance_uid: str) -> None:
+        """Tell the subscribers of a change already written; a failure to is logged, not the request's failure
+        (the change stands, and a retry of it would be refused)."""
+        try:
+            await notifying
+        except Exception:
+            log.exception("UPS %s changed, but its subscribers could not all be told", sop_instance_uid)
 
     async def _on_created(self, workitem: Workitem) -> None:
         for subscription in await self.store.subscriptions(global_only=True):

@@ -137,22 +137,20 @@ class WorklistService:
     def __init__(self, ups: UpsService) -> None:
         self.ups = ups
 
-    async def find(self, keys: Sequence[Match]) -> list[JSONDict]:
-        """Every worklist item matching `keys` (the query model's Matches over the view above)."""
-        narrow = _date_range(keys)
+    async def find(self, keys: Sequence[Match], *, limit: int | None = None) -> list[JSONDict]:
+        """The worklist items matching `keys` (the query model's Matches over the view above), at most `limit`."""
         found: list[JSONDict] = []
-        after: str | None = None
-        while True:
-            page = await self.ups.store.find_workitems(on_worklist=True, after=after, limit=500, **narrow)
-            found.extend(item for w in page if matches_all(item := worklist_item(w), keys))
-            if len(page) < 500:
-                return found
-            after = page[-1].sop_instance_uid
+        async for workitem in self.ups.scan(on_worklist=True, **_date_range(keys)):
+            item = worklist_item(workitem)
+            if matches_all(item, keys):
+                found.append(item)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
 
     async def scheduled_for(self, patient_id: str) -> list[tuple[Workitem, JSONDict]]:
         """The patient's items on the worklist, with their views (an MPPS names its step by these values)."""
-        page = await self.ups.store.find_workitems(on_worklist=True, patient_id=patient_id or None, limit=1000)
-        return [(w, worklist_item(w)) for w in page]
+        return [(w, worklist_item(w)) async for w in self.ups.scan(on_worklist=True, patient_id=patient_id or None)]
 
 
 def _date_range(keys: Sequence[Match]) -> dict[str, Any]:

@@ -136,12 +136,11 @@ class MongoSubscriptions(MongoConnection):
         filter_text = None if s.filter is None else json.dumps(s.filter)
         update = {"$set": {"deletion_lock": s.deletion_lock, "filter": filter_text, "suspended": s.suspended}}
         with guarded():
-            for _ in range(2):
-                try:
-                    await self._subscriptions.update_one(key, update, upsert=True)
-                except DuplicateKeyError:
-                    continue  # a concurrent put created it between our match and insert: now it matches
-                return
+            try:
+                await self._subscriptions.update_one(key, update, upsert=True)
+            except DuplicateKeyError:
+                # A concurrent put created it between our match and insert: now it matches.
+                await self._subscriptions.update_one(key, update)
 
     async def delete_subscription(self, ae_title: str, workitem_uid: str | None) -> bool:
         with guarded():

@@ -195,3 +195,11 @@ async def test_unsubscribing_says_whether_there_was_a_subscription(ups: UpsServi
     assert await ups.unsubscribe("WATCHER", uid)
     assert not await ups.unsubscribe("WATCHER", uid)
     assert not await ups.unsubscribe("WATCHER", GLOBAL_SUBSCRIPTION)
+
+
+async def test_a_workitem_cancelled_before_it_started_warns_a_second_cancel(ups: UpsService) -> None:
+    """No Transaction UID was ever given to it, so there is none to check (PS3.4 CC.2.1.3: B304)."""
+    uid = new_uid()
+    await ups.create(workitem_json(), uid)
+    await ups.request_cancellation(uid, {})
+    assert await ups.change_state(uid, "CANCELED", new_uid()) is WorkflowWarning.ALREADY_CANCELED
