@@ -153,7 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # UPS-RS (PS3.18 11) and the operators' MPPS and worklist listings. The event channel is a WebSocket: it
     # checks the same credentials itself (scope read), having no HTTP method for `authorize` to go by.
     app.include_router(ups.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
-    app.include_router(ups_subscriptions.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
+    # Subscribing and unsubscribing both change only the subscriber's own interest: `write`, DELETE included.
+    app.include_router(ups_subscriptions.router, prefix=DICOMWEB_PREFIX, dependencies=[Depends(authorize("write"))])
     app.include_router(ups_events.router, prefix=DICOMWEB_PREFIX)
     app.include_router(workflow.router, prefix=DICOMWEB_PREFIX, dependencies=by_method)
     app.include_router(admin.router, prefix=admin.ADMIN_PREFIX, dependencies=admin_only)

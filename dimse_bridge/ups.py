@@ -29,7 +29,7 @@ performer unsure whether it holds the workitem).
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR
@@ -39,6 +39,7 @@ from pynetdicom.events import Event
 
 from app.context import ArchiveContext
 from app.core.query.evaluate import identifier_keys
+from app.core.query.model import Match
 from app.core.records import JSONDict
 from app.core.workflow.attributes import key, project, text
 from app.core.workflow.outcomes import FailureReason, WorkflowFailure, WorkflowWarning
@@ -254,23 +255,11 @@ async def _subscribe(
 def handle_find(event: Event, dimse: DimseContext) -> Iterator[workflow_find.Response]:
     """C-FIND (Search for UPS, PS3.4 CC.2.8) of UPS Pull, Watch or Query: matching workitems, whole state
     included; the rules are the worklist's (workflow_find.py)."""
-    who = f"UPS C-FIND from {peer(event.assoc)}"
-    try:
-        request = workflow_find.parse(event)
-    except workflow_find.FindRefused as exc:
-        log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
-        yield workflow_find.refusal(exc.code, str(exc), exc.offending)
-        return
-    if request.ignored:
-        log.info("%s: keys not supported for matching: %s", who, ", ".join(request.ignored))
-    try:
-        found = dimse.bridge.call(dimse.archive.ups.search(request.keys))
-    except Exception as exc:
-        code = workflow_find.search_failure(exc)
-        log.warning("%s failed (0x%04X): %s", who, code, exc)
-        yield workflow_find.refusal(code, str(exc) or type(exc).__name__)
-        return
-    yield from workflow_find.answers(event, request, (w.dataset for w in found), who)
+
+    def search(keys: Sequence[Match]) -> list[JSONDict]:
+        return [w.dataset for w in dimse.bridge.call(dimse.archive.ups.search(keys))]
+
+    return workflow_find.serve(event, f"UPS C-FIND from {peer(event.assoc)}", search)
 
 
 # -- inside -----------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ cannot be encoded as an answer is left out with a log line; the other matches ar
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -89,6 +89,27 @@ def parse(event: Event) -> FindRequest:
             offending = tuple(int(tag, 16) for tag in path.split("."))
             raise FindRefused(ws.UNABLE_TO_PROCESS, reason, offending) from exc
     return FindRequest(template, tuple(keys), tuple(ignored))
+
+
+def serve(event: Event, who: str, search: Callable[[Sequence[Match]], Iterable[JSONDict]]) -> Iterator[Response]:
+    """A workflow C-FIND handler's whole run: parse the identifier, `search` with its keys (one call into the
+    archive through the bridge), answer each record; every refusal logged once with its status."""
+    try:
+        request = parse(event)
+    except FindRefused as exc:
+        log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
+        yield refusal(exc.code, str(exc), exc.offending)
+        return
+    if request.ignored:
+        log.info("%s: keys not supported for matching: %s", who, ", ".join(request.ignored))
+    try:
+        records = search(request.keys)
+    except Exception as exc:  # the archive out of reach, the workflow store failing
+        code = search_failure(exc)
+        log.warning("%s failed (0x%04X): %s", who, code, exc)
+        yield refusal(code, str(exc) or type(exc).__name__)
+        return
+    yield from answers(event, request, records, who)
 
 
 def search_failure(exc: Exception) -> int:

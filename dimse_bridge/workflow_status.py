@@ -29,7 +29,6 @@ INVALID_ATTRIBUTE_VALUE: Final = 0x0106  # Failure: Invalid attribute value (C.4
 PROCESSING_FAILURE: Final = 0x0110  # Failure: Processing failure (C.4.1)
 DUPLICATE_SOP_INSTANCE: Final = 0x0111  # Failure: Duplicate SOP Instance (C.4.3)
 NO_SUCH_SOP_INSTANCE: Final = 0x0112  # Failure: No such SOP Instance (C.4.4)
-INVALID_ARGUMENT_VALUE: Final = 0x0115  # Failure: Invalid argument value (C.4.9)
 MISSING_ATTRIBUTE: Final = 0x0120  # Failure: Missing attribute (C.4.13)
 UNRECOGNIZED_OPERATION: Final = 0x0211  # Failure: Unrecognized operation (C.4.21)
 NO_SUCH_ACTION: Final = 0x0123  # Failure: No such action (C.4.16)
@@ -48,7 +47,6 @@ UPS_ALREADY_COMPLETED: Final = 0xC311  # Failed: The UPS is already COMPLETED
 UPS_PERFORMER_UNREACHABLE: Final = 0xC312  # Failed: The performer cannot be contacted
 UPS_ACTION_NOT_APPROPRIATE: Final = 0xC314  # Failed: Specified action not appropriate for specified instance
 UPS_CREATED_WITH_MODIFICATIONS: Final = 0xB300  # Warning: The UPS was created with modifications
-UPS_DELETION_LOCK_NOT_GRANTED: Final = 0xB301  # Warning: Deletion Lock not granted
 UPS_ALREADY_CANCELED: Final = 0xB304  # Warning: The UPS is already in the requested state of CANCELED
 UPS_ALREADY_COMPLETED_WARNING: Final = 0xB306  # Warning: already in the requested state of COMPLETED
 
@@ -87,7 +85,6 @@ _UPS_WARNING: Final[dict[WorkflowWarning, int]] = {
     WorkflowWarning.ALREADY_CANCELED: UPS_ALREADY_CANCELED,
     WorkflowWarning.ALREADY_COMPLETED: UPS_ALREADY_COMPLETED_WARNING,
     WorkflowWarning.CREATED_WITH_MODIFICATIONS: UPS_CREATED_WITH_MODIFICATIONS,
-    WorkflowWarning.DELETION_LOCK_NOT_GRANTED: UPS_DELETION_LOCK_NOT_GRANTED,
 }
 
 # PS3.4 Table F.7.2-2 (N-CREATE) and F.7.2-3 (N-SET): (Status, Error ID or None).

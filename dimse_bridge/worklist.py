@@ -14,34 +14,21 @@ the statuses (0xA900, 0xC000, 0xA700, 0xFE00, Table K.4-2) are in workflow_find.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from pynetdicom.events import Event
 
+from app.core.query.model import Match
+from app.core.records import JSONDict
 from dimse_bridge import workflow_find
 from dimse_bridge.access import peer
 from dimse_bridge.context import DimseContext
 
-log = logging.getLogger(__name__)
-
 
 def handle_find(event: Event, dimse: DimseContext) -> Iterator[workflow_find.Response]:
     """C-FIND (Modality Worklist Information Model - FIND, PS3.4 K.4.1.2)."""
-    who = f"worklist C-FIND from {peer(event.assoc)}"
-    try:
-        request = workflow_find.parse(event)
-    except workflow_find.FindRefused as exc:
-        log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
-        yield workflow_find.refusal(exc.code, str(exc), exc.offending)
-        return
-    if request.ignored:
-        log.info("%s: keys not supported for matching: %s", who, ", ".join(request.ignored))
-    try:
-        items = dimse.bridge.call(dimse.archive.worklist.find(request.keys))
-    except Exception as exc:  # the archive out of reach, the workflow store failing
-        code = workflow_find.search_failure(exc)
-        log.warning("%s failed (0x%04X): %s", who, code, exc)
-        yield workflow_find.refusal(code, str(exc) or type(exc).__name__)
-        return
-    yield from workflow_find.answers(event, request, items, who)
+
+    def search(keys: Sequence[Match]) -> list[JSONDict]:
+        return dimse.bridge.call(dimse.archive.worklist.find(keys))
+
+    return workflow_find.serve(event, f"worklist C-FIND from {peer(event.assoc)}", search)

@@ -11,7 +11,8 @@ or the log gets it). Events wait in a queue per AE and one task per socket sends
 the state machine made them and a slow or stalled subscriber never holds up the request that changed a
 workitem: when its queue is full, its socket is closed with 1013 (Try Again Later) and it reconnects and
 re-reads the workitems it follows. A second socket for the same AE replaces the first and takes over the events
-not yet sent (PS3.18 8.10.4.2: the user agent re-establishes a lost connection by opening it again). `offer`
+not yet sent (PS3.18 8.10.4.2: the user agent re-establishes a lost connection by opening it again), when the
+same credential opens it; another credential is refused with 409, so no reader can take an AE's events. `offer`
 runs on the event loop of the application, as every call into the core does.
 
 Authentication is that of every other route (app/api/auth.py), with the `read` scope: the credential is sent
@@ -77,9 +78,10 @@ class _Close:
 class _Subscriber:
     """One open socket of an AE, its queue of messages, and the Message IDs given so far."""
 
-    def __init__(self, ae_title: str, websocket: WebSocket, limit: int) -> None:
+    def __init__(self, ae_title: str, websocket: WebSocket, limit: int, principal: str | None = None) -> None:
         self.ae_title = ae_title
         self.websocket = websocket
+        self.principal = principal  # who opened it, when authentication is on
         self.queue: asyncio.Queue[str | _Close] = asyncio.Queue(limit + 1)  # room for the closing entry
         self.limit = limit
         self.message_id = 0
@@ -155,10 +157,15 @@ class WebSocketChannel:
         subscriber.close(_TRY_AGAIN_LATER, "too many events waiting; reconnect")
         return False
 
-    async def serve(self, websocket: WebSocket, ae_title: str) -> None:
+    def holder(self, ae_title: str) -> str | None:
+        """Who holds the AE's open channel (None: nobody, or authentication is off)."""
+        subscriber = self._open.get(ae_title)
+        return None if subscriber is None else subscriber.principal
+
+    async def serve(self, websocket: WebSocket, ae_title: str, principal: str | None = None) -> None:
         """Open Notification Connection (PS3.18 8.10.4) for `ae_title` (checked), until either side closes it."""
         await websocket.accept()
-        subscriber = _Subscriber(ae_title, websocket, self.queue_limit)
+        subscriber = _Subscriber(ae_title, websocket, self.queue_limit, principal)
         previous = self._open.get(ae_title)
         if previous is not None:
             # The newest socket is the channel; the events the old one had not sent go out on the new one.
@@ -192,7 +199,14 @@ async def event_channel(websocket: WebSocket, aetitle: str) -> None:
         await refuse(websocket, exc)
         return
     channel: WebSocketChannel = websocket.app.state.ups_events
-    await channel.serve(websocket, ae_title)
+    principal: str | None = getattr(websocket.state, "principal", None)
+    if channel.is_open(ae_title) and channel.holder(ae_title) != principal:
+        # Replacing a channel hands its events over: only to whoever opened it, never to another credential.
+        taken = DicomWebError(409, f"the event channel of {ae_title} is held by another credential")
+        log.info("WS %s -> 409: %s", websocket.url.path, taken.reason)
+        await refuse(websocket, taken)
+        return
+    await channel.serve(websocket, ae_title, principal)
 
 
 async def refuse(websocket: WebSocket, exc: DicomWebError) -> None:

@@ -82,7 +82,6 @@ WARNING_TEXT: Final[dict[WorkflowWarning, str]] = {
     WorkflowWarning.ALREADY_CANCELED: "The UPS is already in the requested state of CANCELED.",  # 11.7.3.2, 11.8.3.2
     WorkflowWarning.ALREADY_COMPLETED: "The UPS is already in the requested state of COMPLETED.",  # 11.7.3.2
     WorkflowWarning.CREATED_WITH_MODIFICATIONS: "The Workitem was created with modifications.",  # 11.4.3.2
-    WorkflowWarning.DELETION_LOCK_NOT_GRANTED: "Deletion Lock not granted.",  # 11.10.3.2
 }
 
 

@@ -135,10 +135,13 @@ def _value_for(name: str) -> str:
 
 
 def _scope_for(method: str, path: str) -> str:
-    """The operations APIs under /api (admin, AE registry, FHIR, webhooks) and /metrics need `admin`; the
-    change feed and the DICOMweb doors need the scope of their method."""
+    """The operations APIs under /api (admin, AE registry, FHIR, webhooks) and /metrics need `admin`; UPS
+    subscriptions `write`, whatever their method (a subscriber changes only its own interest); the change feed
+    and the other DICOMweb doors the scope of their method."""
     if path == "/metrics" or (path.startswith("/api/") and not path.startswith("/api/changes")):
         return "admin"
+    if "/subscribers/" in path:
+        return "write"
     return SCOPE_OF_METHOD[method]
 
 

@@ -189,7 +189,7 @@ def test_an_event_channel_for_an_invalid_ae_title_is_refused(server: ArchiveServ
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchiveServer]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("secured-events"), dimse_enabled=False, _env_file=None, auth_enabled=True,
-        auth_api_keys="viewer:viewer-secret:read,robot:robot-secret:write",
+        auth_api_keys="viewer:viewer-secret:read,robot:robot-secret:write,other:other-secret:read",
     )  # fmt: skip
     with running_archive(settings) as running:
         yield running
@@ -214,3 +214,18 @@ def test_the_event_channel_opens_with_a_read_token_in_the_authorization_header(
 ) -> None:
     with event_channel(secured, "WATCHER", {"Authorization": "Bearer viewer-secret"}) as channel:
         channel.assert_quiet(0.1)
+
+
+def test_another_credential_cannot_take_over_an_open_event_channel(secured: ArchiveServer) -> None:
+    """Replacing a channel hands over its events, so only the credential that opened it may replace it."""
+    viewer = {"Authorization": "Bearer viewer-secret"}
+    with event_channel(secured, "WATCHER", viewer) as channel:
+        with pytest.raises(InvalidStatus) as refused, event_channel(
+            secured, "WATCHER", {"Authorization": "Bearer other-secret"}
+        ):
+            pass
+        assert refused.value.response.status_code == 409
+        with event_channel(secured, "WATCHER", viewer) as again:  # the same credential reconnects
+            again.assert_quiet(0.1)
+        with pytest.raises(ConnectionClosedOK):
+            channel.next_event(2)

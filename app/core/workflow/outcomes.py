@@ -43,7 +43,6 @@ class WorkflowWarning(StrEnum):
     ALREADY_CANCELED = "already CANCELED"  # B304
     ALREADY_COMPLETED = "already COMPLETED"  # B306
     CREATED_WITH_MODIFICATIONS = "created with modifications"  # B300
-    DELETION_LOCK_NOT_GRANTED = "deletion lock not granted"  # B301
 
 
 def check_instance_uid(uid: str) -> str:
