@@ -9,12 +9,15 @@ completions are claimed the same way, by their own atomic repository operations 
 `claim_completion`), with the same lease length.
 
 The expiry is wall-clock time (every replica compares `time.time()`), so replicas need synchronised clocks
-(NTP), as any lease does. Work that outlives its lease may happen twice; none is lost.
+(NTP), as any lease does. A block that holds a lease renews it every third of its length while it runs, so only
+a process that stops renewing (killed, or cut off from the repository) loses it; claimed work that outlives its
+claim may happen twice; none is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -67,11 +70,26 @@ class Leases:
                 raise RepositoryUnavailable(f"lease {name} stayed held by another archive process")
             await asyncio.sleep(wait)
             wait = min(wait * 2, MAX_WAIT_SECONDS)
+        renewing = asyncio.get_running_loop().create_task(self._renew(name))
         try:
             yield
         finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
             try:
                 await self.release(name)
             except RepositoryUnavailable as exc:
                 # The work is done; the lease ends on its own.
                 log.warning("lease %s not released (%s); it expires in %.0f s", name, exc, self.seconds)
+
+    async def _renew(self, name: str) -> None:
+        """Keep `name` held while its block runs longer than a third of the lease (a large store to S3)."""
+        while True:
+            await asyncio.sleep(self.seconds / 3)
+            try:
+                if not await self.acquire(name):
+                    log.warning("lease %s was taken by another process while held here", name)
+                    return
+            except RepositoryUnavailable as exc:
+                log.warning("lease %s not renewed (%s); it expires in %.0f s", name, exc, self.seconds)
