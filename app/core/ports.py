@@ -201,6 +201,7 @@ class WorkitemStore(Protocol):
         scheduled_from: str | None = None,
         scheduled_to: str | None = None,
         patient_id: str | None = None,
+        station: str | None = None,
         after: str | None = None,
         limit: int = 1000,
     ) -> list[Workitem]:

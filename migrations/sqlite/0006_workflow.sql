@@ -12,12 +12,15 @@ CREATE TABLE IF NOT EXISTS workitems (
     on_worklist INTEGER NOT NULL,
     scheduled_start TEXT NOT NULL DEFAULT '',
     patient_id TEXT NOT NULL DEFAULT '',
+    station TEXT NOT NULL DEFAULT '',
     version INTEGER NOT NULL,
     dataset TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS workitems_state ON workitems (state, sop_instance_uid);
 CREATE INDEX IF NOT EXISTS workitems_worklist ON workitems (on_worklist, scheduled_start);
 CREATE INDEX IF NOT EXISTS workitems_patient_id ON workitems (patient_id);
+-- The Scheduled Station Name Code Value: a modality asks the worklist for its own station's work.
+CREATE INDEX IF NOT EXISTS workitems_station ON workitems (station, on_worklist);
 
 -- A step names its studies in order (`study_instance_uids`, a JSON array read back with the row);
 -- performed_step_studies indexes them, one row per (study, step), for "the steps of this study".

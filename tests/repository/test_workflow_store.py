@@ -61,6 +61,7 @@ def workitem(
     start: str = "",
     patient: str = "",
     performed: bool = False,
+    station: str = "",
 ) -> Workitem:
     sop = uid(60, n)
     return Workitem(
@@ -70,6 +71,7 @@ def workitem(
         performed=performed,
         scheduled_start=start,
         patient_id=patient,
+        station=station,
     )
 
 
@@ -164,6 +166,15 @@ async def test_workitems_narrow_by_state_patient_and_page_by_uid(repository: Rep
     assert uids(await repository.find_workitems(after=everything[1], limit=2)) == everything[2:4]
     assert uids(await repository.find_workitems(after=everything[-1])) == []
     assert await repository.find_workitems(limit=0) == []
+
+
+async def test_workitems_narrow_by_their_scheduled_station(repository: Repository) -> None:
+    for item in (workitem(1, station="CT1"), workitem(2, station="MR1"), workitem(3, station="CT1", performed=True)):
+        assert await repository.create_workitem(item)
+    assert uids(await repository.find_workitems(station="CT1")) == [uid(60, 1), uid(60, 3)]
+    assert uids(await repository.find_workitems(station="CT1", on_worklist=True)) == [uid(60, 1)]
+    [held] = await repository.find_workitems(station="MR1")
+    assert held.station == "MR1"
 
 
 async def test_the_worklist_holds_scheduled_workitems_not_yet_performed(repository: Repository) -> None:

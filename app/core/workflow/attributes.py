@@ -51,9 +51,14 @@ def present(dataset: JSONDict, keyword: str) -> bool:
     return key(keyword) in dataset
 
 
+@cache
+def _vr(keyword: str) -> str:
+    return str(dictionary_VR(key(keyword)))
+
+
 def element(keyword: str, *value: Any) -> JSONDict:
     """A DICOM JSON element; no value gives an empty one (a Type 2 attribute present but empty)."""
-    vr = str(dictionary_VR(key(keyword)))
+    vr = _vr(keyword)
     out: JSONDict = {"vr": vr}
     if value:
         out["Value"] = [{"Alphabetic": v} if vr == "PN" and isinstance(v, str) else v for v in value]

@@ -74,6 +74,7 @@ class Workitem:
     version: int = 0
     scheduled_start: str = ""  # Scheduled Procedure Step Start DateTime, YYYYMMDDHHMMSS..., for ranges
     patient_id: str = ""
+    station: str = ""  # Scheduled Station Name Code Sequence's Code Value: the worklist's station AE title
 
     @property
     def on_worklist(self) -> bool:

@@ -430,6 +430,8 @@ def _indexed(workitem: Workitem) -> Workitem:
     """The workitem with the values the store narrows on taken from its data set."""
     workitem.scheduled_start = a.text(workitem.dataset, "ScheduledProcedureStepStartDateTime")
     workitem.patient_id = a.text(workitem.dataset, "PatientID")
+    stations = a.items(workitem.dataset, "ScheduledStationNameCodeSequence")
+    workitem.station = a.text(stations[0], "CodeValue") if stations else ""
     return workitem
 
 
@@ -489,4 +491,6 @@ def _narrowing(keys: Sequence[Match]) -> dict[str, Any]:
             narrow["scheduled_from"], narrow["scheduled_to"] = m.values
         elif keyword == "PatientID" and m.kind is MatchKind.SINGLE:
             narrow["patient_id"] = m.values[0]
+        elif keyword == "ScheduledStationNameCodeSequence.CodeValue" and m.kind is MatchKind.SINGLE:
+            narrow["station"] = m.values[0]
     return narrow

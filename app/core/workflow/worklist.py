@@ -52,6 +52,7 @@ _REQUEST_KEYS: Final = (
 )
 _TOP_KEYS: Final = ("SpecificCharacterSet", "AdmissionID", "ReferringPhysicianName")
 _SPS_DATE_KEY: Final = "ScheduledProcedureStepSequence.ScheduledProcedureStepStartDate"
+_SPS_STATION_KEY: Final = "ScheduledProcedureStepSequence.ScheduledStationAETitle"
 
 
 def procedure_step_id(workitem_uid: str) -> str:
@@ -140,7 +141,7 @@ class WorklistService:
     async def find(self, keys: Sequence[Match], *, limit: int | None = None) -> list[JSONDict]:
         """The worklist items matching `keys` (the query model's Matches over the view above), at most `limit`."""
         found: list[JSONDict] = []
-        async for workitem in self.ups.scan(on_worklist=True, **_date_range(keys)):
+        async for workitem in self.ups.scan(on_worklist=True, **_narrowing(keys)):
             item = worklist_item(workitem)
             if matches_all(item, keys):
                 found.append(item)
@@ -153,13 +154,16 @@ class WorklistService:
         return [(w, worklist_item(w)) async for w in self.ups.scan(on_worklist=True, patient_id=patient_id or None)]
 
 
-def _date_range(keys: Sequence[Match]) -> dict[str, Any]:
-    """The Scheduled Procedure Step Start Date as the store's range on the workitems' start date-time."""
+def _narrowing(keys: Sequence[Match]) -> dict[str, Any]:
+    """What the store narrows on: the Scheduled Procedure Step Start Date as a range on the workitems' start
+    date-time, and the Scheduled Station AE Title (the modality asking for its own work) as their station."""
+    narrow: dict[str, Any] = {}
     for m in keys:
-        if m.attribute.keyword != _SPS_DATE_KEY:
-            continue
-        if m.kind is MatchKind.SINGLE:
-            return {"scheduled_from": m.values[0], "scheduled_to": m.values[0]}
-        if m.kind is MatchKind.RANGE:
-            return {"scheduled_from": m.values[0], "scheduled_to": m.values[1]}
-    return {}
+        keyword = m.attribute.keyword
+        if keyword == _SPS_DATE_KEY and m.kind is MatchKind.SINGLE:
+            narrow["scheduled_from"] = narrow["scheduled_to"] = m.values[0]
+        elif keyword == _SPS_DATE_KEY and m.kind is MatchKind.RANGE:
+            narrow["scheduled_from"], narrow["scheduled_to"] = m.values
+        elif keyword == _SPS_STATION_KEY and m.kind is MatchKind.SINGLE:
+            narrow["station"] = m.values[0]
+    return narrow

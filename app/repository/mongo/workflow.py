@@ -68,6 +68,7 @@ class MongoWorkitems(MongoConnection):
         scheduled_from: str | None = None,
         scheduled_to: str | None = None,
         patient_id: str | None = None,
+        station: str | None = None,
         after: str | None = None,
         limit: int = 1000,
     ) -> list[Workitem]:
@@ -87,6 +88,8 @@ class MongoWorkitems(MongoConnection):
             query["scheduled_start"] = start
         if patient_id is not None:
             query["patient_id"] = patient_id
+        if station is not None:
+            query["station"] = station
         if after is not None:
             query["sop_instance_uid"] = {"$gt": after}
         with guarded():
@@ -184,6 +187,7 @@ def _workitem_document(workitem: Workitem, version: int) -> Document:
         "on_worklist": workitem.on_worklist,
         "scheduled_start": workitem.scheduled_start,
         "patient_id": workitem.patient_id,
+        "station": workitem.station,
         "version": version,
         "dataset": workitem.dataset,
     }
@@ -199,6 +203,7 @@ def _workitem(doc: Mapping[str, Any]) -> Workitem:
         version=int(doc["version"]),
         scheduled_start=doc["scheduled_start"],
         patient_id=doc["patient_id"],
+        station=doc.get("station", ""),
     )
 
 

@@ -29,8 +29,8 @@ from app.core.workflow.records import (
 from app.repository.sqlite.connection import SQLiteConnection
 
 _WORKITEM_COLUMNS = (
-    "sop_instance_uid, state, transaction_uid, performed, on_worklist, scheduled_start, patient_id, version, "
-    "dataset"
+    "sop_instance_uid, state, transaction_uid, performed, on_worklist, scheduled_start, patient_id, station, "
+    "version, dataset"
 )
 _STEP_COLUMNS = "sop_instance_uid, status, study_instance_uids, version, created_at, updated_at, dataset"
 _SUBSCRIPTION_COLUMNS = "ae_title, workitem_uid, deletion_lock, filter, suspended"
@@ -41,7 +41,7 @@ class SQLiteWorkitems(SQLiteConnection):
     async def create_workitem(self, workitem: Workitem) -> bool:
         def create(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                f"INSERT INTO workitems ({_WORKITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO workitems ({_WORKITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (sop_instance_uid) DO NOTHING",
                 (workitem.sop_instance_uid, *_workitem_values(workitem, 1)),
             )
@@ -58,7 +58,7 @@ class SQLiteWorkitems(SQLiteConnection):
         def replace(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
                 "UPDATE workitems SET state = ?, transaction_uid = ?, performed = ?, on_worklist = ?, "
-                "scheduled_start = ?, patient_id = ?, version = ?, dataset = ? "
+                "scheduled_start = ?, patient_id = ?, station = ?, version = ?, dataset = ? "
                 "WHERE sop_instance_uid = ? AND version = ?",
                 (*_workitem_values(workitem, expected_version + 1), workitem.sop_instance_uid, expected_version),
             )
@@ -74,6 +74,7 @@ class SQLiteWorkitems(SQLiteConnection):
         scheduled_from: str | None = None,
         scheduled_to: str | None = None,
         patient_id: str | None = None,
+        station: str | None = None,
         after: str | None = None,
         limit: int = 1000,
     ) -> list[Workitem]:
@@ -97,6 +98,9 @@ class SQLiteWorkitems(SQLiteConnection):
         if patient_id is not None:
             where.append("patient_id = ?")
             params.append(patient_id)
+        if station is not None:
+            where.append("station = ?")
+            params.append(station)
         if after is not None:
             where.append("sop_instance_uid > ?")
             params.append(after)
@@ -226,12 +230,12 @@ def _workitem_values(workitem: Workitem, version: int) -> tuple[Any, ...]:
     """The columns after sop_instance_uid, in _WORKITEM_COLUMNS order, at `version`."""
     return (
         workitem.state.value, workitem.transaction_uid, int(workitem.performed), int(workitem.on_worklist),
-        workitem.scheduled_start, workitem.patient_id, version, json.dumps(workitem.dataset),
+        workitem.scheduled_start, workitem.patient_id, workitem.station, version, json.dumps(workitem.dataset),
     )  # fmt: skip
 
 
 def _workitem(row: sqlite3.Row) -> Workitem:
-    uid, state, transaction_uid, performed, _on_worklist, scheduled_start, patient_id, version, dataset = row
+    uid, state, transaction_uid, performed, _on_worklist, scheduled_start, patient_id, station, version, dataset = row
     return Workitem(
         sop_instance_uid=uid,
         state=ProcedureStepState(state),
@@ -241,6 +245,7 @@ def _workitem(row: sqlite3.Row) -> Workitem:
         version=int(version),
         scheduled_start=scheduled_start,
         patient_id=patient_id,
+        station=station,
     )
 
 
