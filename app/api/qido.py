@@ -16,6 +16,8 @@ Decisions taken from the standard:
 * Answers are application/dicom+json (the default) or multipart/related; type="application/dicom+xml" with
   one Native DICOM Model part per result (PS3.18 10.6.3.2, PS3.19 A.1). The `accept` query parameter
   (PS3.18 8.3.3.1) is heard before the Accept header, as on every WADO-RS resource (app/api/accept.py).
+* `orderby` on `/studies` is an extension (PS3.18 defines no order; dcm4chee-arc's name and syntax): the
+  whole match list sorted before `offset`/`limit` cut the page (app/core/query/ordering.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from app.api.qido_params import parse_qido
 from app.api.urls import instance_url, series_url, service_root, study_url
 from app.core.dicom.attributes import Level
 from app.core.query.model import QueryError, SearchResult
+from app.core.query.ordering import SORTABLE
 from app.core.records import JSONDict
 from app.deps import Context
 
@@ -46,7 +49,25 @@ DICOM_JSON = "application/dicom+json"
 _RESPONSE_PARAMETERS = frozenset({"accept", "charset"})
 
 
-@router.get("/studies", summary="Search for studies (QIDO-RS)")
+# Documented here, read with every other parameter by parse_qido (the routes take the raw query string).
+_ORDERBY = {
+    "name": "orderby",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "example": "-StudyDate,-StudyTime",
+    "description": (
+        "An extension (PS3.18 defines no order; dcm4chee-arc's syntax): the order of the whole answer, applied "
+        "before `offset` and `limit`, so pages follow one another in it. A comma list of keys, each descending "
+        f"with a leading `-`: {', '.join(SORTABLE[Level.STUDY])}; `StudyTime` only right after `StudyDate` in the "
+        "same direction (StudyDate already sorts by date and time; a study without a time counts as midnight). "
+        "Ties, and studies without a value (first ascending, last descending), follow storage order in the "
+        "last key's direction. Any other key, or a key given twice, is 400. Without it, storage order."
+    ),
+}
+
+
+@router.get("/studies", summary="Search for studies (QIDO-RS)", openapi_extra={"parameters": [_ORDERBY]})
 async def search_studies(request: Request, context: Context) -> Response:
     return await _search(request, context, Level.STUDY, {})
 

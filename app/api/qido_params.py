@@ -13,7 +13,8 @@ from app.core.dicom.attributes import BY_KEY, BY_KEYWORD, Attribute, Level
 from app.core.dicom.uids import InvalidUIDError, check_uid
 from app.core.query.keys import KEYWORD_RE, keyword_ci, matchable, plan_returns, resolve_path, show
 from app.core.query.matching import match_keys
-from app.core.query.model import ALL, Include, Match, MatchKind, ParsedQuery, QueryError, QueryModel
+from app.core.query.model import ALL, Include, Match, MatchKind, ParsedQuery, QueryError, QueryModel, SortKey
+from app.core.query.ordering import parse_order
 
 
 def parse_qido(
@@ -33,6 +34,7 @@ def parse_qido(
     limit: int | None = default_limit
     offset = 0
     fuzzy = False
+    order: tuple[SortKey, ...] = ()
     include: set[str] = set()
     include_all = False
     seen: set[str] = set()
@@ -40,7 +42,7 @@ def parse_qido(
     ignored_attributes: list[str] = []
     ignored_parameters: list[str] = []
     for name, value in params:
-        if name in ("limit", "offset", "fuzzymatching"):
+        if name in ("limit", "offset", "fuzzymatching", "orderby"):
             if name in seen:
                 raise QueryError(f"query parameter {name} is given more than once")
             seen.add(name)
@@ -54,6 +56,8 @@ def parse_qido(
             if value.lower() not in ("true", "false"):
                 raise QueryError(f"fuzzymatching must be true or false, not {show(value)} (PS3.18 8.3.4.1)")
             fuzzy = value.lower() == "true"
+        elif name == "orderby":
+            order = parse_order(level, value)
         elif name == "includefield":
             for item in value.split(","):
                 item = item.strip()
@@ -95,6 +99,7 @@ def parse_qido(
         include=included,
         limit=limit,
         offset=offset,
+        order=order,
         returned_levels=returned,
         upper_keys=upper,
         dataset_tags=tags,

@@ -365,6 +365,27 @@ def test_truncated_answers_say_how_many_more(data: DataSet) -> None:
     assert len(last.json()) == 2 and "warning" not in last.headers
 
 
+def test_orderby_sorts_the_whole_answer_before_the_page_is_cut(data: DataSet) -> None:
+    by_uid = {uid: name for name, uid in data.studies.items()}
+    names: list[str] = []
+    for offset in range(0, len(STUDIES), 4):
+        page = get(data, "/studies", {"orderby": "-StudyDate,-StudyTime", "limit": "4", "offset": str(offset)})
+        assert page.status_code == 200
+        names += [by_uid[_value(row, "0020000D")] for row in page.json()]
+    # Newest first; a study without a time counts as the start of its day.
+    newest_first = sorted(STUDIES, key=lambda n: STUDIES[n][1]["StudyDate"] + STUDIES[n][1].get("StudyTime", ""),
+                          reverse=True)
+    assert names == newest_first
+    by_name = get(data, "/studies", {"orderby": "PatientName", "PatientName": "doe*"}).json()
+    assert [by_uid[_value(row, "0020000D")] for row in by_name] == ["doe-jane", "doe-john"]  # case folded
+
+
+def test_orderby_is_in_the_openapi_document_of_the_study_search(data: DataSet) -> None:
+    document = httpx.get(f"{data.server.base_url}/openapi.json", timeout=30).json()
+    [parameter] = document["paths"]["/dicom-web/studies"]["get"]["parameters"]
+    assert parameter["name"] == "orderby" and "PatientName" in parameter["description"]
+
+
 def test_limit_over_the_maximum_is_lowered_with_a_warning(data: DataSet) -> None:
     limit = data.server.settings.qido_max_limit + 1
     response = get(data, "/studies", {"limit": str(limit)})
@@ -424,6 +445,9 @@ def test_unsupported_attributes_are_ignored_with_a_warning(data: DataSet) -> Non
         ("/series", {"SeriesNumber": "one"}, "is not an integer"),
         ("/studies", {"StudyInstanceUID": "1.2.abc"}, "is not a valid UID"),
         ("/studies/1.2.x/series", {}, "StudyInstanceUID 1.2.x is not a valid UID"),
+        ("/studies", {"orderby": "Modality"}, "cannot order by 'Modality'"),
+        ("/studies", {"orderby": "StudyTime"}, "StudyTime only right after StudyDate"),
+        ("/series", {"orderby": "SeriesNumber"}, "orderby is supported for studies only"),
     ],
 )
 def test_bad_queries_are_400_with_the_reason(data: DataSet, path: str, params: dict[str, str], reason: str) -> None:

@@ -9,10 +9,20 @@ Q/R) run over both stores with them too.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from pymongo import AsyncMongoClient
+
+from app.core.ports import Repository
+from app.core.query.model import QueryModel
 from app.core.records import InstanceRecord, StoredInstance
+from app.repository.mongo.repository import MongoRepository
+from app.repository.mongo.search import explain as mongo_explain
+from app.repository.sqlite.repository import SQLiteRepository
+from app.repository.sqlite.search import explain as sqlite_explain
 
 Factory = Callable[..., InstanceRecord]
 
@@ -54,3 +64,21 @@ def patient_aggregates(studies: int, series: int, instances: int) -> dict[str, A
         "number_of_patient_related_series": series,
         "number_of_patient_related_instances": instances,
     }
+
+
+async def query_plan(repository: Repository, query: QueryModel) -> list[str]:
+    """How the store would run a search's page query: SQLite's EXPLAIN QUERY PLAN steps, or MongoDB's winning
+    plan as one JSON text (read on a connection of the test's own, as an operator would)."""
+    if isinstance(repository, SQLiteRepository):
+        conn = sqlite3.connect(repository.path)
+        try:
+            return sqlite_explain(conn, query)
+        finally:
+            conn.close()
+    assert isinstance(repository, MongoRepository)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(repository.url)
+    try:
+        explained = await mongo_explain(client[repository.database], query)
+    finally:
+        await client.close()
+    return [json.dumps(explained["queryPlanner"]["winningPlan"])]

@@ -116,13 +116,40 @@ def test_pages_of_studies_are_counted_and_walked(page: Page, archive_server: Arc
     expect(page.locator("#studies tbody tr.study-row")).to_have_count(5)
     page.click("#previous-page")
     expect(page.locator("#study-count")).to_have_text("1–25 of 30 studies", timeout=TIMEOUT)
-    # Sorting orders the page's rows by a column, both ways.
-    on_page = sorted(listed_patient_ids(page))
+    # A column header sorts all matches on the server (QIDO-RS orderby), both ways, from the first page.
     first_id = page.locator("#studies tbody tr.study-row").first.locator("td").nth(1)
     page.click("#studies th >> text=Patient ID")
-    expect(first_id).to_have_text(on_page[0])
+    expect(first_id).to_have_text("PAGE-00", timeout=TIMEOUT)
     page.click("#studies th >> text=Patient ID")
-    expect(first_id).to_have_text(on_page[-1])
+    expect(first_id).to_have_text("PAGE-29", timeout=TIMEOUT)  # stored last: on the second page unsorted
+    expect(page.locator("#study-count")).to_have_text("1–25 of 30 studies")
+
+
+def test_the_date_column_shows_the_newest_study_of_all_pages_first(page: Page, archive_server: ArchiveServer) -> None:
+    # 30 studies a day apart, stored in no date order; the newest is stored 28th, past the first page of 25.
+    days = [(n * 7 + 20) % 30 for n in range(30)]
+    newest = days.index(29)
+    assert newest >= 25
+    dicom_files.stow(
+        archive_server.dicomweb,
+        [dicom_files.renewed("CT_small.dcm", PatientID=f"DATE-{n:02}", StudyDate=f"201901{day + 1:02}")
+         for n, day in enumerate(days)],
+    )
+    page.goto(f"{archive_server.base_url}/ui/#/studies?PatientID=DATE-*")
+    expect(page.locator("#study-count")).to_have_text("1–25 of 30 studies", timeout=TIMEOUT)
+    rows = page.locator("#studies tbody tr.study-row")
+    page.click("#studies th >> text=Date")
+    expect(rows.first.locator("td").nth(1)).to_have_text(f"DATE-{newest:02}", timeout=TIMEOUT)
+    expect(rows.first.locator("td").nth(2)).to_have_text("2019-01-30")
+    expect(page.locator("#studies th >> text=Date")).to_have_text("Date ▼")
+    shown = rows.locator("td:nth-child(3)").all_inner_texts()
+    assert shown == sorted(shown, reverse=True) and len(shown) == 25
+    screenshot(page, "studies-by-date")
+    page.click("#next-page")
+    expect(rows.first.locator("td").nth(2)).to_have_text("2019-01-05", timeout=TIMEOUT)
+    page.click("#studies th >> text=Date")  # again: oldest first, back on the first page
+    expect(rows.first.locator("td").nth(2)).to_have_text("2019-01-01", timeout=TIMEOUT)
+    expect(page.locator("#study-count")).to_have_text("1–25 of 30 studies")
 
 
 def test_a_study_page_shows_its_series_with_thumbnails_that_load_and_its_history(

@@ -90,14 +90,25 @@ class Match:
 
 
 @dataclass(frozen=True)
+class SortKey:
+    """One key of an answer's order (`orderby`, an extension: app/core/query/ordering.py): a column or field of
+    the query level, which an index of both stores serves."""
+
+    field: str
+    descending: bool = False
+
+
+@dataclass(frozen=True)
 class QueryModel:
-    """A query at one level. `matches` are AND-ed. `limit` None means every match (C-FIND)."""
+    """A query at one level. `matches` are AND-ed. `limit` None means every match (C-FIND). `order` empty means
+    insertion order, which lets a store walk its rows in key order until the page is full."""
 
     level: Level
     matches: tuple[Match, ...] = ()
     include: Include = frozenset()
     limit: int | None = None
     offset: int = 0
+    order: tuple[SortKey, ...] = ()
     # What to return, decided by the parser (see `returned_levels` etc. in plan_returns):
     returned_levels: frozenset[Level] = frozenset()
     upper_keys: Mapping[Level, frozenset[str]] = field(default_factory=dict)  # extra keys of other levels

@@ -15,8 +15,10 @@ index serves it (migrations/mongo/0001_indexes.json):
   array is satisfied by two different elements on real MongoDB);
 * keys of other levels are resolved first, on their own collection and index, to the UIDs that link the
   levels (`distinct`), then matched with `$in`: no `$lookup` over whole collections;
-* results are ordered by `_id` (insertion order, as SQLite orders by row id), paged with skip/limit, with
-  one extra document read to learn whether more exist and a `count_documents` only then.
+* results are ordered by `_id` (insertion order, as SQLite orders by row id), or by the `orderby` keys
+  (app/core/query/ordering.py) with `_id` breaking ties in the last key's direction, served by the (key, `_id`)
+  indexes of migrations/mongo/0008_study_order.json; paged with skip/limit, with one extra document read to
+  learn whether more exist and a `count_documents` only then.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from app.core.dicom.attributes import LEVEL_KEY, LEVEL_TABLE, Level, aggregates_at
 from app.core.query.answers import aggregate_json, assemble
 from app.core.query.model import Match, MatchKind, QueryModel, SearchResult, depth, table_level
+from app.core.query.ordering import with_tie_break
 from app.core.query.patterns import literal_prefix, prefix_successor, wildcard_regex
 from app.repository.mongo.connection import MongoConnection, guarded
 from app.repository.mongo.layout import Document, multi_path
@@ -83,6 +86,12 @@ def match_filter(match: Match, field: str | None = None) -> Document:
             return {multi_path(match.attribute.key): text}
         return {multi_path(match.attribute.key): {"$elemMatch": text}}
     return {field or match.field: operators}
+
+
+def sort_spec(model: QueryModel) -> list[tuple[str, int]]:
+    """The page's sort: SQLite's order (null first ascending, last descending, as MongoDB sorts null and missing
+    fields) with `_id` in the place of the row id."""
+    return [(key.field, -1 if key.descending else 1) for key in with_tie_break(model.order, "_id")]
 
 
 def _and(filters: list[Document]) -> Document:
@@ -168,7 +177,7 @@ class MongoQuery:
             projection.update(dict.fromkeys(aggregates_at(level), 1))
         if model.dataset_tags and level is Level.IMAGE:
             projection["dataset"] = 1
-        cursor = self.collection(level).find(query, projection).sort("_id", 1).skip(model.offset)
+        cursor = self.collection(level).find(query, projection).sort(sort_spec(model)).skip(model.offset)
         if model.limit is not None:
             if model.limit == 0:  # MongoDB reads limit 0 as "no limit"
                 total = await self.collection(level).count_documents(query)
@@ -243,6 +252,6 @@ async def explain(db: AsyncDatabase[Document], model: QueryModel) -> Document:
     search = MongoQuery(db, model)
     query = await search.filter()
     result: Document = await db.command(
-        "explain", {"find": LEVEL_TABLE[model.level], "filter": query or {}, "sort": {"_id": 1}}
+        "explain", {"find": LEVEL_TABLE[model.level], "filter": query or {}, "sort": dict(sort_spec(model))}
     )
     return result

@@ -14,8 +14,10 @@ full scan of 100 000 studies per keystroke is not an option:
 * keys of lower levels (relational queries; ModalitiesInStudy, SOPClassesInStudy) are `uid IN (SELECT ...)`
   over the lower table, whose own indexes serve the inner condition, or a correlated EXISTS per study when
   other conditions narrow the studies first or the value is common (see `_where`);
-* results are ordered by the row id (insertion order), stable across pages; one row past the page is read
-  to learn whether more exist, and only then are the remaining matches counted.
+* results are ordered by the row id (insertion order), stable across pages, or by the `orderby` keys
+  (app/core/query/ordering.py) with the row id breaking ties in the last key's direction, which an index on
+  the key serves (SQLite's indexes end with the row id); one row past the page is read to learn whether more
+  exist, and only then are the remaining matches counted.
 
 All values are bound parameters; only column and table names from the attribute table are interpolated.
 """
@@ -31,6 +33,7 @@ from typing import Any
 from app.core.dicom.attributes import LEVEL_KEY, LEVEL_TABLE, Attribute, Level, aggregates_at
 from app.core.query.answers import aggregate_json, assemble
 from app.core.query.model import Match, MatchKind, QueryModel, SearchResult, depth, table_level
+from app.core.query.ordering import with_tie_break
 from app.core.query.patterns import literal_prefix, prefix_successor
 from app.repository.sqlite.connection import SQLiteConnection
 
@@ -287,7 +290,10 @@ def compile_query(model: QueryModel, *, walk_studies: bool = False) -> CompiledQ
             add(f"{alias}.{column}", column, lv)
     if model.dataset_tags:
         add(_representative_dataset(level), "dataset")
-    order = f"{ALIASES[level]}.{_ORDER_KEY[level]}"
+    order = ", ".join(
+        f"{ALIASES[level]}.{key.field}" + (" DESC" if key.descending else "")
+        for key in with_tie_break(model.order, _ORDER_KEY[level])
+    )
     sql = f"SELECT {', '.join(select)} FROM {_from(level)}{where_sql} ORDER BY {order}"
     params = list(builder.params)
     if model.limit is not None:

@@ -7,15 +7,19 @@ import { h, notice, replace } from "../dom.js";
 const FIELDS = ["PatientName", "PatientID", "AccessionNumber", "from", "to", "ModalitiesInStudy"];
 const INCLUDE = [TAG.StudyDescription, TAG.ModalitiesInStudy, TAG.NumberOfStudyRelatedSeries,
   TAG.NumberOfStudyRelatedInstances];
+// [key, label, cell, the orderby keys that sort it (QIDO-RS `orderby`, an extension of this archive), the
+// direction of a first click]. The server sorts the whole list, so a page shows the first rows of all matches;
+// modalities have no order both stores share, so that column does not sort.
 const COLUMNS = [
-  ["PatientName", "Patient", (row) => personName(row, TAG.PatientName)],
-  ["PatientID", "Patient ID", (row) => value(row, TAG.PatientID)],
-  ["StudyDate", "Date", (row) => date(value(row, TAG.StudyDate))],
-  ["StudyDescription", "Description", (row) => value(row, TAG.StudyDescription)],
-  ["AccessionNumber", "Accession", (row) => value(row, TAG.AccessionNumber)],
-  ["ModalitiesInStudy", "Modalities", (row) => values(row, TAG.ModalitiesInStudy).join(", ")],
-  ["series", "Series", (row) => value(row, TAG.NumberOfStudyRelatedSeries)],
-  ["instances", "Instances", (row) => value(row, TAG.NumberOfStudyRelatedInstances)],
+  ["PatientName", "Patient", (row) => personName(row, TAG.PatientName), ["PatientName"], "asc"],
+  ["PatientID", "Patient ID", (row) => value(row, TAG.PatientID), ["PatientID"], "asc"],
+  ["StudyDate", "Date", (row) => date(value(row, TAG.StudyDate)), ["StudyDate", "StudyTime"], "desc"],
+  ["StudyDescription", "Description", (row) => value(row, TAG.StudyDescription), ["StudyDescription"], "asc"],
+  ["AccessionNumber", "Accession", (row) => value(row, TAG.AccessionNumber), ["AccessionNumber"], "asc"],
+  ["ModalitiesInStudy", "Modalities", (row) => values(row, TAG.ModalitiesInStudy).join(", "), null, null],
+  ["series", "Series", (row) => value(row, TAG.NumberOfStudyRelatedSeries), ["NumberOfStudyRelatedSeries"], "desc"],
+  ["instances", "Instances", (row) => value(row, TAG.NumberOfStudyRelatedInstances),
+    ["NumberOfStudyRelatedInstances"], "desc"],
 ];
 const SIZES = [25, 50, 100];
 
@@ -55,6 +59,7 @@ export async function render(main, { params }) {
       const next = new URLSearchParams();
       for (const name of FIELDS) if (inputs[name].value.trim()) next.set(name, inputs[name].value.trim());
       next.set("limit", String(limit));
+      if (sort) next.set("sort", sort);
       go(next);
     },
   },
@@ -67,6 +72,8 @@ export async function render(main, { params }) {
   h("button", { type: "submit" }, "Search"),
   h("button", { type: "button", class: "secondary", onclick: () => go(new URLSearchParams()) }, "Clear"));
 
+  const [sortKey, direction] = sort.split(":");
+  const column = COLUMNS.find(([key, , , keys]) => key === sortKey && keys);
   const query = {
     PatientName: nameQuery(params.get("PatientName") || ""),
     PatientID: params.get("PatientID") || "",
@@ -74,27 +81,24 @@ export async function render(main, { params }) {
     StudyDate: dateRange(params.get("from"), params.get("to")),
     ModalitiesInStudy: (params.get("ModalitiesInStudy") || "").toUpperCase(),
     includefield: INCLUDE,
+    orderby: column ? column[3].map((key) => (direction === "desc" ? `-${key}` : key)).join(",") : "",
     limit,
     offset,
   };
   const { rows, more } = await qido("/studies", query);
   const total = offset + rows.length + more;
 
-  const [sortKey, direction] = sort.split(":");
-  const column = COLUMNS.find(([key]) => key === sortKey);
-  if (column) {
-    rows.sort((a, b) => String(column[2](a)).localeCompare(String(column[2](b)), undefined, { numeric: true }));
-    if (direction === "desc") rows.reverse();
-  }
   const link = (changes) => {
     const next = new URLSearchParams(params);
     for (const [name, val] of Object.entries(changes)) next.set(name, String(val));
     return `#/studies?${next}`;
   };
-  const header = h("tr", {}, COLUMNS.map(([key, label]) => {
-    const current = key === sortKey ? (direction === "desc" ? " ▼" : " ▲") : "";
-    const next = key === sortKey && direction !== "desc" ? "desc" : "asc";
-    return h("th", {}, h("a", { href: link({ sort: `${key}:${next}` }), title: "sort this page" }, label + current));
+  const header = h("tr", {}, COLUMNS.map(([key, label, , keys, first]) => {
+    if (!keys) return h("th", {}, label);
+    const current = column && key === sortKey ? (direction === "desc" ? " ▼" : " ▲") : "";
+    const next = !current ? first : direction === "desc" ? "asc" : "desc";
+    return h("th", {}, h("a", { href: link({ sort: `${key}:${next}`, offset: 0 }), title: "sort all matches" },
+      label + current));
   }));
   const body = rows.map((row) => {
     const uid = value(row, TAG.StudyInstanceUID);
