@@ -7,6 +7,7 @@ against the archive's own API and against the remote AE that received the instan
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,14 @@ def qido_studies(archive: ArchiveServer, **keys: str) -> list[dict[str, Any]]:
     assert response.status_code == 200, response.text
     rows: list[dict[str, Any]] = response.json()
     return rows
+
+
+def assert_each_stored(archive: ArchiveServer, datasets: list[Dataset]) -> None:
+    """Each data set's patient has its study, and only it, in the archive."""
+    for ds in datasets:
+        assert [row["0020000D"]["Value"][0] for row in qido_studies(archive, PatientID=ds.PatientID)] == [
+            ds.StudyInstanceUID
+        ]
 
 
 # --------------------------------------------------------------------------- studies
@@ -199,10 +208,7 @@ def test_three_files_uploaded_through_the_page_are_stored_each_with_its_result(
     expect(page.locator("#upload-summary")).to_have_text("Done: 3 stored, 0 replaced, 0 failed.", timeout=TIMEOUT)
     expect(page.locator("#upload-results tr[data-result=stored]")).to_have_count(3)
     screenshot(page, "upload")
-    for ds in datasets:
-        assert [row["0020000D"]["Value"][0] for row in qido_studies(archive_server, PatientID=ds.PatientID)] == [
-            ds.StudyInstanceUID
-        ]
+    assert_each_stored(archive_server, datasets)
 
     # The same three again, a file that is not DICOM and one whose Series Instance UID is not a UID (PS3.5
     # 9.1: no leading zero): each line says what became of it, the refused one with the server's reason.
@@ -221,6 +227,58 @@ def test_three_files_uploaded_through_the_page_are_stored_each_with_its_result(
     expect(refused).to_contain_text("(0xA900)")
     expect(refused).to_contain_text("leading zero")
     screenshot(page, "upload-results")
+
+
+def test_a_folder_picked_with_its_subfolders_is_uploaded_and_a_file_in_it_that_is_not_dicom_fails_alone(
+    page: Page, archive_server: ArchiveServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "exam"
+    (folder / "series-1").mkdir(parents=True)
+    (folder / "series-2" / "more").mkdir(parents=True)
+    placed = {
+        "series-1/ct.dcm": dicom_files.renewed("CT_small.dcm", PatientID="DIR-1"),
+        "series-2/more/mr.dcm": dicom_files.renewed("MR_small.dcm", PatientID="DIR-2"),
+        "jpeg-ls.dcm": dicom_files.renewed("MR_small_jpeg_ls_lossless.dcm", PatientID="DIR-3"),
+    }
+    for name, ds in placed.items():
+        (folder / name).write_bytes(dicom_files.part10(ds))
+    (folder / "series-2" / "README.txt").write_text("not a DICOM file")
+    page.goto(f"{archive_server.base_url}/ui/#/upload")
+    # The "Choose a folder" control: an <input webkitdirectory>, given the folder as a person picks it.
+    page.set_input_files("#upload-folder", str(folder))
+    expect(page.locator("#upload-summary")).to_have_text("Done: 3 stored, 0 replaced, 1 failed.", timeout=TIMEOUT)
+    stored = page.locator("#upload-results tr[data-result=stored]")
+    expect(stored).to_have_count(3)
+    expect(stored.filter(has_text="exam/series-2/more/mr.dcm")).to_have_count(1)  # each file by its path
+    failed = page.locator("#upload-results tr[data-result=failed]")
+    expect(failed).to_have_text(re.compile(r"exam/series-2/README\.txt.*failed: not stored: the archive could not "
+                                           r"read it as DICOM"))
+    screenshot(page, "upload-folder")
+    assert_each_stored(archive_server, list(placed.values()))
+
+
+def test_files_dropped_on_the_drop_zone_are_uploaded(
+    page: Page, archive_server: ArchiveServer
+) -> None:
+    datasets = [dicom_files.renewed("CT_small.dcm", PatientID=f"DROP-{n}") for n in range(2)]
+    page.goto(f"{archive_server.base_url}/ui/#/upload")
+    expect(page.locator("#dropzone")).to_be_visible(timeout=TIMEOUT)
+    # What a drop from the desktop carries, built in the page: a DataTransfer holding the files.
+    transfer = page.evaluate_handle(
+        """(files) => {
+            const transfer = new DataTransfer();
+            for (const [name, bytes] of files) transfer.items.add(new File([new Uint8Array(bytes)], name));
+            return transfer;
+        }""",
+        [[f"dropped-{n}.dcm", list(dicom_files.part10(ds))] for n, ds in enumerate(datasets)],
+    )
+    page.dispatch_event("#dropzone", "dragover", {"dataTransfer": transfer})
+    expect(page.locator("#dropzone")).to_have_class(re.compile(r"\bover\b"))
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#upload-summary")).to_have_text("Done: 2 stored, 0 replaced, 0 failed.", timeout=TIMEOUT)
+    expect(page.locator("#dropzone")).not_to_have_class(re.compile(r"\bover\b"))
+    expect(page.locator("#upload-results tr[data-result=stored]").filter(has_text="dropped-1.dcm")).to_have_count(1)
+    assert_each_stored(archive_server, datasets)
 
 
 # --------------------------------------------------------------------------- send, delete
