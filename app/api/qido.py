@@ -61,8 +61,8 @@ _ORDERBY = {
         "before `offset` and `limit`, so pages follow one another in it. A comma list of keys, each descending "
         f"with a leading `-`: {', '.join(SORTABLE[Level.STUDY])}; `StudyTime` only right after `StudyDate` in the "
         "same direction (StudyDate already sorts by date and time; a study without a time counts as midnight). "
-        "Ties, and studies without a value (first ascending, last descending), follow storage order in the "
-        "last key's direction. Any other key, or a key given twice, is 400. Without it, storage order."
+        "Studies without a value come first ascending, last descending; ties follow storage order in the last "
+        "key's direction. Any other key, or a key given twice, is 400. Without it, storage order."
     ),
 }
 
