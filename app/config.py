@@ -173,7 +173,8 @@ class Settings(BaseSettings):
     # PKCE, redirect URI {archive}/ui/) and the scopes it asks for; no client id = API keys only.
     ui_oidc_client_id: str | None = None
     ui_oidc_scope: str = "openid read write delete admin"
-    # /openapi.json, /docs and /redoc: `auth` (the API's own authentication, scope read), `public`, or `off`.
+    # /openapi.json, /docs and /redoc: `auth` (the document behind the API's own authentication, scope read; the
+    # pages, which hold no data, read it with the console's credential), `public`, or `off`.
     api_docs: Literal["auth", "public", "off"] = "auth"
     # Origins allowed by CORS (e.g. the OHIF viewer's); `*` = any; empty = no CORS headers.
     cors_origins: CommaList = Field(default_factory=list)

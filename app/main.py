@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="QIDO-RS, WADO-RS, STOW-RS and UPS-RS (DICOM PS3.18) bridged to DIMSE",
         lifespan=lifespan,
-        # Served by app/api/docs.py under API_DOCS, behind authentication by default.
+        # Served by app/api/docs.py under API_DOCS, the document behind authentication by default.
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(aes.router, prefix=aes.AES_PREFIX, dependencies=admin_only)
     app.include_router(observability.router, dependencies=admin_only)  # /metrics
     app.include_router(observability.probes)  # /health, /ready: open to orchestrators
-    include_docs(app, settings.api_docs)
+    include_docs(app, settings.api_docs, settings.auth_enabled)
     # The operator console (/ui, its /ui/whoami needs `read`) and the OHIF Viewer (/viewer): app/ui/.
     include_console(app, settings)
     app.router.routes.extend(viewer_routes(settings.viewer_path))

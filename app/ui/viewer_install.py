@@ -198,7 +198,10 @@ def app_config() -> str:
         "routerBasename": VIEWER_PREFIX,
         "extensions": [],
         "modes": [],
-        "customizationService": {},
+        # No first-visit tour: OHIF 3.10+ reads its tours from the customization `ohif.tours` (OHIF's migration
+        # guide 3.9 -> 3.10, "Tours"), and an empty list there starts none. An operator sent from the console to
+        # look at a study should see the study, not a walkthrough over it.
+        "customizationService": {"ohif.tours": {"$set": []}},
         "showStudyList": True,
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,

@@ -141,7 +141,7 @@ def sign_in_with_key(page: Page, server: ArchiveServer, key: str) -> None:
     page.goto(f"{server.base_url}/ui/")
     page.fill("#api-key", key)
     page.click("#sign-in-key")
-    expect(page.locator("#studies tbody tr.study-row")).to_have_count(1, timeout=TIMEOUT)
+    expect(page.locator("#studies tbody tr.study-row").first).to_be_visible(timeout=TIMEOUT)
 
 
 def test_without_a_credential_no_page_and_no_call_works(page: Page, secured: ArchiveServer) -> None:
@@ -218,3 +218,30 @@ def test_signing_in_with_oidc_uses_the_authorization_code_with_pkce(
     expect(page.locator("#download")).to_be_visible(timeout=TIMEOUT)
     expect(page.locator("#delete-study")).to_have_count(0)
     expect(page.locator("#nav a[data-page=upload]")).to_be_visible()
+
+
+def test_the_api_documentation_opened_from_the_console_reads_and_tries_the_api_with_its_credential(
+    context: BrowserContext, page: Page, secured: ArchiveServer
+) -> None:
+    # No credential in this tab: the page loads, says how to sign in, and shows nothing of the API.
+    page.goto(f"{secured.base_url}/docs")
+    expect(page.locator("#docs-sign-in")).to_contain_text("needs a credential with the read scope", timeout=TIMEOUT)
+    expect(page.locator(".swagger-ui .opblock")).to_have_count(0)
+    assert page.evaluate("() => fetch('/openapi.json').then(r => r.status)") == 401
+    sign_in_with_key(page, secured, READER)
+    with context.expect_page() as opened:
+        page.click("#api-docs")
+    docs = opened.value
+    expect(docs.locator(".swagger-ui .info .title")).to_contain_text("DICOMweb archive", timeout=TIMEOUT)
+    # "Try it out" on the study search goes with the console's credential too.
+    summary = docs.locator(".opblock-summary", has_text="Search for studies (QIDO-RS)")
+    summary.click()
+    operation = docs.locator(".opblock.is-open")
+    operation.locator(".try-out__btn").click()
+    operation.locator(".execute").click()
+    expect(operation.locator(".live-responses-table td.response-col_status:not(.col_header)")).to_contain_text("200", timeout=TIMEOUT)
+    expect(operation.locator(".live-responses-table")).to_contain_text("AUTH-1")
+    screenshot(docs, "api-docs-signed-in")
+    docs.goto(f"{secured.base_url}/redoc")  # the same tab, so the same credential
+    expect(docs.locator("h1")).to_contain_text("DICOMweb archive", timeout=TIMEOUT)
+    expect(docs.locator("body")).to_contain_text("Search for studies (QIDO-RS)")
