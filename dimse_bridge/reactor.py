@@ -36,9 +36,10 @@ from typing import Any, Final
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.utils import make_target
 
+from dimse_bridge.acse_pdus import A_ASSOCIATE_RQ_TYPE, association_request
 from dimse_bridge.commands import FastDIMSE
 
 # How long a reactor with nothing to do waits before it looks at its timers again (the ARTIM timer of PS3.8
@@ -63,6 +64,16 @@ class PromptDUL(DULServiceProvider):
     def kill_dul(self) -> None:
         super().kill_dul()
         self._wake()
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        """pynetdicom's, but an A-ASSOCIATE-RQ seen before is not decoded again (acse_pdus.py)."""
+        if not bytestream or bytestream[0] != A_ASSOCIATE_RQ_TYPE:
+            return super()._decode_pdu(bytestream)
+        data = bytes(bytestream)
+        evt.trigger(self.assoc, evt.EVT_DATA_RECV, {"data": data})
+        pdu: A_ASSOCIATE_RQ = association_request(data)
+        evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
+        return pdu, "Evt6"  # PS3.8 9.2.1: A-ASSOCIATE-RQ PDU received
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # full (the reactor will look anyway) or closed (it has ended)

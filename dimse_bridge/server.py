@@ -43,7 +43,7 @@ from app.core.workflow.records import (
     UPS_QUERY,
     UPS_WATCH,
 )
-from dimse_bridge import access, admission, commitment, dispatch, handlers, qr, scu, uids
+from dimse_bridge import access, acse_pdus, admission, commitment, dispatch, handlers, qr, scu, uids
 from dimse_bridge.acceptor import AcceptorAE
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
@@ -171,6 +171,7 @@ class DimseServer:
         """Listen on DIMSE_HOST:DIMSE_PORT; OSError naming them (errno kept) if that address cannot be bound."""
         _quiet_pynetdicom()
         uids.remember()
+        acse_pdus.install()
         host, port = self.settings.dimse_host, self.settings.dimse_port
         try:
             self._server = self.ae.start_server(
