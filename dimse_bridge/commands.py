@@ -54,6 +54,10 @@ _DATA_LAST: Final = b"\x02"
 _DATA_MORE: Final = b"\x00"
 # A PDV item's header inside a P-DATA-TF: its length (4 bytes), context ID and control header (1 byte each).
 _PDV_OVERHEAD: Final = 6
+# PDU type 04H, reserved, PDU length; PDV item length, presentation context ID (PS3.8 9.3.5, 9.3.5.1).
+_P_DATA_TF: Final = struct.Struct(">BxIIB")
+# Direct writes are made in pieces of about this size, so a large data set is not copied whole first.
+_WRITE_CHUNK: Final = 1024 * 1024
 
 _ELEMENT_HEADER = struct.Struct("<HHI")
 
@@ -171,21 +175,46 @@ def decode_command(raw: bytes) -> dict[int, Any]:
     return values
 
 
-def _fragments(
-    control: tuple[bytes, bytes], data: bytes | memoryview, context_id: int, max_pdu: int
-) -> Iterator[P_DATA]:
-    """One P-DATA primitive per fragment of `data`, each PDV within the peer's maximum PDU length (PS3.8 E.2)."""
+def _values(control: tuple[bytes, bytes], data: bytes | memoryview, max_pdu: int) -> Iterator[bytes]:
+    """The presentation data values of `data` (message control header and fragment), each PDV within the peer's
+    maximum PDU length (PS3.8 E.2)."""
     more, last = control
     size = len(data) if max_pdu == 0 else max(max_pdu - _PDV_OVERHEAD, 1)
     view = memoryview(data)
     starts = range(0, len(data), size) if data else range(1)
     final = starts[-1]
     for start in starts:
+        yield (last if start == final else more) + bytes(view[start : start + size])
+
+
+def _fragments(
+    control: tuple[bytes, bytes], data: bytes | memoryview, context_id: int, max_pdu: int
+) -> Iterator[P_DATA]:
+    """One P-DATA primitive per fragment of `data` (`_values`)."""
+    for value in _values(control, data, max_pdu):
         pdata = P_DATA()
-        pdata.presentation_data_value_list.append(
-            (context_id, (last if start == final else more) + bytes(view[start : start + size]))
-        )
+        pdata.presentation_data_value_list.append((context_id, value))
         yield pdata
+
+
+def _p_data_tf(context_id: int, value: bytes) -> bytes:
+    """A P-DATA-TF PDU of one PDV item (PS3.8 9.3.5), as pynetdicom writes a P-DATA primitive of one value."""
+    return _P_DATA_TF.pack(0x04, len(value) + 5, len(value) + 1, context_id) + value
+
+
+def _chunks(context_id: int, values: list[bytes]) -> Iterator[bytes]:
+    """The P-DATA-TF PDUs of `values`, joined into pieces of about _WRITE_CHUNK bytes."""
+    pending: list[bytes] = []
+    size = 0
+    for value in values:
+        pdu = _p_data_tf(context_id, value)
+        pending.append(pdu)
+        size += len(pdu)
+        if size >= _WRITE_CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 class FastDIMSE(DIMSEServiceProvider):
@@ -210,14 +239,30 @@ class FastDIMSE(DIMSEServiceProvider):
         if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": _message(command, data_set, context_id)})
         max_pdu = self.maximum_pdu_size
-        for pdata in _fragments((_COMMAND_MORE, _COMMAND_LAST), command, context_id, max_pdu):
-            self.dul.send_pdu(pdata)
-        if data_set is None:
+        values = [(_COMMAND_MORE, _COMMAND_LAST, command)]
+        if data_set is not None:
+            values.append((_DATA_MORE, _DATA_LAST, data_set.getbuffer()))
+        try:
+            self._send_values(values, context_id, max_pdu)
+        finally:
+            for _, _, data in values[1:]:
+                cast(memoryview, data).release()
+
+    def _send_values(self, parts: list[tuple[bytes, bytes, Any]], context_id: int, max_pdu: int) -> None:
+        """Write the message's PDUs from this thread when the DUL allows it (reactor.PromptDUL.write_direct),
+        else queue them as P-DATA primitives for the DUL's thread, as pynetdicom does."""
+        write = getattr(self.dul, "write_direct", None)
+        # As pynetdicom: an empty data set sends no fragment.
+        values = [
+            value for more, last, data in parts if len(data) or last == _COMMAND_LAST
+            for value in _values((more, last), data, max_pdu)
+        ]
+        if write is not None and write(_chunks(context_id, values)):
             return
-        with data_set.getbuffer() as encoded:  # fragments are cut from it without a whole copy first
-            if encoded.nbytes:  # as pynetdicom: an empty data set sends no fragment
-                for pdata in _fragments((_DATA_MORE, _DATA_LAST), encoded, context_id, max_pdu):
-                    self.dul.send_pdu(pdata)
+        for value in values:
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, value))
+            self.dul.send_pdu(pdata)
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         for context_id, data in primitive.presentation_data_value_list:

@@ -14,7 +14,14 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE, N_ACTION, N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 
-from dimse_bridge.commands import CommandError, _fragments, _primitive, decode_command, encode_command
+from dimse_bridge.commands import (
+    CommandError,
+    _fragments,
+    _primitive,
+    _values,
+    decode_command,
+    encode_command,
+)
 
 uids = st.from_regex(r"[1-9][0-9]{0,5}(\.[1-9][0-9]{0,5}){1,8}", fullmatch=True)
 ids = st.integers(0, 0xFFFF)
@@ -174,3 +181,30 @@ def test_remembered_uid_checks_still_refuse_an_invalid_uid_every_time() -> None:
     for _ in range(2):
         with pytest.raises(ValueError, match="Invalid 'x' value"):
             utils.set_uid("1" * 70, "x")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 255), st.binary(min_size=1, max_size=3000), st.sampled_from([0, 16384, 1024]))
+def test_pdus_written_directly_are_the_ones_pynetdicom_writes_for_the_same_fragments(
+    context_id: int, data: bytes, max_pdu: int
+) -> None:
+    from pynetdicom.pdu import P_DATA_TF
+
+    from dimse_bridge.commands import _DATA_LAST, _DATA_MORE, _chunks
+
+    written = b"".join(_chunks(context_id, list(_values((_DATA_MORE, _DATA_LAST), data, max_pdu))))
+    expected = b"".join(P_DATA_TF(p).encode() for p in _fragments((_DATA_MORE, _DATA_LAST), data, context_id, max_pdu))
+    assert written == expected
+
+
+def test_the_provider_queue_counts_a_primitive_as_unsent_until_the_action_that_took_it_has_ended() -> None:
+    from dimse_bridge.reactor import ProviderQueue
+
+    primitives = ProviderQueue()
+    primitives.put("release")
+    primitives.put("abort")
+    assert primitives.get(False) == "release" and primitives.unfinished_tasks == 2
+    primitives.sent()
+    assert primitives.unfinished_tasks == 1
+    primitives.sent()  # an action that took nothing
+    assert primitives.unfinished_tasks == 1
