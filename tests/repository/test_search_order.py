@@ -7,6 +7,7 @@ no study twice or missing; and an index serves each order, so a sorted page does
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pytest
@@ -104,12 +105,25 @@ async def test_pages_in_order_follow_one_another_without_repeats(
     assert narrowed.remaining == 1
 
 
-@pytest.mark.parametrize("orderby", ORDERS[: 2 * len(SORTABLE[Level.STUDY])])
-async def test_an_index_serves_each_order(repository: Repository, instance_record: Factory, orderby: str) -> None:
+# Each key both ways, and with a match on the key itself: one stretch of one index, read in order.
+PLANNED = [(orderby, ()) for orderby in ORDERS[: 2 * len(SORTABLE[Level.STUDY])]] + [
+    ("-StudyDate,-StudyTime", (("StudyDate", "20200101-20201231"),)),
+    ("PatientName", (("PatientName", "DOE*"),)),
+]
+
+
+@pytest.mark.parametrize(("orderby", "params"), PLANNED)
+async def test_an_index_serves_each_order(
+    repository: Repository, instance_record: Factory, orderby: str, params: tuple[tuple[str, str], ...]
+) -> None:
     await _store_studies(repository, instance_record)
-    plan = await query_plan(repository, ordered(orderby, limit=3))
+    plan = await query_plan(repository, ordered(orderby, *params, limit=3))
     if isinstance(repository, SQLiteRepository):
         assert not any("TEMP B-TREE" in step for step in plan), plan
         assert any("USING INDEX" in step for step in plan), plan
     else:
-        assert "IXSCAN" in plan[0] and '"SORT"' not in plan[0], plan
+        assert "IXSCAN" in plan[0] and "studies_order_" in plan[0], plan
+        # SecantusDB sorts in memory after any bounded index scan, even one already in the sort's order (a real
+        # mongod reads the stretch backwards and needs no SORT), so there a match is asked only to use the index.
+        if not params or os.environ.get("MONGO_TEST_URL"):
+            assert '"SORT"' not in plan[0], plan

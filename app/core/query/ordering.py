@@ -5,11 +5,11 @@ that pages through `limit`/`offset` can only sort what one page holds. dcm4chee-
 and consoles already send, so its name and syntax are kept: a comma list of attributes, each descending when
 prefixed with `-` (`orderby=-StudyDate,-StudyTime`).
 
-Only keys that every store can sort from an index are accepted (each field below has a (field, insertion order)
-index in both: migrations/*/0008_study_order.*), so a sorted page costs what an unsorted one does, at 100,000
-studies as at 100; anything else is a `QueryError` naming the keys that are. Ties are broken by insertion order in
-the direction of the last key, so `offset` pages neither repeat nor skip a study, and one index serves the whole
-order.
+Only keys that every store can sort from an index are accepted (the fields of each below have a (fields,
+insertion order) index in both: migrations/*/0008_study_order.*), so a sorted page costs what an unsorted one
+does, at 100,000 studies as at 100; anything else is a `QueryError` naming the keys that are. Ties are broken by
+insertion order in the direction of the last key, so `offset` pages neither repeat nor skip a study, and one
+index serves the whole order.
 """
 
 from __future__ import annotations
@@ -18,18 +18,20 @@ from app.core.dicom.attributes import BY_KEY, Level
 from app.core.query.keys import resolve_path, show
 from app.core.query.model import STUDY_DATETIME_FIELD, QueryError, SortKey
 
-# StudyDate sorts by the combined date-time value ingest indexes (a study without a time counts as the start of
-# its day, as in combined date-time range matching, PS3.4 C.2.2.2.5.1), so the studies of one day come in time
-# order and `-StudyDate,-StudyTime` needs no second index.
-SORTABLE: dict[Level, dict[str, str]] = {
+# Each key's fields, which an index of each store serves in this order (then insertion order). StudyDate sorts by
+# the date, then by the combined date-time value ingest indexes (a study without a time counts as the start of its
+# day, as in combined date-time range matching, PS3.4 C.2.2.2.5.1), so the studies of one day come in time order
+# and `-StudyDate,-StudyTime` needs no index of its own; the date first, so a StudyDate range and the order read
+# one stretch of one index and a page ends the walk.
+SORTABLE: dict[Level, dict[str, tuple[str, ...]]] = {
     Level.STUDY: {
-        "StudyDate": STUDY_DATETIME_FIELD,
-        "PatientName": "patient_name",
-        "PatientID": "patient_id",
-        "AccessionNumber": "accession_number",
-        "StudyDescription": "study_description",
-        "NumberOfStudyRelatedSeries": "number_of_study_related_series",
-        "NumberOfStudyRelatedInstances": "number_of_study_related_instances",
+        "StudyDate": ("study_date", STUDY_DATETIME_FIELD),
+        "PatientName": ("patient_name",),
+        "PatientID": ("patient_id",),
+        "AccessionNumber": ("accession_number",),
+        "StudyDescription": ("study_description",),
+        "NumberOfStudyRelatedSeries": ("number_of_study_related_series",),
+        "NumberOfStudyRelatedInstances": ("number_of_study_related_instances",),
     },
 }
 
@@ -43,6 +45,7 @@ def parse_order(level: Level, text: str) -> tuple[SortKey, ...]:
     if sortable is None:
         raise QueryError(f"orderby is supported for studies only, not at the {level.value.lower()} level")
     keys: list[SortKey] = []
+    named: set[str] = set()
     previous: tuple[str, bool] | None = None
     for item in text.split(","):
         item = item.strip()
@@ -60,9 +63,10 @@ def parse_order(level: Level, text: str) -> tuple[SortKey, ...]:
                 f"cannot order by {show(name)}: orderby takes {', '.join(sortable)} (each with - for descending;"
                 " StudyTime only right after StudyDate)"
             )
-        if any(key.field == sortable[keyword] for key in keys):
+        if keyword in named:
             raise QueryError(f"orderby names {keyword} twice")
-        keys.append(SortKey(sortable[keyword], descending))
+        named.add(keyword)
+        keys.extend(SortKey(field, descending) for field in sortable[keyword])
         previous = (keyword, descending)
     return tuple(keys)
 

@@ -129,7 +129,8 @@ def test_bad_paging_and_flags(params: list[tuple[str, str]]) -> None:
 def test_orderby_keys_directions_and_the_tie_break() -> None:
     order = model(Level.STUDY, ("orderby", "-StudyDate,-StudyTime,PatientName, -00080050")).order
     # StudyDate sorts by date and time already; a tag names a key as a keyword does.
-    assert order == (SortKey("study_datetime", True), SortKey("patient_name"), SortKey("accession_number", True))
+    assert order == (SortKey("study_date", True), SortKey("study_datetime", True), SortKey("patient_name"),
+                     SortKey("accession_number", True))
     assert with_tie_break(order, "id")[-1] == SortKey("id", True)
     assert with_tie_break((), "id") == (SortKey("id"),)
     assert model(Level.STUDY, ("orderby", "")).order == () == model(Level.STUDY).order
