@@ -8,7 +8,7 @@ starts on it (`python -m app serve`, default settings), and Debian's chromium un
 opens `/ui/` in a fresh browser profile for each load: the figure is from navigation start to the first study
 row in the table (the page's QIDO-RS study search, its JSON parsed and the rows drawn), and the same for its
 searches by patient name prefix and by a date range, opened by their address (`#/studies?PatientName=...`,
-`from=...&to=...`), and for the page and the name search sorted by date, newest first (`sort=StudyDate:desc`, a
+`from=...&to=...`), and for the page, the name search and the date search sorted by date, newest first (`sort=StudyDate:desc`, a
 click on the date column: QIDO-RS `orderby=-StudyDate,-StudyTime` over all the studies, not one page). p50 and
 p90 are recorded.
 """
@@ -63,6 +63,9 @@ def main() -> int:
                 "studies page sorted by date (newest first), first row": base + "#/studies?sort=StudyDate:desc",
                 "PatientName=<3 letters>* sorted by date, first row": (
                     base + f"#/studies?PatientName={prefix}*&sort=StudyDate:desc"
+                ),
+                "StudyDate=<one year> sorted by date, first row": (
+                    base + "#/studies?from=2015-01-01&to=2015-12-31&sort=StudyDate:desc"
                 ),
             }
             for name, url in pages.items():
