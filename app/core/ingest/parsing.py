@@ -20,14 +20,12 @@ import ctypes
 import io
 import logging
 import mmap
-import multiprocessing
 import os
 import signal
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -49,6 +47,7 @@ from app.core.ingest.header import (
 )
 from app.core.ingest.outcomes import FailureReason
 from app.core.ingest.raw_header import check_pixel_data, read_json
+from app.core.ingest.worker_pool import WorkerPool
 from app.core.records import InstanceRecord, JSONDict
 from app.storage.base import StagedFile, write_whole
 
@@ -273,37 +272,31 @@ def _stage_and_parse_noting(
 
 
 class HeaderParser:
-    """Runs ingest's parsing jobs (`parse_instance`, `stage_and_parse`) in a pool of `workers` processes (0: in a
-    thread)."""
+    """Runs ingest's parsing jobs (`parse_instance`, `stage_and_parse`) in `workers` processes (0: in a thread),
+    reached from the event loop without threads in between (app/core/ingest/worker_pool.py)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._pool: Executor | None = None
+        self._pool: WorkerPool | None = None
 
-    def _executor(self) -> Executor:
+    def _workers(self) -> WorkerPool:
         if self._pool is None:
-            # spawn: workers start from a clean interpreter, not a fork of a process holding threads and locks,
-            # and are children of this process, so that they can end with it (`_end_with_parent`).
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_end_with_parent)
+            # The workers are children of this process, so that they can end with it (`_end_with_parent`).
+            self._pool = WorkerPool(self.workers, _end_with_parent)
         return self._pool
 
     async def start(self) -> None:
         """Start the workers at once rather than on the first instance: a spawned worker takes about 0.3 s to
         import its modules, which the first STOW-RS or C-STORE after start-up would otherwise wait for (bench/:
-        the first batch of 50 instances took 470 ms instead of 160). Returns once the pool has answered one task
-        per worker (at least one worker is ready, the others started) or after START_TIMEOUT_SECONDS. A pool
-        that cannot start is logged and dropped, and serving goes on: the first instance tries a fresh pool, and
-        is parsed in a thread if that breaks too."""
+        the first batch of 50 instances took 470 ms instead of 160). Returns once every worker has answered, or
+        after START_TIMEOUT_SECONDS. Workers that cannot start are logged and dropped, and serving goes on: the
+        first instance tries fresh ones, and is parsed in a thread if that breaks too."""
         if self.workers <= 0:
             return
-        pool = self._executor()
+        pool = self._workers()
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(asyncio.wrap_future(pool.submit(_ready)) for _ in range(self.workers))),
-                START_TIMEOUT_SECONDS,
-            )
-        except Exception as exc:  # BrokenProcessPool, a spawn refused (OSError), a stuck import (TimeoutError)
+            await asyncio.wait_for(pool.start(), START_TIMEOUT_SECONDS)
+        except Exception as exc:  # a worker died at start, a spawn refused (OSError), a stuck import (TimeoutError)
             log.error("the header parser processes did not start: %s", exc or type(exc).__name__)
             self._forget(pool)
 
@@ -320,39 +313,34 @@ class HeaderParser:
         needs the pydicom Dataset (which stays in this process). Staging failures (OSError) come back raised."""
         if self.workers <= 0 or keep_dataset:
             return await asyncio.to_thread(job, *args, keep_dataset)
-        loop = asyncio.get_running_loop()
-        pool = self._executor()
+        pool = self._workers()
         try:
-            return await loop.run_in_executor(pool, job, *args)
+            return await pool.run(job, *args)
         except BrokenProcessPool:
-            # A worker died (killed, out of memory): this instance is handled here, and a fresh pool serves the
+            # A worker died (killed, out of memory): this instance is handled here, and fresh workers serve the
             # next. (A file it was staging is written again at the same name.)
-            log.error("a header parser process died; restarting the pool")
+            log.error("a header parser process died; starting new ones")
             self._forget(pool)
             return await asyncio.to_thread(job, *args)
 
-    def _forget(self, pool: Executor) -> None:
-        """Drop a broken pool, unless another caller already replaced it (its jobs must not be cancelled)."""
+    def _forget(self, pool: WorkerPool) -> None:
+        """Drop broken workers, unless another caller already replaced them (their jobs must not be failed)."""
         if self._pool is pool:
             self.close(wait=False)
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the workers; with `wait`, join them, so a server that stops leaves no process behind."""
         if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool.close(wait=wait)
             self._pool = None
-
-
-def _ready() -> None:
-    """A task with nothing to do, so that a worker is started and has imported what parsing needs."""
 
 
 def _end_with_parent() -> None:
     """In a worker: end when the archive ends, even when it is killed (SIGKILL, the OOM killer).
 
-    A worker waits on a queue it holds both ends of, so it never sees the archive go and would idle forever.
-    Linux's PR_SET_PDEATHSIG delivers SIGTERM when its parent ends; elsewhere workers still end with a clean
-    stop, which joins them. (multiprocessing's resource tracker then ends too: nothing holds its pipe.)
+    A worker whose socket's other end is held by a process it started from (its spawn parent keeps no copy,
+    but a forked sibling might) would not see the archive go. Linux's PR_SET_PDEATHSIG delivers SIGTERM when
+    its parent ends; elsewhere workers still end with a clean stop, which joins them.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -47,8 +47,7 @@ async def test_a_killed_worker_costs_no_instance() -> None:
     data = dicom_files.part10(dicom_files.renewed("CT_small.dcm"))
     try:
         assert isinstance(await parser.parse(data), Parsed)
-        pool = parser._executor()
-        for pid in list(pool._processes):  # type: ignore[attr-defined]
+        for pid in parser._workers().pids():
             os.kill(pid, signal.SIGKILL)
         assert isinstance(await parser.parse(data), Parsed)
         assert isinstance(await parser.parse(data), Parsed)
