@@ -312,11 +312,13 @@ def test_a_c_find_value_over_its_vr_length_is_an_error() -> None:
 # -- properties ----------------------------------------------------------------------------------------------
 
 KEYWORDS = [*sorted(BY_KEYWORD), "Manufacturer", "PatientAge", "00100010", "00400275.00401001", "limit",
-            "offset", "fuzzymatching", "includefield", "StudyInstanceUID"]
+            "offset", "fuzzymatching", "includefield", "StudyInstanceUID", "orderby"]
 names = st.one_of(st.sampled_from(KEYWORDS), st.text(max_size=20))
 values = st.one_of(
     st.text(max_size=80),
     st.text(alphabet="0123456789-.*?\\,^= :", max_size=30),
+    st.lists(st.sampled_from([*sorted(BY_KEYWORD)[:20], "StudyDate", "StudyTime", "-StudyDate", "-StudyTime", "",
+                              "PatientName", "-", "00080020"]), max_size=4).map(",".join),
     st.sampled_from(["", "*", "-", "20200101-", "1.2.3\\1.2.4", "DOE^*", "true", "all", "10", "-1"]),
 )
 
@@ -331,6 +333,10 @@ def test_any_parameters_parse_or_raise_query_error(level: Level, params: list[tu
     assert parsed.model.limit is not None and 0 <= parsed.model.limit <= 1000
     for match in parsed.model.matches:
         assert match.kind is not MatchKind.UNIVERSAL
+    # An accepted order sorts only by fields an index serves, each once.
+    fields = [key.field for key in parsed.model.order]
+    assert set(fields) <= {f for keys in SORTABLE.get(level, {}).values() for f in keys}
+    assert len(fields) == len(set(fields))
 
 
 @settings(max_examples=300, deadline=None)
