@@ -135,7 +135,7 @@ def _serve(settings: Settings) -> int:
     # X-Forwarded-* are judged by the app against TRUSTED_PROXIES (app/api/proxies.py), not by uvicorn; logging
     # is ours (LOG_FORMAT). TLS: HTTP_TLS_CERT/KEY, or a proxy in front.
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_start_up=True),
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
