@@ -129,6 +129,10 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return False
 
 
+# The most one `recv` asks for: a PDU may claim up to DIMSE_MAX_PDU (or MIN_PDU_LIMIT before the association).
+_READ_CHUNK: Final = 256 * 1024
+
+
 class AcceptorSocket(AssociationSocket):
     """An association's socket that will not read a PDU longer than the peer may send."""
 
@@ -171,22 +175,17 @@ class AcceptorSocket(AssociationSocket):
 
 
     def _read(self, nr_bytes: int) -> bytearray:
-        """pynetdicom's read (all `nr_bytes`, or what came before the peer closed), into one buffer with as few
-        `recv` calls as the bytes already arrived allow: pynetdicom reads 4096 bytes per call, ten calls and ten
-        copies for a 39 KB data set sent in one PDU (we let peers send PDUs of up to DIMSE_MAX_PDU)."""
+        """pynetdicom's read (all `nr_bytes`, or what came before the peer closed), in as few `recv` calls as
+        the bytes already arrived allow: pynetdicom reads 4096 bytes per call, ten calls and ten copies for a
+        39 KB data set sent in one PDU (we let peers send PDUs of up to DIMSE_MAX_PDU). Memory grows with what
+        arrives, not with what the header claims."""
         sock = cast(socket.socket, self.socket)
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        read = 0
-        try:
-            while read < nr_bytes:
-                count = sock.recv_into(view[read:])
-                if not count:
-                    break
-                read += count
-        finally:
-            view.release()
-        del buffer[read:]
+        buffer = bytearray()
+        while len(buffer) < nr_bytes:
+            chunk = sock.recv(min(nr_bytes - len(buffer), _READ_CHUNK))
+            if not chunk:
+                break
+            buffer += chunk
         return buffer
 
 

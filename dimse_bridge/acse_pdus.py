@@ -5,8 +5,9 @@ A peer proposes the same association every time it connects: DCMTK's getscu send
 viewer or a modality the same few. pynetdicom decodes it into ~600 item objects each time, 1.6 ms of the
 acceptor's CPU per association (2 cores, pynetdicom 3.0): as much as a C-GET of three instances. The decoded PDU
 is only read afterwards (the DUL state machine asks it for its protocol version and builds a new primitive from
-it, AE-6), so one decoded object serves every association that sends the same bytes. The cache is small and
-keyed by the whole PDU, whose length the acceptor has already bounded (acceptor.py).
+it, AE-6), so one decoded object serves every association that sends the same bytes. The cache is small, keyed by
+the whole PDU, and holds only requests of up to CACHED_BYTES: any peer may send one before its AE title is
+checked, and a 1 MB request of role selection items decodes into ~100,000 objects.
 
 The answer, an A-ASSOCIATE-AC (PS3.8 9.3.3), is as big and different for each request, so it is not cached but
 written straight from the primitive, without pynetdicom's one object per item (1.2 ms for getscu's, 0.1 ms here).
@@ -34,19 +35,26 @@ from pynetdicom.pdu_primitives import (
 
 A_ASSOCIATE_RQ_TYPE: Final = 0x01  # PS3.8 9.3.1, the PDU-type field
 CACHE_SIZE: Final = 32
+CACHED_BYTES: Final = 64 * 1024  # getscu's, the largest seen, is 17 KB
 
 _PDU_HEADER: Final = struct.Struct(">BxIHH16s16s32x")  # type, length, protocol version, reserved, AE titles
 _ITEM_HEADER: Final = struct.Struct(">BxH")
 _CONTEXT_AC: Final = struct.Struct(">BxHBxBx")  # item type 21H, length, context ID, result (PS3.8 9.3.3.2)
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
 def association_request(pdu: bytes) -> A_ASSOCIATE_RQ:
-    """The decoded A-ASSOCIATE-RQ (pynetdicom's own decoder, run once per distinct PDU); the same object for the
-    same bytes, so callers must not change it."""
+    """The decoded A-ASSOCIATE-RQ (pynetdicom's own decoder, run once per distinct PDU up to CACHED_BYTES); the
+    same object for the same bytes, so callers must not change it."""
+    return _remembered(pdu) if len(pdu) <= CACHED_BYTES else _decoded(pdu)
+
+
+def _decoded(pdu: bytes) -> A_ASSOCIATE_RQ:
     decoded = A_ASSOCIATE_RQ()
     decoded.decode(pdu)
     return decoded
+
+
+_remembered = functools.lru_cache(maxsize=CACHE_SIZE)(_decoded)
 
 
 def _item(item_type: int, value: bytes) -> bytes:

@@ -56,7 +56,7 @@ _DATA_MORE: Final = b"\x00"
 _PDV_OVERHEAD: Final = 6
 # PDU type 04H, reserved, PDU length; PDV item length, presentation context ID (PS3.8 9.3.5, 9.3.5.1).
 _P_DATA_TF: Final = struct.Struct(">BxIIB")
-# Direct writes are made in pieces of about this size, so a large data set is not copied whole first.
+# Direct writes are made in pieces of about this size (one system call each).
 _WRITE_CHUNK: Final = 1024 * 1024
 
 _ELEMENT_HEADER = struct.Struct("<HHI")

@@ -48,6 +48,9 @@ from dimse_bridge.commands import FastDIMSE
 # 9.1.5 and the network idle timeout are seconds long, so 20 ms is precision enough).
 TIMER_PERIOD: Final = 0.02
 
+# Events whose listeners are handed each PDU, or each write, by the DUL's own path (PromptDUL.write_direct).
+_LISTENED_PER_PDU: Final = (evt.EVT_PDU_SENT, evt.EVT_FSM_TRANSITION, evt.EVT_DATA_SENT)
+
 # These loops' messages are pynetdicom's, under the loggers of the modules they come from.
 _DUL_LOG = logging.getLogger("pynetdicom.dul")
 _LOG = logging.getLogger("pynetdicom.association")
@@ -75,22 +78,27 @@ class PromptDUL(DULServiceProvider):
         four PDUs out and a pending C-GET-RSP a fifth. In Sta6 that action only writes the PDU and stays in Sta6,
         so writing it here is the same protocol. Order is kept: nothing is written while a queued primitive is
         unsent, and the write lock, taken before the queue is let go, makes the DUL thread's next write (a
-        release or abort queued meanwhile) wait for this one. Listeners to EVT_PDU_SENT or EVT_FSM_TRANSITION
-        (pynetdicom's DEBUG log) get the DUL's path, which hands them its PDU objects.
+        release or abort queued meanwhile) wait for this one; a lock already held (another thread writing) sends
+        this message the queued way. Listeners to EVT_PDU_SENT, EVT_FSM_TRANSITION or EVT_DATA_SENT (pynetdicom's
+        DEBUG log) get the DUL's path, which hands them its PDU objects. A TLS connection does too: OpenSSL does
+        not allow one connection to be written by one thread while another (the DUL's) reads it.
         """
         queued = self.to_provider_queue
-        sock = self.socket
-        if sock is None or self.assoc.get_handlers(evt.EVT_PDU_SENT) or self.assoc.get_handlers(
-            evt.EVT_FSM_TRANSITION
+        raw = getattr(self.socket, "socket", None)
+        if raw is None or isinstance(raw, ssl.SSLSocket) or any(
+            self.assoc.get_handlers(event) for event in _LISTENED_PER_PDU
         ):
             return False
         with queued.mutex:
             if queued.unfinished_tasks or self._kill_thread or self.state_machine.current_state != "Sta6":
                 return False
-            self._write_lock.acquire()
+            if not self._write_lock.acquire(blocking=False):
+                return False
         try:
             for pdu in pdus:
-                sock.send(pdu)  # a failed write puts Evt17 (connection closed) on the DUL's event queue
+                raw.sendall(pdu)
+        except OSError:
+            self.event_queue.put("Evt17")  # as pynetdicom's own write: the connection is closed (PS3.8 9.2)
         finally:
             self._write_lock.release()
         return True

@@ -62,7 +62,9 @@ _ORDERBY = {
         f"with a leading `-`: {', '.join(SORTABLE[Level.STUDY])}; `StudyTime` only right after `StudyDate` in the "
         "same direction (StudyDate already sorts by date and time; a study without a time counts as midnight). "
         "Studies without a value come first ascending, last descending; ties follow storage order in the last "
-        "key's direction. Any other key, or a key given twice, is 400. Without it, storage order."
+        "key's direction. One key is read in order from an index; several sort every match first. Any other "
+        "key, or a key given twice, is 400. Without it, storage order. Ignored (with a Warning) on series and "
+        "instance searches."
     ),
 }
 

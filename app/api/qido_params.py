@@ -57,7 +57,13 @@ def parse_qido(
                 raise QueryError(f"fuzzymatching must be true or false, not {show(value)} (PS3.18 8.3.4.1)")
             fuzzy = value.lower() == "true"
         elif name == "orderby":
-            order = parse_order(level, value)
+            keys = parse_order(level, value)
+            if keys is None:
+                # An extension for studies only; elsewhere ignored and reported, as any unknown parameter is,
+                # so a client that sends dcm4chee-arc's orderby at every level still gets its answer.
+                ignored_parameters.append(name)
+            else:
+                order = keys
         elif name == "includefield":
             for item in value.split(","):
                 item = item.strip()

@@ -427,6 +427,13 @@ def test_unsupported_attributes_are_ignored_with_a_warning(data: DataSet) -> Non
     )
 
 
+def test_orderby_on_a_series_search_is_ignored_with_a_warning(data: DataSet) -> None:
+    plain = get(data, "/series", {"PatientID": "PID-1"})
+    ordered = get(data, "/series", {"PatientID": "PID-1", "orderby": "SeriesNumber"})
+    assert ordered.status_code == 200 and ordered.json() == plain.json()
+    assert "The following query parameters are not supported: orderby" in ordered.headers["warning"]
+
+
 @pytest.mark.parametrize(
     ("path", "params", "reason"),
     [
@@ -447,7 +454,6 @@ def test_unsupported_attributes_are_ignored_with_a_warning(data: DataSet) -> Non
         ("/studies/1.2.x/series", {}, "StudyInstanceUID 1.2.x is not a valid UID"),
         ("/studies", {"orderby": "Modality"}, "cannot order by 'Modality'"),
         ("/studies", {"orderby": "StudyTime"}, "StudyTime only right after StudyDate"),
-        ("/series", {"orderby": "SeriesNumber"}, "orderby is supported for studies only"),
     ],
 )
 def test_bad_queries_are_400_with_the_reason(data: DataSet, path: str, params: dict[str, str], reason: str) -> None:

@@ -4,6 +4,7 @@ unreachable server answered as RepositoryUnavailable in bounded time."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -48,3 +49,17 @@ async def test_a_mongo_repository_on_a_closed_port_is_unavailable_within_bounded
     finally:
         await repository.close()
     assert time.monotonic() - started < 10
+
+
+async def test_a_mongo_migration_step_run_again_finds_the_indexes_it_drops_gone_and_goes_on(mongo_url: str) -> None:
+    # As after a crash between a step's indexes and its version document, or two replicas starting at once.
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    repository = MongoRepository(mongo_url, database)
+    try:
+        await repository.open()
+        version = await repository.schema_version()
+        await repository._migrations.delete_many({})
+        await repository.open()
+        assert await repository.schema_version() == version
+    finally:
+        await repository.close()

@@ -8,9 +8,10 @@ storing over DIMSE (2 cores: the worker's parse took 2.2 ms there against 1.6 ms
 itself writes a job to the worker's socket and a reader task takes the answer from it: 0.07 ms quiet.
 
 Each job is a length-prefixed pickle of (number, function, arguments); the answer is (number, succeeded,
-result or exception). A job goes to the worker with the fewest jobs in hand. A worker that dies (killed, out of
-memory) fails the jobs it held with `BrokenProcessPool`, as the executor did, and the pool is replaced by its
-owner (app/core/ingest/parsing.py).
+result or exception). A job goes to the worker with the fewest jobs in hand, and is written whole by that
+worker's writer task, so a caller cancelled half-way (a client gone) never leaves half a job on the socket. A
+worker that dies (killed, out of memory), or that cannot be started, fails the jobs it held with
+`BrokenProcessPool`, as the executor did, and the pool is replaced by its owner (app/core/ingest/parsing.py).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ JOIN_SECONDS: Final = 5.0
 class _Worker:
     process: BaseProcess
     sock: socket.socket
-    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
+    outbox: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     jobs: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
-    reader: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     broken: bool = False
 
 
@@ -61,30 +62,41 @@ class WorkerPool:
         return [worker.process.pid for worker in self._workers if worker.process.pid is not None]
 
     async def start(self) -> None:
-        """Spawn the workers (once) and wait until every one has imported what its jobs need and answered."""
+        """Spawn the workers (once) and wait until every one has imported what its jobs need and answered;
+        BrokenProcessPool (with nothing left running) if one cannot be started or dies first."""
         if self._started is None:
             loop = asyncio.get_running_loop()
             self._started = loop.create_future()
-            context = multiprocessing.get_context("spawn")  # a clean interpreter, not a fork of this threaded one
-            for _ in range(self._count):
-                ours, theirs = socket.socketpair()
-                process = context.Process(target=_serve, args=(theirs, self._initializer), daemon=True)
-                process.start()
-                theirs.close()
-                ours.setblocking(False)
-                worker = _Worker(process, ours)
-                worker.jobs[_HELLO] = loop.create_future()
-                worker.reader = asyncio.ensure_future(self._read(worker))
-                self._workers.append(worker)
-            hellos = [worker.jobs[_HELLO] for worker in self._workers]
             try:
-                await asyncio.gather(*hellos)
-            except BaseException as exc:
+                context = multiprocessing.get_context("spawn")  # a clean interpreter, not a fork of this one
+                for _ in range(self._count):
+                    self._workers.append(self._spawn(context, loop))
+                await asyncio.gather(*(worker.jobs[_HELLO] for worker in self._workers))
+            except BaseException as exc:  # a spawn refused (EMFILE, ENOMEM), a worker dead at start, cancelled
+                self.close(wait=False)
                 self._started.set_exception(BrokenProcessPool(f"a worker did not start: {exc!r}"))
-                self._started.exception()  # retrieved: this caller raises it, later ones get it from the future
+                self._started.exception()  # retrieved: later callers get it from the future
+                if isinstance(exc, Exception):
+                    raise BrokenProcessPool(f"a worker did not start: {exc!r}") from exc
                 raise
             self._started.set_result(None)
         await asyncio.shield(self._started)
+
+    def _spawn(self, context: Any, loop: asyncio.AbstractEventLoop) -> _Worker:
+        ours, theirs = socket.socketpair()
+        try:
+            process = context.Process(target=_serve, args=(theirs, self._initializer), daemon=True)
+            process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        worker = _Worker(process, ours)
+        worker.jobs[_HELLO] = loop.create_future()
+        worker.tasks = [asyncio.ensure_future(self._read(worker)), asyncio.ensure_future(self._write(worker))]
+        return worker
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
         """`function(*args)` in the least busy worker; its exception raised here; BrokenProcessPool if it died."""
@@ -95,15 +107,18 @@ class WorkerPool:
         number = next(self._numbers)
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         worker.jobs[number] = answer
-        message = pickle.dumps((number, function, args), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            async with worker.sending:  # one job's bytes at a time on the socket
-                await asyncio.get_running_loop().sock_sendall(worker.sock, _LENGTH.pack(len(message)) + message)
-        except OSError as exc:
-            worker.jobs.pop(number, None)
-            self._break(worker, f"cannot write to it: {exc}")
-            raise BrokenProcessPool("a worker process died") from exc
+        worker.outbox.put_nowait(pickle.dumps((number, function, args), protocol=pickle.HIGHEST_PROTOCOL))
         return await answer
+
+    async def _write(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                message = await worker.outbox.get()
+                await loop.sock_sendall(worker.sock, _LENGTH.pack(len(message)))
+                await loop.sock_sendall(worker.sock, message)
+        except OSError as exc:
+            self._break(worker, f"cannot write to it: {exc}")
 
     async def _read(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
@@ -119,7 +134,11 @@ class WorkerPool:
                 while len(buffer) < end:
                     if not await _fill(loop, worker.sock, buffer):
                         return
-                number, succeeded, value = pickle.loads(memoryview(buffer)[_LENGTH.size : end])
+                try:
+                    number, succeeded, value = pickle.loads(memoryview(buffer)[_LENGTH.size : end])
+                except Exception as exc:  # an answer this process cannot read: the worker's stream is lost
+                    why = f"an unreadable answer: {exc!r}"
+                    return
                 del buffer[:end]
                 answer = worker.jobs.pop(number, None)
                 if answer is None or answer.done():  # its caller was cancelled: the result is dropped
@@ -147,8 +166,8 @@ class WorkerPool:
     def close(self, *, wait: bool = True) -> None:
         """Stop the workers (a closed socket ends each one's loop); with `wait`, join them."""
         for worker in self._workers:
-            if worker.reader is not None:
-                worker.reader.cancel()
+            for task in worker.tasks:
+                task.cancel()
             self._break(worker, "the pool was closed")
             worker.sock.close()
         for worker in self._workers:
@@ -189,4 +208,5 @@ def _answer(sock: socket.socket, number: int, succeeded: bool, value: Any) -> No
     except Exception as exc:  # an exception that cannot be pickled still reaches the caller, as text
         message = pickle.dumps((number, False, RuntimeError(f"{type(value).__name__}: {value} ({exc})")))
     with contextlib.suppress(OSError):  # the pool is gone: nobody waits for this answer
-        sock.sendall(_LENGTH.pack(len(message)) + message)
+        sock.sendall(_LENGTH.pack(len(message)))
+        sock.sendall(message)

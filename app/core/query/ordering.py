@@ -6,10 +6,11 @@ and consoles already send, so its name and syntax are kept: a comma list of attr
 prefixed with `-` (`orderby=-StudyDate,-StudyTime`).
 
 Only keys that every store can sort from an index are accepted (the fields of each below have a (fields,
-insertion order) index in both: migrations/*/0008_study_order.*), so a sorted page costs what an unsorted one
-does, at 100,000 studies as at 100; anything else is a `QueryError` naming the keys that are. Ties are broken by
-insertion order in the direction of the last key, so `offset` pages neither repeat nor skip a study, and one
-index serves the whole order.
+insertion order) index in both: migrations/*/0008_study_order.*), so a page sorted by one key costs what an
+unsorted one does, at 100,000 studies as at 100 (several keys sort every match first); anything else is a
+`QueryError` naming the keys that are. Ties are broken by insertion order in the direction of the last key, so
+`offset` pages neither repeat nor skip a study, and for one key one index serves the whole order. The series and
+instance levels have no order: `orderby` is ignored there, with a warning, as an unknown parameter is.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ SORTABLE: dict[Level, dict[str, tuple[str, ...]]] = {
 }
 
 
-def parse_order(level: Level, text: str) -> tuple[SortKey, ...]:
+def parse_order(level: Level, text: str) -> tuple[SortKey, ...] | None:
     """`-StudyDate,PatientName` -> sort keys; `StudyTime` right after `StudyDate` in the same direction is what
-    StudyDate sorts by already, and is dropped."""
-    if not text.strip():
-        return ()
+    StudyDate sorts by already, and is dropped. None at a level without an order (the caller ignores it)."""
     sortable = SORTABLE.get(level)
     if sortable is None:
-        raise QueryError(f"orderby is supported for studies only, not at the {level.value.lower()} level")
+        return None
+    if not text.strip():
+        return ()
     keys: list[SortKey] = []
     named: set[str] = set()
     previous: tuple[str, bool] | None = None

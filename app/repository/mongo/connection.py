@@ -18,11 +18,13 @@ from typing import TypedDict
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, OperationFailure
 
 import migrations
 from app.core.ports import RepositoryUnavailable
 from app.repository.mongo.layout import Document
+
+INDEX_NOT_FOUND = 27  # MongoDB's error code IndexNotFound
 
 
 class IndexSpec(TypedDict, total=False):
@@ -87,9 +89,13 @@ class MongoConnection:
                 for spec in specs:
                     collection = self._db[spec["collection"]]
                     if spec.get("drop"):
-                        # Gone already when the step runs again after a crash.
-                        if spec["name"] in await collection.index_information():
+                        # Gone already when the step runs again after a crash, or when another replica starting
+                        # at the same time dropped it first.
+                        try:
                             await collection.drop_index(spec["name"])
+                        except OperationFailure as exc:
+                            if exc.code != INDEX_NOT_FOUND:
+                                raise
                         continue
                     await collection.create_index(
                         [(str(field), int(direction)) for field, direction in spec["keys"]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -82,5 +83,38 @@ async def test_a_worker_process_stages_an_instance_whole_and_a_staging_failure_c
         staging.folder.rmdir()  # the staging area gone (an unmounted volume): ingest answers 0xA700 for this
         with pytest.raises(OSError):
             await parser.stage_and_parse(data, staging.new_path())
+    finally:
+        parser.close()
+
+
+def _refuse_to_start() -> None:
+    raise SystemExit(3)
+
+
+async def test_workers_that_cannot_start_fail_every_job_at_once_instead_of_hanging() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from app.core.ingest.worker_pool import WorkerPool
+
+    pool = WorkerPool(1, _refuse_to_start)
+    try:
+        for _ in range(2):
+            with pytest.raises(BrokenProcessPool):
+                await asyncio.wait_for(pool.run(len, b"abc"), 30)
+    finally:
+        pool.close()
+
+
+async def test_a_caller_cancelled_while_its_job_runs_leaves_the_worker_serving_the_next() -> None:
+    data = dicom_files.part10(dicom_files.renewed("CT_small.dcm"))
+    parser = HeaderParser(workers=1)
+    try:
+        await parser.start()
+        waiting = asyncio.ensure_future(parser.parse(data * 20))  # big: cancelled while it is written or parsed
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert isinstance(await asyncio.wait_for(parser.parse(data), 30), Parsed)
     finally:
         parser.close()

@@ -147,7 +147,6 @@ def test_orderby_keys_directions_and_the_tie_break() -> None:
         (Level.STUDY, "StudyDate,,PatientID", "empty key"),
         (Level.STUDY, "-", "empty key"),
         (Level.STUDY, "studydate", "did you mean StudyDate"),
-        (Level.SERIES, "SeriesNumber", "studies only"),
     ],
 )
 def test_orderby_refuses_what_no_index_sorts(level: Level, orderby: str, reason: str) -> None:
@@ -155,6 +154,11 @@ def test_orderby_refuses_what_no_index_sorts(level: Level, orderby: str, reason:
         parse_qido(level, [("orderby", orderby)])
     with pytest.raises(QueryError, match="more than once"):
         parse_qido(Level.STUDY, [("orderby", "PatientID"), ("orderby", "PatientName")])
+
+
+def test_orderby_on_a_series_search_is_ignored_and_reported() -> None:
+    parsed = parse_qido(Level.SERIES, [("orderby", "SeriesNumber")])
+    assert parsed.ignored_parameters == ("orderby",) and parsed.model.order == ()
 
 
 def test_includefield_lists_repeats_and_all() -> None:
