@@ -9,6 +9,7 @@ call them from worker threads, together with parsing, so one instance costs one 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -96,18 +97,26 @@ class LocalStaging:
     arrives and is parsed, then committed to the storage's own place (a rename, or an upload).
 
     Several archive processes may stage in one folder (replicas over one shared storage root), so each name
-    says whose it is: `{uuid}@{pid}@{host}{suffix}`. Start-up clears only what is abandoned (`abandoned`): its
+    says whose it is: `{unique}@{pid}@{host}{suffix}`. Start-up clears only what is abandoned (`abandoned`): its
     own process's leftovers, those of processes of this host that are gone, and anything else once it is
     ABANDONED_AFTER_SECONDS old, never a live replica's store in flight."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.host = socket.gethostname()
+        # A random prefix per process and a counter: fresh names without a uuid4 (a getrandom system call, ~50 us
+        # here) for each instance. A forked child draws its own prefix (`new_name` checks the pid).
+        self._pid = 0
+        self._prefix = ""
+        self._numbers = itertools.count()
         folder.mkdir(parents=True, exist_ok=True)
 
     def new_name(self, suffix: str = "") -> str:
         """A fresh name that says which process made it (a staged file, a kept-aside copy)."""
-        return f"{uuid.uuid4().hex}@{os.getpid()}@{self.host}{suffix}"
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid, self._prefix = pid, uuid.uuid4().hex[:16]
+        return f"{self._prefix}{next(self._numbers):016x}@{pid}@{self.host}{suffix}"
 
     def new_path(self, suffix: str = ".part") -> Path:
         """A fresh name in the staging folder."""
