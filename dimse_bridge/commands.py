@@ -56,6 +56,8 @@ _DATA_MORE: Final = b"\x00"
 _PDV_OVERHEAD: Final = 6
 # PDU type 04H, reserved, PDU length; PDV item length, presentation context ID (PS3.8 9.3.5, 9.3.5.1).
 _P_DATA_TF: Final = struct.Struct(">BxIIB")
+_ITEM_LENGTH: Final = struct.Struct(">I")
+P_DATA_TF_TYPE: Final = 0x04  # PS3.8 9.3.1, the PDU-type field
 # Direct writes are made in pieces of about this size (one system call each).
 _WRITE_CHUNK: Final = 1024 * 1024
 
@@ -200,6 +202,31 @@ def _fragments(
 def _p_data_tf(context_id: int, value: bytes) -> bytes:
     """A P-DATA-TF PDU of one PDV item (PS3.8 9.3.5), as pynetdicom writes a P-DATA primitive of one value."""
     return _P_DATA_TF.pack(0x04, len(value) + 5, len(value) + 1, context_id) + value
+
+
+class ReceivedPData:
+    """A received P-DATA-TF PDU's PDV items (PS3.8 9.3.5.1), read without pynetdicom's object per item; what the
+    DUL state machine asks of a PDU it received (`to_primitive`, actions DT-2 and AR-6) is all it offers."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, pdu: bytes) -> None:
+        values: list[tuple[int, bytes]] = []
+        offset, end = 6, len(pdu)
+        while offset < end:
+            if end - offset < 5:
+                raise ValueError("a PDV item header is cut off")
+            (length,) = _ITEM_LENGTH.unpack_from(pdu, offset)
+            if length < 1 or offset + 4 + length > end:  # as pynetdicom: the item must fit its PDU
+                raise ValueError(f"a PDV item of {length} bytes does not fit its P-DATA-TF")
+            values.append((pdu[offset + 4], pdu[offset + 5 : offset + 4 + length]))
+            offset += 4 + length
+        self.values = values
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.extend(self.values)  # (ID, value) tuples, as pynetdicom's own
+        return primitive
 
 
 def _chunks(context_id: int, values: list[bytes]) -> Iterator[bytes]:

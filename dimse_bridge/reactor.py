@@ -42,7 +42,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.utils import make_target
 
 from dimse_bridge.acse_pdus import A_ASSOCIATE_RQ_TYPE, association_request
-from dimse_bridge.commands import FastDIMSE
+from dimse_bridge.commands import P_DATA_TF_TYPE, FastDIMSE, ReceivedPData
 
 # How long a reactor with nothing to do waits before it looks at its timers again (the ARTIM timer of PS3.8
 # 9.1.5 and the network idle timeout are seconds long, so 20 ms is precision enough).
@@ -124,8 +124,15 @@ class PromptDUL(DULServiceProvider):
         self._wake()
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
-        """pynetdicom's, but an A-ASSOCIATE-RQ seen before is not decoded again (acse_pdus.py)."""
-        if not bytestream or bytestream[0] != A_ASSOCIATE_RQ_TYPE:
+        """pynetdicom's, but an A-ASSOCIATE-RQ seen before is not decoded again (acse_pdus.py), and a P-DATA-TF
+        is read into its values only (commands.ReceivedPData) unless someone listens for pynetdicom's PDU object
+        (EVT_PDU_RECV, its DEBUG log)."""
+        kind = bytestream[0] if bytestream else None
+        if kind == P_DATA_TF_TYPE and not self.assoc.get_handlers(evt.EVT_PDU_RECV):
+            data = bytes(bytestream)
+            evt.trigger(self.assoc, evt.EVT_DATA_RECV, {"data": data})
+            return ReceivedPData(data), "Evt10"  # PS3.8 9.2.1: P-DATA-TF PDU received
+        if kind != A_ASSOCIATE_RQ_TYPE:
             return super()._decode_pdu(bytestream)
         data = bytes(bytestream)
         evt.trigger(self.assoc, evt.EVT_DATA_RECV, {"data": data})

@@ -208,3 +208,22 @@ def test_the_provider_queue_counts_a_primitive_as_unsent_until_the_action_that_t
     assert primitives.unfinished_tasks == 1
     primitives.sent()  # an action that took nothing
     assert primitives.unfinished_tasks == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 255), st.binary(min_size=1, max_size=600)), min_size=1, max_size=4))
+def test_a_received_p_data_tf_reads_as_pynetdicom_reads_it(items: list[tuple[int, bytes]]) -> None:
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from dimse_bridge.commands import ReceivedPData
+
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[context_id, value] for context_id, value in items]
+    pdu = P_DATA_TF(primitive).encode()
+    theirs = P_DATA_TF()
+    theirs.decode(pdu)
+    expected = [tuple(v) for v in theirs.to_primitive().presentation_data_value_list]
+    assert ReceivedPData(pdu).to_primitive().presentation_data_value_list == expected
+    with pytest.raises(ValueError, match="does not fit"):
+        ReceivedPData(pdu[:-1])
