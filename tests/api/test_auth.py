@@ -27,7 +27,9 @@ AUDIENCE = "dicomweb"
 KID = "test-key-1"
 API_KEYS = "viewer:viewer-secret:read,robot:robot-secret:read+write,ops:ops-secret:read+write+delete+admin"
 UNKNOWN_UID = "1.2.826.0.1.3680043.99999.1"
-OPEN_PATHS = frozenset({"/health", "/ready"})  # probes: open to orchestrators by design
+# Probes: open to orchestrators by design. The documentation pages: shells that hold no data and read
+# /openapi.json, which stays behind the read scope, with the browser's credential (test below).
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc"})
 SCOPE_OF_METHOD = {"GET": "read", "POST": "write", "PUT": "write", "DELETE": "delete"}
 
 
