@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from io import BytesIO
 from typing import Any, Final, cast
 
@@ -177,31 +177,26 @@ def decode_command(raw: bytes) -> dict[int, Any]:
     return values
 
 
-def _values(control: tuple[bytes, bytes], data: bytes | memoryview, max_pdu: int) -> Iterator[bytes]:
-    """The presentation data values of `data` (message control header and fragment), each PDV within the peer's
-    maximum PDU length (PS3.8 E.2)."""
+def _pieces(
+    control: tuple[bytes, bytes], data: bytes | memoryview, max_pdu: int
+) -> Iterator[tuple[bytes, memoryview]]:
+    """Each fragment of `data` with its message control header, each PDV within the peer's maximum PDU length
+    (PS3.8 E.2); the fragments are views of `data`, not copies."""
     more, last = control
     size = len(data) if max_pdu == 0 else max(max_pdu - _PDV_OVERHEAD, 1)
     view = memoryview(data)
     starts = range(0, len(data), size) if data else range(1)
     final = starts[-1]
     for start in starts:
-        yield (last if start == final else more) + bytes(view[start : start + size])
+        yield (last if start == final else more), view[start : start + size]
 
 
-def _fragments(
-    control: tuple[bytes, bytes], data: bytes | memoryview, context_id: int, max_pdu: int
-) -> Iterator[P_DATA]:
-    """One P-DATA primitive per fragment of `data` (`_values`)."""
-    for value in _values(control, data, max_pdu):
+def _primitives(context_id: int, pieces: Iterable[tuple[bytes, memoryview]]) -> Iterator[P_DATA]:
+    """One P-DATA primitive per fragment, for the DUL's own path (`PromptDUL.write_direct` declined)."""
+    for header, piece in pieces:
         pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, value))
+        pdata.presentation_data_value_list.append((context_id, header + piece))
         yield pdata
-
-
-def _p_data_tf(context_id: int, value: bytes) -> bytes:
-    """A P-DATA-TF PDU of one PDV item (PS3.8 9.3.5), as pynetdicom writes a P-DATA primitive of one value."""
-    return _P_DATA_TF.pack(0x04, len(value) + 5, len(value) + 1, context_id) + value
 
 
 class ReceivedPData:
@@ -229,19 +224,27 @@ class ReceivedPData:
         return primitive
 
 
-def _chunks(context_id: int, values: list[bytes]) -> Iterator[bytes]:
-    """The P-DATA-TF PDUs of `values`, joined into pieces of about _WRITE_CHUNK bytes."""
-    pending: list[bytes] = []
+def _chunks(context_id: int, pieces: Iterable[tuple[bytes, memoryview]]) -> Iterator[bytes]:
+    """The P-DATA-TF PDUs of `pieces`, one PDV item each (PS3.8 9.3.5, as pynetdicom writes a P-DATA primitive of
+    one value), joined into pieces of about _WRITE_CHUNK bytes: each byte of a data set is copied once, into its
+    chunk, and a large data set is never held twice whole."""
+    pending: list[bytes | memoryview] = []
     size = 0
-    for value in values:
-        pdu = _p_data_tf(context_id, value)
-        pending.append(pdu)
-        size += len(pdu)
+    for header, piece in pieces:
+        pending += (_P_DATA_TF.pack(0x04, len(piece) + 6, len(piece) + 2, context_id), header, piece)
+        size += len(piece) + 12
         if size >= _WRITE_CHUNK:
             yield b"".join(pending)
             pending, size = [], 0
     if pending:
         yield b"".join(pending)
+
+
+def _message_pieces(parts: list[tuple[bytes, bytes, Any]], max_pdu: int) -> Iterator[tuple[bytes, memoryview]]:
+    """The fragments of a message's command set and data set; as pynetdicom, an empty data set sends none."""
+    for more, last, data in parts:
+        if len(data) or last == _COMMAND_LAST:
+            yield from _pieces((more, last), data, max_pdu)
 
 
 class FastDIMSE(DIMSEServiceProvider):
@@ -266,29 +269,22 @@ class FastDIMSE(DIMSEServiceProvider):
         if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": _message(command, data_set, context_id)})
         max_pdu = self.maximum_pdu_size
-        values = [(_COMMAND_MORE, _COMMAND_LAST, command)]
+        parts = [(_COMMAND_MORE, _COMMAND_LAST, command)]
         if data_set is not None:
-            values.append((_DATA_MORE, _DATA_LAST, data_set.getbuffer()))
+            parts.append((_DATA_MORE, _DATA_LAST, data_set.getbuffer()))
         try:
-            self._send_values(values, context_id, max_pdu)
+            self._send_parts(parts, context_id, max_pdu)
         finally:
-            for _, _, data in values[1:]:
+            for _, _, data in parts[1:]:
                 cast(memoryview, data).release()
 
-    def _send_values(self, parts: list[tuple[bytes, bytes, Any]], context_id: int, max_pdu: int) -> None:
+    def _send_parts(self, parts: list[tuple[bytes, bytes, Any]], context_id: int, max_pdu: int) -> None:
         """Write the message's PDUs from this thread when the DUL allows it (reactor.PromptDUL.write_direct),
         else queue them as P-DATA primitives for the DUL's thread, as pynetdicom does."""
         write = getattr(self.dul, "write_direct", None)
-        # As pynetdicom: an empty data set sends no fragment.
-        values = [
-            value for more, last, data in parts if len(data) or last == _COMMAND_LAST
-            for value in _values((more, last), data, max_pdu)
-        ]
-        if write is not None and write(_chunks(context_id, values)):
+        if write is not None and write(_chunks(context_id, _message_pieces(parts, max_pdu))):
             return
-        for value in values:
-            pdata = P_DATA()
-            pdata.presentation_data_value_list.append((context_id, value))
+        for pdata in _primitives(context_id, _message_pieces(parts, max_pdu)):
             self.dul.send_pdu(pdata)
 
     def receive_primitive(self, primitive: P_DATA) -> None:

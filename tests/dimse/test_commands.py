@@ -16,9 +16,9 @@ from pynetdicom.dsutils import encode
 
 from dimse_bridge.commands import (
     CommandError,
-    _fragments,
+    _pieces,
     _primitive,
-    _values,
+    _primitives,
     decode_command,
     encode_command,
 )
@@ -116,9 +116,9 @@ def test_a_command_set_is_encoded_byte_for_byte_as_pynetdicom_encodes_it(primiti
 
 def pynetdicoms_primitive(command: bytes, data: bytes | None) -> Any:
     message = DIMSEMessage()
-    pdatas = [*_fragments((b"\x01", b"\x03"), command, 1, 0)]
+    pdatas = [*_primitives(1, _pieces((b"\x01", b"\x03"), command, 0))]
     if data is not None:
-        pdatas += _fragments((b"\x00", b"\x02"), data, 1, 0)
+        pdatas += _primitives(1, _pieces((b"\x00", b"\x02"), data, 0))
     for pdata in pdatas:
         message.decode_msg(pdata)
     return message.message_to_primitive()
@@ -160,7 +160,7 @@ def test_a_command_set_cut_short_is_refused_with_the_reason() -> None:
 @pytest.mark.parametrize("max_pdu", [0, 7, 16, 1000])
 def test_fragments_stay_within_the_peers_maximum_pdu_length(max_pdu: int) -> None:
     data = bytes(range(256)) * 4
-    pdatas = list(_fragments((b"\x00", b"\x02"), data, 3, max_pdu))
+    pdatas = list(_primitives(3, _pieces((b"\x00", b"\x02"), data, max_pdu)))
     pdvs = [pdata.presentation_data_value_list[0] for pdata in pdatas]
     assert b"".join(pdv[1][1:] for pdv in pdvs) == data
     assert [pdv[1][0] for pdv in pdvs] == [0] * (len(pdvs) - 1) + [2]
@@ -192,8 +192,8 @@ def test_pdus_written_directly_are_the_ones_pynetdicom_writes_for_the_same_fragm
 
     from dimse_bridge.commands import _DATA_LAST, _DATA_MORE, _chunks
 
-    written = b"".join(_chunks(context_id, list(_values((_DATA_MORE, _DATA_LAST), data, max_pdu))))
-    expected = b"".join(P_DATA_TF(p).encode() for p in _fragments((_DATA_MORE, _DATA_LAST), data, context_id, max_pdu))
+    written = b"".join(_chunks(context_id, _pieces((_DATA_MORE, _DATA_LAST), data, max_pdu)))
+    expected = b"".join(P_DATA_TF(p).encode() for p in _primitives(context_id, _pieces((_DATA_MORE, _DATA_LAST), data, max_pdu)))
     assert written == expected
 
 
