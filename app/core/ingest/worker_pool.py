@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import pickle
@@ -54,7 +55,7 @@ class WorkerPool:
         self._count = workers
         self._initializer = initializer
         self._workers: list[_Worker] = []
-        self._numbers = iter(range(1, 1 << 62))
+        self._numbers = itertools.count(1)
         self._started: asyncio.Future[None] | None = None
         self.broken = False
 
@@ -74,10 +75,11 @@ class WorkerPool:
                 await asyncio.gather(*(worker.jobs[_HELLO] for worker in self._workers))
             except BaseException as exc:  # a spawn refused (EMFILE, ENOMEM), a worker dead at start, cancelled
                 self.close(wait=False)
-                self._started.set_exception(BrokenProcessPool(f"a worker did not start: {exc!r}"))
+                broken = BrokenProcessPool(f"a worker did not start: {exc!r}")
+                self._started.set_exception(broken)
                 self._started.exception()  # retrieved: later callers get it from the future
                 if isinstance(exc, Exception):
-                    raise BrokenProcessPool(f"a worker did not start: {exc!r}") from exc
+                    raise broken from exc
                 raise
             self._started.set_result(None)
         await asyncio.shield(self._started)
