@@ -31,19 +31,18 @@ import contextlib
 import logging
 import select
 import socket
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
-from pydicom.uid import UID
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE, DimseServiceType
-from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from dimse_bridge import status
-from dimse_bridge.access import peer
+from dimse_bridge import handlers
 from dimse_bridge.reactor import PromptAE, PromptAssociation, make_prompt
 
 log = logging.getLogger(__name__)
+_ASSOCIATION_LOG = logging.getLogger("pynetdicom.association")  # where pynetdicom's reactor says the same
 
 # The longest PDU read before an A-ASSOCIATE-RQ has arrived, and the least limit after it. PS3.8 sets none for
 # the A-ASSOCIATE-RQ; 128 presentation contexts of 64-character UIDs with ten transfer syntaxes each, role and
@@ -53,6 +52,9 @@ MIN_PDU_LIMIT: Final = 1024 * 1024
 
 class AcceptorAssociation(PromptAssociation):
     """An acceptor association that cannot be held open by a partial PDU nor aborted by a foreign C-STORE."""
+
+    # Set in the association-request phase (data_phase.handle_requested) when the loop serves the data phase.
+    loop_phase: LoopPhase | None = None
 
     def kill(self) -> None:
         """End the association thread; first, if no A-ASSOCIATE-RQ ever arrived, end a read left half-way.
@@ -79,38 +81,50 @@ class AcceptorAssociation(PromptAssociation):
 
     def _serve_request(self, msg: DimseServiceType, context_id: int) -> None:
         context = next((cx for cx in self.accepted_contexts if cx.context_id == context_id), None)
-        if (
-            isinstance(msg, C_STORE)
-            and msg.is_valid_request
-            and context is not None
-            and str(msg.AffectedSOPClassUID) != str(context.abstract_syntax)
-        ):
-            self._refuse_store(msg, context_id, str(context.abstract_syntax))
-            return
+        if isinstance(msg, C_STORE) and msg.is_valid_request and context is not None:
+            refusal = handlers.foreign_sop_class(self, msg, context_id, str(context.abstract_syntax))
+            if refusal is not None:
+                self.dimse.send_msg(refusal, context_id)
+                return
         super()._serve_request(msg, context_id)
 
-    def _refuse_store(self, request: C_STORE, context_id: int, abstract_syntax: str) -> None:
-        """C-STORE-RSP 0x0122 (PS3.7 9.1.1.1.9 and C.5: Refused, SOP Class not supported) for this instance only."""
-        sop_class = str(request.AffectedSOPClassUID)
-        log.warning(
-            "C-STORE of %r from %s refused (0x%04X): its SOP Class UID %r is not %s (%s), the SOP class of "
-            "presentation context %d",
-            str(request.AffectedSOPInstanceUID),
-            peer(self),
-            status.SOP_CLASS_NOT_SUPPORTED,
-            sop_class,
-            abstract_syntax,
-            UID(abstract_syntax).name,
-            context_id,
-        )
-        response = C_STORE()
-        response.MessageIDBeingRespondedTo = request.MessageID
-        response.AffectedSOPClassUID = request.AffectedSOPClassUID
-        response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
-        answer = status.status_dataset(
-            status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} is not that of its context"
-        )
-        self.dimse.send_msg(StorageServiceClass(self).validate_status(answer, response), context_id)
+    def _run_reactor(self) -> None:
+        """pynetdicom's reactor, or, for an association whose data transfer phase the loop serves
+        (data_phase.py), a wait for that phase to end, then the same release or abort as the reactor's."""
+        phase = self.loop_phase
+        if phase is None:
+            super()._run_reactor()
+            return
+        self.dul.join()  # it stops reading once the A-ASSOCIATE-AC is sent (PromptDUL.stop_after_accept)
+        released = phase.run()
+        self.is_established = False
+        if released:
+            _ASSOCIATION_LOG.info("Association Released")
+            self.is_released = True
+            evt.trigger(self, evt.EVT_RELEASED, {})
+        else:
+            _ASSOCIATION_LOG.info("Association Aborted")
+            self.is_aborted = True
+            evt.trigger(self, evt.EVT_ABORTED, {})
+        self.kill()
+
+    def abort(self, block: bool = True) -> None:
+        """pynetdicom's abort, or the loop's (server shutdown) while the loop serves the association."""
+        phase = self.loop_phase
+        if phase is not None and self.is_established:
+            phase.abort()
+            return
+        super().abort(block)
+
+
+class LoopPhase(Protocol):
+    """The data transfer phase of one association, served on the event loop (data_phase.py)."""
+
+    def run(self) -> bool:
+        """Serve until the association ends (blocking the calling thread); True if it was released."""
+
+    def abort(self) -> None:
+        """End it with an A-ABORT, from any thread."""
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -129,6 +143,34 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return False
 
 
+def pdu_limit(assoc: Any) -> int:
+    """The longest PDU the peer may send now (0: no limit). After the A-ASSOCIATE-RQ, the Maximum Length we
+    announced (PS3.8 D.1, DIMSE_MAX_PDU; 0 is none) or MIN_PDU_LIMIT, whichever is more; before it, MIN_PDU_LIMIT."""
+    if assoc.requestor.primitive is None:
+        return MIN_PDU_LIMIT
+    announced = int(assoc.acceptor.maximum_length or 0)
+    return max(announced, MIN_PDU_LIMIT) if announced else 0
+
+
+def log_stalled_pdu(assoc: Any) -> None:
+    log.warning(
+        "connection from %s:%s closed: nothing more of a PDU for %s s (DIMSE_NETWORK_TIMEOUT)",
+        assoc.requestor.address,
+        assoc.requestor.port,
+        assoc.network_timeout,
+    )
+
+
+def log_oversized_pdu(assoc: Any, length: int, limit: int) -> None:
+    log.warning(
+        "connection from %s:%s closed: a PDU of %d bytes, more than the %d it may send",
+        assoc.requestor.address,
+        assoc.requestor.port,
+        length,
+        limit,
+    )
+
+
 # The most one `recv` asks for: a PDU may claim up to DIMSE_MAX_PDU (or MIN_PDU_LIMIT before the association).
 _READ_CHUNK: Final = 256 * 1024
 
@@ -139,37 +181,20 @@ class AcceptorSocket(AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
         """pynetdicom's read of `nr_bytes`, but for more than the limit the connection is closed instead.
 
-        The DUL reactor asks for the 6 bytes of a PDU header, then for as many as its length field claims.
-        After the A-ASSOCIATE-RQ the limit is the Maximum Length we announced (PS3.8 D.1, DIMSE_MAX_PDU; 0 is
-        none) or MIN_PDU_LIMIT, whichever is more; before it, MIN_PDU_LIMIT. The reactor sees a short read and
-        ends the association (Evt17).
+        The DUL reactor asks for the 6 bytes of a PDU header, then for as many as its length field claims
+        (`pdu_limit`). The reactor sees a short read and ends the association (Evt17).
         """
         assoc = self.assoc
-        if assoc.requestor.primitive is None:
-            limit = MIN_PDU_LIMIT
-        else:
-            announced = int(assoc.acceptor.maximum_length or 0)
-            limit = max(announced, MIN_PDU_LIMIT) if announced else 0
+        limit = pdu_limit(assoc)
         if not limit or nr_bytes <= limit:
             try:
                 return self._read(nr_bytes)
             except TimeoutError:
                 # The socket's timeout (AcceptorRequestHandler): a peer that stopped in the middle of a PDU.
-                log.warning(
-                    "connection from %s:%s closed: nothing more of a PDU for %s s (DIMSE_NETWORK_TIMEOUT)",
-                    assoc.requestor.address,
-                    assoc.requestor.port,
-                    assoc.network_timeout,
-                )
+                log_stalled_pdu(assoc)
                 self.close()
                 return bytearray()
-        log.warning(
-            "connection from %s:%s closed: a PDU of %d bytes, more than the %d it may send",
-            assoc.requestor.address,
-            assoc.requestor.port,
-            nr_bytes,
-            limit,
-        )
+        log_oversized_pdu(assoc, nr_bytes, limit)
         self.close()
         return bytearray()
 

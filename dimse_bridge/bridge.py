@@ -9,7 +9,8 @@ comes back or a timeout passes.
 
 Two entry points, one per shape of work:
 
-* `call(coro)`: one awaitable, one answer (C-STORE, C-ECHO checks, N-ACTION).
+* `call(coro)`: one awaitable, one answer (C-STORE, C-ECHO checks, N-ACTION); `within(coro)` is the same
+  for an association served on the loop itself (data_phase.py), and `submit(coro)` starts one without waiting.
 * `stream(async_iterator)`: a sync iterator over an async one, pulling one item per hop, so a C-FIND / C-GET /
   C-MOVE generator handler can yield pending responses while the query is still running, and stopping early
   (cancel, abort) closes the async iterator on the loop.
@@ -72,13 +73,10 @@ class LoopBridge:
         the loop after the caller gave up (for work such as a store, whose cancellation half-way would leave a
         file without its metadata row); the caller still gets `BridgeTimeout`.
         """
-        if self.closed:
-            coro.close()
-            raise BridgeClosed("the archive is shutting down")
         if _running_loop() is self._loop:
             coro.close()
             raise RuntimeError("LoopBridge.call from the event loop thread would deadlock; await instead")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future = self.submit(coro)
         wait = self._timeout if timeout is None else timeout
         try:
             return future.result(wait)
@@ -88,6 +86,27 @@ class LoopBridge:
             raise BridgeTimeout(f"no answer from the archive within {wait} s") from exc
         except concurrent.futures.CancelledError as exc:
             raise BridgeClosed("the work was cancelled (the archive is shutting down)") from exc
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start `coro` on the app loop, in a copy of this thread's context (its association id for the logs);
+        BridgeClosed once the bridge is closed."""
+        if self.closed:
+            coro.close()
+            raise BridgeClosed("the archive is shutting down")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    async def within(self, coro: Coroutine[Any, Any, T]) -> T:
+        """`call` for a caller already on the loop (an association served there, data_phase.py): the result of
+        `coro`, or BridgeTimeout after the bridge's timeout with the work left to finish, as
+        `call(cancel_on_timeout=False)` leaves it; BridgeClosed once the bridge is closed."""
+        if self.closed:
+            coro.close()
+            raise BridgeClosed("the archive is shutting down")
+        work = asyncio.ensure_future(coro)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), self._timeout)
+        except TimeoutError as exc:
+            raise BridgeTimeout(f"no answer from the archive within {self._timeout} s") from exc
 
     def stream(self, source: AsyncIterator[T], *, timeout: float | None = None) -> Iterator[T]:
         """Iterate `source` (an async iterator living on the loop) from this thread, one item per hop.

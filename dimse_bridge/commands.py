@@ -20,6 +20,7 @@ import logging
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Final, cast
 
@@ -247,98 +248,154 @@ def _message_pieces(parts: list[tuple[bytes, bytes, Any]], max_pdu: int) -> Iter
             yield from _pieces((more, last), data, max_pdu)
 
 
-class FastDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE service provider, sending and receiving command sets as bytes (this module)."""
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A whole DIMSE message as it arrived: its command set's bytes and values, and its data set's bytes."""
 
-    # Set here, not in __init__: reactor.make_prompt turns an existing provider into this class.
-    _command: bytearray | None = None  # the command set's fragments so far
-    _header: dict[int, Any] | None = None  # the decoded command set, while its data set arrives
-    _data_set: BytesIO | None = None
+    context_id: int
+    command: bytes
+    header: dict[int, Any]
+    data_set: BytesIO | None
 
-    def send_msg(self, primitive: Any, context_id: int) -> None:
-        if getattr(primitive, "_dataset_path", None) is not None:
-            super().send_msg(primitive, context_id)  # a data set sent from its file: pynetdicom streams it
-            return
-        message_class = (_RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE)[
-            primitive.__class__
-        ]
-        class_name = message_class.__name__
-        keyword = _DATASET_KEYWORDS.get(class_name)
-        data_set = getattr(primitive, keyword) if keyword else None
-        command = encode_command(class_name.replace("_", "-"), primitive, data_set is not None)
-        if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
-            evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": _message(command, data_set, context_id)})
-        max_pdu = self.maximum_pdu_size
-        parts = [(_COMMAND_MORE, _COMMAND_LAST, command)]
-        if data_set is not None:
-            parts.append((_DATA_MORE, _DATA_LAST, data_set.getbuffer()))
-        try:
-            self._send_parts(parts, context_id, max_pdu)
-        finally:
-            for _, _, data in parts[1:]:
-                cast(memoryview, data).release()
 
-    def _send_parts(self, parts: list[tuple[bytes, bytes, Any]], context_id: int, max_pdu: int) -> None:
-        """Write the message's PDUs from this thread when the DUL allows it (reactor.PromptDUL.write_direct),
-        else queue them as P-DATA primitives for the DUL's thread, as pynetdicom does."""
-        write = getattr(self.dul, "write_direct", None)
-        if write is not None and write(_chunks(context_id, _message_pieces(parts, max_pdu))):
-            return
-        for pdata in _primitives(context_id, _message_pieces(parts, max_pdu)):
-            self.dul.send_pdu(pdata)
+class MessageAssembler:
+    """Reassembles DIMSE messages from the PDVs of P-DATA-TF PDUs (PS3.8 E.2): a command set's fragments, then,
+    unless its Command Data Set Type says none follows, the data set's."""
 
-    def receive_primitive(self, primitive: P_DATA) -> None:
-        for context_id, data in primitive.presentation_data_value_list:
-            control = data[0]
-            if control & 1:
-                if self._header is not None:
-                    self._reset()  # a new command while a data set was due: as pynetdicom, the new one wins
-                if self._command is None:
-                    self._command = bytearray()
-                self._command.extend(data[1:])
-                if control & 2:
-                    self._command_complete(context_id)
-            elif self._header is not None and self._data_set is not None:
-                self._data_set.write(data[1:])
-                if control & 2:
-                    self._deliver(context_id)
+    def __init__(self) -> None:
+        self._command: bytearray | None = None  # the command set's fragments so far
+        self._header: dict[int, Any] | None = None  # the decoded command set, while its data set arrives
+        self._data_set: BytesIO | None = None
+
+    def feed(self, context_id: int, data: bytes) -> ReceivedMessage | None:
+        """Take one PDV (control header and fragment); the message it completes, if it does. CommandError for a
+        command set that cannot be read (the association is then aborted, PS3.8 9.2 Evt19)."""
+        control = data[0]
+        if control & 1:
+            if self._header is not None:
+                self._reset()  # a new command while a data set was due: as pynetdicom, the new one wins
+            if self._command is None:
+                self._command = bytearray()
+            self._command.extend(data[1:])
+            if not control & 2:
+                return None
+            try:
+                header = decode_command(bytes(self._command))
+                if header.get(COMMAND_FIELD) not in _MESSAGE_TYPES:
+                    raise CommandError(f"unknown Command Field {header.get(COMMAND_FIELD)!r}")
+            except CommandError:
+                self._reset()
+                raise
+            self._header = header
+            if header.get(COMMAND_DATA_SET_TYPE) == NO_DATA_SET:
+                return self._complete(context_id)
+            self._data_set = BytesIO()
+        elif self._header is not None and self._data_set is not None:
+            self._data_set.write(data[1:])
+            if control & 2:
+                return self._complete(context_id)
+        return None
 
     def _reset(self) -> None:
         self._command = None
         self._data_set = None
         self._header = None
 
-    def _command_complete(self, context_id: int) -> None:
-        try:
-            header = decode_command(bytes(self._command or b""))
-            if header.get(COMMAND_FIELD) not in _MESSAGE_TYPES:
-                raise CommandError(f"unknown Command Field {header.get(COMMAND_FIELD)!r}")
-        except CommandError as exc:
-            log.error("Received an invalid DIMSE message: %s", exc)
-            self._reset()
-            self.dul.event_queue.put("Evt19")
-            return
-        self._header = header
-        if header.get(COMMAND_DATA_SET_TYPE) == NO_DATA_SET:
-            self._deliver(context_id)
-        else:
-            self._data_set = BytesIO()
-
-    def _deliver(self, context_id: int) -> None:
-        header = cast(dict[int, Any], self._header)
-        data_set = self._data_set
-        command = bytes(self._command or b"")
+    def _complete(self, context_id: int) -> ReceivedMessage:
+        message = ReceivedMessage(
+            context_id, bytes(self._command or b""), cast(dict[int, Any], self._header), self._data_set
+        )
         self._reset()
-        message_class = _MESSAGE_TYPES[header[COMMAND_FIELD]][1]
-        if self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
-            evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": _message(command, data_set, context_id)})
+        return message
+
+
+def received_primitive(assoc: Any, message: ReceivedMessage) -> Any:
+    """pynetdicom's primitive for a received message (after EVT_DIMSE_RECV, for those who listen); raises
+    whatever pynetdicom's primitive raises for a value it refuses (the association is then aborted)."""
+    message_class = _MESSAGE_TYPES[message.header[COMMAND_FIELD]][1]
+    if assoc.get_handlers(evt.EVT_DIMSE_RECV):
+        evt.trigger(
+            assoc, evt.EVT_DIMSE_RECV, {"message": _message(message.command, message.data_set, message.context_id)}
+        )
+    return _primitive(message_class.__name__, message.header, message.data_set, message.context_id)
+
+
+def message_parts(assoc: Any, primitive: Any, context_id: int) -> list[tuple[bytes, bytes, Any]]:
+    """The command set and data set of `primitive`'s message, each with its PDVs' control headers, for
+    `message_chunks`; EVT_DIMSE_SENT goes to those who listen (the audit trail). A data set is a view of the
+    primitive's BytesIO: release it once sent."""
+    message_class = (_RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE)[
+        primitive.__class__
+    ]
+    class_name = message_class.__name__
+    keyword = _DATASET_KEYWORDS.get(class_name)
+    data_set = getattr(primitive, keyword) if keyword else None
+    command = encode_command(class_name.replace("_", "-"), primitive, data_set is not None)
+    if assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": _message(command, data_set, context_id)})
+    parts = [(_COMMAND_MORE, _COMMAND_LAST, command)]
+    if data_set is not None:
+        parts.append((_DATA_MORE, _DATA_LAST, data_set.getbuffer()))
+    return parts
+
+
+def message_chunks(parts: list[tuple[bytes, bytes, Any]], context_id: int, max_pdu: int) -> Iterator[bytes]:
+    """The P-DATA-TF PDUs of a message's parts, in pieces ready to write (`_chunks`)."""
+    return _chunks(context_id, _message_pieces(parts, max_pdu))
+
+
+def release_parts(parts: list[tuple[bytes, bytes, Any]]) -> None:
+    for _, _, data in parts[1:]:
+        cast(memoryview, data).release()
+
+
+class FastDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE service provider, sending and receiving command sets as bytes (this module)."""
+
+    # Set here, not in __init__: reactor.make_prompt turns an existing provider into this class.
+    _assembler: MessageAssembler | None = None
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        if getattr(primitive, "_dataset_path", None) is not None:
+            super().send_msg(primitive, context_id)  # a data set sent from its file: pynetdicom streams it
+            return
+        parts = message_parts(self.assoc, primitive, context_id)
         try:
-            d_primitive = _primitive(message_class.__name__, header, data_set, context_id)
+            self._send_parts(parts, context_id, self.maximum_pdu_size)
+        finally:
+            release_parts(parts)
+
+    def _send_parts(self, parts: list[tuple[bytes, bytes, Any]], context_id: int, max_pdu: int) -> None:
+        """Write the message's PDUs from this thread when the DUL allows it (reactor.PromptDUL.write_direct),
+        else queue them as P-DATA primitives for the DUL's thread, as pynetdicom does."""
+        write = getattr(self.dul, "write_direct", None)
+        if write is not None and write(message_chunks(parts, context_id, max_pdu)):
+            return
+        for pdata in _primitives(context_id, _message_pieces(parts, max_pdu)):
+            self.dul.send_pdu(pdata)
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self._assembler is None:
+            self._assembler = MessageAssembler()
+        for context_id, data in primitive.presentation_data_value_list:
+            try:
+                message = self._assembler.feed(context_id, data)
+            except CommandError as exc:
+                log.error("Received an invalid DIMSE message: %s", exc)
+                self.dul.event_queue.put("Evt19")
+                return
+            if message is not None:
+                self._deliver(message)
+
+    def _deliver(self, message: ReceivedMessage) -> None:
+        try:
+            d_primitive = received_primitive(self.assoc, message)
         except Exception as exc:
             log.error("Received an invalid DIMSE message")
             log.exception(exc)
             self.dul.event_queue.put("Evt19")
             return
+        context_id = message.context_id
         # As pynetdicom's receive_primitive: at most 10 C-CANCELs kept apart; an N-EVENT-REPORT request served
         # at once in a thread of its own (the association's reactor may be busy with the operation it reports on).
         if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:

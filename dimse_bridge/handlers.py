@@ -3,9 +3,11 @@
 Handlers run in pynetdicom's association threads and receive the `DimseContext` bound by the server (see
 context.py). They never touch the repository and never start an event loop: they call the services with
 `dimse.bridge.call(...)` (one answer) or iterate `dimse.bridge.stream(...)` (many answers), and map the
-protocol-neutral outcome to a status with status.py. (The direct storage calls are `stage()` and `discard()`: a
-data set too big to hand over as bytes is written to a staging file from the association thread, so that file
-I/O stays off the loop.)
+protocol-neutral outcome to a status with status.py.
+
+C-ECHO and C-STORE are also served on the loop itself, for associations that offer nothing else
+(data_phase.py): there `answer_store` awaits the same `store` coroutine that `handle_store` hands to the bridge,
+and `store_rsp` / `foreign_sop_class` build the responses both doors send.
 
 The Query/Retrieve handlers (C-FIND, C-GET, C-MOVE) are generators of the same kind, in qr.py; a new
 handler is bound in server.py `event_handlers()` and its SOP classes passed to
@@ -14,12 +16,16 @@ handler is bound in server.py `event_handlers()` and its SOP classes passed to
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.service_class import StorageServiceClass
 
 from app.storage.base import StagedFile
 from dimse_bridge import part10, status
@@ -29,17 +35,18 @@ from dimse_bridge.context import DimseContext
 
 log = logging.getLogger(__name__)
 # A data set up to this size is handed to ingest as bytes (staged by the header parser process, off this process);
-# a bigger one is staged from this thread, so that no second copy of it sits in memory while pynetdicom holds
-# the first (at DIMSE_MAX_ASSOCIATIONS associations at once).
+# a bigger one is staged from a worker thread, so that no second copy of it sits in memory while the association
+# holds the first (at DIMSE_MAX_ASSOCIATIONS associations at once).
 HANDOVER_BYTES = 2 * 1024 * 1024
 
 
-def _stage(dimse: DimseContext, meta: bytes, raw: memoryview) -> StagedFile:
+def _stage(dimse: DimseContext, meta: bytes, data_set: io.BytesIO) -> StagedFile:
     """Write the File Meta Information and the data set to a new staged file; nothing is left if that fails."""
     staged = dimse.archive.storage.stage()
     try:
         staged.write(meta)
-        staged.write(raw)
+        with data_set.getbuffer() as raw:
+            staged.write(raw)
     except BaseException:
         dimse.archive.storage.discard(staged)
         raise
@@ -52,58 +59,113 @@ def handle_echo(event: Event, dimse: DimseContext) -> int:
 
 
 def handle_store(event: Event, dimse: DimseContext) -> Dataset | int:
+    """C-STORE (Storage SCP, PS3.4 B.2.3) in an association thread of pynetdicom's: `store` on the loop."""
+    request = event.request
+    assert isinstance(request, C_STORE)  # pynetdicom calls this handler for C-STORE requests only
+    try:
+        # Not cancelled on timeout: a store stopped half-way could leave a file without its metadata row.
+        return dimse.bridge.call(
+            store(dimse, request, str(event.context.transfer_syntax), event.assoc), cancel_on_timeout=False
+        )
+    except BridgeError as exc:
+        return _unanswered(exc, event.assoc)
+
+
+async def answer_store(
+    dimse: DimseContext, request: C_STORE, transfer_syntax: str, assoc: Any
+) -> Dataset | int:
+    """C-STORE in an association served on the loop (data_phase.py): `store`, bounded as `handle_store` is."""
+    try:
+        return await dimse.bridge.within(store(dimse, request, transfer_syntax, assoc))
+    except BridgeError as exc:
+        return _unanswered(exc, assoc)
+
+
+def _unanswered(exc: BridgeError, assoc: Any) -> Dataset:
+    """0xA700 for a store the archive did not take (shutting down) or did not answer in time (PS3.4 B.2.3)."""
+    origin = f"C-STORE {peer(assoc)}"
+    if isinstance(exc, BridgeClosed):
+        log.warning("store refused from %s: %s", origin, exc)
+    else:
+        log.warning("store from %s not answered in time: %s", origin, exc)
+    return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
+
+
+async def store(dimse: DimseContext, request: C_STORE, transfer_syntax: str, assoc: Any) -> Dataset | int:
     """C-STORE (Storage SCP, PS3.4 B.2.3): store the data set exactly as received, answer once it is held.
 
     The data set is not decoded and re-encoded: the File Meta Information (PS3.10 7.1) is built from the
     request and the negotiated transfer syntax, and the peer's bytes follow it unchanged: handed to ingest as
-    bytes, or, above HANDOVER_BYTES, staged on the storage volume from this thread (file I/O stays off the
+    bytes, or, above HANDOVER_BYTES, staged on the storage volume from a worker thread (file I/O stays off the
     event loop). The answer is sent only after ingest has committed the file and its metadata, so the instance
     is queryable and retrievable by the time the SCU reads a success.
     """
-    request = event.request
-    assert isinstance(request, C_STORE)  # pynetdicom calls this handler for C-STORE requests only
-    origin = f"C-STORE {peer(event.assoc)}"
-    transfer_syntax = str(event.context.transfer_syntax)
+    origin = f"C-STORE {peer(assoc)}"
     sop_class_uid, sop_instance_uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
-    raw = (request.DataSet or io.BytesIO()).getbuffer()  # the peer's encoded data set, without a copy
+    data_set = request.DataSet or io.BytesIO()
+    calling_ae_title = str(assoc.requestor.ae_title or "").strip()
     try:
         meta = part10.encode_file_meta(
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,
             transfer_syntax_uid=transfer_syntax,
-            implementation_class_uid=str(event.assoc.acceptor.implementation_class_uid),
-            implementation_version_name=str(event.assoc.acceptor.implementation_version_name or ""),
-            sending_ae_title=str(event.assoc.requestor.ae_title or "").strip(),
+            implementation_class_uid=str(assoc.acceptor.implementation_class_uid),
+            implementation_version_name=str(assoc.acceptor.implementation_version_name or ""),
+            sending_ae_title=calling_ae_title,
             receiving_ae_title=dimse.ae_title,
         )
-        if len(meta) + len(raw) <= HANDOVER_BYTES:
+        payload: bytes | StagedFile
+        if len(meta) + data_set.getbuffer().nbytes <= HANDOVER_BYTES:
             # Small (most instances): handed over as bytes, staged by the header parser with its header read.
-            payload: bytes | StagedFile = b"".join((meta, raw))
+            with data_set.getbuffer() as raw:  # the peer's encoded data set, without a copy
+                payload = b"".join((meta, raw))
         else:
-            payload = _stage(dimse, meta, raw)
+            payload = await asyncio.to_thread(_stage, dimse, meta, data_set)
     except OSError as exc:  # StorageError too: disk full, staging area gone (PS3.4 B.2.3 A7xx)
         log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
         return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
-    finally:
-        raw.release()
-    try:
-        # Not cancelled on timeout: a store stopped half-way could leave a file without its metadata row.
-        outcome = dimse.bridge.call(
-            dimse.archive.ingest.store(
-                payload,
-                expected_sop_class_uid=sop_class_uid,
-                expected_sop_instance_uid=sop_instance_uid,
-                origin=origin,
-                calling_ae_title=str(event.assoc.requestor.ae_title or "").strip(),
-            ),
-            cancel_on_timeout=False,
-        )
-    except BridgeClosed as exc:
-        if isinstance(payload, StagedFile):
-            dimse.archive.storage.discard(payload)
-        log.warning("store refused from %s: %s", origin, exc)
-        return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
-    except BridgeError as exc:
-        log.warning("store from %s not answered in time: %s", origin, exc)
-        return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
+    outcome = await dimse.archive.ingest.store(
+        payload,
+        expected_sop_class_uid=sop_class_uid,
+        expected_sop_instance_uid=sop_instance_uid,
+        origin=origin,
+        calling_ae_title=calling_ae_title,
+    )
     return status.store_response(outcome)
+
+
+def store_rsp(assoc: Any, request: C_STORE, answer: Dataset | int) -> C_STORE:
+    """The C-STORE-RSP primitive answering `request` with `answer` (a status, or a status data set), as
+    pynetdicom's Storage SCP builds it."""
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = request.MessageID
+    response.AffectedSOPClassUID = request.AffectedSOPClassUID
+    response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+    return StorageServiceClass(assoc).validate_status(answer, response)
+
+
+def foreign_sop_class(assoc: Any, request: C_STORE, context_id: int, abstract_syntax: str) -> C_STORE | None:
+    """The C-STORE-RSP refusing `request` with 0x0122 when its Affected SOP Class UID is not the abstract syntax
+    of its presentation context (PS3.7 9.1.1.1.9 and C.5: Refused, SOP Class not supported), else None.
+
+    pynetdicom picks the service from that UID, not from the context, and aborts the association when the UID
+    names no service it knows (DCMTK's dcmsend sends `31` for a data set whose SOP Class UID it cannot read); a
+    storage UID other than the context's would otherwise reach the Storage SCP past the SOP class policy the
+    context was negotiated under. The association goes on.
+    """
+    sop_class = str(request.AffectedSOPClassUID)
+    if sop_class == abstract_syntax:
+        return None
+    log.warning(
+        "C-STORE of %r from %s refused (0x%04X): its SOP Class UID %r is not %s (%s), the SOP class of "
+        "presentation context %d",
+        str(request.AffectedSOPInstanceUID),
+        peer(assoc),
+        status.SOP_CLASS_NOT_SUPPORTED,
+        sop_class,
+        abstract_syntax,
+        UID(abstract_syntax).name,
+        context_id,
+    )
+    answer = status.status_dataset(status.SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} is not that of its context")
+    return store_rsp(assoc, request, answer)

@@ -64,6 +64,9 @@ class PromptDUL(DULServiceProvider):
 
     to_provider_queue: ProviderQueue
     _write_lock: threading.Lock
+    # Set before the association is accepted when the event loop is to serve its data transfer phase
+    # (data_phase.py): the reactor then ends once it has sent the A-ASSOCIATE-AC, and reads nothing more.
+    stop_after_accept = False
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -210,6 +213,8 @@ class PromptDUL(DULServiceProvider):
             self.to_provider_queue.sent()
             self._nudge_association()
             idle = False
+            if self.stop_after_accept and self.state_machine.current_state == "Sta6":
+                break
 
     def _nudge_association(self) -> None:
         """Wake the association reactor after every state change, unconditionally: DIMSE messages reach its

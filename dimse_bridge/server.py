@@ -43,7 +43,18 @@ from app.core.workflow.records import (
     UPS_QUERY,
     UPS_WATCH,
 )
-from dimse_bridge import access, acse_pdus, admission, commitment, dispatch, handlers, qr, scu, uids
+from dimse_bridge import (
+    access,
+    acse_pdus,
+    admission,
+    commitment,
+    data_phase,
+    dispatch,
+    handlers,
+    qr,
+    scu,
+    uids,
+)
 from dimse_bridge.acceptor import AcceptorAE
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
@@ -113,6 +124,7 @@ def event_handlers(dimse: DimseContext) -> list[evt.EventHandlerType]:
     return [
         (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_REQUESTED, admission.handle_requested, [dimse]),
+        (evt.EVT_REQUESTED, data_phase.handle_requested, [dimse]),  # after admission, which may reject
         (evt.EVT_USER_ID, admission.handle_user_id, [dimse]),
         (evt.EVT_ACCEPTED, admission.handle_accepted, [dimse]),
         (evt.EVT_REJECTED, admission.handle_rejected, [dimse]),

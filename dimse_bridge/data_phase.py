@@ -1,0 +1,312 @@
+"""The data transfer phase of Storage and Verification associations, served on the event loop.
+
+pynetdicom serves each association with two threads: its DUL reactor reads PDUs and runs the state machine, its
+association reactor takes the DIMSE messages from a queue and calls our handler, which hands the store to the
+event loop (bridge.py) and waits. Each C-STORE crossed three threads and four hand-offs before ingest began, and
+as many back with the answer: with storescu on one association, 1.0-1.4 ms of every instance went between one
+handler's end and the next one's start, and pynetdicom's two reactors took ~15 % of the server's CPU (py-spy).
+
+An association that proposes only Verification and storage SOP classes (a modality, storescu, dcmsend, a PACS
+forwarding) has nothing in its data phase but C-STORE and C-ECHO requests to answer one at a time, so the loop
+serves it: it reads the PDUs, reassembles each message (commands.py), awaits the same store coroutine the
+thread door hands to the bridge (handlers.py) and writes the response itself. Everything before stays
+pynetdicom's: the A-ASSOCIATE-RQ, admission (admission.py), negotiation and the A-ASSOCIATE-AC. The DUL reactor
+stops once it has written the A-ASSOCIATE-AC (`PromptDUL.stop_after_accept`, so nothing else reads the socket);
+the association thread waits for this phase to end and then reports the release or abort as pynetdicom's reactor
+does (`AcceptorAssociation._run_reactor`: EVT_RELEASED, EVT_ABORTED, the audit records), and pynetdicom closes
+the connection.
+
+Any other association keeps pynetdicom's reactors: one offering Query/Retrieve, Storage Commitment or a workflow
+service, or one over TLS, or one whose per-PDU events somebody listens to (pynetdicom's DEBUG log).
+
+Sta6 (data transfer) of PS3.8 9.2's state table, as pynetdicom runs it:
+* P-DATA-TF: DIMSE messages (PS3.7 6.3, PS3.8 E.2); a message that cannot be read aborts (Evt19, AA-8).
+* A-RELEASE-RQ: A-RELEASE-RP, then the requestor closes the connection (AR-2, AR-4, Sta13), within the ARTIM
+  time (DIMSE_ACSE_TIMEOUT).
+* A-ABORT, or the connection closed: the association ends (AA-3, AA-4).
+* any other PDU, a PDU that cannot be read: A-ABORT, source service provider (AA-8).
+* nothing for DIMSE_NETWORK_TIMEOUT: A-ABORT, as pynetdicom's idle timer; a PDU longer than the peer may send, or
+  one that stops half-way for as long: the connection is closed, as acceptor.py's reads do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import struct
+import threading
+from typing import Any, Final
+
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_STORE
+from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
+from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+
+from dimse_bridge import handlers
+from dimse_bridge.acceptor import AcceptorAssociation, log_oversized_pdu, log_stalled_pdu, pdu_limit
+from dimse_bridge.access import peer
+from dimse_bridge.bridge import BridgeClosed
+from dimse_bridge.commands import (
+    P_DATA_TF_TYPE,
+    CommandError,
+    MessageAssembler,
+    ReceivedMessage,
+    ReceivedPData,
+    message_chunks,
+    message_parts,
+    received_primitive,
+    release_parts,
+)
+from dimse_bridge.context import DimseContext
+from dimse_bridge.reactor import PromptDUL
+
+log = logging.getLogger(__name__)
+# pynetdicom's messages for the same events, under its loggers, as its reactors write them.
+_ASSOCIATION_LOG = logging.getLogger("pynetdicom.association")
+_DIMSE_LOG = logging.getLogger("pynetdicom.dimse")
+
+_PDU_HEADER: Final = struct.Struct(">BxI")  # PDU type, reserved, PDU length (PS3.8 9.3.1)
+A_RELEASE_RQ_TYPE: Final = 0x05
+A_ABORT_TYPE: Final = 0x07
+A_RELEASE_RP: Final = bytes((0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0))  # PS3.8 9.3.7
+# PS3.8 9.3.8 A-ABORT source: the service user (an abort we decide on) or the service provider (a protocol error).
+SERVICE_USER: Final = 0x00
+SERVICE_PROVIDER: Final = 0x02
+# The events pynetdicom hands each PDU, or each read and write, to: only its own reactors produce them.
+_PER_PDU_EVENTS: Final = (
+    evt.EVT_PDU_RECV,
+    evt.EVT_PDU_SENT,
+    evt.EVT_DATA_RECV,
+    evt.EVT_DATA_SENT,
+    evt.EVT_FSM_TRANSITION,
+)
+_SERVED: Final = (StorageServiceClass, VerificationServiceClass)
+
+
+def a_abort(source: int) -> bytes:
+    """An A-ABORT PDU (PS3.8 9.3.8), reason not specified (as pynetdicom sends its own)."""
+    return bytes((A_ABORT_TYPE, 0, 0, 0, 0, 4, 0, 0, source, 0))
+
+
+def handle_requested(event: Event, dimse: DimseContext) -> None:
+    """EVT_REQUESTED, after admission: have the loop serve the data phase of an association that qualifies."""
+    assoc = event.assoc
+    if isinstance(assoc, AcceptorAssociation) and not (assoc.is_rejected or assoc.is_aborted) and qualifies(assoc):
+        assoc.loop_phase = DataPhase(assoc, dimse)
+        dul = assoc.dul
+        assert isinstance(dul, PromptDUL)  # every acceptor association has the prompt reactors (acceptor.py)
+        dul.stop_after_accept = True
+
+
+def qualifies(assoc: Any) -> bool:
+    """Whether every SOP class the request proposes is Verification or storage, over plain TCP, with nobody
+    listening to per-PDU events and no SOP Class Common Extended Negotiation (which maps a SOP class to another
+    service)."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return False
+    if any(assoc.get_handlers(event) for event in _PER_PDU_EVENTS):
+        return False
+    request = assoc.requestor.primitive
+    if any(isinstance(item, SOPClassCommonExtendedNegotiation) for item in request.user_information):
+        return False
+    return all(
+        uid_to_service_class(str(context.abstract_syntax)) in _SERVED
+        for context in request.presentation_context_definition_list
+    )
+
+
+class DataPhase:
+    """One association's data transfer phase on the loop, started and waited for by its own thread (`run`)."""
+
+    def __init__(self, assoc: Any, dimse: DimseContext) -> None:
+        self.assoc = assoc
+        self.dimse = dimse
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def run(self) -> bool:
+        """Serve the association on the loop until it ends; True if it was released, False if aborted."""
+        try:
+            future = self.dimse.bridge.submit(self._serve())
+        except BridgeClosed:
+            log.warning("association with %s aborted: the archive is shutting down", peer(self.assoc))
+            sock = self.assoc.dul.socket.socket
+            sock.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                sock.sendall(a_abort(SERVICE_USER))
+            return False
+        try:
+            return future.result()
+        except Exception:
+            log.exception("association with %s aborted: its data transfer phase failed", peer(self.assoc))
+            return False
+
+    def abort(self) -> None:
+        """Abort from another thread (server shutdown): the store in progress ends, then an A-ABORT goes."""
+        with self._lock:
+            self._aborted = True
+            if self._loop is not None and self._task is not None:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+
+    async def _serve(self) -> bool:
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            aborted = self._aborted
+        # A socket of our own on the same connection: the loop's transport closes it, pynetdicom closes its own.
+        raw = self.assoc.dul.socket.socket
+        own = socket.socket(raw.family, raw.type, raw.proto, os.dup(raw.fileno()))
+        reader, writer = await asyncio.open_connection(sock=own)
+        try:
+            if aborted:
+                writer.write(a_abort(SERVICE_USER))
+                return False
+            return await self._transfer(reader, writer)
+        except asyncio.CancelledError:  # abort(): the server is stopping
+            writer.write(a_abort(SERVICE_USER))
+            return False
+        except ConnectionError:
+            return False
+        finally:
+            writer.close()
+
+    async def _transfer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        assoc = self.assoc
+        limit = pdu_limit(assoc)
+        assembler = MessageAssembler()
+        while True:
+            try:
+                async with asyncio.timeout(assoc.network_timeout):
+                    head = await reader.readexactly(_PDU_HEADER.size)
+            except TimeoutError:
+                _ASSOCIATION_LOG.error("Network timeout reached")
+                writer.write(a_abort(SERVICE_USER))
+                return False
+            except asyncio.IncompleteReadError:
+                return False  # the peer closed the connection (AA-4)
+            kind, length = _PDU_HEADER.unpack(head)
+            if limit and length > limit:
+                log_oversized_pdu(assoc, length, limit)
+                return False
+            try:
+                async with asyncio.timeout(assoc.network_timeout):
+                    body = await reader.readexactly(length)
+            except TimeoutError:
+                log_stalled_pdu(assoc)
+                return False
+            except asyncio.IncompleteReadError:
+                return False
+            if kind == P_DATA_TF_TYPE:
+                if not await self._p_data(head + body, assembler, writer):
+                    return False
+            elif kind == A_RELEASE_RQ_TYPE:
+                writer.write(A_RELEASE_RP)
+                await writer.drain()
+                # Sta13: the requestor closes the connection once it has the A-RELEASE-RP (PS3.8 7.2.2).
+                try:
+                    async with asyncio.timeout(assoc.acse_timeout):
+                        await reader.read()
+                except TimeoutError:
+                    pass
+                return True
+            elif kind == A_ABORT_TYPE:
+                return False
+            else:
+                log.warning(
+                    "association with %s aborted: a PDU of type 0x%02X in the data transfer phase (PS3.8 9.2)",
+                    peer(assoc),
+                    kind,
+                )
+                writer.write(a_abort(SERVICE_PROVIDER))
+                return False
+
+    async def _p_data(self, pdu: bytes, assembler: MessageAssembler, writer: asyncio.StreamWriter) -> bool:
+        """Serve the messages a P-DATA-TF PDU completes; False once the association has been aborted."""
+        try:
+            values = ReceivedPData(pdu).values
+        except ValueError as exc:
+            log.warning("association with %s aborted: %s", peer(self.assoc), exc)
+            writer.write(a_abort(SERVICE_PROVIDER))
+            return False
+        for context_id, data in values:
+            try:
+                message = assembler.feed(context_id, data)
+            except CommandError as exc:
+                _DIMSE_LOG.error("Received an invalid DIMSE message: %s", exc)
+                writer.write(a_abort(SERVICE_PROVIDER))
+                return False
+            if message is not None and not await self._message(message, writer):
+                return False
+        return True
+
+    async def _message(self, message: ReceivedMessage, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request, as pynetdicom's association reactor and service classes would."""
+        assoc = self.assoc
+        context_id = message.context_id
+        context = assoc._accepted_cx.get(context_id)
+        if context is None:
+            _ASSOCIATION_LOG.info(f"Received DIMSE message with invalid or rejected context ID: {context_id}")
+            writer.write(a_abort(SERVICE_USER))
+            return False
+        try:
+            request = received_primitive(assoc, message)
+        except Exception as exc:
+            _DIMSE_LOG.error("Received an invalid DIMSE message")
+            _DIMSE_LOG.exception(exc)
+            writer.write(a_abort(SERVICE_PROVIDER))
+            return False
+        if isinstance(request, C_CANCEL):
+            return True  # nothing here runs long enough to be cancelled
+        if not request.is_valid_request:
+            _ASSOCIATION_LOG.warning(f"Received unexpected {request.msg_type} service message")
+            return True
+        response: Any
+        if isinstance(request, C_STORE):
+            abstract_syntax = str(context.abstract_syntax)
+            response = handlers.foreign_sop_class(assoc, request, context_id, abstract_syntax)
+            if response is None:
+                answer = await self._store(request, str(context.transfer_syntax[0]))
+                response = handlers.store_rsp(assoc, request, answer)
+        elif isinstance(request, C_ECHO):
+            response = C_ECHO()
+            response.MessageIDBeingRespondedTo = request.MessageID
+            response.AffectedSOPClassUID = request.AffectedSOPClassUID
+            event = Event(assoc, evt.EVT_C_ECHO, {"request": request, "context": context.as_tuple})
+            response = VerificationServiceClass(assoc).validate_status(
+                handlers.handle_echo(event, self.dimse), response
+            )
+        else:
+            log.warning(
+                "association with %s aborted: a %s on presentation context %d (%s), which this association "
+                "does not serve",
+                peer(assoc),
+                request.msg_type,
+                context_id,
+                context.abstract_syntax,
+            )
+            writer.write(a_abort(SERVICE_USER))
+            return False
+        parts = message_parts(assoc, response, context_id)
+        try:
+            writer.writelines(message_chunks(parts, context_id, assoc.dimse.maximum_pdu_size))
+        finally:
+            release_parts(parts)
+        await writer.drain()
+        return True
+
+    async def _store(self, request: C_STORE, transfer_syntax: str) -> Any:
+        try:
+            return await handlers.answer_store(self.dimse, request, transfer_syntax, self.assoc)
+        except Exception as exc:  # as pynetdicom answers for a handler that raised (0xC211)
+            _DIMSE_LOG.error("Exception in handler bound to 'evt.EVT_C_STORE'")
+            _DIMSE_LOG.exception(exc)
+            return 0xC211
