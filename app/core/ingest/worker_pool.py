@@ -109,7 +109,7 @@ class WorkerPool:
         number = next(self._numbers)
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         worker.jobs[number] = answer
-        worker.outbox.put_nowait(pickle.dumps((number, function, args), protocol=pickle.HIGHEST_PROTOCOL))
+        worker.outbox.put_nowait(_framed((number, function, args)))
         return await answer
 
     async def _write(self, worker: _Worker) -> None:
@@ -117,7 +117,6 @@ class WorkerPool:
         try:
             while True:
                 message = await worker.outbox.get()
-                await loop.sock_sendall(worker.sock, _LENGTH.pack(len(message)))
                 await loop.sock_sendall(worker.sock, message)
         except OSError as exc:
             self._break(worker, f"cannot write to it: {exc}")
@@ -204,11 +203,16 @@ def _serve(sock: socket.socket, initializer: Callable[[], None]) -> None:
         _answer(sock, number, succeeded, result)
 
 
+def _framed(message: object) -> bytes:
+    """`message` pickled behind its length, to be written in one call (one wake-up of the reader, not two)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
 def _answer(sock: socket.socket, number: int, succeeded: bool, value: Any) -> None:
     try:
-        message = pickle.dumps((number, succeeded, value), protocol=pickle.HIGHEST_PROTOCOL)
+        message = _framed((number, succeeded, value))
     except Exception as exc:  # an exception that cannot be pickled still reaches the caller, as text
-        message = pickle.dumps((number, False, RuntimeError(f"{type(value).__name__}: {value} ({exc})")))
+        message = _framed((number, False, RuntimeError(f"{type(value).__name__}: {value} ({exc})")))
     with contextlib.suppress(OSError):  # the pool is gone: nobody waits for this answer
-        sock.sendall(_LENGTH.pack(len(message)))
         sock.sendall(message)
