@@ -24,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, Final, TypeVar, cast
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _END: Final = object()
 
@@ -51,6 +53,7 @@ class LoopBridge:
         self._loop = loop
         self._timeout = timeout
         self._closed = False
+        self._unawaited: set[asyncio.Future[Any]] = set()
 
     @property
     def closed(self) -> bool:
@@ -105,8 +108,18 @@ class LoopBridge:
         work = asyncio.ensure_future(coro)
         try:
             return await asyncio.wait_for(asyncio.shield(work), self._timeout)
-        except TimeoutError as exc:
-            raise BridgeTimeout(f"no answer from the archive within {self._timeout} s") from exc
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # Left to finish, held here until it does, and its failure logged, not lost.
+            self._unawaited.add(work)
+            work.add_done_callback(self._finished)
+            if isinstance(exc, TimeoutError):
+                raise BridgeTimeout(f"no answer from the archive within {self._timeout} s") from exc
+            raise
+
+    def _finished(self, work: asyncio.Future[Any]) -> None:
+        self._unawaited.discard(work)
+        if not work.cancelled() and (exc := work.exception()) is not None:
+            log.error("work its caller stopped waiting for failed: %r", exc)
 
     def stream(self, source: AsyncIterator[T], *, timeout: float | None = None) -> Iterator[T]:
         """Iterate `source` (an async iterator living on the loop) from this thread, one item per hop.

@@ -206,14 +206,17 @@ class ReceivedPData:
 
     __slots__ = ("values",)
 
-    def __init__(self, pdu: bytes) -> None:
+    def __init__(self, pdu: bytes, start: int = 6) -> None:
+        """`pdu` from its header on, or (`start` 0) its items only."""
         values: list[tuple[int, bytes]] = []
-        offset, end = 6, len(pdu)
+        offset, end = start, len(pdu)
         while offset < end:
             if end - offset < 5:
                 raise ValueError("a PDV item header is cut off")
             (length,) = _ITEM_LENGTH.unpack_from(pdu, offset)
-            if length < 1 or offset + 4 + length > end:  # as pynetdicom: the item must fit its PDU
+            # PS3.8 9.3.5.1: the item holds its context ID and a value that begins with its Message Control
+            # Header (E.2), and fits its PDU.
+            if length < 2 or offset + 4 + length > end:
                 raise ValueError(f"a PDV item of {length} bytes does not fit its P-DATA-TF")
             values.append((pdu[offset + 4], pdu[offset + 5 : offset + 4 + length]))
             offset += 4 + length

@@ -32,6 +32,7 @@ Sta6 (data transfer) of PS3.8 9.2's state table, as pynetdicom runs it:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -39,6 +40,8 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Iterable
+from concurrent.futures import Executor
 from typing import Any, Final
 
 from pynetdicom import evt
@@ -87,6 +90,8 @@ _PER_PDU_EVENTS: Final = (
     evt.EVT_FSM_TRANSITION,
 )
 _SERVED: Final = (StorageServiceClass, VerificationServiceClass)
+ABORT_SECONDS: Final = 1.0  # how long an A-ABORT may wait for a peer that does not read
+_DROP_CHUNK: Final = 64 * 1024
 
 
 def a_abort(source: int) -> bytes:
@@ -94,24 +99,30 @@ def a_abort(source: int) -> bytes:
     return bytes((A_ABORT_TYPE, 0, 0, 0, 0, 4, 0, 0, source, 0))
 
 
-def handle_requested(event: Event, dimse: DimseContext) -> None:
-    """EVT_REQUESTED, after admission: have the loop serve the data phase of an association that qualifies."""
+def handle_requested(event: Event, dimse: DimseContext, staging: Executor) -> None:
+    """EVT_REQUESTED, after admission: have the loop serve the data phase of an association that qualifies;
+    `staging` is where it writes large data sets to staged files."""
     assoc = event.assoc
     if isinstance(assoc, AcceptorAssociation) and not (assoc.is_rejected or assoc.is_aborted) and qualifies(assoc):
-        assoc.loop_phase = DataPhase(assoc, dimse)
+        assoc.loop_phase = DataPhase(assoc, dimse, staging)
         dul = assoc.dul
         assert isinstance(dul, PromptDUL)  # every acceptor association has the prompt reactors (acceptor.py)
         dul.stop_after_accept = True
 
 
 def qualifies(assoc: Any) -> bool:
-    """Whether every SOP class the request proposes is Verification or storage, over plain TCP, with nobody
-    listening to per-PDU events and no SOP Class Common Extended Negotiation (which maps a SOP class to another
-    service)."""
+    """Whether every SOP class the request proposes is Verification or storage, over plain TCP, answered by our
+    own handlers, with nobody listening to per-PDU events and no SOP Class Common Extended Negotiation (which
+    maps a SOP class to another service)."""
     sock = getattr(assoc.dul.socket, "socket", None)
     if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
         return False
     if any(assoc.get_handlers(event) for event in _PER_PDU_EVENTS):
+        return False
+    if (
+        assoc.get_handlers(evt.EVT_C_STORE)[0] is not handlers.handle_store
+        or assoc.get_handlers(evt.EVT_C_ECHO)[0] is not handlers.handle_echo
+    ):
         return False
     request = assoc.requestor.primitive
     if any(isinstance(item, SOPClassCommonExtendedNegotiation) for item in request.user_information):
@@ -125,9 +136,10 @@ def qualifies(assoc: Any) -> bool:
 class DataPhase:
     """One association's data transfer phase on the loop, started and waited for by its own thread (`run`)."""
 
-    def __init__(self, assoc: Any, dimse: DimseContext) -> None:
+    def __init__(self, assoc: Any, dimse: DimseContext, staging: Executor) -> None:
         self.assoc = assoc
         self.dimse = dimse
+        self.staging = staging
         self._lock = threading.Lock()
         self._aborted = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,19 +151,21 @@ class DataPhase:
             future = self.dimse.bridge.submit(self._serve())
         except BridgeClosed:
             log.warning("association with %s aborted: the archive is shutting down", peer(self.assoc))
-            sock = self.assoc.dul.socket.socket
-            sock.settimeout(1.0)
-            with contextlib.suppress(OSError):
-                sock.sendall(a_abort(SERVICE_USER))
+            sock = getattr(self.assoc.dul.socket, "socket", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(ABORT_SECONDS)
+                    sock.sendall(a_abort(SERVICE_USER))
             return False
         try:
             return future.result()
-        except Exception:
+        except (Exception, concurrent.futures.CancelledError):
             log.exception("association with %s aborted: its data transfer phase failed", peer(self.assoc))
             return False
 
     def abort(self) -> None:
-        """Abort from another thread (server shutdown): the store in progress ends, then an A-ABORT goes."""
+        """Abort from another thread (server shutdown): the store in progress ends, then an A-ABORT goes; before
+        the phase has begun, it begins with the A-ABORT."""
         with self._lock:
             self._aborted = True
             if self._loop is not None and self._task is not None:
@@ -162,22 +176,49 @@ class DataPhase:
             self._loop = asyncio.get_running_loop()
             self._task = asyncio.current_task()
             aborted = self._aborted
-        # A socket of our own on the same connection: the loop's transport closes it, pynetdicom closes its own.
-        raw = self.assoc.dul.socket.socket
-        own = socket.socket(raw.family, raw.type, raw.proto, os.dup(raw.fileno()))
-        reader, writer = await asyncio.open_connection(sock=own)
+        writer: asyncio.StreamWriter | None = None
         try:
+            # A socket of our own on the same connection: the loop's transport closes it, pynetdicom its own.
+            raw = self.assoc.dul.socket.socket
+            own = socket.socket(raw.family, raw.type, raw.proto, os.dup(raw.fileno()))
+            reader, writer = await asyncio.open_connection(sock=own)
             if aborted:
-                writer.write(a_abort(SERVICE_USER))
+                await self._end(writer, SERVICE_USER)
                 return False
             return await self._transfer(reader, writer)
         except asyncio.CancelledError:  # abort(): the server is stopping
-            writer.write(a_abort(SERVICE_USER))
+            if writer is not None:
+                await self._end(writer, SERVICE_USER)
             return False
-        except ConnectionError:
+        except OSError:  # the connection failed (reset, timed out by TCP): nothing more can be said on it
             return False
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
+
+    async def _end(self, writer: asyncio.StreamWriter, source: int) -> None:
+        """Send an A-ABORT (PS3.8 9.3.8) before the connection is closed; a peer not reading is not waited for
+        more than ABORT_SECONDS."""
+        writer.write(a_abort(source))
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(ABORT_SECONDS):
+                await writer.drain()
+
+    async def _send(self, writer: asyncio.StreamWriter, chunks: Iterable[bytes]) -> bool:
+        """Write, and wait while the peer is not reading, up to DIMSE_NETWORK_TIMEOUT (as the socket's send
+        timeout bounds pynetdicom's writes, acceptor.py); False when it has not read by then."""
+        writer.writelines(chunks)
+        try:
+            async with asyncio.timeout(self.assoc.network_timeout):
+                await writer.drain()
+        except TimeoutError:
+            log.warning(
+                "connection from %s closed: it read nothing of what was sent for %s s (DIMSE_NETWORK_TIMEOUT)",
+                peer(self.assoc),
+                self.assoc.network_timeout,
+            )
+            return False
+        return True
 
     async def _transfer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         assoc = self.assoc
@@ -189,7 +230,7 @@ class DataPhase:
                     head = await reader.readexactly(_PDU_HEADER.size)
             except TimeoutError:
                 _ASSOCIATION_LOG.error("Network timeout reached")
-                writer.write(a_abort(SERVICE_USER))
+                await self._end(writer, SERVICE_USER)
                 return False
             except asyncio.IncompleteReadError:
                 return False  # the peer closed the connection (AA-4)
@@ -206,17 +247,11 @@ class DataPhase:
             except asyncio.IncompleteReadError:
                 return False
             if kind == P_DATA_TF_TYPE:
-                if not await self._p_data(head + body, assembler, writer):
+                if not await self._p_data(body, assembler, writer):
                     return False
             elif kind == A_RELEASE_RQ_TYPE:
-                writer.write(A_RELEASE_RP)
-                await writer.drain()
-                # Sta13: the requestor closes the connection once it has the A-RELEASE-RP (PS3.8 7.2.2).
-                try:
-                    async with asyncio.timeout(assoc.acse_timeout):
-                        await reader.read()
-                except TimeoutError:
-                    pass
+                if await self._send(writer, (A_RELEASE_RP,)):
+                    await _until_closed(reader, assoc.acse_timeout)
                 return True
             elif kind == A_ABORT_TYPE:
                 return False
@@ -226,23 +261,23 @@ class DataPhase:
                     peer(assoc),
                     kind,
                 )
-                writer.write(a_abort(SERVICE_PROVIDER))
+                await self._end(writer, SERVICE_PROVIDER)
                 return False
 
-    async def _p_data(self, pdu: bytes, assembler: MessageAssembler, writer: asyncio.StreamWriter) -> bool:
-        """Serve the messages a P-DATA-TF PDU completes; False once the association has been aborted."""
+    async def _p_data(self, items: bytes, assembler: MessageAssembler, writer: asyncio.StreamWriter) -> bool:
+        """Serve the messages a P-DATA-TF PDU (its PDV items) completes; False once the association has ended."""
         try:
-            values = ReceivedPData(pdu).values
+            values = ReceivedPData(items, start=0).values
         except ValueError as exc:
             log.warning("association with %s aborted: %s", peer(self.assoc), exc)
-            writer.write(a_abort(SERVICE_PROVIDER))
+            await self._end(writer, SERVICE_PROVIDER)
             return False
         for context_id, data in values:
             try:
                 message = assembler.feed(context_id, data)
             except CommandError as exc:
                 _DIMSE_LOG.error("Received an invalid DIMSE message: %s", exc)
-                writer.write(a_abort(SERVICE_PROVIDER))
+                await self._end(writer, SERVICE_PROVIDER)
                 return False
             if message is not None and not await self._message(message, writer):
                 return False
@@ -255,14 +290,14 @@ class DataPhase:
         context = assoc._accepted_cx.get(context_id)
         if context is None:
             _ASSOCIATION_LOG.info(f"Received DIMSE message with invalid or rejected context ID: {context_id}")
-            writer.write(a_abort(SERVICE_USER))
+            await self._end(writer, SERVICE_USER)
             return False
         try:
             request = received_primitive(assoc, message)
         except Exception as exc:
             _DIMSE_LOG.error("Received an invalid DIMSE message")
             _DIMSE_LOG.exception(exc)
-            writer.write(a_abort(SERVICE_PROVIDER))
+            await self._end(writer, SERVICE_PROVIDER)
             return False
         if isinstance(request, C_CANCEL):
             return True  # nothing here runs long enough to be cancelled
@@ -293,20 +328,28 @@ class DataPhase:
                 context_id,
                 context.abstract_syntax,
             )
-            writer.write(a_abort(SERVICE_USER))
+            await self._end(writer, SERVICE_USER)
             return False
         parts = message_parts(assoc, response, context_id)
         try:
-            writer.writelines(message_chunks(parts, context_id, assoc.dimse.maximum_pdu_size))
+            chunks = list(message_chunks(parts, context_id, assoc.dimse.maximum_pdu_size))
         finally:
             release_parts(parts)
-        await writer.drain()
-        return True
+        return await self._send(writer, chunks)
 
     async def _store(self, request: C_STORE, transfer_syntax: str) -> Any:
         try:
-            return await handlers.answer_store(self.dimse, request, transfer_syntax, self.assoc)
+            return await handlers.answer_store(self.dimse, request, transfer_syntax, self.assoc, self.staging)
         except Exception as exc:  # as pynetdicom answers for a handler that raised (0xC211)
             _DIMSE_LOG.error("Exception in handler bound to 'evt.EVT_C_STORE'")
             _DIMSE_LOG.exception(exc)
             return 0xC211
+
+
+async def _until_closed(reader: asyncio.StreamReader, seconds: float | None) -> None:
+    """Sta13 (PS3.8 9.2, AR-4): the requestor closes the connection once it has the A-RELEASE-RP; whatever it
+    sends meanwhile is read and dropped (AA-6), never held, and the wait ends after the ARTIM time at most."""
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(seconds):
+            while await reader.read(_DROP_CHUNK):
+                pass

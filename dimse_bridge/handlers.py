@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from concurrent.futures import Executor
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -35,8 +36,8 @@ from dimse_bridge.context import DimseContext
 
 log = logging.getLogger(__name__)
 # A data set up to this size is handed to ingest as bytes (staged by the header parser process, off this process);
-# a bigger one is staged from a worker thread, so that no second copy of it sits in memory while the association
-# holds the first (at DIMSE_MAX_ASSOCIATIONS associations at once).
+# a bigger one is staged by the association's door (its thread, or a staging thread of the loop's), so that no
+# second copy of it sits in memory while the association holds the first (at DIMSE_MAX_ASSOCIATIONS at once).
 HANDOVER_BYTES = 2 * 1024 * 1024
 
 
@@ -59,77 +60,113 @@ def handle_echo(event: Event, dimse: DimseContext) -> int:
 
 
 def handle_store(event: Event, dimse: DimseContext) -> Dataset | int:
-    """C-STORE (Storage SCP, PS3.4 B.2.3) in an association thread of pynetdicom's: `store` on the loop."""
+    """C-STORE (Storage SCP, PS3.4 B.2.3) in an association thread of pynetdicom's: the data set made a payload
+    here (a large one staged from this thread), then `store` on the loop."""
     request = event.request
     assert isinstance(request, C_STORE)  # pynetdicom calls this handler for C-STORE requests only
     try:
+        meta = file_meta(dimse, request, str(event.context.transfer_syntax), event.assoc)
+        payload = _payload(dimse, meta, request.DataSet or io.BytesIO())
+    except OSError as exc:  # StorageError too: disk full, staging area gone (PS3.4 B.2.3 A7xx)
+        return _unstaged(exc, event.assoc)
+    try:
         # Not cancelled on timeout: a store stopped half-way could leave a file without its metadata row.
-        return dimse.bridge.call(
-            store(dimse, request, str(event.context.transfer_syntax), event.assoc), cancel_on_timeout=False
-        )
+        return dimse.bridge.call(store(dimse, request, payload, event.assoc), cancel_on_timeout=False)
     except BridgeError as exc:
-        return _unanswered(exc, event.assoc)
+        return _unanswered(exc, dimse, payload, event.assoc)
 
 
 async def answer_store(
-    dimse: DimseContext, request: C_STORE, transfer_syntax: str, assoc: Any
+    dimse: DimseContext, request: C_STORE, transfer_syntax: str, assoc: Any, staging: Executor
 ) -> Dataset | int:
-    """C-STORE in an association served on the loop (data_phase.py): `store`, bounded as `handle_store` is."""
+    """C-STORE in an association served on the loop (data_phase.py): a data set above HANDOVER_BYTES is staged
+    in a thread of `staging` (file I/O stays off the loop), then `store`, bounded as `handle_store` is."""
+    data_set = request.DataSet or io.BytesIO()
     try:
-        return await dimse.bridge.within(store(dimse, request, transfer_syntax, assoc))
+        meta = file_meta(dimse, request, transfer_syntax, assoc)
+        if _fits(meta, data_set):
+            payload = _payload(dimse, meta, data_set)
+        else:
+            job = asyncio.get_running_loop().run_in_executor(staging, _stage, dimse, meta, data_set)
+            try:
+                payload = await asyncio.shield(job)
+            except asyncio.CancelledError:  # the association aborted: what the thread staged goes once written
+                job.add_done_callback(lambda done: _discard_staged(dimse, done))
+                raise
+    except OSError as exc:
+        return _unstaged(exc, assoc)
+    try:
+        return await dimse.bridge.within(store(dimse, request, payload, assoc))
     except BridgeError as exc:
-        return _unanswered(exc, assoc)
+        return _unanswered(exc, dimse, payload, assoc)
 
 
-def _unanswered(exc: BridgeError, assoc: Any) -> Dataset:
+def _discard_staged(dimse: DimseContext, done: asyncio.Future[StagedFile]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        dimse.archive.storage.discard(done.result())
+
+
+def _unstaged(exc: OSError, assoc: Any) -> Dataset:
+    log.warning("store refused from C-STORE %s: cannot stage the file: %s", peer(assoc), exc)
+    return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
+
+
+def _unanswered(exc: BridgeError, dimse: DimseContext, payload: bytes | StagedFile, assoc: Any) -> Dataset:
     """0xA700 for a store the archive did not take (shutting down) or did not answer in time (PS3.4 B.2.3)."""
     origin = f"C-STORE {peer(assoc)}"
     if isinstance(exc, BridgeClosed):
+        if isinstance(payload, StagedFile):  # ingest never had it
+            dimse.archive.storage.discard(payload)
         log.warning("store refused from %s: %s", origin, exc)
     else:
         log.warning("store from %s not answered in time: %s", origin, exc)
     return status.status_dataset(status.OUT_OF_RESOURCES, str(exc))
 
 
-async def store(dimse: DimseContext, request: C_STORE, transfer_syntax: str, assoc: Any) -> Dataset | int:
+def file_meta(dimse: DimseContext, request: C_STORE, transfer_syntax: str, assoc: Any) -> bytes:
+    """The File Meta Information (PS3.10 7.1) of a C-STORE's data set, from the request and the negotiated
+    transfer syntax: the data set itself is never decoded and re-encoded."""
+    return part10.encode_file_meta(
+        sop_class_uid=str(request.AffectedSOPClassUID),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        transfer_syntax_uid=transfer_syntax,
+        implementation_class_uid=str(assoc.acceptor.implementation_class_uid),
+        implementation_version_name=str(assoc.acceptor.implementation_version_name or ""),
+        sending_ae_title=_calling(assoc),
+        receiving_ae_title=dimse.ae_title,
+    )
+
+
+def _calling(assoc: Any) -> str:
+    return str(assoc.requestor.ae_title or "").strip()
+
+
+def _fits(meta: bytes, data_set: io.BytesIO) -> bool:
+    return len(meta) + data_set.getbuffer().nbytes <= HANDOVER_BYTES
+
+
+def _payload(dimse: DimseContext, meta: bytes, data_set: io.BytesIO) -> bytes | StagedFile:
+    """The Part 10 instance for ingest: small (most instances), as bytes, staged by the header parser with its
+    header read; above HANDOVER_BYTES, staged here."""
+    if _fits(meta, data_set):
+        with data_set.getbuffer() as raw:  # the peer's encoded data set, without a copy
+            return b"".join((meta, raw))
+    return _stage(dimse, meta, data_set)
+
+
+async def store(dimse: DimseContext, request: C_STORE, payload: bytes | StagedFile, assoc: Any) -> Dataset | int:
     """C-STORE (Storage SCP, PS3.4 B.2.3): store the data set exactly as received, answer once it is held.
 
-    The data set is not decoded and re-encoded: the File Meta Information (PS3.10 7.1) is built from the
-    request and the negotiated transfer syntax, and the peer's bytes follow it unchanged: handed to ingest as
-    bytes, or, above HANDOVER_BYTES, staged on the storage volume from a worker thread (file I/O stays off the
-    event loop). The answer is sent only after ingest has committed the file and its metadata, so the instance
-    is queryable and retrievable by the time the SCU reads a success.
+    `payload` is the peer's bytes unchanged behind their File Meta Information (`file_meta`). The answer is sent
+    only after ingest has committed the file and its metadata, so the instance is queryable and retrievable by
+    the time the SCU reads a success.
     """
-    origin = f"C-STORE {peer(assoc)}"
-    sop_class_uid, sop_instance_uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
-    data_set = request.DataSet or io.BytesIO()
-    calling_ae_title = str(assoc.requestor.ae_title or "").strip()
-    try:
-        meta = part10.encode_file_meta(
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_instance_uid,
-            transfer_syntax_uid=transfer_syntax,
-            implementation_class_uid=str(assoc.acceptor.implementation_class_uid),
-            implementation_version_name=str(assoc.acceptor.implementation_version_name or ""),
-            sending_ae_title=calling_ae_title,
-            receiving_ae_title=dimse.ae_title,
-        )
-        payload: bytes | StagedFile
-        if len(meta) + data_set.getbuffer().nbytes <= HANDOVER_BYTES:
-            # Small (most instances): handed over as bytes, staged by the header parser with its header read.
-            with data_set.getbuffer() as raw:  # the peer's encoded data set, without a copy
-                payload = b"".join((meta, raw))
-        else:
-            payload = await asyncio.to_thread(_stage, dimse, meta, data_set)
-    except OSError as exc:  # StorageError too: disk full, staging area gone (PS3.4 B.2.3 A7xx)
-        log.warning("store refused from %s: cannot stage the file: %s", origin, exc)
-        return status.status_dataset(status.OUT_OF_RESOURCES, "cannot write the file")
     outcome = await dimse.archive.ingest.store(
         payload,
-        expected_sop_class_uid=sop_class_uid,
-        expected_sop_instance_uid=sop_instance_uid,
-        origin=origin,
-        calling_ae_title=calling_ae_title,
+        expected_sop_class_uid=str(request.AffectedSOPClassUID),
+        expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        origin=f"C-STORE {peer(assoc)}",
+        calling_ae_title=_calling(assoc),
     )
     return status.store_response(outcome)
 

@@ -27,6 +27,7 @@ import logging
 import ssl
 import sys
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Final
 
 from pynetdicom import AE, _config, evt
@@ -65,6 +66,7 @@ from dimse_bridge.ups_events import DimseEventChannel
 
 log = logging.getLogger(__name__)
 
+STAGING_THREADS: Final = 4
 # How long stop() lets open associations finish (their stores still reach the loop) before aborting them.
 SHUTDOWN_GRACE: Final = 10.0
 
@@ -119,12 +121,13 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def event_handlers(dimse: DimseContext) -> list[evt.EventHandlerType]:
-    """Every handler, each bound with the one DimseContext (pynetdicom passes the list as extra arguments)."""
+def event_handlers(dimse: DimseContext, staging: Executor) -> list[evt.EventHandlerType]:
+    """Every handler, each bound with the one DimseContext (pynetdicom passes the list as extra arguments);
+    `staging` is where associations served on the loop write large data sets (data_phase.py)."""
     return [
         (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_REQUESTED, admission.handle_requested, [dimse]),
-        (evt.EVT_REQUESTED, data_phase.handle_requested, [dimse]),  # after admission, which may reject
+        (evt.EVT_REQUESTED, data_phase.handle_requested, [dimse, staging]),  # after admission, which may reject
         (evt.EVT_USER_ID, admission.handle_user_id, [dimse]),
         (evt.EVT_ACCEPTED, admission.handle_accepted, [dimse]),
         (evt.EVT_REJECTED, admission.handle_rejected, [dimse]),
@@ -170,6 +173,9 @@ class DimseServer:
         self.ae = build_ae(settings, policy, access_policy)
         # UPS event reports to subscribers in the AE registry, attached to the UPS service while we serve.
         self.ups_events = DimseEventChannel(archive.aes, scu.ScuOptions.from_settings(settings))
+        # Threads that stage data sets above handlers.HANDOVER_BYTES for associations served on the loop: their
+        # own, so that large stores cannot take every thread of the loop's default executor (file reads, auth).
+        self.staging = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="dimse-staging")
         self._server: Any = None
 
     @property
@@ -190,7 +196,7 @@ class DimseServer:
                 (host, port),
                 block=False,
                 contexts=SharedContexts(self.context.policy.supported_contexts(extra=SERVICE_SOP_CLASSES)),
-                evt_handlers=event_handlers(self.context),
+                evt_handlers=event_handlers(self.context, self.staging),
                 ssl_context=tls_context(self.settings),
             )
         except OSError as exc:
@@ -231,6 +237,7 @@ class DimseServer:
                 log.warning("aborting association with %s at shutdown", access.peer(assoc))
             assoc.abort()
         self.bridge.close()
+        self.staging.shutdown(wait=False)
         log.info("DIMSE server stopped")
 
 

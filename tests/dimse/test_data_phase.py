@@ -8,6 +8,8 @@ DIMSE door also goes through this phase whenever its association offers storage 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,10 +18,17 @@ from typing import Any
 
 import pydicom
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, evt
+from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind, Verification
 
 from app.bootstrap import open_archive
@@ -34,21 +43,35 @@ from tests.servers import free_port
 
 HOST = "127.0.0.1"
 NETWORK_TIMEOUT = 1.0
+ACSE_TIMEOUT = 1.0
 
 
-@pytest.fixture
-async def archive_context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
+async def _archive(tmp_path: Path, network_timeout: float) -> AsyncIterator[ArchiveContext]:
     settings = Settings(  # type: ignore[call-arg]
         data_dir=tmp_path,
         dimse_host=HOST,
         dimse_port=free_port(),
-        dimse_network_timeout=NETWORK_TIMEOUT,
+        dimse_network_timeout=network_timeout,
+        dimse_acse_timeout=ACSE_TIMEOUT,
         ae_title=AE_TITLE,
         _env_file=None,
     )
     context = await open_archive(settings)
     yield context
     await context.close()
+
+
+@pytest.fixture
+async def archive_context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
+    async for context in _archive(tmp_path, NETWORK_TIMEOUT):
+        yield context
+
+
+@pytest.fixture
+async def patient_archive(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
+    """An archive whose idle timeout is far beyond any test's length: whatever ends an association is not it."""
+    async for context in _archive(tmp_path, 600.0):
+        yield context
 
 
 @pytest.fixture
@@ -140,9 +163,10 @@ async def test_an_association_offering_more_than_storage_keeps_pynetdicoms_react
         struct.pack(">BxI", 0x01, 4) + bytes(4),  # an A-ASSOCIATE-RQ in Sta6
         struct.pack(">BxI", 0x11, 2) + bytes(2),  # no PDU type of PS3.8 9.3
         struct.pack(">BxII", 0x04, 4, 0),  # a PDV item of length 0 (PS3.8 9.3.5.1: at least the control header)
+        struct.pack(">BxIIB", 0x04, 5, 1, 1),  # a PDV item of its context ID only
         p_data_tf(1, b"\x00\x00\x00\x01\x04\x00\x00\x00"),  # a command set element running past its end
     ],
-    ids=["a-associate-rq", "unknown-type", "empty-pdv", "unreadable-command"],
+    ids=["a-associate-rq", "unknown-type", "empty-pdv", "context-id-only", "unreadable-command"],
 )
 async def test_a_pdu_out_of_place_or_unreadable_is_answered_with_a_provider_a_abort(
     server: DimseServer, pdu: bytes
@@ -197,3 +221,115 @@ async def test_stopping_the_server_aborts_an_association_the_loop_serves(archive
     await until(lambda: assoc.is_aborted, NETWORK_TIMEOUT / 2)  # before the idle timeout could have done it
     assert [abort.source for abort in peer.aborts] == [0x00]
     await until(lambda: acceptor.is_aborted and not acceptor.is_alive())
+
+
+def raw_association(server: DimseServer, *, receive_buffer: int | None = None) -> socket.socket:
+    """A connection with an accepted association for CT Image Storage (context 1), made by hand: what is sent
+    and read afterwards is the test's alone."""
+    request = A_ASSOCIATE()
+    request.application_context_name = APPLICATION_CONTEXT_NAME
+    request.calling_ae_title = CALLING
+    request.called_ae_title = AE_TITLE
+    context = build_context(CTImageStorage)
+    context.context_id = 1
+    request.presentation_context_definition_list = [context]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    request.user_information = [maximum, implementation]
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(5)
+    sock.connect(server.address)
+    sock.sendall(A_ASSOCIATE_RQ(request).encode())
+    kind, length = struct.unpack(">BxI", _read(sock, 6))
+    _read(sock, length)
+    assert kind == 0x02, "the association was not accepted"
+    return sock
+
+
+def _read(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, "the connection closed"
+        data += chunk
+    return data
+
+
+def closed_within(sock: socket.socket, seconds: float, junk: bytes = b"") -> bool:
+    """Whether the server closes the connection within `seconds`, while the peer keeps sending `junk`."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.05)
+    while time.monotonic() < deadline:
+        try:
+            if junk:
+                sock.sendall(junk)
+            if sock.recv(65536) == b"":
+                return True
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        except TimeoutError:
+            pass
+    return False
+
+
+async def test_stopping_the_server_ends_an_active_association_at_once_and_reports_one_abort(
+    patient_archive: ArchiveContext,
+) -> None:
+    """DimseServer.stop aborts what the loop serves, not only what pynetdicom's reactors serve, and returns once
+    the association has ended (its audit record written), as for pynetdicom's."""
+    server = await start_dimse_server(patient_archive)
+    peer = Peer(CTImageStorage, Verification)
+    assoc = await peer.associate(server)
+    aborted: list[evt.Event] = []
+    [acceptor] = served_here(server)
+    acceptor.bind(evt.EVT_ABORTED, aborted.append)
+    acceptor.bind(evt.EVT_RELEASED, aborted.append)
+    assert (await asyncio.to_thread(assoc.send_c_echo)).Status == 0x0000
+    await asyncio.to_thread(server.stop, 0.0)
+    assert not acceptor.is_alive()
+    assert acceptor.is_aborted and not acceptor.is_released
+    assert [event.event for event in aborted] == [evt.EVT_ABORTED]
+    await until(lambda: assoc.is_aborted, 2)
+    assert [abort.source for abort in peer.aborts] == [0x00]
+
+
+async def test_what_a_peer_sends_after_its_release_request_is_dropped_and_the_connection_closed(
+    server: DimseServer,
+) -> None:
+    """Sta13 (PS3.8 9.2): A-RELEASE-RP, then the connection closes after the ARTIM time even while the peer
+    floods it; nothing of the flood is held (a whole PDU limit's worth would be, were it read into memory)."""
+
+    def release_and_flood() -> tuple[bytes, bool]:
+        with raw_association(server) as sock:
+            sock.sendall(struct.pack(">BxI", 0x05, 4) + bytes(4))  # A-RELEASE-RQ (PS3.8 9.3.6)
+            answer = _read(sock, 10)
+            return answer, closed_within(sock, ACSE_TIMEOUT + 3, junk=bytes(64 * 1024))
+
+    # The server serves on this loop: the peer runs in a thread of its own.
+    answer, closed = await asyncio.to_thread(release_and_flood)
+    assert answer == struct.pack(">BxI", 0x06, 4) + bytes(4)  # A-RELEASE-RP (PS3.8 9.3.7)
+    assert closed
+
+
+async def test_a_peer_that_stops_reading_its_answers_is_cut_after_the_network_timeout(server: DimseServer) -> None:
+    """C-ECHO requests sent without reading a response: once the server's writes stall for
+    DIMSE_NETWORK_TIMEOUT, the connection is closed and the slot freed."""
+
+    def flood() -> Any:
+        with raw_association(server, receive_buffer=2048) as sock:
+            [acceptor] = served_here(server)
+            requests = b"".join(p_data_tf(1, echo_command(n)) for n in range(1, 200))
+            deadline = time.monotonic() + NETWORK_TIMEOUT + 5
+            sock.settimeout(0.2)
+            with contextlib.suppress(OSError):
+                while time.monotonic() < deadline and acceptor.is_alive():
+                    sock.sendall(requests)
+            return acceptor
+
+    acceptor = await asyncio.to_thread(flood)
+    await until(lambda: not acceptor.is_alive(), NETWORK_TIMEOUT + 5)
+    assert acceptor.is_aborted
