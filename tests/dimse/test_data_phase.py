@@ -18,6 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, evt
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.association import Association
@@ -145,6 +146,24 @@ async def test_a_storage_association_is_served_by_the_loop_stores_answers_echo_a
     assert assoc.is_released
     await until(lambda: acceptor.is_released and not acceptor.is_alive())
     assert not acceptor.is_aborted
+
+
+async def test_a_data_set_above_the_handover_size_is_staged_and_stored_as_sent(
+    server: DimseServer, archive_context: ArchiveContext
+) -> None:
+    sent = pydicom.dcmread(dicom_files.path("CT_small.dcm"))
+    sent.SOPInstanceUID = generate_uid()
+    sent.Rows, sent.Columns = 1024, 1536  # 3 MiB of 16-bit pixels: more than handlers.HANDOVER_BYTES
+    sent.PixelData = bytes(range(256)) * (1024 * 1536 * 2 // 256)
+    assoc = await Peer(CTImageStorage).associate(server)
+    [acceptor] = served_here(server)
+    assert isinstance(acceptor.loop_phase, DataPhase)
+    assert (await asyncio.to_thread(assoc.send_c_store, sent)).Status == 0x0000
+    await asyncio.to_thread(assoc.release)
+    held = await archive_context.repository.get_instance(str(sent.SOPInstanceUID))
+    assert held is not None
+    with archive_context.storage.open(held.storage_key) as stored:
+        assert pydicom.dcmread(stored).PixelData == sent.PixelData
 
 
 async def test_an_association_offering_more_than_storage_keeps_pynetdicoms_reactors(server: DimseServer) -> None:
