@@ -27,12 +27,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import select
 import socket
-import threading
 from typing import Any, Final, Protocol, cast
 
 from pynetdicom import evt
@@ -41,7 +39,6 @@ from pynetdicom.dimse_primitives import C_STORE, DimseServiceType
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dimse_bridge import handlers
-from dimse_bridge.access import peer
 from dimse_bridge.reactor import PromptAE, PromptAssociation, make_prompt
 
 log = logging.getLogger(__name__)
@@ -51,9 +48,6 @@ _ASSOCIATION_LOG = logging.getLogger("pynetdicom.association")  # where pynetdic
 # the A-ASSOCIATE-RQ; 128 presentation contexts of 64-character UIDs with ten transfer syntaxes each, role and
 # extended negotiation for each, and a User Identity of two 64 KiB fields stay under 300 KB.
 MIN_PDU_LIMIT: Final = 1024 * 1024
-# How long a blocking abort of an association served on the loop waits for it to end (a store in progress ends
-# first: its commit is not interrupted).
-ABORT_WAIT: Final = 10.0
 
 
 class AcceptorAssociation(PromptAssociation):
@@ -105,8 +99,6 @@ class AcceptorAssociation(PromptAssociation):
         try:
             self.dul.join()  # it stops reading once the A-ASSOCIATE-AC is sent (PromptDUL.stop_after_accept)
             released = phase.run()
-        except Exception:
-            log.exception("association with %s ended: its data transfer phase failed", peer(self))
         finally:
             self.is_established = False
             if released:
@@ -121,9 +113,9 @@ class AcceptorAssociation(PromptAssociation):
 
     def _abort_blocking(self, block: bool = True) -> None:
         """pynetdicom's abort (negotiation binds it as the association's `abort`), or, for an association whose
-        data phase the loop serves, the loop's: its A-ABORT goes once the store in progress has ended (at once
-        if the phase has not begun), and EVT_ABORTED once, when the association thread ends the association.
-        With `block`, waits for that, up to ABORT_WAIT seconds (never from the loop, which serves it)."""
+        data phase the loop serves, the loop's: its A-ABORT goes once the store in progress has been answered
+        (at once if the phase has not begun), and EVT_ABORTED once, when this association's thread ends it.
+        Never waits for that: whoever must (DimseServer.stop) joins the thread."""
         phase = self.loop_phase
         if phase is None:
             super()._abort_blocking(block)
@@ -133,16 +125,6 @@ class AcceptorAssociation(PromptAssociation):
         self._sent_abort = True
         _ASSOCIATION_LOG.info("Aborting Association")
         phase.abort()
-        if block and threading.current_thread() is not self and not _on_a_loop():
-            self.join(ABORT_WAIT)
-
-
-def _on_a_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class LoopPhase(Protocol):

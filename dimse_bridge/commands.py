@@ -273,6 +273,8 @@ class MessageAssembler:
     def feed(self, context_id: int, data: bytes) -> ReceivedMessage | None:
         """Take one PDV (control header and fragment); the message it completes, if it does. CommandError for a
         command set that cannot be read (the association is then aborted, PS3.8 9.2 Evt19)."""
+        if not data:  # PS3.8 E.2: every PDV value begins with its Message Control Header
+            raise CommandError("a PDV without its message control header")
         control = data[0]
         if control & 1:
             if self._header is not None:

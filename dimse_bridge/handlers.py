@@ -7,7 +7,7 @@ protocol-neutral outcome to a status with status.py.
 
 C-ECHO and C-STORE are also served on the loop itself, for associations that offer nothing else
 (data_phase.py): there `answer_store` awaits the same `store` coroutine that `handle_store` hands to the bridge,
-and `store_rsp` / `foreign_sop_class` build the responses both doors send.
+and `store_rsp` / `echo_rsp` / `foreign_sop_class` build the responses the loop sends as pynetdicom would.
 
 The Query/Retrieve handlers (C-FIND, C-GET, C-MOVE) are generators of the same kind, in qr.py; a new
 handler is bound in server.py `event_handlers()` and its SOP classes passed to
@@ -24,9 +24,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.events import Event
-from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
 
 from app.storage.base import StagedFile
 from dimse_bridge import part10, status
@@ -87,6 +87,8 @@ async def answer_store(
         if _fits(meta, data_set):
             payload = _payload(dimse, meta, data_set)
         else:
+            if dimse.bridge.closed:  # shutting down: the staging threads are gone, and ingest takes nothing
+                return _unanswered(BridgeClosed("the archive is shutting down"), dimse, b"", assoc)
             job = asyncio.get_running_loop().run_in_executor(staging, _stage, dimse, meta, data_set)
             try:
                 payload = await asyncio.shield(job)
@@ -179,6 +181,14 @@ def store_rsp(assoc: Any, request: C_STORE, answer: Dataset | int) -> C_STORE:
     response.AffectedSOPClassUID = request.AffectedSOPClassUID
     response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
     return StorageServiceClass(assoc).validate_status(answer, response)
+
+
+def echo_rsp(assoc: Any, request: C_ECHO, answer: Dataset | int) -> C_ECHO:
+    """The C-ECHO-RSP primitive answering `request` with `answer`, as pynetdicom's Verification SCP builds it."""
+    response = C_ECHO()
+    response.MessageIDBeingRespondedTo = request.MessageID
+    response.AffectedSOPClassUID = request.AffectedSOPClassUID
+    return VerificationServiceClass(assoc).validate_status(answer, response)
 
 
 def foreign_sop_class(assoc: Any, request: C_STORE, context_id: int, abstract_syntax: str) -> C_STORE | None:

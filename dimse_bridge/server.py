@@ -175,7 +175,7 @@ class DimseServer:
         self.ups_events = DimseEventChannel(archive.aes, scu.ScuOptions.from_settings(settings))
         # Threads that stage data sets above handlers.HANDOVER_BYTES for associations served on the loop: their
         # own, so that large stores cannot take every thread of the loop's default executor (file reads, auth).
-        self.staging = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="dimse-staging")
+        self.staging: ThreadPoolExecutor | None = None
         self._server: Any = None
 
     @property
@@ -190,6 +190,7 @@ class DimseServer:
         _quiet_pynetdicom()
         uids.remember()
         acse_pdus.install()
+        self.staging = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="dimse-staging")
         host, port = self.settings.dimse_host, self.settings.dimse_port
         try:
             self._server = self.ae.start_server(
@@ -232,12 +233,20 @@ class DimseServer:
         # (a TCP health check, say) would otherwise hold shutdown for the whole ACSE timeout.
         while time.monotonic() < deadline and any(a.is_established for a in self.ae.active_associations):
             time.sleep(0.05)
-        for assoc in self.ae.active_associations:
+        open_now = self.ae.active_associations
+        for assoc in open_now:
             if assoc.is_established:
                 log.warning("aborting association with %s at shutdown", access.peer(assoc))
             assoc.abort()
+        # An association the loop serves ends once its store in progress is answered (data_phase.py); it is
+        # waited for, as pynetdicom's blocking abort waits for its own, so its audit record precedes the close.
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for assoc in open_now:
+            if getattr(assoc, "loop_phase", None) is not None:
+                assoc.join(max(0.0, deadline - time.monotonic()))
         self.bridge.close()
-        self.staging.shutdown(wait=False)
+        if self.staging is not None:
+            self.staging.shutdown(wait=False)
         log.info("DIMSE server stopped")
 
 
