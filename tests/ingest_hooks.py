@@ -1,7 +1,8 @@
-"""Ingest hooks used by tests/core/ingest/test_rules.py through INGEST_HOOK."""
+"""Ingest hooks used through INGEST_HOOK by tests/core/ingest/test_rules.py and tests/dimse/test_data_phase.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,9 @@ async def hook(dataset: Dataset, context: HookContext) -> str | HookReject | Map
         return HookReject("not authorised", FailureReason.NOT_AUTHORIZED)
     if patient_id == "BROKEN":
         raise RuntimeError("hook bug")
+    if patient_id == "SLOW":  # a store that takes a while (tests/dimse/test_data_phase.py: shutdown during it)
+        await asyncio.sleep(1.0)
+        return None
     if patient_id == "TAG-ME":
         return {"InstitutionName": f"via {context.origin or 'api'}", "PatientComments": None}
     return None

@@ -47,8 +47,9 @@ NETWORK_TIMEOUT = 1.0
 ACSE_TIMEOUT = 1.0
 
 
-async def _archive(tmp_path: Path, network_timeout: float) -> AsyncIterator[ArchiveContext]:
+async def _archive(tmp_path: Path, network_timeout: float, **more: Any) -> AsyncIterator[ArchiveContext]:
     settings = Settings(  # type: ignore[call-arg]
+        **more,
         data_dir=tmp_path,
         dimse_host=HOST,
         dimse_port=free_port(),
@@ -73,6 +74,13 @@ async def archive_context(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
 async def hasty_archive(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
     """An archive that cuts idle or stalled associations after NETWORK_TIMEOUT."""
     async for context in _archive(tmp_path, NETWORK_TIMEOUT):
+        yield context
+
+
+@pytest.fixture
+async def hooked_archive(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
+    """An archive whose ingest hook takes a second over an instance of patient SLOW."""
+    async for context in _archive(tmp_path, 600.0, ingest_hook="tests.ingest_hooks:hook"):
         yield context
 
 
@@ -359,3 +367,22 @@ async def test_a_peer_that_stops_reading_its_answers_is_cut_after_the_network_ti
     assert not acceptor.is_alive() and acceptor.is_aborted
     assert elapsed >= NETWORK_TIMEOUT
     assert "it read nothing of what was sent for 1.0 s (DIMSE_NETWORK_TIMEOUT)" in caplog.text
+
+
+async def test_stopping_the_server_during_a_store_lets_it_commit_and_answer_before_the_abort(
+    hooked_archive: ArchiveContext,
+) -> None:
+    server = await start_dimse_server(hooked_archive)
+    peer = Peer(CTImageStorage)
+    assoc = await peer.associate(server)
+    sent = pydicom.dcmread(dicom_files.path("CT_small.dcm"))
+    sent.SOPInstanceUID, sent.PatientID = generate_uid(), "SLOW"
+    started = time.monotonic()
+    storing = asyncio.ensure_future(asyncio.to_thread(assoc.send_c_store, sent))
+    await asyncio.sleep(0.3)  # the hook holds the store for a second
+    await asyncio.to_thread(server.stop, 0.0)
+    assert (await storing).Status == 0x0000
+    assert time.monotonic() - started >= 1.0  # the hook did hold it: stop came in the middle
+    assert await hooked_archive.repository.get_instance(str(sent.SOPInstanceUID)) is not None
+    await until(lambda: assoc.is_aborted, 2)
+    assert [abort.source for abort in peer.aborts] == [0x00]
