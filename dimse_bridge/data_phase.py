@@ -18,7 +18,8 @@ reactor does (`AcceptorAssociation._run_reactor`: EVT_RELEASED, EVT_ABORTED, the
 the connection.
 
 Any other association keeps pynetdicom's reactors: one offering Query/Retrieve, Storage Commitment or a workflow
-service, or one over TLS, or one whose per-PDU events somebody listens to (pynetdicom's DEBUG log).
+service, or one over TLS, or one with a listener to an event only those reactors produce (pynetdicom's DEBUG log
+listens to every PDU).
 
 Sta6 (data transfer) of PS3.8 9.2's state table, as pynetdicom runs it:
 * P-DATA-TF: DIMSE messages (PS3.7 6.3, PS3.8 E.2); a message that cannot be read aborts (Evt19, AA-8).
@@ -27,7 +28,10 @@ Sta6 (data transfer) of PS3.8 9.2's state table, as pynetdicom runs it:
 * A-ABORT, or the connection closed: the association ends (AA-3, AA-4).
 * any other PDU, a PDU that cannot be read: A-ABORT, source service provider (AA-8).
 * nothing for DIMSE_NETWORK_TIMEOUT: A-ABORT, as pynetdicom's idle timer; a PDU longer than the peer may send, or
-  one that stops half-way for as long: the connection is closed, as acceptor.py's reads do.
+  one that stops half-way for as long, or a peer that reads nothing of our answers for as long: the connection
+  is closed, as acceptor.py's reads and writes do.
+* the server stopping (DimseServer.stop aborts every association): a store in progress commits and is answered,
+  then the A-ABORT goes.
 """
 
 from __future__ import annotations
