@@ -23,6 +23,8 @@
 5. Association slots are counted by admission.handle_requested, not by pynetdicom, which counts every connection,
    also those that never send an A-ASSOCIATE-RQ (server.py).
 6. The accept loop does not stop for a full garbage collection every 60 connections (`AcceptorServer`).
+7. An association whose data transfer phase the event loop serves (data_phase.py) is only waited for by its
+   thread, which then reports its release or abort; an abort of it goes to the loop (`AcceptorAssociation`).
 """
 
 from __future__ import annotations

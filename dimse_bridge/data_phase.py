@@ -72,7 +72,7 @@ from dimse_bridge.commands import (
     release_parts,
 )
 from dimse_bridge.context import DimseContext
-from dimse_bridge.reactor import PromptDUL
+from dimse_bridge.reactor import LISTENED_PER_PDU, PromptDUL
 
 log = logging.getLogger(__name__)
 # pynetdicom's messages for the same events, under its loggers, as its reactors write them.
@@ -89,11 +89,9 @@ ABORT_SOURCE_PROVIDER: Final = 0x02
 # Events only pynetdicom's own reactors produce (each PDU, each read and write, each ACSE primitive, the close):
 # an association with a listener to one of them keeps those reactors.
 _REACTOR_EVENTS: Final = (
+    *LISTENED_PER_PDU,
     evt.EVT_PDU_RECV,
-    evt.EVT_PDU_SENT,
     evt.EVT_DATA_RECV,
-    evt.EVT_DATA_SENT,
-    evt.EVT_FSM_TRANSITION,
     evt.EVT_ACSE_RECV,
     evt.EVT_ACSE_SENT,
     evt.EVT_CONN_CLOSE,
@@ -164,11 +162,7 @@ class DataPhase:
             log.warning("association with %s aborted: the archive is shutting down", peer(self.assoc))
             self._abort_unserved()
             return False
-        try:
-            return future.result()
-        except Exception:
-            log.exception("association with %s aborted: its data transfer phase failed", peer(self.assoc))
-            return False
+        return future.result()  # `_serve` ends every way with an answer of its own
 
     def abort(self) -> None:
         """Abort from another thread (server shutdown): a store in progress ends and is answered first (its

@@ -82,10 +82,11 @@ async def answer_store(
     """C-STORE in an association served on the loop (data_phase.py): a data set above HANDOVER_BYTES is staged
     in a thread of `staging` (file I/O stays off the loop), then `store`, bounded as `handle_store` is."""
     data_set = request.DataSet or io.BytesIO()
+    payload: bytes | StagedFile
     try:
         meta = file_meta(dimse, request, transfer_syntax, assoc)
         if _fits(meta, data_set):
-            payload = _payload(dimse, meta, data_set)
+            payload = _handover(meta, data_set)
         else:
             if dimse.bridge.closed:  # shutting down: the staging threads are gone, and ingest takes nothing
                 return _unanswered(BridgeClosed("the archive is shutting down"), dimse, b"", assoc)
@@ -150,10 +151,12 @@ def _fits(meta: bytes, data_set: io.BytesIO) -> bool:
 def _payload(dimse: DimseContext, meta: bytes, data_set: io.BytesIO) -> bytes | StagedFile:
     """The Part 10 instance for ingest: small (most instances), as bytes, staged by the header parser with its
     header read; above HANDOVER_BYTES, staged here."""
-    if _fits(meta, data_set):
-        with data_set.getbuffer() as raw:  # the peer's encoded data set, without a copy
-            return b"".join((meta, raw))
-    return _stage(dimse, meta, data_set)
+    return _handover(meta, data_set) if _fits(meta, data_set) else _stage(dimse, meta, data_set)
+
+
+def _handover(meta: bytes, data_set: io.BytesIO) -> bytes:
+    with data_set.getbuffer() as raw:  # the peer's encoded data set, without a copy
+        return b"".join((meta, raw))
 
 
 async def store(dimse: DimseContext, request: C_STORE, payload: bytes | StagedFile, assoc: Any) -> Dataset | int:

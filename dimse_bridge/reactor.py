@@ -49,7 +49,7 @@ from dimse_bridge.commands import P_DATA_TF_TYPE, FastDIMSE, ReceivedPData
 TIMER_PERIOD: Final = 0.02
 
 # Events whose listeners are handed each PDU, or each write, by the DUL's own path (PromptDUL.write_direct).
-_LISTENED_PER_PDU: Final = (evt.EVT_PDU_SENT, evt.EVT_FSM_TRANSITION, evt.EVT_DATA_SENT)
+LISTENED_PER_PDU: Final = (evt.EVT_PDU_SENT, evt.EVT_FSM_TRANSITION, evt.EVT_DATA_SENT)
 
 # These loops' messages are pynetdicom's, under the loggers of the modules they come from.
 _DUL_LOG = logging.getLogger("pynetdicom.dul")
@@ -89,7 +89,7 @@ class PromptDUL(DULServiceProvider):
         queued = self.to_provider_queue
         raw = getattr(self.socket, "socket", None)
         if raw is None or isinstance(raw, ssl.SSLSocket) or any(
-            self.assoc.get_handlers(event) for event in _LISTENED_PER_PDU
+            self.assoc.get_handlers(event) for event in LISTENED_PER_PDU
         ):
             return False
         with queued.mutex:
