@@ -44,19 +44,20 @@ import socket
 import ssl
 import struct
 import threading
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Executor
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_STORE
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_GET, C_STORE
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
 from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from dimse_bridge import handlers
+from dimse_bridge import handlers, loop_get, qr
 from dimse_bridge.acceptor import AcceptorAssociation, log_oversized_pdu, log_stalled_pdu, pdu_limit
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeClosed
@@ -97,6 +98,12 @@ _REACTOR_EVENTS: Final = (
     evt.EVT_CONN_CLOSE,
 )
 _SERVED: Final = (StorageServiceClass, VerificationServiceClass)
+# The handlers whose work the loop does instead (the same services, one path per job).
+_OURS: Final = (
+    (evt.EVT_C_STORE, handlers.handle_store),
+    (evt.EVT_C_ECHO, handlers.handle_echo),
+    (evt.EVT_C_GET, qr.handle_get),
+)
 ABORT_SECONDS: Final = 1.0  # how long an A-ABORT may wait for a peer that does not read
 _DROP_CHUNK: Final = 64 * 1024
 
@@ -118,25 +125,24 @@ def handle_requested(event: Event, dimse: DimseContext, staging: Executor) -> No
 
 
 def qualifies(assoc: Any) -> bool:
-    """Whether every SOP class the request proposes is Verification or storage, over plain TCP, answered by our
-    own handlers, with nobody listening to events only pynetdicom's reactors produce and no SOP Class Common
-    Extended Negotiation (which maps a SOP class to another service)."""
+    """Whether every SOP class the request proposes and this AE supports is Verification, storage or a
+    Query/Retrieve GET model (getscu also proposes retired storage classes, which negotiation refuses), over
+    plain TCP, answered by our own handlers, with nobody listening to events only pynetdicom's reactors produce
+    and no SOP Class Common Extended Negotiation (which maps a SOP class to another service)."""
     sock = getattr(assoc.dul.socket, "socket", None)
     if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
         return False
     if any(assoc.get_handlers(event) for event in _REACTOR_EVENTS):
         return False
-    if (
-        assoc.get_handlers(evt.EVT_C_STORE)[0] is not handlers.handle_store
-        or assoc.get_handlers(evt.EVT_C_ECHO)[0] is not handlers.handle_echo
-    ):
+    if any(assoc.get_handlers(event)[0] is not handler for event, handler in _OURS):
         return False
     request = assoc.requestor.primitive
     if any(isinstance(item, SOPClassCommonExtendedNegotiation) for item in request.user_information):
         return False
+    supported = {str(context.abstract_syntax) for context in assoc.acceptor.supported_contexts}
+    proposed = {str(context.abstract_syntax) for context in request.presentation_context_definition_list}
     return all(
-        uid_to_service_class(str(context.abstract_syntax)) in _SERVED
-        for context in request.presentation_context_definition_list
+        uid in qr.GET_SOP_CLASSES or uid_to_service_class(uid) in _SERVED for uid in proposed & supported
     )
 
 
@@ -153,6 +159,10 @@ class DataPhase:
         self._released = False  # the A-RELEASE-RP has been sent
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._assembler = MessageAssembler()
+        self._ready: deque[ReceivedMessage] = deque()  # messages received and not yet taken (`receive`)
 
     def run(self) -> bool:
         """Serve the association on the loop until it ends; True if it was released, False if aborted."""
@@ -185,7 +195,6 @@ class DataPhase:
             self._loop = asyncio.get_running_loop()
             self._task = asyncio.current_task()
             aborted = self._aborted
-        writer: asyncio.StreamWriter | None = None
         try:
             if aborted:
                 self._abort_unserved()
@@ -193,26 +202,26 @@ class DataPhase:
             # A socket of our own on the same connection: the loop's transport closes it, pynetdicom its own.
             raw = self.assoc.dul.socket.socket
             own = socket.socket(raw.family, raw.type, raw.proto, os.dup(raw.fileno()))
-            reader, writer = await asyncio.open_connection(sock=own)
-            return await self._transfer(reader, writer)
+            self._reader, self._writer = await asyncio.open_connection(sock=own)
+            return await self._transfer()
         except asyncio.CancelledError:  # abort(): the server is stopping
             if self._released:
                 return True  # only the wait for the peer's close was cut short
-            if writer is None:
+            if self._writer is None:
                 self._abort_unserved()
             else:
-                await self._end(writer, ABORT_SOURCE_USER)
+                await self._end(self._writer, ABORT_SOURCE_USER)
             return False
         except OSError:  # the connection failed (reset, timed out by TCP): nothing more can be said on it
             return False
         except Exception:
             log.exception("association with %s aborted: its data transfer phase failed", peer(self.assoc))
-            if writer is not None:
-                await self._end(writer, ABORT_SOURCE_PROVIDER)
+            if self._writer is not None:
+                await self._end(self._writer, ABORT_SOURCE_PROVIDER)
             return False
         finally:
-            if writer is not None:
-                writer.close()
+            if self._writer is not None:
+                self._writer.close()
 
     async def _end(self, writer: asyncio.StreamWriter, source: int) -> None:
         """Send an A-ABORT (PS3.8 9.3.8) before the connection is closed; a peer not reading is not waited for
@@ -222,113 +231,139 @@ class DataPhase:
             async with asyncio.timeout(ABORT_SECONDS):
                 await writer.drain()
 
-    async def _send(self, writer: asyncio.StreamWriter, chunks: Iterable[bytes]) -> bool:
+    async def abort_association(self, source: int = ABORT_SOURCE_PROVIDER) -> NoReturn:
+        """Send an A-ABORT and end the association (the caller has logged why)."""
+        assert self._writer is not None
+        await self._end(self._writer, source)
+        raise _Ended(released=False)
+
+    async def _write(self, chunks: Iterable[bytes]) -> None:
         """Write, and wait while the peer is not reading, up to DIMSE_NETWORK_TIMEOUT (as the socket's send
-        timeout bounds pynetdicom's writes, acceptor.py); False when it has not read by then."""
-        writer.writelines(chunks)
+        timeout bounds pynetdicom's writes, acceptor.py); the connection is cut when it has not read by then."""
+        assert self._writer is not None
+        self._writer.writelines(chunks)
         try:
             async with asyncio.timeout(self.assoc.network_timeout):
-                await writer.drain()
+                await self._writer.drain()
         except TimeoutError:
             log.warning(
                 "connection from %s closed: it read nothing of what was sent for %s s (DIMSE_NETWORK_TIMEOUT)",
                 peer(self.assoc),
                 self.assoc.network_timeout,
             )
-            return False
-        return True
+            raise _Ended(released=False) from None
 
-    async def _transfer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        assoc = self.assoc
-        limit = pdu_limit(assoc)
-        assembler = MessageAssembler()
-        while True:
-            if self._aborted:  # abort() during the store just answered
-                await self._end(writer, ABORT_SOURCE_USER)
-                return False
-            try:
-                async with asyncio.timeout(assoc.network_timeout):
-                    head = await reader.readexactly(_PDU_HEADER.size)
-            except TimeoutError:
-                _ASSOCIATION_LOG.error("Network timeout reached")
-                await self._end(writer, ABORT_SOURCE_USER)
-                return False
-            except asyncio.IncompleteReadError:
-                return False  # the peer closed the connection (AA-4)
-            kind, length = _PDU_HEADER.unpack(head)
-            if limit and length > limit:
-                log_oversized_pdu(assoc, length, limit)
-                return False
-            try:
-                async with asyncio.timeout(assoc.network_timeout):
-                    body = await reader.readexactly(length)
-            except TimeoutError:
-                log_stalled_pdu(assoc)
-                return False
-            except asyncio.IncompleteReadError:
-                return False
+    async def send(self, primitive: Any, context_id: int) -> None:
+        """Send one DIMSE message (PS3.7 6.3, fragmented into P-DATA-TF PDUs as PS3.8 E.2 says)."""
+        parts = message_parts(self.assoc, primitive, context_id)
+        try:
+            chunks = list(message_chunks(parts, context_id, self.assoc.dimse.maximum_pdu_size))
+        finally:
+            release_parts(parts)
+        await self._write(chunks)
+
+    async def receive(self, seconds: float | None) -> tuple[int, Any] | None:
+        """The next DIMSE message, as (presentation context ID, pynetdicom's primitive); None for an
+        A-RELEASE-RQ. TimeoutError when nothing arrives for `seconds`; the association ends (`_Ended`)
+        on an A-ABORT, a closed connection or what cannot be read (then with an A-ABORT, PS3.8 9.2 Evt19)."""
+        while not self._ready:
+            kind, body = await self._pdu(seconds)
             if kind == P_DATA_TF_TYPE:
-                if not await self._p_data(body, assembler, writer):
-                    return False
+                await self._p_data(body)
             elif kind == A_RELEASE_RQ_TYPE:
-                if await self._send(writer, (A_RELEASE_RP,)):
-                    self._released = True
-                    await _until_closed(reader, assoc.acse_timeout)
-                return True
+                return None
             elif kind == A_ABORT_TYPE:
-                return False
+                raise _Ended(released=False)
             else:
                 log.warning(
                     "association with %s aborted: a PDU of type 0x%02X in the data transfer phase (PS3.8 9.2)",
-                    peer(assoc),
+                    peer(self.assoc),
                     kind,
                 )
-                await self._end(writer, ABORT_SOURCE_PROVIDER)
-                return False
+                await self.abort_association(ABORT_SOURCE_PROVIDER)
+        message = self._ready.popleft()
+        try:
+            return message.context_id, received_primitive(self.assoc, message)
+        except Exception as exc:
+            _DIMSE_LOG.error("Received an invalid DIMSE message")
+            _DIMSE_LOG.exception(exc)
+            await self.abort_association(ABORT_SOURCE_PROVIDER)
 
-    async def _p_data(self, items: bytes, assembler: MessageAssembler, writer: asyncio.StreamWriter) -> bool:
-        """Serve the messages a P-DATA-TF PDU (its PDV items) completes; False once the association has ended."""
+    async def _pdu(self, seconds: float | None) -> tuple[int, bytes]:
+        """One PDU's type and body. TimeoutError when none begins within `seconds`; a PDU over the limit, or
+        one that stalls half-way, closes the connection."""
+        assert self._reader is not None
+        try:
+            async with asyncio.timeout(seconds):
+                head = await self._reader.readexactly(_PDU_HEADER.size)
+        except asyncio.IncompleteReadError:
+            raise _Ended(released=False) from None  # the peer closed the connection (AA-4)
+        kind, length = _PDU_HEADER.unpack(head)
+        limit = pdu_limit(self.assoc)
+        if limit and length > limit:
+            log_oversized_pdu(self.assoc, length, limit)
+            raise _Ended(released=False)
+        try:
+            async with asyncio.timeout(self.assoc.network_timeout):
+                return kind, await self._reader.readexactly(length)
+        except TimeoutError:
+            log_stalled_pdu(self.assoc)
+            raise _Ended(released=False) from None
+        except asyncio.IncompleteReadError:
+            raise _Ended(released=False) from None
+
+    async def _p_data(self, items: bytes) -> None:
+        """Take the PDV items of a P-DATA-TF PDU; the messages they complete wait in `_ready`."""
         try:
             values = ReceivedPData(items, start=0).values
         except ValueError as exc:
             log.warning("association with %s aborted: %s", peer(self.assoc), exc)
-            await self._end(writer, ABORT_SOURCE_PROVIDER)
-            return False
+            await self.abort_association(ABORT_SOURCE_PROVIDER)
         for context_id, data in values:
             try:
-                message = assembler.feed(context_id, data)
+                message = self._assembler.feed(context_id, data)
             except CommandError as exc:
                 _DIMSE_LOG.error("Received an invalid DIMSE message: %s", exc)
-                await self._end(writer, ABORT_SOURCE_PROVIDER)
-                return False
-            if message is not None and not await self._message(message, writer):
-                return False
-        return True
+                await self.abort_association(ABORT_SOURCE_PROVIDER)
+            if message is not None:
+                self._ready.append(message)
 
-    async def _message(self, message: ReceivedMessage, writer: asyncio.StreamWriter) -> bool:
+    async def _transfer(self) -> bool:
+        assoc = self.assoc
+        try:
+            while True:
+                if self._aborted:  # abort() during the store just answered
+                    await self.abort_association(ABORT_SOURCE_USER)
+                try:
+                    received = await self.receive(assoc.network_timeout)
+                except TimeoutError:
+                    _ASSOCIATION_LOG.error("Network timeout reached")
+                    await self.abort_association(ABORT_SOURCE_USER)
+                if received is None:  # A-RELEASE-RQ
+                    await self._write((A_RELEASE_RP,))
+                    self._released = True
+                    assert self._reader is not None
+                    await _until_closed(self._reader, assoc.acse_timeout)
+                    return True
+                await self._message(*received)
+        except _Ended as ended:
+            return ended.released
+
+    async def _message(self, context_id: int, request: Any) -> None:
         """Answer one request, as pynetdicom's association reactor and service classes would."""
         assoc = self.assoc
-        context_id = message.context_id
         context = assoc._accepted_cx.get(context_id)
         if context is None:
             _ASSOCIATION_LOG.info(f"Received DIMSE message with invalid or rejected context ID: {context_id}")
-            await self._end(writer, ABORT_SOURCE_USER)
-            return False
-        try:
-            request = received_primitive(assoc, message)
-        except Exception as exc:
-            _DIMSE_LOG.error("Received an invalid DIMSE message")
-            _DIMSE_LOG.exception(exc)
-            await self._end(writer, ABORT_SOURCE_PROVIDER)
-            return False
+            await self.abort_association(ABORT_SOURCE_USER)
         if isinstance(request, C_CANCEL):
-            return True  # nothing here runs long enough to be cancelled
+            return  # no operation is outstanding here: a C-CANCEL is only seen during one (loop_get.py)
         if not request.is_valid_request:
             _ASSOCIATION_LOG.warning(f"Received unexpected {request.msg_type} service message")
-            return True
+            return
+        abstract_syntax = str(context.abstract_syntax)
         response: Any
         if isinstance(request, C_STORE):
-            abstract_syntax = str(context.abstract_syntax)
             response = handlers.foreign_sop_class(assoc, request, context_id, abstract_syntax)
             if response is None:
                 answer = await self._store(request, str(context.transfer_syntax[0]))
@@ -336,6 +371,9 @@ class DataPhase:
         elif isinstance(request, C_ECHO):
             event = Event(assoc, evt.EVT_C_ECHO, {"request": request, "context": context.as_tuple})
             response = handlers.echo_rsp(assoc, request, handlers.handle_echo(event, self.dimse))
+        elif isinstance(request, C_GET) and abstract_syntax in qr.GET_SOP_CLASSES:
+            await loop_get.serve(self, request, context)
+            return
         else:
             log.warning(
                 "association with %s aborted: a %s on presentation context %d (%s), which this association "
@@ -345,14 +383,8 @@ class DataPhase:
                 context_id,
                 context.abstract_syntax,
             )
-            await self._end(writer, ABORT_SOURCE_USER)
-            return False
-        parts = message_parts(assoc, response, context_id)
-        try:
-            chunks = list(message_chunks(parts, context_id, assoc.dimse.maximum_pdu_size))
-        finally:
-            release_parts(parts)
-        return await self._send(writer, chunks)
+            await self.abort_association(ABORT_SOURCE_USER)
+        await self.send(response, context_id)
 
     async def _store(self, request: C_STORE, transfer_syntax: str) -> Dataset | int:
         with self._lock:
@@ -369,6 +401,14 @@ class DataPhase:
         finally:
             with self._lock:
                 self._storing = False
+
+
+class _Ended(Exception):
+    """The association has ended: its last PDU is sent or received, or the connection is gone."""
+
+    def __init__(self, released: bool) -> None:
+        super().__init__()
+        self.released = released
 
 
 async def _until_closed(reader: asyncio.StreamReader, seconds: float | None) -> None:

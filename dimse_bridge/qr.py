@@ -47,6 +47,7 @@ from app.core.query.model import QueryError, QueryModel
 from app.core.query.pages import search_pages
 from app.core.records import JSONDict, StoredInstance
 from app.core.retrieve.outcomes import NotAcceptable, RetrieveFailed
+from app.core.retrieve.streaming import EncodedInstance
 from dimse_bridge import scu, sending, status
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeError
@@ -68,6 +69,7 @@ STUDY_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.2.3"
 QR_SOP_CLASSES: Final = (
     PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET,
 )  # fmt: skip
+GET_SOP_CLASSES: Final = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
 SECONDARY_CAPTURE: Final = "1.2.840.10008.5.1.4.1.1.7"
 _PATIENT_ROOT: Final = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
 
@@ -134,7 +136,8 @@ def required_keys(level: Level, sop_class_uid: str) -> tuple[str, ...]:
     return tuple(UNIQUE_KEY[lv] for lv in levels[: levels.index(level) + 1])
 
 
-def _decode_identifier(event: Event) -> Dataset:
+def decode_identifier(event: Event) -> Dataset:
+    """The request's identifier, every element decoded; IdentifierError (0xA900) when it cannot be."""
     try:
         identifier = event.identifier
         if not isinstance(identifier, Dataset):
@@ -269,7 +272,7 @@ def handle_find(event: Event, dimse: DimseContext) -> Iterator[tuple[int | Datas
     sop_class = str(event.request.AffectedSOPClassUID)
     who = peer(event.assoc)
     try:
-        identifier = _decode_identifier(event)
+        identifier = decode_identifier(event)
         level = request_level(identifier, sop_class)
         model = find_model(identifier, level, sop_class)
     except IdentifierError as exc:
@@ -318,24 +321,52 @@ def handle_find(event: Event, dimse: DimseContext) -> Iterator[tuple[int | Datas
 # -- C-GET and C-MOVE -----------------------------------------------------------------------------------------
 
 
+def retrieve_query(identifier: Dataset, sop_class_uid: str) -> QueryModel:
+    """The query for the instances a C-GET or C-MOVE identifier names; IdentifierError when it names none
+    validly."""
+    return retrieve_model(identifier, request_level(identifier, sop_class_uid), sop_class_uid)
+
+
 def matching_instances(dimse: DimseContext, identifier: Dataset, sop_class_uid: str) -> list[StoredInstance]:
     """The instances a C-GET or C-MOVE identifier names. IdentifierError when it names none validly,
     BridgeError when the archive cannot be asked."""
-    level = request_level(identifier, sop_class_uid)
-    model = retrieve_model(identifier, level, sop_class_uid)
+    model = retrieve_query(identifier, sop_class_uid)
     return dimse.bridge.call(dimse.archive.retrieve.resolve_matching(model))
 
 
-def accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:
-    """Transfer syntaxes of the contexts accepted on `assoc` in which we may send a C-STORE of the SOP class
-    (we are SCU of it: our own request's contexts, or a C-GET requestor's role selection, PS3.7 D.3.3.4)."""
+def sending_contexts(assoc: Any) -> dict[str, dict[str, int]]:
+    """SOP class -> {transfer syntax: context ID} of the contexts accepted on `assoc` in which we may send a
+    C-STORE (we are SCU of it: our own request's contexts, or a C-GET requestor's role selection, PS3.7
+    D.3.3.4); the first context of each pair wins, as pynetdicom picks it."""
+    found: dict[str, dict[str, int]] = {}
     if assoc is None:
-        return []
-    return [
-        str(cx.transfer_syntax[0])
-        for cx in assoc.accepted_contexts
-        if cx.abstract_syntax == sop_class_uid and cx.as_scu
-    ]
+        return found
+    for cx in assoc.accepted_contexts:
+        if cx.as_scu:
+            found.setdefault(str(cx.abstract_syntax), {}).setdefault(str(cx.transfer_syntax[0]), cx.context_id)
+    return found
+
+
+def accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:
+    """Transfer syntaxes in which we may send a C-STORE of the SOP class on `assoc` (`sending_contexts`)."""
+    return list(sending_contexts(assoc).get(sop_class_uid, ()))
+
+
+def read_for_sending(dimse: DimseContext, ref: StoredInstance, accepted: list[str], who: str) -> EncodedInstance | None:
+    """The instance's data set in one of the `accepted` syntaxes, for a C-STORE sub-operation (the stored bytes
+    as they are when their syntax was accepted, sending.py); None, with the reason logged, when it cannot be
+    sent, which counts as a failed sub-operation (PS3.4 C.4.2.3.1, C.4.3.3.1). Blocking: a file read."""
+    if not accepted:
+        log.warning(
+            "%s: instance %s not sent: no accepted presentation context for SOP class %s",
+            who, ref.sop_instance_uid, ref.sop_class_uid,
+        )  # fmt: skip
+        return None
+    try:
+        return dimse.archive.retrieve.encoded(ref, accepted)
+    except (NotAcceptable, RetrieveFailed) as exc:
+        log.warning("%s: instance %s not sent: %s", who, ref.sop_instance_uid, exc)
+        return None
 
 
 def _unsendable(ref: StoredInstance) -> Dataset:
@@ -362,23 +393,9 @@ def _sub_operations(
             return
         if ref.sop_class_uid not in syntaxes:
             syntaxes[ref.sop_class_uid] = accepted_syntaxes(receiver(), ref.sop_class_uid)
-        accepted = syntaxes[ref.sop_class_uid]
-        if not accepted:
-            log.warning(
-                "%s: instance %s not sent: no accepted presentation context for SOP class %s",
-                who, ref.sop_instance_uid, ref.sop_class_uid,
-            )  # fmt: skip
-            yield status.PENDING, _unsendable(ref)
-            continue
-        try:
-            # Read in this thread: a file read needs no hop to the loop, and the bytes go out as stored when the
-            # receiver accepted their syntax (sending.py).
-            encoded = dimse.archive.retrieve.encoded(ref, accepted)
-        except (NotAcceptable, RetrieveFailed) as exc:
-            log.warning("%s: instance %s not sent: %s", who, ref.sop_instance_uid, exc)
-            yield status.PENDING, _unsendable(ref)
-            continue
-        yield status.PENDING, EncodedDataSet(encoded)
+        # Read in this thread: a file read needs no hop to the loop.
+        encoded = read_for_sending(dimse, ref, syntaxes[ref.sop_class_uid], who)
+        yield status.PENDING, (_unsendable(ref) if encoded is None else EncodedDataSet(encoded))
 
 
 def _refusal(code: int, comment: str) -> Iterator[Any]:
@@ -393,7 +410,7 @@ def handle_get(event: Event, dimse: DimseContext) -> Iterator[Any]:
     sop_class = str(event.request.AffectedSOPClassUID)
     who = f"C-GET from {peer(event.assoc)}"
     try:
-        refs = matching_instances(dimse, _decode_identifier(event), sop_class)
+        refs = matching_instances(dimse, decode_identifier(event), sop_class)
     except IdentifierError as exc:
         log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
         yield from _refusal(exc.code, str(exc))
@@ -451,7 +468,7 @@ def handle_move(event: Event, dimse: DimseContext) -> Iterator[Any]:
     failure: tuple[int, str] | None = None
     refs: list[StoredInstance] = []
     try:
-        refs = matching_instances(dimse, _decode_identifier(event), sop_class)
+        refs = matching_instances(dimse, decode_identifier(event), sop_class)
     except IdentifierError as exc:
         log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
         failure = (exc.code, str(exc))

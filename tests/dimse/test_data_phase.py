@@ -19,7 +19,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, evt
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, build_role, evt
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO
@@ -30,7 +30,12 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from app.bootstrap import open_archive
 from app.config import Settings
@@ -45,6 +50,7 @@ from tests.servers import free_port
 HOST = "127.0.0.1"
 NETWORK_TIMEOUT = 1.0
 ACSE_TIMEOUT = 1.0
+DIMSE_TIMEOUT = 0.5
 
 
 async def _archive(tmp_path: Path, network_timeout: float, **more: Any) -> AsyncIterator[ArchiveContext]:
@@ -78,6 +84,13 @@ async def hasty_archive(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
 
 
 @pytest.fixture
+async def impatient_archive(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
+    """An archive that waits DIMSE_TIMEOUT for a response (DIMSE_DIMSE_TIMEOUT)."""
+    async for context in _archive(tmp_path, 600.0, dimse_dimse_timeout=DIMSE_TIMEOUT):
+        yield context
+
+
+@pytest.fixture
 async def hooked_archive(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
     """An archive whose ingest hook takes a second over an instance of patient SLOW."""
     async for context in _archive(tmp_path, 600.0, ingest_hook="tests.ingest_hooks:hook"):
@@ -87,6 +100,13 @@ async def hooked_archive(tmp_path: Path) -> AsyncIterator[ArchiveContext]:
 @pytest.fixture
 async def server(archive_context: ArchiveContext) -> AsyncIterator[DimseServer]:
     started = await start_dimse_server(archive_context)
+    yield started
+    await stop_dimse_server(started)
+
+
+@pytest.fixture
+async def impatient_server(impatient_archive: ArchiveContext) -> AsyncIterator[DimseServer]:
+    started = await start_dimse_server(impatient_archive)
     yield started
     await stop_dimse_server(started)
 
@@ -107,13 +127,14 @@ class Peer:
             self.ae.add_requested_context(context)
         self.aborts: list[A_ABORT_RQ] = []
 
-    async def associate(self, server: DimseServer) -> Association:
+    async def associate(self, server: DimseServer, **options: Any) -> Association:
         def received(event: evt.Event) -> None:
             if isinstance(event.pdu, A_ABORT_RQ):
                 self.aborts.append(event.pdu)
 
+        handlers = [(evt.EVT_PDU_RECV, received), *options.pop("evt_handlers", [])]
         assoc = await asyncio.to_thread(
-            self.ae.associate, *server.address, ae_title=AE_TITLE, evt_handlers=[(evt.EVT_PDU_RECV, received)]
+            self.ae.associate, *server.address, ae_title=AE_TITLE, evt_handlers=handlers, **options
         )
         assert assoc.is_established
         return assoc
@@ -182,8 +203,77 @@ async def test_a_data_set_above_the_handover_size_is_staged_and_stored_as_sent(
         assert pydicom.dcmread(stored).PixelData == sent.PixelData
 
 
-async def test_an_association_offering_more_than_storage_keeps_pynetdicoms_reactors(server: DimseServer) -> None:
-    assoc = await Peer(CTImageStorage, StudyRootQueryRetrieveInformationModelFind).associate(server)
+async def stored_study(server: DimseServer) -> pydicom.Dataset:
+    """The C-GET identifier of a study of one CT instance, stored through `server`."""
+    sent = pydicom.dcmread(dicom_files.path("CT_small.dcm"))
+    store = await Peer(CTImageStorage).associate(server)
+    assert (await asyncio.to_thread(store.send_c_store, sent)).Status == 0x0000
+    await asyncio.to_thread(store.release)
+    identifier = pydicom.Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = sent.StudyInstanceUID
+    return identifier
+
+
+async def get_association(
+    peer: Peer, server: DimseServer, on_store: Callable[[evt.Event], int]
+) -> Association:
+    """`peer` associated for C-GET: the Study Root GET model, and CT Image Storage with itself as SCP."""
+    return await peer.associate(
+        server,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+
+
+def c_get(assoc: Association, identifier: pydicom.Dataset) -> list[Any]:
+    return [status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)]
+
+
+async def test_a_get_association_is_served_by_the_loop_and_retrieves_what_was_stored(
+    server: DimseServer,
+) -> None:
+    identifier = await stored_study(server)
+    received: list[Any] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    assoc = await get_association(
+        Peer(StudyRootQueryRetrieveInformationModelGet, CTImageStorage), server, on_store
+    )
+    [acceptor] = served_here(server)
+    assert isinstance(acceptor.loop_phase, DataPhase)
+    responses = await asyncio.to_thread(c_get, assoc, identifier)
+    assert [r.Status for r in responses] == [0xFF00, 0x0000]
+    assert responses[-1].NumberOfCompletedSuboperations == 1
+    assert [ds.StudyInstanceUID for ds in received] == [identifier.StudyInstanceUID]
+    await asyncio.to_thread(assoc.release)
+    assert assoc.is_released
+
+
+async def test_a_get_whose_sub_operation_is_not_answered_within_the_dimse_timeout_is_aborted(
+    impatient_server: DimseServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    identifier = await stored_study(impatient_server)
+
+    def on_store(event: evt.Event) -> int:
+        time.sleep(2 * DIMSE_TIMEOUT)
+        return 0x0000
+
+    peer = Peer(StudyRootQueryRetrieveInformationModelGet, CTImageStorage)
+    assoc = await get_association(peer, impatient_server, on_store)
+    await asyncio.to_thread(c_get, assoc, identifier)
+    await until(lambda: assoc.is_aborted)
+    assert [pdu.source for pdu in peer.aborts] == [0x02]
+    assert "no C-STORE-RSP to sub-operation" in caplog.text
+
+
+async def test_an_association_offering_more_than_storage_keeps_pynetdicoms_reactors(
+    server: DimseServer,
+) -> None:
+    assoc = await Peer(CTImageStorage, StudyRootQueryRetrieveInformationModelMove).associate(server)
     [acceptor] = served_here(server)
     assert acceptor.loop_phase is None
     stored = await asyncio.to_thread(assoc.send_c_store, pydicom.dcmread(dicom_files.path("CT_small.dcm")))
@@ -197,7 +287,9 @@ async def test_an_association_offering_more_than_storage_keeps_pynetdicoms_react
     [
         struct.pack(">BxI", 0x01, 4) + bytes(4),  # an A-ASSOCIATE-RQ in Sta6
         struct.pack(">BxI", 0x11, 2) + bytes(2),  # no PDU type of PS3.8 9.3
-        struct.pack(">BxII", 0x04, 4, 0),  # a PDV item of length 0 (PS3.8 9.3.5.1: at least the control header)
+        struct.pack(
+            ">BxII", 0x04, 4, 0
+        ),  # a PDV item of length 0 (PS3.8 9.3.5.1: at least the control header)
         struct.pack(">BxIIB", 0x04, 5, 1, 1),  # a PDV item of its context ID only
         p_data_tf(1, b"\x00\x00\x00\x01\x04\x00\x00\x00"),  # a command set element running past its end
     ],

@@ -206,6 +206,22 @@ def scu() -> dict[str, Any]:
     }
 
 
+@pytest.fixture(params=["loop", "threads"])
+def get_scu(request: pytest.FixtureRequest, scu: dict[str, Any]) -> dict[str, Any]:
+    """`scu` for a C-GET through either door: proposing the GET model and CT Image Storage only, the association
+    is served on the event loop (dimse_bridge/loop_get.py); proposing FIND and MOVE too, it keeps pynetdicom's
+    reactors (qr.handle_get)."""
+    if request.param == "loop":
+        from pynetdicom import AE
+
+        ae = AE(ae_title="PYSCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = PEER_TIMEOUT
+        for uid in (STUDY_ROOT_GET, CT_IMAGE_STORAGE):
+            ae.add_requested_context(uid)
+        scu["ae"] = ae
+    return scu
+
+
 def associate(qr: QrArchive, scu: dict[str, Any]) -> Any:
     assoc = scu["ae"].associate(
         "127.0.0.1",
@@ -369,9 +385,9 @@ def test_getscu_retrieves_a_study(qr: QrArchive, tmp_path: Path) -> None:
         assert got[sent.SOPInstanceUID].PatientName == "DOE^JOHN"
 
 
-def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, scu: dict[str, Any]) -> None:
+def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, get_scu: dict[str, Any]) -> None:
     """The SCU takes CT back (role selection) but not MR: the MR instance fails, the final status is 0xB000."""
-    assoc = associate(qr, scu)
+    assoc = associate(qr, get_scu)
     try:
         identifier = study_identifier(StudyInstanceUID=f"{qr.a.uid}\\{qr.b.uid}")
         responses = [status for status, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET)]
@@ -381,11 +397,11 @@ def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, scu: 
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 1)
     assert [p.NumberOfRemainingSuboperations for p in responses[:-1]] == [3, 2, 1, 0]
-    assert sorted(ds.SOPInstanceUID for ds in scu["received"]) == sorted(qr.a.sop_uids)
+    assert sorted(ds.SOPInstanceUID for ds in get_scu["received"]) == sorted(qr.a.sop_uids)
     qr.archive.wait_for_log(f"instance {qr.b.sop_uids[0]} not sent: no accepted presentation context")
 
 
-def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, scu: dict[str, Any]) -> None:
+def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, get_scu: dict[str, Any]) -> None:
     """The stored syntax was accepted, so the C-STORE sub-operation carries the file's data set unchanged:
     nothing parsed and written again (sending.py)."""
     raw: dict[str, bytes] = {}
@@ -394,8 +410,8 @@ def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, scu: dict[
         raw[str(event.request.AffectedSOPInstanceUID)] = bytes(event.request.DataSet.getvalue())
         return 0x0000
 
-    scu["handlers"] = [(evt.EVT_C_STORE, keep_bytes)]
-    assoc = associate(qr, scu)
+    get_scu["handlers"] = [(evt.EVT_C_STORE, keep_bytes)]
+    assoc = associate(qr, get_scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.a.uid), STUDY_ROOT_GET)]
     finally:
@@ -408,8 +424,8 @@ def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, scu: dict[
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, scu: dict[str, Any]) -> None:
-    assoc = associate(qr, scu)
+def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, get_scu: dict[str, Any]) -> None:
+    assoc = associate(qr, get_scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier("SERIES", StudyInstanceUID=qr.a.uid),
                                                     STUDY_ROOT_GET)]  # fmt: skip
@@ -420,7 +436,59 @@ def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, scu: dict[str, A
         assoc.release()
     assert responses[-1].Status == 0xA900 and "SeriesInstanceUID" in responses[-1].ErrorComment
     assert wildcard[-1].Status == 0xA900
-    assert scu["received"] == []
+    assert get_scu["received"] == []
+
+
+def test_a_get_of_nothing_succeeds_with_no_sub_operations(qr: QrArchive, get_scu: dict[str, Any]) -> None:
+    assoc = associate(qr, get_scu)
+    try:
+        responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=generate_uid()),
+                                                    STUDY_ROOT_GET)]  # fmt: skip
+    finally:
+        assoc.release()
+    assert [r.Status for r in responses] == [0x0000]
+    assert responses[0].NumberOfCompletedSuboperations == 0
+
+
+def test_a_get_whose_every_sub_operation_fails_answers_a702_with_the_failed_uids(
+    qr: QrArchive, get_scu: dict[str, Any]
+) -> None:
+    """Only an MR instance, and no MR context to send it on (PS3.4 C.4.3.1.4: 0xA702)."""
+    assoc = associate(qr, get_scu)
+    try:
+        responses = list(assoc.send_c_get(study_identifier(StudyInstanceUID=qr.b.uid), STUDY_ROOT_GET))
+    finally:
+        assoc.release()
+    final, identifier = responses[-1]
+    assert final.Status == 0xA702
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 1)
+    assert identifier.FailedSOPInstanceUIDList == qr.b.sop_uids[0]
+
+
+def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive, get_scu: dict[str, Any]) -> None:
+    """A C-CANCEL sent before the first C-STORE-RSP: that sub-operation completes, the rest are not sent, and the
+    final 0xFE00 counts them as remaining (PS3.4 C.4.3.3.3)."""
+    assoc: Any = None
+
+    def cancel_first(event: Any) -> int:
+        get_scu["received"].append(event.dataset)
+        if len(get_scu["received"]) == 1:
+            context_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == STUDY_ROOT_GET)
+            assoc.send_c_cancel(9, context_id)
+        return 0x0000
+
+    get_scu["handlers"] = [(evt.EVT_C_STORE, cancel_first)]
+    assoc = associate(qr, get_scu)
+    try:
+        responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.big.uid), STUDY_ROOT_GET,
+                                                    msg_id=9)]  # fmt: skip
+        assert assoc.is_established
+    finally:
+        assoc.release()
+    final = responses[-1]
+    assert final.Status == 0xFE00
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfRemainingSuboperations) == (1, BIG_STUDY_SIZE - 1)
+    assert len(get_scu["received"]) == 1
 
 
 # -- C-MOVE ------------------------------------------------------------------------------------------------
