@@ -1,4 +1,4 @@
-"""The data transfer phase of Storage and Verification associations, served on the event loop.
+"""The data transfer phase of Storage, Verification and C-GET associations, served on the event loop.
 
 pynetdicom serves each association with two threads: its DUL reactor reads PDUs and runs the state machine, its
 association reactor takes the DIMSE messages from a queue and calls our handler, which hands the store to the
@@ -10,14 +10,17 @@ server's CPU (py-spy).
 An association that proposes only Verification and storage SOP classes (a modality, storescu, dcmsend, a PACS
 forwarding) has nothing in its data phase but C-STORE and C-ECHO requests to answer one at a time, so the loop
 serves it: it reads the PDUs, reassembles each message (commands.py), awaits the same store coroutine the
-thread door hands to the bridge (handlers.py) and writes the response itself. Everything before stays
+thread door hands to the bridge (handlers.py) and writes the response itself. One that also proposes the GET
+models (getscu, a viewer) is served the same way: a C-GET's sub-operations go out and their responses come in on
+this same reader and writer (loop_get.py), since no asynchronous operations window is negotiated and a C-GET
+is the only operation outstanding. Everything before stays
 pynetdicom's: the A-ASSOCIATE-RQ, admission (admission.py), negotiation and the A-ASSOCIATE-AC. The DUL reactor
 stops once it has written the A-ASSOCIATE-AC (`PromptDUL.stop_after_accept`, so nothing else reads the socket);
 the association thread only waits for this phase to end, then reports the release or abort as pynetdicom's
 reactor does (`AcceptorAssociation._run_reactor`: EVT_RELEASED, EVT_ABORTED, the audit records), and pynetdicom closes
 the connection.
 
-Any other association keeps pynetdicom's reactors: one offering Query/Retrieve, Storage Commitment or a workflow
+Any other association keeps pynetdicom's reactors: one offering C-FIND, C-MOVE, Storage Commitment or a workflow
 service, or one over TLS, or one with a listener to an event only those reactors produce (pynetdicom's DEBUG log
 listens to every PDU).
 
@@ -117,7 +120,11 @@ def handle_requested(event: Event, dimse: DimseContext, staging: Executor) -> No
     """EVT_REQUESTED, after admission: have the loop serve the data phase of an association that qualifies;
     `staging` is where it writes large data sets to staged files."""
     assoc = event.assoc
-    if isinstance(assoc, AcceptorAssociation) and not (assoc.is_rejected or assoc.is_aborted) and qualifies(assoc):
+    if (
+        isinstance(assoc, AcceptorAssociation)
+        and not (assoc.is_rejected or assoc.is_aborted)
+        and qualifies(assoc)
+    ):
         assoc.loop_phase = DataPhase(assoc, dimse, staging)
         dul = assoc.dul
         assert isinstance(dul, PromptDUL)  # every acceptor association has the prompt reactors (acceptor.py)
@@ -163,6 +170,7 @@ class DataPhase:
         self._writer: asyncio.StreamWriter | None = None
         self._assembler = MessageAssembler()
         self._ready: deque[ReceivedMessage] = deque()  # messages received and not yet taken (`receive`)
+        self._held: list[bytes] = []  # messages to send with the next write (`send`)
 
     def run(self) -> bool:
         """Serve the association on the loop until it ends; True if it was released, False if aborted."""
@@ -238,13 +246,19 @@ class DataPhase:
         raise _Ended(released=False)
 
     async def _write(self, chunks: Iterable[bytes]) -> None:
-        """Write, and wait while the peer is not reading, up to DIMSE_NETWORK_TIMEOUT (as the socket's send
-        timeout bounds pynetdicom's writes, acceptor.py); the connection is cut when it has not read by then."""
-        assert self._writer is not None
-        self._writer.writelines(chunks)
+        """Write what is held back (`send(..., now=False)`) and `chunks`, and wait while the peer is not reading,
+        up to DIMSE_NETWORK_TIMEOUT (as the socket's send timeout bounds pynetdicom's writes, acceptor.py); the
+        connection is cut when it has not read by then."""
+        writer = self._writer
+        assert writer is not None
+        if self._held:
+            chunks, self._held = [*self._held, *chunks], []
+        writer.writelines(chunks)
+        if not writer.transport.get_write_buffer_size():
+            return  # all of it went to the socket at once
         try:
             async with asyncio.timeout(self.assoc.network_timeout):
-                await self._writer.drain()
+                await writer.drain()
         except TimeoutError:
             log.warning(
                 "connection from %s closed: it read nothing of what was sent for %s s (DIMSE_NETWORK_TIMEOUT)",
@@ -253,19 +267,25 @@ class DataPhase:
             )
             raise _Ended(released=False) from None
 
-    async def send(self, primitive: Any, context_id: int) -> None:
-        """Send one DIMSE message (PS3.7 6.3, fragmented into P-DATA-TF PDUs as PS3.8 E.2 says)."""
+    async def send(self, primitive: Any, context_id: int, *, now: bool = True) -> None:
+        """Send one DIMSE message (PS3.7 6.3, fragmented into P-DATA-TF PDUs as PS3.8 E.2 says). With `now`
+        False it is held back, to go in one write with the next message sent, or before the next read."""
         parts = message_parts(self.assoc, primitive, context_id)
         try:
             chunks = list(message_chunks(parts, context_id, self.assoc.dimse.maximum_pdu_size))
         finally:
             release_parts(parts)
-        await self._write(chunks)
+        if now:
+            await self._write(chunks)
+        else:
+            self._held.extend(chunks)
 
     async def receive(self, seconds: float | None) -> tuple[int, Any] | None:
         """The next DIMSE message, as (presentation context ID, pynetdicom's primitive); None for an
         A-RELEASE-RQ. TimeoutError when nothing arrives for `seconds`; the association ends (`_Ended`)
         on an A-ABORT, a closed connection or what cannot be read (then with an A-ABORT, PS3.8 9.2 Evt19)."""
+        if self._held:
+            await self._write(())
         while not self._ready:
             kind, body = await self._pdu(seconds)
             if kind == P_DATA_TF_TYPE:

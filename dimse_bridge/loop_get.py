@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any, Final, NoReturn, Protocol
 
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 SUB_OPERATIONS_WARNING: Final = 0xB000
 # Number of Remaining/Completed/Failed/Warning Sub-operations are US (PS3.7 9.3.3.2): a C-GET names at most this.
 MAX_SUB_OPERATIONS: Final = 0xFFFF
+# How many instances, or bytes of them, one thread job reads ahead of the sub-operations (`_batches`).
+READ_AHEAD_COUNT: Final = 16
+READ_AHEAD_BYTES: Final = 4 * 1024 * 1024
 
 
 class Phase(Protocol):
@@ -59,7 +63,7 @@ class Phase(Protocol):
     dimse: DimseContext
     staging: Executor
 
-    async def send(self, primitive: Any, context_id: int) -> None: ...
+    async def send(self, primitive: Any, context_id: int, *, now: bool = True) -> None: ...
 
     async def receive(self, seconds: float | None) -> tuple[int, Any] | None: ...
 
@@ -147,43 +151,68 @@ def _refusal(request: C_GET, code: int, comment: str) -> C_GET:
     return response
 
 
+def _batches(refs: list[StoredInstance]) -> Iterator[list[StoredInstance]]:
+    """The instances in groups read by one thread job each: a hop to a thread costs ~0.1 ms of CPU, more than
+    reading a small file (~0.04 ms). The first group is one instance, so the first sub-operation starts at
+    once; each other holds up to READ_AHEAD_COUNT instances or READ_AHEAD_BYTES."""
+    batch: list[StoredInstance] = []
+    size = 0
+    for index, ref in enumerate(refs):
+        batch.append(ref)
+        size += ref.size
+        if index == 0 or len(batch) >= READ_AHEAD_COUNT or size >= READ_AHEAD_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 async def _sub_operations(
     phase: Phase, request: C_GET, refs: list[StoredInstance], tally: _Tally, context_id: int, who: str
 ) -> bool:
-    """Send each instance, a pending response after each; True if a C-CANCEL stopped them."""
+    """Send each instance, a pending response after each; True if a C-CANCEL stopped them. The next group of
+    files is read in a thread while the current one is sent."""
     loop = asyncio.get_running_loop()
     contexts = qr.sending_contexts(phase.assoc)
 
-    def read(ref: StoredInstance) -> asyncio.Future[EncodedInstance | None]:
-        accepted = list(contexts.get(ref.sop_class_uid, ()))
-        return loop.run_in_executor(phase.staging, qr.read_for_sending, phase.dimse, ref, accepted, who)
+    def read_batch(batch: list[StoredInstance]) -> list[EncodedInstance | None]:
+        return [
+            qr.read_for_sending(phase.dimse, ref, list(contexts.get(ref.sop_class_uid, ())), who)
+            for ref in batch
+        ]
 
-    upcoming = read(refs[0]) if refs else None
-    cancelled = False
-    for index, ref in enumerate(refs):
-        assert upcoming is not None
-        encoded = await upcoming
-        upcoming = read(refs[index + 1]) if index + 1 < len(refs) else None
-        if encoded is None:
-            tally.failed.append(ref.sop_instance_uid)
-        else:
-            # PS3.7 9.1.1.1.1: a Message ID of its own; pynetdicom numbers sub-operations after the request's.
-            message_id = (int(request.MessageID or 0) + index) % MAX_SUB_OPERATIONS + 1
-            code, cancelled = await _store(phase, encoded, contexts, message_id, request)
-            category = (
-                STORAGE_SERVICE_CLASS_STATUS.get(code, ("Failure",))[0] if code is not None else "Failure"
-            )
-            if category == "Success":
-                tally.completed += 1
-            elif category == "Warning":
-                tally.warning += 1
+    batches = _batches(refs)
+    upcoming = loop.run_in_executor(phase.staging, read_batch, next(batches, []))
+    index = 0
+    while True:
+        batch = await upcoming
+        if not batch:
+            return False
+        upcoming = loop.run_in_executor(phase.staging, read_batch, next(batches, []))
+        for encoded in batch:
+            ref = refs[index]
+            cancelled = False
+            if encoded is None:
+                tally.failed.append(ref.sop_instance_uid)
             else:
-                tally.failed.append(ref.sop_instance_uid)  # PS3.4 C.4.3.1.3.2
-        tally.remaining -= 1
-        await phase.send(tally.response(status.PENDING, remaining=True), context_id)
-        if cancelled:
-            return True
-    return False
+                # PS3.7 9.1.1.1.1: a Message ID of its own; pynetdicom numbers sub-operations after the request's.
+                message_id = (int(request.MessageID or 0) + index) % MAX_SUB_OPERATIONS + 1
+                code, cancelled = await _store(phase, encoded, contexts, message_id, request)
+                category = (
+                    STORAGE_SERVICE_CLASS_STATUS.get(code, ("Failure",))[0] if code is not None else "Failure"
+                )
+                if category == "Success":
+                    tally.completed += 1
+                elif category == "Warning":
+                    tally.warning += 1
+                else:
+                    tally.failed.append(ref.sop_instance_uid)  # PS3.4 C.4.3.1.3.2
+            tally.remaining -= 1
+            index += 1
+            # Held back, to go out with the next sub-operation's request in one write.
+            await phase.send(tally.response(status.PENDING, remaining=True), context_id, now=False)
+            if cancelled:
+                return True
 
 
 async def _store(
