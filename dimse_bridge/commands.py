@@ -244,7 +244,9 @@ def _chunks(context_id: int, pieces: Iterable[tuple[bytes, memoryview]]) -> Iter
         yield b"".join(pending)
 
 
-def _message_pieces(parts: list[tuple[bytes, bytes, Any]], max_pdu: int) -> Iterator[tuple[bytes, memoryview]]:
+def _message_pieces(
+    parts: list[tuple[bytes, bytes, Any]], max_pdu: int
+) -> Iterator[tuple[bytes, memoryview]]:
     """The fragments of a message's command set and data set; as pynetdicom, an empty data set sends none."""
     for more, last, data in parts:
         if len(data) or last == _COMMAND_LAST:
@@ -315,20 +317,23 @@ class MessageAssembler:
 
 
 def received_primitive(assoc: Any, message: ReceivedMessage) -> Any:
-    """pynetdicom's primitive for a received message (after EVT_DIMSE_RECV, for those who listen); raises
-    whatever pynetdicom's primitive raises for a value it refuses (the association is then aborted)."""
+    """pynetdicom's primitive for a received message (after EVT_DIMSE_RECV, for those who listen on `assoc`, if
+    any); raises whatever pynetdicom's primitive raises for a value it refuses (the association is then
+    aborted)."""
     message_class = _MESSAGE_TYPES[message.header[COMMAND_FIELD]][1]
-    if assoc.get_handlers(evt.EVT_DIMSE_RECV):
+    if assoc is not None and assoc.get_handlers(evt.EVT_DIMSE_RECV):
         evt.trigger(
-            assoc, evt.EVT_DIMSE_RECV, {"message": _message(message.command, message.data_set, message.context_id)}
+            assoc,
+            evt.EVT_DIMSE_RECV,
+            {"message": _message(message.command, message.data_set, message.context_id)},
         )
     return _primitive(message_class.__name__, message.header, message.data_set, message.context_id)
 
 
 def message_parts(assoc: Any, primitive: Any, context_id: int) -> list[tuple[bytes, bytes, Any]]:
     """The command set and data set of `primitive`'s message, each with its PDVs' control headers, for
-    `message_chunks`; EVT_DIMSE_SENT goes to those who listen (the audit trail). A data set is a view of the
-    primitive's BytesIO: release it once sent."""
+    `message_chunks`; EVT_DIMSE_SENT goes to those who listen on `assoc`, if any (the audit trail). A data set
+    is a view of the primitive's BytesIO: release it once sent."""
     message_class = (_RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE)[
         primitive.__class__
     ]
@@ -336,7 +341,7 @@ def message_parts(assoc: Any, primitive: Any, context_id: int) -> list[tuple[byt
     keyword = _DATASET_KEYWORDS.get(class_name)
     data_set = getattr(primitive, keyword) if keyword else None
     command = encode_command(class_name.replace("_", "-"), primitive, data_set is not None)
-    if assoc.get_handlers(evt.EVT_DIMSE_SENT):
+    if assoc is not None and assoc.get_handlers(evt.EVT_DIMSE_SENT):
         evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": _message(command, data_set, context_id)})
     parts = [(_COMMAND_MORE, _COMMAND_LAST, command)]
     if data_set is not None:

@@ -45,12 +45,9 @@ import logging
 import os
 import socket
 import ssl
-import struct
 import threading
-from collections import deque
-from collections.abc import Iterable
 from concurrent.futures import Executor
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -61,21 +58,19 @@ from pynetdicom.service_class import StorageServiceClass, VerificationServiceCla
 from pynetdicom.sop_class import uid_to_service_class
 
 from dimse_bridge import handlers, loop_get, qr
-from dimse_bridge.acceptor import AcceptorAssociation, log_oversized_pdu, log_stalled_pdu, pdu_limit
+from dimse_bridge.acceptor import AcceptorAssociation, pdu_limit
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeClosed
-from dimse_bridge.commands import (
-    P_DATA_TF_TYPE,
-    CommandError,
-    MessageAssembler,
-    ReceivedMessage,
-    ReceivedPData,
-    message_chunks,
-    message_parts,
-    received_primitive,
-    release_parts,
-)
 from dimse_bridge.context import DimseContext
+from dimse_bridge.link import (
+    A_RELEASE_RP,
+    ABORT_SECONDS,
+    ABORT_SOURCE_PROVIDER,
+    ABORT_SOURCE_USER,
+    Ended,
+    Link,
+    a_abort,
+)
 from dimse_bridge.reactor import LISTENED_PER_PDU, PromptDUL
 
 log = logging.getLogger(__name__)
@@ -83,13 +78,6 @@ log = logging.getLogger(__name__)
 _ASSOCIATION_LOG = logging.getLogger("pynetdicom.association")
 _DIMSE_LOG = logging.getLogger("pynetdicom.dimse")
 
-_PDU_HEADER: Final = struct.Struct(">BxI")  # PDU type, reserved, PDU length (PS3.8 9.3.1)
-A_RELEASE_RQ_TYPE: Final = 0x05
-A_ABORT_TYPE: Final = 0x07
-A_RELEASE_RP: Final = bytes((0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0))  # PS3.8 9.3.7
-# PS3.8 9.3.8 A-ABORT source: the service user (an abort we decide on) or the service provider (a protocol error).
-ABORT_SOURCE_USER: Final = 0x00
-ABORT_SOURCE_PROVIDER: Final = 0x02
 # Events only pynetdicom's own reactors produce (each PDU, each read and write, each ACSE primitive, the close):
 # an association with a listener to one of them keeps those reactors.
 _REACTOR_EVENTS: Final = (
@@ -107,13 +95,7 @@ _OURS: Final = (
     (evt.EVT_C_ECHO, handlers.handle_echo),
     (evt.EVT_C_GET, qr.handle_get),
 )
-ABORT_SECONDS: Final = 1.0  # how long an A-ABORT may wait for a peer that does not read
 _DROP_CHUNK: Final = 64 * 1024
-
-
-def a_abort(source: int) -> bytes:
-    """An A-ABORT PDU (PS3.8 9.3.8), reason not specified (as pynetdicom sends its own)."""
-    return bytes((A_ABORT_TYPE, 0, 0, 0, 0, 4, 0, 0, source, 0))
 
 
 def handle_requested(event: Event, dimse: DimseContext, staging: Executor) -> None:
@@ -166,11 +148,12 @@ class DataPhase:
         self._released = False  # the A-RELEASE-RP has been sent
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._assembler = MessageAssembler()
-        self._ready: deque[ReceivedMessage] = deque()  # messages received and not yet taken (`receive`)
-        self._held: list[bytes] = []  # messages to send with the next write (`send`)
+        self._link: Link | None = None
+
+    @property
+    def link(self) -> Link:
+        assert self._link is not None, "the phase has not begun"
+        return self._link
 
     def run(self) -> bool:
         """Serve the association on the loop until it ends; True if it was released, False if aborted."""
@@ -208,176 +191,68 @@ class DataPhase:
                 self._abort_unserved()
                 return False
             # A socket of our own on the same connection: the loop's transport closes it, pynetdicom its own.
-            raw = self.assoc.dul.socket.socket
+            assoc = self.assoc
+            raw = assoc.dul.socket.socket
             own = socket.socket(raw.family, raw.type, raw.proto, os.dup(raw.fileno()))
-            self._reader, self._writer = await asyncio.open_connection(sock=own)
-            return await self._transfer()
+            reader, writer = await asyncio.open_connection(sock=own)
+            self._link = Link(
+                reader,
+                writer,
+                events=assoc,
+                connection=f"connection from {assoc.requestor.address}:{assoc.requestor.port}",
+                association=f"association with {peer(assoc)}",
+                limit=pdu_limit(assoc),
+                max_pdu=assoc.dimse.maximum_pdu_size,
+                network_timeout=assoc.network_timeout,
+            )
+            return await self._transfer(self._link)
         except asyncio.CancelledError:  # abort(): the server is stopping
             if self._released:
                 return True  # only the wait for the peer's close was cut short
-            if self._writer is None:
+            if self._link is None:
                 self._abort_unserved()
             else:
-                await self._end(self._writer, ABORT_SOURCE_USER)
+                await self._link.end(ABORT_SOURCE_USER)
             return False
         except OSError:  # the connection failed (reset, timed out by TCP): nothing more can be said on it
             return False
         except Exception:
             log.exception("association with %s aborted: its data transfer phase failed", peer(self.assoc))
-            if self._writer is not None:
-                await self._end(self._writer, ABORT_SOURCE_PROVIDER)
+            if self._link is not None:
+                await self._link.end(ABORT_SOURCE_PROVIDER)
             return False
         finally:
-            if self._writer is not None:
-                self._writer.close()
+            if self._link is not None:
+                self._link.close()
 
-    async def _end(self, writer: asyncio.StreamWriter, source: int) -> None:
-        """Send an A-ABORT (PS3.8 9.3.8) before the connection is closed; a peer not reading is not waited for
-        more than ABORT_SECONDS."""
-        writer.write(a_abort(source))
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(ABORT_SECONDS):
-                await writer.drain()
-
-    async def abort_association(self, source: int = ABORT_SOURCE_PROVIDER) -> NoReturn:
-        """Send an A-ABORT and end the association (the caller has logged why)."""
-        assert self._writer is not None
-        await self._end(self._writer, source)
-        raise _Ended(released=False)
-
-    async def _write(self, chunks: Iterable[bytes]) -> None:
-        """Write what is held back (`send(..., now=False)`) and `chunks`, and wait while the peer is not reading,
-        up to DIMSE_NETWORK_TIMEOUT (as the socket's send timeout bounds pynetdicom's writes, acceptor.py); the
-        connection is cut when it has not read by then."""
-        writer = self._writer
-        assert writer is not None
-        if self._held:
-            chunks, self._held = [*self._held, *chunks], []
-        writer.writelines(chunks)
-        if not writer.transport.get_write_buffer_size():
-            return  # all of it went to the socket at once
-        try:
-            async with asyncio.timeout(self.assoc.network_timeout):
-                await writer.drain()
-        except TimeoutError:
-            log.warning(
-                "connection from %s closed: it read nothing of what was sent for %s s (DIMSE_NETWORK_TIMEOUT)",
-                peer(self.assoc),
-                self.assoc.network_timeout,
-            )
-            raise _Ended(released=False) from None
-
-    async def send(self, primitive: Any, context_id: int, *, now: bool = True) -> None:
-        """Send one DIMSE message (PS3.7 6.3, fragmented into P-DATA-TF PDUs as PS3.8 E.2 says). With `now`
-        False it is held back, to go in one write with the next message sent, or before the next read."""
-        parts = message_parts(self.assoc, primitive, context_id)
-        try:
-            chunks = list(message_chunks(parts, context_id, self.assoc.dimse.maximum_pdu_size))
-        finally:
-            release_parts(parts)
-        if now:
-            await self._write(chunks)
-        else:
-            self._held.extend(chunks)
-
-    async def receive(self, seconds: float | None) -> tuple[int, Any] | None:
-        """The next DIMSE message, as (presentation context ID, pynetdicom's primitive); None for an
-        A-RELEASE-RQ. TimeoutError when nothing arrives for `seconds`; the association ends (`_Ended`)
-        on an A-ABORT, a closed connection or what cannot be read (then with an A-ABORT, PS3.8 9.2 Evt19)."""
-        if self._held:
-            await self._write(())
-        while not self._ready:
-            kind, body = await self._pdu(seconds)
-            if kind == P_DATA_TF_TYPE:
-                await self._p_data(body)
-            elif kind == A_RELEASE_RQ_TYPE:
-                return None
-            elif kind == A_ABORT_TYPE:
-                raise _Ended(released=False)
-            else:
-                log.warning(
-                    "association with %s aborted: a PDU of type 0x%02X in the data transfer phase (PS3.8 9.2)",
-                    peer(self.assoc),
-                    kind,
-                )
-                await self.abort_association(ABORT_SOURCE_PROVIDER)
-        message = self._ready.popleft()
-        try:
-            return message.context_id, received_primitive(self.assoc, message)
-        except Exception as exc:
-            _DIMSE_LOG.error("Received an invalid DIMSE message")
-            _DIMSE_LOG.exception(exc)
-            await self.abort_association(ABORT_SOURCE_PROVIDER)
-
-    async def _pdu(self, seconds: float | None) -> tuple[int, bytes]:
-        """One PDU's type and body. TimeoutError when none begins within `seconds`; a PDU over the limit, or
-        one that stalls half-way, closes the connection."""
-        assert self._reader is not None
-        try:
-            async with asyncio.timeout(seconds):
-                head = await self._reader.readexactly(_PDU_HEADER.size)
-        except asyncio.IncompleteReadError:
-            raise _Ended(released=False) from None  # the peer closed the connection (AA-4)
-        kind, length = _PDU_HEADER.unpack(head)
-        limit = pdu_limit(self.assoc)
-        if limit and length > limit:
-            log_oversized_pdu(self.assoc, length, limit)
-            raise _Ended(released=False)
-        try:
-            async with asyncio.timeout(self.assoc.network_timeout):
-                return kind, await self._reader.readexactly(length)
-        except TimeoutError:
-            log_stalled_pdu(self.assoc)
-            raise _Ended(released=False) from None
-        except asyncio.IncompleteReadError:
-            raise _Ended(released=False) from None
-
-    async def _p_data(self, items: bytes) -> None:
-        """Take the PDV items of a P-DATA-TF PDU; the messages they complete wait in `_ready`."""
-        try:
-            values = ReceivedPData(items, start=0).values
-        except ValueError as exc:
-            log.warning("association with %s aborted: %s", peer(self.assoc), exc)
-            await self.abort_association(ABORT_SOURCE_PROVIDER)
-        for context_id, data in values:
-            try:
-                message = self._assembler.feed(context_id, data)
-            except CommandError as exc:
-                _DIMSE_LOG.error("Received an invalid DIMSE message: %s", exc)
-                await self.abort_association(ABORT_SOURCE_PROVIDER)
-            if message is not None:
-                self._ready.append(message)
-
-    async def _transfer(self) -> bool:
-        assoc = self.assoc
+    async def _transfer(self, link: Link) -> bool:
         try:
             while True:
                 if self._aborted:  # abort() during the store just answered
-                    await self.abort_association(ABORT_SOURCE_USER)
+                    await link.abort(ABORT_SOURCE_USER)
                 try:
-                    received = await self.receive(assoc.network_timeout)
+                    received = await link.receive(self.assoc.network_timeout)
                 except TimeoutError:
                     _ASSOCIATION_LOG.error("Network timeout reached")
-                    await self.abort_association(ABORT_SOURCE_USER)
+                    await link.abort(ABORT_SOURCE_USER)
                 if received is None:  # A-RELEASE-RQ
-                    await self._write((A_RELEASE_RP,))
+                    await link.write((A_RELEASE_RP,))
                     self._released = True
-                    assert self._reader is not None
-                    await _until_closed(self._reader, assoc.acse_timeout)
+                    await _until_closed(link.reader, self.assoc.acse_timeout)
                     return True
-                await self._message(*received)
-        except _Ended as ended:
+                await self._message(link, *received)
+        except Ended as ended:
             return ended.released
 
-    async def _message(self, context_id: int, request: Any) -> None:
+    async def _message(self, link: Link, context_id: int, request: Any) -> None:
         """Answer one request, as pynetdicom's association reactor and service classes would."""
         assoc = self.assoc
         context = assoc._accepted_cx.get(context_id)
         if context is None:
             _ASSOCIATION_LOG.info(f"Received DIMSE message with invalid or rejected context ID: {context_id}")
-            await self.abort_association(ABORT_SOURCE_USER)
+            await link.abort(ABORT_SOURCE_USER)
         if isinstance(request, C_CANCEL):
-            return  # no operation is outstanding here: a C-CANCEL is only seen during one (loop_get.py)
+            return  # no operation is outstanding here: a C-CANCEL is only seen during one (link.py)
         if not request.is_valid_request:
             _ASSOCIATION_LOG.warning(f"Received unexpected {request.msg_type} service message")
             return
@@ -403,8 +278,8 @@ class DataPhase:
                 context_id,
                 context.abstract_syntax,
             )
-            await self.abort_association(ABORT_SOURCE_USER)
-        await self.send(response, context_id)
+            await link.abort(ABORT_SOURCE_USER)
+        await link.send(response, context_id)
 
     async def _store(self, request: C_STORE, transfer_syntax: str) -> Dataset | int:
         with self._lock:
@@ -421,14 +296,6 @@ class DataPhase:
         finally:
             with self._lock:
                 self._storing = False
-
-
-class _Ended(Exception):
-    """The association has ended: its last PDU is sent or received, or the connection is gone."""
-
-    def __init__(self, released: bool) -> None:
-        super().__init__()
-        self.released = released
 
 
 async def _until_closed(reader: asyncio.StreamReader, seconds: float | None) -> None:

@@ -43,6 +43,7 @@ from dimse_bridge import qr, status
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeError
 from dimse_bridge.context import DimseContext
+from dimse_bridge.link import Link
 from dimse_bridge.sending import MEDIUM
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,8 @@ class Phase(Protocol):
     dimse: DimseContext
     staging: Executor
 
-    async def send(self, primitive: Any, context_id: int, *, now: bool = True) -> None: ...
-
-    async def receive(self, seconds: float | None) -> tuple[int, Any] | None: ...
-
-    async def abort_association(self) -> NoReturn: ...
+    @property
+    def link(self) -> Link: ...
 
 
 class _Tally:
@@ -120,25 +118,25 @@ async def serve(phase: Phase, request: C_GET, context: PresentationContext) -> N
         refs = await dimse.bridge.within(dimse.archive.retrieve.resolve_matching(model))
     except qr.IdentifierError as exc:
         log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
-        await phase.send(_refusal(request, exc.code, str(exc)), context_id)
+        await phase.link.send(_refusal(request, exc.code, str(exc)), context_id)
         return
     except BridgeError as exc:
         log.warning("%s refused: %s", who, exc)
-        await phase.send(_refusal(request, status.OUT_OF_RESOURCES_MATCHES, str(exc)), context_id)
+        await phase.link.send(_refusal(request, status.OUT_OF_RESOURCES_MATCHES, str(exc)), context_id)
         return
     if len(refs) > MAX_SUB_OPERATIONS:
         comment = f"{len(refs)} instances match; a C-GET can report at most {MAX_SUB_OPERATIONS}"
         log.warning("%s refused: %s", who, comment)
-        await phase.send(_refusal(request, status.UNABLE_TO_PROCESS, comment), context_id)
+        await phase.link.send(_refusal(request, status.UNABLE_TO_PROCESS, comment), context_id)
         return
     log.info("%s: %d instances to send", who, len(refs))
     tally = _Tally(request, len(refs), context.transfer_syntax[0])
     cancelled = await _sub_operations(phase, request, refs, tally, context_id, who)
     if cancelled:
         log.info("%s cancelled after %d of %d sub-operations", who, len(refs) - tally.remaining, len(refs))
-        await phase.send(tally.response(status.CANCEL, remaining=True), context_id)
+        await phase.link.send(tally.response(status.CANCEL, remaining=True), context_id)
     else:
-        await phase.send(tally.final(), context_id)
+        await phase.link.send(tally.final(), context_id)
 
 
 def _refusal(request: C_GET, code: int, comment: str) -> C_GET:
@@ -210,7 +208,7 @@ async def _sub_operations(
             tally.remaining -= 1
             index += 1
             # Held back, to go out with the next sub-operation's request in one write.
-            await phase.send(tally.response(status.PENDING, remaining=True), context_id, now=False)
+            await phase.link.send(tally.response(status.PENDING, remaining=True), context_id, now=False)
             if cancelled:
                 return True
 
@@ -230,11 +228,11 @@ async def _store(
     store.AffectedSOPClassUID = encoded.sop_class_uid
     store.AffectedSOPInstanceUID = encoded.sop_instance_uid
     store.DataSet = io.BytesIO(encoded.data)
-    await phase.send(store, contexts[encoded.sop_class_uid][encoded.transfer_syntax_uid])
+    await phase.link.send(store, contexts[encoded.sop_class_uid][encoded.transfer_syntax_uid])
     cancelled = False
     while True:
         try:
-            received = await phase.receive(phase.assoc.dimse_timeout)
+            received = await phase.link.receive(phase.assoc.dimse_timeout)
         except TimeoutError:
             await _abort(phase, f"no C-STORE-RSP to sub-operation {message_id} within the DIMSE timeout")
         if received is None:
@@ -252,4 +250,4 @@ async def _store(
 
 async def _abort(phase: Phase, why: str) -> NoReturn:
     log.warning("association with %s aborted: %s", peer(phase.assoc), why)
-    await phase.abort_association()
+    await phase.link.abort()
