@@ -19,7 +19,8 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final, NoReturn
+from concurrent.futures import Executor
+from typing import Any, Final, NoReturn, Protocol
 
 from pynetdicom.dimse_primitives import C_CANCEL
 
@@ -34,6 +35,7 @@ from dimse_bridge.commands import (
     received_primitive,
     release_parts,
 )
+from dimse_bridge.context import DimseContext
 
 log = logging.getLogger(__name__)
 # pynetdicom's messages for the same events, under its logger, as its reactors write them.
@@ -190,6 +192,12 @@ class Link:
             return True
         return self.cancelled(message_id)  # a C-CANCEL of nothing outstanding: dropped
 
+    async def flush(self) -> None:
+        """Write what is held back, then let a read that `cancelled` left running take what has come meanwhile
+        (a C-CANCEL behind the request, say), so that it is seen at the next `cancelled`."""
+        await self.write(())
+        await asyncio.sleep(0)
+
     async def _receive(self, seconds: float | None) -> tuple[int, Any] | None:
         while not self._ready:
             kind, body = await self.pdu(seconds)
@@ -259,3 +267,15 @@ class Link:
                 await self.abort(ABORT_SOURCE_PROVIDER)
             if message is not None:
                 self._ready.append(message)
+
+
+class Phase(Protocol):
+    """What the services on the loop (loop_get.py, loop_find.py) need of the association's data phase
+    (data_phase.DataPhase)."""
+
+    assoc: Any
+    dimse: DimseContext
+    staging: Executor
+
+    @property
+    def link(self) -> Link: ...

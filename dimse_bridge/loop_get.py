@@ -26,8 +26,7 @@ import asyncio
 import io
 import logging
 from collections.abc import Iterator
-from concurrent.futures import Executor
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final, NoReturn
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -35,6 +34,7 @@ from pynetdicom.dimse_primitives import C_CANCEL, C_GET, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from app.core.records import StoredInstance
@@ -42,8 +42,7 @@ from app.core.retrieve.streaming import EncodedInstance
 from dimse_bridge import qr, status
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeError
-from dimse_bridge.context import DimseContext
-from dimse_bridge.link import Link
+from dimse_bridge.link import Phase
 from dimse_bridge.sending import MEDIUM
 
 log = logging.getLogger(__name__)
@@ -55,17 +54,6 @@ MAX_SUB_OPERATIONS: Final = 0xFFFF
 # How many instances, or bytes of them, one thread job reads ahead of the sub-operations (`_batches`).
 READ_AHEAD_COUNT: Final = 16
 READ_AHEAD_BYTES: Final = 4 * 1024 * 1024
-
-
-class Phase(Protocol):
-    """What this module needs of the association's data phase (data_phase.DataPhase)."""
-
-    assoc: Any
-    dimse: DimseContext
-    staging: Executor
-
-    @property
-    def link(self) -> Link: ...
 
 
 class _Tally:
@@ -118,16 +106,16 @@ async def serve(phase: Phase, request: C_GET, context: PresentationContext) -> N
         refs = await dimse.bridge.within(dimse.archive.retrieve.resolve_matching(model))
     except qr.IdentifierError as exc:
         log.warning("%s refused (0x%04X): %s", who, exc.code, exc)
-        await phase.link.send(_refusal(request, exc.code, str(exc)), context_id)
+        await phase.link.send(_refusal(assoc, request, exc.code, str(exc)), context_id)
         return
     except BridgeError as exc:
         log.warning("%s refused: %s", who, exc)
-        await phase.link.send(_refusal(request, status.OUT_OF_RESOURCES_MATCHES, str(exc)), context_id)
+        await phase.link.send(_refusal(assoc, request, status.OUT_OF_RESOURCES_MATCHES, str(exc)), context_id)
         return
     if len(refs) > MAX_SUB_OPERATIONS:
         comment = f"{len(refs)} instances match; a C-GET can report at most {MAX_SUB_OPERATIONS}"
         log.warning("%s refused: %s", who, comment)
-        await phase.link.send(_refusal(request, status.UNABLE_TO_PROCESS, comment), context_id)
+        await phase.link.send(_refusal(assoc, request, status.UNABLE_TO_PROCESS, comment), context_id)
         return
     log.info("%s: %d instances to send", who, len(refs))
     tally = _Tally(request, len(refs), context.transfer_syntax[0])
@@ -139,14 +127,13 @@ async def serve(phase: Phase, request: C_GET, context: PresentationContext) -> N
         await phase.link.send(tally.final(), context_id)
 
 
-def _refusal(request: C_GET, code: int, comment: str) -> C_GET:
-    """The final response of a C-GET refused before any sub-operation (PS3.4 C.4.3.1.3.1)."""
+def _refusal(assoc: Any, request: C_GET, code: int, comment: str) -> C_GET:
+    """The final response of a C-GET refused before any sub-operation (PS3.4 C.4.3.1.3.1), with its Error
+    Comment."""
     response = C_GET()
     response.MessageIDBeingRespondedTo = request.MessageID
     response.AffectedSOPClassUID = request.AffectedSOPClassUID
-    response.Status = code
-    response.ErrorComment = status.status_dataset(code, comment).ErrorComment
-    return response
+    return QueryRetrieveServiceClass(assoc).validate_status(status.status_dataset(code, comment), response)
 
 
 def _batches(refs: list[StoredInstance]) -> Iterator[list[StoredInstance]]:

@@ -29,10 +29,11 @@ Instance Root models; fuzzy semantic matching and timezone adjustment (C.4.1.3.1
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, Final
 
 from pydicom.datadict import keyword_for_tag
@@ -70,6 +71,7 @@ QR_SOP_CLASSES: Final = (
     PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET,
 )  # fmt: skip
 GET_SOP_CLASSES: Final = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
+FIND_SOP_CLASSES: Final = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 SECONDARY_CAPTURE: Final = "1.2.840.10008.5.1.4.1.1.7"
 _PATIENT_ROOT: Final = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
 
@@ -262,47 +264,77 @@ def find_answer(
 # -- C-FIND ---------------------------------------------------------------------------------------------------
 
 
-def handle_find(event: Event, dimse: DimseContext) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """C-FIND SCP (PS3.4 C.4.1): one pending response per match, then pynetdicom's final Success.
+FindResult = tuple[int | Dataset, Dataset | None]
 
-    0xFF01 instead of 0xFF00 when the identifier held optional keys the archive cannot match on (valid
-    attributes that are not indexed, keys below the level): Table C.4-1 "Matches are continuing - Warning that
-    one or more Optional Keys were not supported for existence and/or matching for this Identifier".
+
+async def find_results(dimse: DimseContext, event: Event, who: str) -> AsyncGenerator[list[FindResult], None]:
+    """The responses to a C-FIND request (PS3.4 C.4.1), a page of matches at a time, for either door: (pending
+    status, answer) per match; a refusal or a failure as (status data set, None), the last one. On the loop.
+
+    The pending status is 0xFF01 instead of 0xFF00 when the identifier held optional keys the archive cannot
+    match on (valid attributes that are not indexed, keys below the level): Table C.4-1 "Matches are
+    continuing - Warning that one or more Optional Keys were not supported for existence and/or matching for
+    this Identifier".
     """
     sop_class = str(event.request.AffectedSOPClassUID)
-    who = peer(event.assoc)
     try:
         identifier = decode_identifier(event)
         level = request_level(identifier, sop_class)
         model = find_model(identifier, level, sop_class)
     except IdentifierError as exc:
         log.warning("C-FIND from %s refused (0x%04X): %s", who, exc.code, exc)
-        yield status.status_dataset(exc.code, str(exc)), None
+        yield [(status.status_dataset(exc.code, str(exc)), None)]
         return
     pending = status.PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if model.ignored else status.PENDING
     if model.ignored:
         log.info("C-FIND from %s: keys not supported for matching: %s", who, ", ".join(model.ignored))
     required = required_keys(level, sop_class)
     matches = 0
-    pages = dimse.bridge.stream(search_pages(dimse.archive.repository, model, FIND_PAGE_SIZE))
+    pages = search_pages(dimse.archive.repository, model, FIND_PAGE_SIZE)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(dimse.settings.dimse_dimse_timeout):
+                    page = await anext(pages, None)
+            except TimeoutError:
+                comment = f"no answer from the archive within {dimse.settings.dimse_dimse_timeout} s"
+                log.warning("C-FIND from %s failed after %d matches: %s", who, matches, comment)
+                yield [(status.status_dataset(status.OUT_OF_RESOURCES, comment), None)]
+                return
+            if page is None:
+                break
+            results: list[FindResult] = []
+            for row in page:
+                try:
+                    results.append((pending, find_answer(row, identifier, level, required, dimse.ae_title)))
+                except Exception as exc:  # a held value pydicom cannot take back (should not happen)
+                    log.exception("C-FIND from %s: cannot build answer %d", who, matches + len(results) + 1)
+                    comment = f"cannot build an answer: {exc}"
+                    results.append((status.status_dataset(status.UNABLE_TO_PROCESS, comment), None))
+                    yield results
+                    return
+            matches += len(results)
+            yield results
+    finally:
+        await pages.aclose()  # stopped early (cancel, abort): the query's cursor goes now
+    log.debug("C-FIND from %s at %s level: %d matches", who, level, matches)
+
+
+def handle_find(event: Event, dimse: DimseContext) -> Iterator[FindResult]:
+    """C-FIND SCP (PS3.4 C.4.1) in pynetdicom's association thread: `find_results`, one page per hop to the
+    loop, then pynetdicom's final Success; 0xFE00 on C-CANCEL, 0xA700 when the archive cannot be asked."""
+    who = peer(event.assoc)
+    matches = 0
+    pages = dimse.bridge.stream(find_results(dimse, event, who))
     try:
         for page in pages:
-            for row in page:
-                if event.is_cancelled:
+            for result in page:
+                if result[1] is not None and event.is_cancelled:
                     log.info("C-FIND from %s cancelled after %d matches", who, matches)
                     yield status.CANCEL, None
                     return
-                try:
-                    answer = find_answer(row, identifier, level, required, dimse.ae_title)
-                except Exception as exc:  # a held value pydicom cannot take back (should not happen)
-                    log.exception("C-FIND from %s: cannot build answer %d", who, matches + 1)
-                    yield (
-                        status.status_dataset(status.UNABLE_TO_PROCESS, f"cannot build an answer: {exc}"),
-                        None,
-                    )
-                    return
+                yield result
                 matches += 1
-                yield pending, answer
     except BridgeError as exc:
         log.warning("C-FIND from %s failed after %d matches: %s", who, matches, exc)
         yield status.status_dataset(status.OUT_OF_RESOURCES, str(exc)), None
@@ -314,8 +346,6 @@ def handle_find(event: Event, dimse: DimseContext) -> Iterator[tuple[int | Datas
             close()
     if event.is_cancelled:
         yield status.CANCEL, None
-        return
-    log.debug("C-FIND from %s at %s level: %d matches", who, level, matches)
 
 
 # -- C-GET and C-MOVE -----------------------------------------------------------------------------------------
@@ -343,7 +373,9 @@ def sending_contexts(assoc: Any) -> dict[str, dict[str, int]]:
         return found
     for cx in assoc.accepted_contexts:
         if cx.as_scu:
-            found.setdefault(str(cx.abstract_syntax), {}).setdefault(str(cx.transfer_syntax[0]), cx.context_id)
+            found.setdefault(str(cx.abstract_syntax), {}).setdefault(
+                str(cx.transfer_syntax[0]), cx.context_id
+            )
     return found
 
 
@@ -352,7 +384,9 @@ def accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:
     return list(sending_contexts(assoc).get(sop_class_uid, ()))
 
 
-def read_for_sending(dimse: DimseContext, ref: StoredInstance, accepted: list[str], who: str) -> EncodedInstance | None:
+def read_for_sending(
+    dimse: DimseContext, ref: StoredInstance, accepted: list[str], who: str
+) -> EncodedInstance | None:
     """The instance's data set in one of the `accepted` syntaxes, for a C-STORE sub-operation (the stored bytes
     as they are when their syntax was accepted, sending.py); None, with the reason logged, when it cannot be
     sent, which counts as a failed sub-operation (PS3.4 C.4.2.3.1, C.4.3.3.1). Blocking: a file read."""

@@ -18,11 +18,12 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, build_role, evt
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -32,6 +33,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
@@ -40,7 +42,7 @@ from pynetdicom.sop_class import (
 from app.bootstrap import open_archive
 from app.config import Settings
 from app.context import ArchiveContext
-from dimse_bridge.commands import encode_command
+from dimse_bridge.commands import MessageAssembler, encode_command
 from dimse_bridge.data_phase import DataPhase
 from dimse_bridge.server import DimseServer, start_dimse_server, stop_dimse_server
 from tests import dicom_files
@@ -152,9 +154,9 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def p_data_tf(context_id: int, command: bytes) -> bytes:
-    """A P-DATA-TF PDU of one PDV: a whole command set (PS3.8 9.3.5, E.2)."""
-    item = bytes((context_id, 0x03)) + command
+def p_data_tf(context_id: int, value: bytes, control: int = 0x03) -> bytes:
+    """A P-DATA-TF PDU of one PDV: a whole command set, or (`control` 0x02) a whole data set (PS3.8 9.3.5, E.2)."""
+    item = bytes((context_id, control)) + value
     return struct.pack(">BxII", 0x04, len(item) + 4, len(item)) + item
 
 
@@ -339,14 +341,16 @@ async def test_an_idle_association_is_aborted_after_the_network_timeout(hasty_se
     assert [abort.source for abort in peer.aborts] == [0x00]
 
 
-def raw_association(server: DimseServer, *, receive_buffer: int | None = None) -> socket.socket:
-    """A connection with an accepted association for CT Image Storage (context 1), made by hand: what is sent
-    and read afterwards is the test's alone."""
+def raw_association(
+    server: DimseServer, *, receive_buffer: int | None = None, abstract_syntax: str = CTImageStorage
+) -> socket.socket:
+    """A connection with an accepted association for CT Image Storage, or `abstract_syntax`, in Implicit VR
+    Little Endian (context 1), made by hand: what is sent and read afterwards is the test's alone."""
     request = A_ASSOCIATE()
     request.application_context_name = APPLICATION_CONTEXT_NAME
     request.calling_ae_title = CALLING
     request.called_ae_title = AE_TITLE
-    context = build_context(CTImageStorage)
+    context = build_context(abstract_syntax, ImplicitVRLittleEndian)
     context.context_id = 1
     request.presentation_context_definition_list = [context]
     maximum = MaximumLengthNotification()
@@ -390,6 +394,48 @@ def closed_within(sock: socket.socket, seconds: float, junk: bytes = b"") -> boo
         except TimeoutError:
             pass
     return False
+
+
+def responses_until_final(sock: socket.socket) -> list[dict[int, Any]]:
+    """The command sets of the responses read from `sock` up to the first that is not pending (PS3.7 C)."""
+    assembler = MessageAssembler()
+    found: list[dict[int, Any]] = []
+    while True:
+        kind, length = struct.unpack(">BxI", _read(sock, 6))
+        body = _read(sock, length)
+        assert kind == 0x04, f"a PDU of type 0x{kind:02X} instead of P-DATA-TF"
+        offset = 0
+        while offset < len(body):
+            (size,) = struct.unpack_from(">I", body, offset)
+            message = assembler.feed(body[offset + 4], body[offset + 5 : offset + 4 + size])
+            offset += 4 + size
+            if message is not None:
+                found.append(message.header)
+                if message.header[0x00000900] not in (0xFF00, 0xFF01):
+                    return found
+
+
+async def test_a_c_cancel_right_behind_its_c_find_ends_the_find_with_fe00(server: DimseServer) -> None:
+    """The C-CANCEL is read while the matches are sent (link.py), and the final response is Cancel."""
+    await stored_study(server)
+    with raw_association(server, abstract_syntax=StudyRootQueryRetrieveInformationModelFind) as sock:
+        request = C_FIND()
+        request.MessageID = 7
+        request.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+        request.Priority = 0
+        cancel = C_CANCEL()
+        cancel.MessageIDBeingRespondedTo = 7
+        identifier = pydicom.Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = ""
+        sock.sendall(
+            p_data_tf(1, encode_command("C-FIND-RQ", request, True))
+            + p_data_tf(1, encode(identifier, True, True) or b"", control=0x02)
+            + p_data_tf(1, encode_command("C-CANCEL-RQ", cancel, False))
+        )
+        found = await asyncio.to_thread(responses_until_final, sock)
+    assert found[-1][0x00000900] == 0xFE00
+    assert all(header[0x00000120] == 7 for header in found)  # Message ID Being Responded To
 
 
 async def test_stopping_the_server_ends_an_active_association_at_once_and_reports_one_abort(

@@ -207,16 +207,16 @@ def scu() -> dict[str, Any]:
 
 
 @pytest.fixture(params=["loop", "threads"])
-def get_scu(request: pytest.FixtureRequest, scu: dict[str, Any]) -> dict[str, Any]:
-    """`scu` for a C-GET through either door: proposing the GET model and CT Image Storage only, the association
-    is served on the event loop (dimse_bridge/loop_get.py); proposing FIND and MOVE too, it keeps pynetdicom's
-    reactors (qr.handle_get)."""
+def door_scu(request: pytest.FixtureRequest, scu: dict[str, Any]) -> dict[str, Any]:
+    """`scu` for a C-FIND or C-GET through either door: proposing the FIND and GET models and CT Image Storage
+    only, the association is served on the event loop (dimse_bridge/loop_find.py, loop_get.py); proposing MOVE
+    too, it keeps pynetdicom's reactors (qr.handle_find, qr.handle_get)."""
     if request.param == "loop":
         from pynetdicom import AE
 
         ae = AE(ae_title="PYSCU")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = PEER_TIMEOUT
-        for uid in (STUDY_ROOT_GET, CT_IMAGE_STORAGE):
+        for uid in (STUDY_ROOT_FIND, STUDY_ROOT_GET, CT_IMAGE_STORAGE):
             ae.add_requested_context(uid)
         scu["ae"] = ae
     return scu
@@ -320,10 +320,10 @@ def test_a_non_ascii_answer_is_sent_in_utf8(qr: QrArchive, tmp_path: Path) -> No
     assert str(answers[0].PatientName) == "MÜLLER^JÜRGEN"
 
 
-def test_a_latin1_request_matches_and_the_answer_is_utf8(qr: QrArchive, scu: dict[str, Any]) -> None:
+def test_a_latin1_request_matches_and_the_answer_is_utf8(qr: QrArchive, door_scu: dict[str, Any]) -> None:
     request = study_identifier(PatientName="MÜLLER*", StudyInstanceUID="")
     request.SpecificCharacterSet = "ISO_IR 100"  # pynetdicom encodes the identifier in Latin-1
-    assoc = associate(qr, scu)
+    assoc = associate(qr, door_scu)
     try:
         answers = [
             ds for status, ds in assoc.send_c_find(request, STUDY_ROOT_FIND) if status.Status == 0xFF00
@@ -345,8 +345,8 @@ def test_a_study_stored_by_stow_is_found_at_once(qr: QrArchive, tmp_path: Path) 
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
-def test_find_statuses(qr: QrArchive, scu: dict[str, Any]) -> None:
-    assoc = associate(qr, scu)
+def test_find_statuses(qr: QrArchive, door_scu: dict[str, Any]) -> None:
+    assoc = associate(qr, door_scu)
     try:
         # A key the archive does not index, given a value: matches continue with 0xFF01 (PS3.4 Table C.4-1).
         answers = list(
@@ -385,9 +385,9 @@ def test_getscu_retrieves_a_study(qr: QrArchive, tmp_path: Path) -> None:
         assert got[sent.SOPInstanceUID].PatientName == "DOE^JOHN"
 
 
-def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, get_scu: dict[str, Any]) -> None:
+def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, door_scu: dict[str, Any]) -> None:
     """The SCU takes CT back (role selection) but not MR: the MR instance fails, the final status is 0xB000."""
-    assoc = associate(qr, get_scu)
+    assoc = associate(qr, door_scu)
     try:
         identifier = study_identifier(StudyInstanceUID=f"{qr.a.uid}\\{qr.b.uid}")
         responses = [status for status, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET)]
@@ -397,11 +397,11 @@ def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, get_s
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 1)
     assert [p.NumberOfRemainingSuboperations for p in responses[:-1]] == [3, 2, 1, 0]
-    assert sorted(ds.SOPInstanceUID for ds in get_scu["received"]) == sorted(qr.a.sop_uids)
+    assert sorted(ds.SOPInstanceUID for ds in door_scu["received"]) == sorted(qr.a.sop_uids)
     qr.archive.wait_for_log(f"instance {qr.b.sop_uids[0]} not sent: no accepted presentation context")
 
 
-def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, get_scu: dict[str, Any]) -> None:
+def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, door_scu: dict[str, Any]) -> None:
     """The stored syntax was accepted, so the C-STORE sub-operation carries the file's data set unchanged:
     nothing parsed and written again (sending.py)."""
     raw: dict[str, bytes] = {}
@@ -410,8 +410,8 @@ def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, get_scu: d
         raw[str(event.request.AffectedSOPInstanceUID)] = bytes(event.request.DataSet.getvalue())
         return 0x0000
 
-    get_scu["handlers"] = [(evt.EVT_C_STORE, keep_bytes)]
-    assoc = associate(qr, get_scu)
+    door_scu["handlers"] = [(evt.EVT_C_STORE, keep_bytes)]
+    assoc = associate(qr, door_scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.a.uid), STUDY_ROOT_GET)]
     finally:
@@ -424,8 +424,8 @@ def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, get_scu: d
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, get_scu: dict[str, Any]) -> None:
-    assoc = associate(qr, get_scu)
+def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, door_scu: dict[str, Any]) -> None:
+    assoc = associate(qr, door_scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier("SERIES", StudyInstanceUID=qr.a.uid),
                                                     STUDY_ROOT_GET)]  # fmt: skip
@@ -436,11 +436,11 @@ def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, get_scu: dict[st
         assoc.release()
     assert responses[-1].Status == 0xA900 and "SeriesInstanceUID" in responses[-1].ErrorComment
     assert wildcard[-1].Status == 0xA900
-    assert get_scu["received"] == []
+    assert door_scu["received"] == []
 
 
-def test_a_get_of_nothing_succeeds_with_no_sub_operations(qr: QrArchive, get_scu: dict[str, Any]) -> None:
-    assoc = associate(qr, get_scu)
+def test_a_get_of_nothing_succeeds_with_no_sub_operations(qr: QrArchive, door_scu: dict[str, Any]) -> None:
+    assoc = associate(qr, door_scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=generate_uid()),
                                                     STUDY_ROOT_GET)]  # fmt: skip
@@ -451,10 +451,10 @@ def test_a_get_of_nothing_succeeds_with_no_sub_operations(qr: QrArchive, get_scu
 
 
 def test_a_get_whose_every_sub_operation_fails_answers_a702_with_the_failed_uids(
-    qr: QrArchive, get_scu: dict[str, Any]
+    qr: QrArchive, door_scu: dict[str, Any]
 ) -> None:
     """Only an MR instance, and no MR context to send it on (PS3.4 C.4.3.1.4: 0xA702)."""
-    assoc = associate(qr, get_scu)
+    assoc = associate(qr, door_scu)
     try:
         responses = list(assoc.send_c_get(study_identifier(StudyInstanceUID=qr.b.uid), STUDY_ROOT_GET))
     finally:
@@ -465,20 +465,20 @@ def test_a_get_whose_every_sub_operation_fails_answers_a702_with_the_failed_uids
     assert identifier.FailedSOPInstanceUIDList == qr.b.sop_uids[0]
 
 
-def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive, get_scu: dict[str, Any]) -> None:
+def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive, door_scu: dict[str, Any]) -> None:
     """A C-CANCEL sent before the first C-STORE-RSP: that sub-operation completes, the rest are not sent, and the
     final 0xFE00 counts them as remaining (PS3.4 C.4.3.3.3)."""
     assoc: Any = None
 
     def cancel_first(event: Any) -> int:
-        get_scu["received"].append(event.dataset)
-        if len(get_scu["received"]) == 1:
+        door_scu["received"].append(event.dataset)
+        if len(door_scu["received"]) == 1:
             context_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == STUDY_ROOT_GET)
             assoc.send_c_cancel(9, context_id)
         return 0x0000
 
-    get_scu["handlers"] = [(evt.EVT_C_STORE, cancel_first)]
-    assoc = associate(qr, get_scu)
+    door_scu["handlers"] = [(evt.EVT_C_STORE, cancel_first)]
+    assoc = associate(qr, door_scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.big.uid), STUDY_ROOT_GET,
                                                     msg_id=9)]  # fmt: skip
@@ -488,7 +488,7 @@ def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive,
     final = responses[-1]
     assert final.Status == 0xFE00
     assert (final.NumberOfCompletedSuboperations, final.NumberOfRemainingSuboperations) == (1, BIG_STUDY_SIZE - 1)
-    assert len(get_scu["received"]) == 1
+    assert len(door_scu["received"]) == 1
 
 
 # -- C-MOVE ------------------------------------------------------------------------------------------------

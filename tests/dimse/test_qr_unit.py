@@ -179,7 +179,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def dimse_context(loop: asyncio.AbstractEventLoop, repository: FakeRepository) -> DimseContext:
-    archive = SimpleNamespace(repository=repository, settings=SimpleNamespace(ae_title="ARCHIVE"))
+    archive = SimpleNamespace(repository=repository, settings=SimpleNamespace(ae_title="ARCHIVE", dimse_dimse_timeout=10))
     return DimseContext(archive=archive, bridge=LoopBridge(loop, timeout=10), policy=None, access=None)  # type: ignore[arg-type]
 
 

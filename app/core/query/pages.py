@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from app.core.query.model import QueryModel, SearchResult
@@ -16,7 +16,7 @@ class _Searcher(Protocol):
 
 async def search_pages(
     repository: _Searcher, model: QueryModel, page_size: int
-) -> AsyncIterator[list[JSONDict]]:
+) -> AsyncGenerator[list[JSONDict], None]:
     """Every match of `model`, a page at a time (C-FIND streams its pending responses from these)."""
     offset = 0
     while True:
