@@ -1,4 +1,4 @@
-"""The data transfer phase of Storage, Verification, C-FIND and C-GET associations, served on the event loop.
+"""The data transfer phase of Storage, Verification and Query/Retrieve associations, served on the event loop.
 
 pynetdicom serves each association with two threads: its DUL reactor reads PDUs and runs the state machine, its
 association reactor takes the DIMSE messages from a queue and calls our handler, which hands the store to the
@@ -11,17 +11,18 @@ An association that proposes only Verification and storage SOP classes (a modali
 forwarding) has nothing in its data phase but C-STORE and C-ECHO requests to answer one at a time, so the loop
 serves it: it reads the PDUs, reassembles each message (commands.py), awaits the same store coroutine the
 thread door hands to the bridge (handlers.py) and writes the response itself. One that also proposes the
-Query/Retrieve FIND and GET models (findscu, getscu, a viewer) is served the same way: a C-FIND's matches go out
-as they are read (loop_find.py), a C-GET's sub-operations go out and their responses come in on this same
-connection (loop_get.py), since no asynchronous operations window is negotiated and one operation at a time is
-outstanding; link.py reads and writes the PDUs. Everything before stays pynetdicom's: the A-ASSOCIATE-RQ,
+Query/Retrieve models (findscu, getscu, movescu, a viewer) is served the same way: a C-FIND's matches go out as
+they are read (loop_find.py), a C-GET's sub-operations go out and their responses come in on this same
+connection, a C-MOVE's on an association the loop opens to its destination (loop_retrieve.py, loop_scu.py),
+since no asynchronous operations window is negotiated and one operation at a time is outstanding; link.py reads
+and writes the PDUs. Everything before stays pynetdicom's: the A-ASSOCIATE-RQ,
 admission (admission.py), negotiation and the A-ASSOCIATE-AC. The DUL reactor stops once it has written the
 A-ASSOCIATE-AC (`PromptDUL.stop_after_accept`, so nothing else reads the socket); the association thread only
 waits for this phase to end, then reports the release or abort as pynetdicom's reactor does
 (`AcceptorAssociation._run_reactor`: EVT_RELEASED, EVT_ABORTED, the audit records), and pynetdicom closes the
 connection.
 
-Any other association keeps pynetdicom's reactors: one offering C-MOVE, Storage Commitment or a workflow service
+Any other association keeps pynetdicom's reactors: one offering Storage Commitment or a workflow service
 (Modality Worklist and UPS C-FIND included), or one over TLS, or one with a listener to an event only those
 reactors produce (pynetdicom's DEBUG log listens to every PDU).
 
@@ -52,13 +53,13 @@ from typing import Any, Final
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_GET, C_STORE
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import SOPClassCommonExtendedNegotiation
 from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from dimse_bridge import dispatch, handlers, loop_find, loop_get, qr
+from dimse_bridge import dispatch, handlers, loop_find, loop_retrieve, qr
 from dimse_bridge.acceptor import AcceptorAssociation, pdu_limit
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeClosed
@@ -96,9 +97,10 @@ _OURS: Final = (
     (evt.EVT_C_ECHO, handlers.handle_echo),
     (evt.EVT_C_FIND, dispatch.handle_find),
     (evt.EVT_C_GET, qr.handle_get),
+    (evt.EVT_C_MOVE, qr.handle_move),
 )
 # Query/Retrieve models the loop serves (besides Verification and storage).
-_LOOP_MODELS: Final = frozenset((*qr.FIND_SOP_CLASSES, *qr.GET_SOP_CLASSES))
+_LOOP_MODELS: Final = frozenset((*qr.FIND_SOP_CLASSES, *qr.GET_SOP_CLASSES, *qr.MOVE_SOP_CLASSES))
 _DROP_CHUNK: Final = 64 * 1024
 
 
@@ -119,7 +121,7 @@ def handle_requested(event: Event, dimse: DimseContext, staging: Executor) -> No
 
 def qualifies(assoc: Any) -> bool:
     """Whether every SOP class the request proposes and this AE supports is Verification, storage or a
-    Query/Retrieve FIND or GET model (getscu also proposes retired storage classes, which negotiation refuses), over
+    Query/Retrieve model (getscu also proposes retired storage classes, which negotiation refuses), over
     plain TCP, answered by our own handlers, with nobody listening to events only pynetdicom's reactors produce
     and no SOP Class Common Extended Negotiation (which maps a SOP class to another service)."""
     sock = getattr(assoc.dul.socket, "socket", None)
@@ -269,7 +271,10 @@ class DataPhase:
             event = Event(assoc, evt.EVT_C_ECHO, {"request": request, "context": context.as_tuple})
             response = handlers.echo_rsp(assoc, request, handlers.handle_echo(event, self.dimse))
         elif isinstance(request, C_GET) and abstract_syntax in qr.GET_SOP_CLASSES:
-            await loop_get.serve(self, request, context)
+            await loop_retrieve.serve_get(self, request, context)
+            return
+        elif isinstance(request, C_MOVE) and abstract_syntax in qr.MOVE_SOP_CLASSES:
+            await loop_retrieve.serve_move(self, request, context)
             return
         elif isinstance(request, C_FIND) and abstract_syntax in qr.FIND_SOP_CLASSES:
             await loop_find.serve(self, request, context)

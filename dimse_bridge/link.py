@@ -270,7 +270,7 @@ class Link:
 
 
 class Phase(Protocol):
-    """What the services on the loop (loop_get.py, loop_find.py) need of the association's data phase
+    """What the services on the loop (loop_find.py, loop_retrieve.py) need of the association's data phase
     (data_phase.DataPhase)."""
 
     assoc: Any

@@ -72,6 +72,7 @@ QR_SOP_CLASSES: Final = (
 )  # fmt: skip
 GET_SOP_CLASSES: Final = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
 FIND_SOP_CLASSES: Final = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
+MOVE_SOP_CLASSES: Final = (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE)
 SECONDARY_CAPTURE: Final = "1.2.840.10008.5.1.4.1.1.7"
 _PATIENT_ROOT: Final = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
 
@@ -471,14 +472,16 @@ def _placeholder_contexts() -> list[PresentationContext]:
 
 class _Receiver:
     """The association pynetdicom opens to the move destination, caught when it is accepted (EVT_ACCEPTED),
-    so each instance is loaded in a transfer syntax the destination accepted."""
+    so each instance is loaded in a transfer syntax the destination accepted; its C-STOREs name `originator`,
+    the C-MOVE's requestor (PS3.7 9.1.1.1.11)."""
 
-    def __init__(self) -> None:
+    def __init__(self, originator: str) -> None:
         self.assoc: Any = None
+        self.originator = originator
 
     def accepted(self, event: Event) -> None:
         self.assoc = event.assoc
-        sending.install(event.assoc)
+        sending.install(event.assoc, self.originator)
 
 
 def handle_move(event: Event, dimse: DimseContext) -> Iterator[Any]:
@@ -509,7 +512,7 @@ def handle_move(event: Event, dimse: DimseContext) -> Iterator[Any]:
     except BridgeError as exc:
         log.warning("%s refused: %s", who, exc)
         failure = (status.OUT_OF_RESOURCES_MATCHES, str(exc))
-    receiver = _Receiver()
+    receiver = _Receiver(str(event.assoc.requestor.ae_title or "").strip())
     # The contexts scu.store proposes: per SOP class its stored syntaxes, then Explicit/Implicit VR LE. Only
     # one association is made, so instances of SOP classes beyond its 128 contexts fail (counted, listed).
     groups = scu.storage_contexts(refs)

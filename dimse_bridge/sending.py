@@ -94,14 +94,20 @@ def send_encoded(
     return status
 
 
-def install(assoc: Association) -> None:
+def install(assoc: Association, originator_aet: str | None = None) -> None:
     """Make `assoc.send_c_store` send EncodedDataSets as encoded, and anything else as pynetdicom does. Once per
-    association: a viewer may send thousands of C-GETs on one, and wrappers must not pile up."""
+    association: a viewer may send thousands of C-GETs on one, and wrappers must not pile up.
+
+    `originator_aet`, for a C-MOVE's sub-association, is the AE title of the C-MOVE's requestor, which PS3.7
+    9.1.1.1.11 puts in Move Originator Application Entity Title; pynetdicom's Move SCP puts its own AE title
+    there."""
     if "send_c_store" in vars(assoc):
         return
     original: Callable[..., Dataset] = assoc.send_c_store
 
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+        if originator_aet is not None and "originator_aet" in kwargs:
+            kwargs["originator_aet"] = originator_aet
         if isinstance(dataset, EncodedDataSet):
             return send_encoded(assoc, dataset, *args, **kwargs)
         return original(dataset, *args, **kwargs)

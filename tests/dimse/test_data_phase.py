@@ -33,6 +33,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     CTImageStorage,
+    ModalityWorklistInformationFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -232,7 +233,7 @@ def c_get(assoc: Association, identifier: pydicom.Dataset) -> list[Any]:
     return [status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)]
 
 
-async def test_a_get_association_is_served_by_the_loop_and_retrieves_what_was_stored(
+async def test_a_query_retrieve_association_is_served_by_the_loop_and_retrieves_what_was_stored(
     server: DimseServer,
 ) -> None:
     identifier = await stored_study(server)
@@ -242,9 +243,12 @@ async def test_a_get_association_is_served_by_the_loop_and_retrieves_what_was_st
         received.append(event.dataset)
         return 0x0000
 
-    assoc = await get_association(
-        Peer(StudyRootQueryRetrieveInformationModelGet, CTImageStorage), server, on_store
+    models = (
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
     )
+    assoc = await get_association(Peer(*models, CTImageStorage), server, on_store)
     [acceptor] = served_here(server)
     assert isinstance(acceptor.loop_phase, DataPhase)
     responses = await asyncio.to_thread(c_get, assoc, identifier)
@@ -275,7 +279,7 @@ async def test_a_get_whose_sub_operation_is_not_answered_within_the_dimse_timeou
 async def test_an_association_offering_more_than_storage_keeps_pynetdicoms_reactors(
     server: DimseServer,
 ) -> None:
-    assoc = await Peer(CTImageStorage, StudyRootQueryRetrieveInformationModelMove).associate(server)
+    assoc = await Peer(CTImageStorage, ModalityWorklistInformationFind).associate(server)
     [acceptor] = served_here(server)
     assert acceptor.loop_phase is None
     stored = await asyncio.to_thread(assoc.send_c_store, pydicom.dcmread(dicom_files.path("CT_small.dcm")))

@@ -44,6 +44,7 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 BIG_STUDY_SIZE = 40
 PEER_TIMEOUT = 60
 
@@ -82,13 +83,20 @@ class Receiver:
     """A storage SCP in this process, bound to 127.0.0.1, keeping what it receives."""
 
     delay: float = 0.0
+    aborts: bool = False  # aborts the association at its first C-STORE, unanswered
     received: list[Dataset] = field(default_factory=list)
+    originators: list[tuple[str, int]] = field(default_factory=list)  # Move Originator AE Title, Message ID
     port: int = 0
     server: Any = None
 
     def handle_store(self, event: Any) -> int:
+        if self.aborts:
+            event.assoc.abort()
+            return 0x0000
         if self.delay:
             time.sleep(self.delay)
+        request = event.request
+        self.originators.append((request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID))
         ds = event.dataset
         ds.file_meta = event.file_meta
         self.received.append(ds)
@@ -182,16 +190,21 @@ def keywords(ds: Dataset) -> set[str]:
     return {element.keyword for element in ds}
 
 
-@pytest.fixture
-def scu() -> dict[str, Any]:
+@pytest.fixture(params=["loop", "threads"])
+def scu(request: pytest.FixtureRequest) -> dict[str, Any]:
     """A pynetdicom SCU proposing the Study Root FIND/GET/MOVE contexts and, for C-GET, CT Image Storage with
-    itself as SCP (role selection): MR instances then have no context to come back on."""
+    itself as SCP (role selection): MR instances then have no context to come back on. Through either door: so
+    proposed, the association is served on the event loop (dimse_bridge/loop_find.py, loop_retrieve.py);
+    proposing Modality Worklist FIND too, it keeps pynetdicom's reactors (qr.handle_find, handle_get,
+    handle_move)."""
     from pynetdicom import AE, build_role, evt
 
     ae = AE(ae_title="PYSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = PEER_TIMEOUT
     for uid in (STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE, CT_IMAGE_STORAGE):
         ae.add_requested_context(uid)
+    if request.param == "threads":
+        ae.add_requested_context(MODALITY_WORKLIST_FIND)
     received: list[Dataset] = []
 
     def on_store(event: Any) -> int:
@@ -204,22 +217,6 @@ def scu() -> dict[str, Any]:
         "role": build_role(CT_IMAGE_STORAGE, scp_role=True),
         "handlers": [(evt.EVT_C_STORE, on_store)],
     }
-
-
-@pytest.fixture(params=["loop", "threads"])
-def door_scu(request: pytest.FixtureRequest, scu: dict[str, Any]) -> dict[str, Any]:
-    """`scu` for a C-FIND or C-GET through either door: proposing the FIND and GET models and CT Image Storage
-    only, the association is served on the event loop (dimse_bridge/loop_find.py, loop_get.py); proposing MOVE
-    too, it keeps pynetdicom's reactors (qr.handle_find, qr.handle_get)."""
-    if request.param == "loop":
-        from pynetdicom import AE
-
-        ae = AE(ae_title="PYSCU")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = PEER_TIMEOUT
-        for uid in (STUDY_ROOT_FIND, STUDY_ROOT_GET, CT_IMAGE_STORAGE):
-            ae.add_requested_context(uid)
-        scu["ae"] = ae
-    return scu
 
 
 def associate(qr: QrArchive, scu: dict[str, Any]) -> Any:
@@ -320,10 +317,10 @@ def test_a_non_ascii_answer_is_sent_in_utf8(qr: QrArchive, tmp_path: Path) -> No
     assert str(answers[0].PatientName) == "MÜLLER^JÜRGEN"
 
 
-def test_a_latin1_request_matches_and_the_answer_is_utf8(qr: QrArchive, door_scu: dict[str, Any]) -> None:
+def test_a_latin1_request_matches_and_the_answer_is_utf8(qr: QrArchive, scu: dict[str, Any]) -> None:
     request = study_identifier(PatientName="MÜLLER*", StudyInstanceUID="")
     request.SpecificCharacterSet = "ISO_IR 100"  # pynetdicom encodes the identifier in Latin-1
-    assoc = associate(qr, door_scu)
+    assoc = associate(qr, scu)
     try:
         answers = [
             ds for status, ds in assoc.send_c_find(request, STUDY_ROOT_FIND) if status.Status == 0xFF00
@@ -345,8 +342,8 @@ def test_a_study_stored_by_stow_is_found_at_once(qr: QrArchive, tmp_path: Path) 
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
-def test_find_statuses(qr: QrArchive, door_scu: dict[str, Any]) -> None:
-    assoc = associate(qr, door_scu)
+def test_find_statuses(qr: QrArchive, scu: dict[str, Any]) -> None:
+    assoc = associate(qr, scu)
     try:
         # A key the archive does not index, given a value: matches continue with 0xFF01 (PS3.4 Table C.4-1).
         answers = list(
@@ -385,9 +382,9 @@ def test_getscu_retrieves_a_study(qr: QrArchive, tmp_path: Path) -> None:
         assert got[sent.SOPInstanceUID].PatientName == "DOE^JOHN"
 
 
-def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, door_scu: dict[str, Any]) -> None:
+def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, scu: dict[str, Any]) -> None:
     """The SCU takes CT back (role selection) but not MR: the MR instance fails, the final status is 0xB000."""
-    assoc = associate(qr, door_scu)
+    assoc = associate(qr, scu)
     try:
         identifier = study_identifier(StudyInstanceUID=f"{qr.a.uid}\\{qr.b.uid}")
         responses = [status for status, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET)]
@@ -397,11 +394,11 @@ def test_get_counts_an_instance_without_a_context_as_failed(qr: QrArchive, door_
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 1)
     assert [p.NumberOfRemainingSuboperations for p in responses[:-1]] == [3, 2, 1, 0]
-    assert sorted(ds.SOPInstanceUID for ds in door_scu["received"]) == sorted(qr.a.sop_uids)
+    assert sorted(ds.SOPInstanceUID for ds in scu["received"]) == sorted(qr.a.sop_uids)
     qr.archive.wait_for_log(f"instance {qr.b.sop_uids[0]} not sent: no accepted presentation context")
 
 
-def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, door_scu: dict[str, Any]) -> None:
+def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, scu: dict[str, Any]) -> None:
     """The stored syntax was accepted, so the C-STORE sub-operation carries the file's data set unchanged:
     nothing parsed and written again (sending.py)."""
     raw: dict[str, bytes] = {}
@@ -410,8 +407,8 @@ def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, door_scu: 
         raw[str(event.request.AffectedSOPInstanceUID)] = bytes(event.request.DataSet.getvalue())
         return 0x0000
 
-    door_scu["handlers"] = [(evt.EVT_C_STORE, keep_bytes)]
-    assoc = associate(qr, door_scu)
+    scu["handlers"] = [(evt.EVT_C_STORE, keep_bytes)]
+    assoc = associate(qr, scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.a.uid), STUDY_ROOT_GET)]
     finally:
@@ -424,8 +421,8 @@ def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, door_scu: 
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, door_scu: dict[str, Any]) -> None:
-    assoc = associate(qr, door_scu)
+def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, scu: dict[str, Any]) -> None:
+    assoc = associate(qr, scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier("SERIES", StudyInstanceUID=qr.a.uid),
                                                     STUDY_ROOT_GET)]  # fmt: skip
@@ -436,11 +433,11 @@ def test_a_get_without_the_unique_key_is_refused(qr: QrArchive, door_scu: dict[s
         assoc.release()
     assert responses[-1].Status == 0xA900 and "SeriesInstanceUID" in responses[-1].ErrorComment
     assert wildcard[-1].Status == 0xA900
-    assert door_scu["received"] == []
+    assert scu["received"] == []
 
 
-def test_a_get_of_nothing_succeeds_with_no_sub_operations(qr: QrArchive, door_scu: dict[str, Any]) -> None:
-    assoc = associate(qr, door_scu)
+def test_a_get_of_nothing_succeeds_with_no_sub_operations(qr: QrArchive, scu: dict[str, Any]) -> None:
+    assoc = associate(qr, scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=generate_uid()),
                                                     STUDY_ROOT_GET)]  # fmt: skip
@@ -451,10 +448,10 @@ def test_a_get_of_nothing_succeeds_with_no_sub_operations(qr: QrArchive, door_sc
 
 
 def test_a_get_whose_every_sub_operation_fails_answers_a702_with_the_failed_uids(
-    qr: QrArchive, door_scu: dict[str, Any]
+    qr: QrArchive, scu: dict[str, Any]
 ) -> None:
     """Only an MR instance, and no MR context to send it on (PS3.4 C.4.3.1.4: 0xA702)."""
-    assoc = associate(qr, door_scu)
+    assoc = associate(qr, scu)
     try:
         responses = list(assoc.send_c_get(study_identifier(StudyInstanceUID=qr.b.uid), STUDY_ROOT_GET))
     finally:
@@ -465,20 +462,20 @@ def test_a_get_whose_every_sub_operation_fails_answers_a702_with_the_failed_uids
     assert identifier.FailedSOPInstanceUIDList == qr.b.sop_uids[0]
 
 
-def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive, door_scu: dict[str, Any]) -> None:
+def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive, scu: dict[str, Any]) -> None:
     """A C-CANCEL sent before the first C-STORE-RSP: that sub-operation completes, the rest are not sent, and the
     final 0xFE00 counts them as remaining (PS3.4 C.4.3.3.3)."""
     assoc: Any = None
 
     def cancel_first(event: Any) -> int:
-        door_scu["received"].append(event.dataset)
-        if len(door_scu["received"]) == 1:
+        scu["received"].append(event.dataset)
+        if len(scu["received"]) == 1:
             context_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == STUDY_ROOT_GET)
             assoc.send_c_cancel(9, context_id)
         return 0x0000
 
-    door_scu["handlers"] = [(evt.EVT_C_STORE, cancel_first)]
-    assoc = associate(qr, door_scu)
+    scu["handlers"] = [(evt.EVT_C_STORE, cancel_first)]
+    assoc = associate(qr, scu)
     try:
         responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.big.uid), STUDY_ROOT_GET,
                                                     msg_id=9)]  # fmt: skip
@@ -488,7 +485,7 @@ def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive,
     final = responses[-1]
     assert final.Status == 0xFE00
     assert (final.NumberOfCompletedSuboperations, final.NumberOfRemainingSuboperations) == (1, BIG_STUDY_SIZE - 1)
-    assert len(door_scu["received"]) == 1
+    assert len(scu["received"]) == 1
 
 
 # -- C-MOVE ------------------------------------------------------------------------------------------------
@@ -626,6 +623,36 @@ def test_moves_to_a_prompt_destination_complete_every_sub_operation(qr: QrArchiv
                 assert len(fast.received) == BIG_STUDY_SIZE
         finally:
             assoc.release()
+
+
+def test_a_moves_sub_operations_name_its_originator(qr: QrArchive, scu: dict[str, Any]) -> None:
+    """PS3.7 9.1.1.1: each C-STORE of a C-MOVE carries the AE title and Message ID of the C-MOVE's requestor."""
+    with Receiver() as receiver:
+        _register(qr.archive, "QRORIGIN", receiver.port)
+        assoc = associate(qr, scu)
+        try:
+            statuses = [s for s, _ in assoc.send_c_move(study_identifier(StudyInstanceUID=qr.a.uid), "QRORIGIN",
+                                                        STUDY_ROOT_MOVE, msg_id=11)]  # fmt: skip
+        finally:
+            assoc.release()
+    assert statuses[-1].Status == 0x0000
+    assert receiver.originators == [("PYSCU", 11)] * len(qr.a.sop_uids)
+
+
+def test_a_destination_that_aborts_fails_every_sub_operation_not_done(qr: QrArchive, scu: dict[str, Any]) -> None:
+    with Receiver(aborts=True) as receiver:
+        _register(qr.archive, "QRABORTS", receiver.port)
+        assoc = associate(qr, scu)
+        try:
+            responses = list(assoc.send_c_move(study_identifier(StudyInstanceUID=qr.a.uid), "QRABORTS",
+                                               STUDY_ROOT_MOVE))  # fmt: skip
+            assert assoc.is_established
+        finally:
+            assoc.release()
+    final, identifier = responses[-1]
+    assert final.Status == 0xA702
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, len(qr.a.sop_uids))
+    assert sorted(identifier.FailedSOPInstanceUIDList) == sorted(qr.a.sop_uids)
 
 
 # -- the doors agree ---------------------------------------------------------------------------------------
