@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -104,16 +105,24 @@ _LOOP_MODELS: Final = frozenset((*qr.FIND_SOP_CLASSES, *qr.GET_SOP_CLASSES, *qr.
 _DROP_CHUNK: Final = 64 * 1024
 
 
-def handle_requested(event: Event, dimse: DimseContext, staging: Executor) -> None:
-    """EVT_REQUESTED, after admission: have the loop serve the data phase of an association that qualifies;
-    `staging` is where it writes large data sets to staged files."""
+@dataclasses.dataclass(frozen=True)
+class Pools:
+    """The threads the loop's associations hand blocking file work to: their own, so that neither kind of work
+    can take every thread of the loop's default executor (file reads, auth), nor of the other kind."""
+
+    staging: Executor  # large data sets received, written to staged files
+    reading: Executor  # stored files read for C-GET and C-MOVE sub-operations
+
+
+def handle_requested(event: Event, dimse: DimseContext, pools: Pools) -> None:
+    """EVT_REQUESTED, after admission: have the loop serve the data phase of an association that qualifies."""
     assoc = event.assoc
     if (
         isinstance(assoc, AcceptorAssociation)
         and not (assoc.is_rejected or assoc.is_aborted)
         and qualifies(assoc)
     ):
-        assoc.loop_phase = DataPhase(assoc, dimse, staging)
+        assoc.loop_phase = DataPhase(assoc, dimse, pools)
         dul = assoc.dul
         assert isinstance(dul, PromptDUL)  # every acceptor association has the prompt reactors (acceptor.py)
         dul.stop_after_accept = True
@@ -142,10 +151,11 @@ def qualifies(assoc: Any) -> bool:
 class DataPhase:
     """One association's data transfer phase on the loop, started and waited for by its own thread (`run`)."""
 
-    def __init__(self, assoc: Any, dimse: DimseContext, staging: Executor) -> None:
+    def __init__(self, assoc: Any, dimse: DimseContext, pools: Pools) -> None:
         self.assoc = assoc
         self.dimse = dimse
-        self.staging = staging
+        self.staging = pools.staging
+        self.reading = pools.reading
         self._lock = threading.Lock()
         self._aborted = False  # abort() was called
         self._storing = False  # a store is in progress: abort() lets it end and answer first

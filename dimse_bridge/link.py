@@ -53,6 +53,7 @@ A_RELEASE_RP: Final = bytes((A_RELEASE_RP_TYPE, 0, 0, 0, 0, 4, 0, 0, 0, 0))  # P
 ABORT_SOURCE_USER: Final = 0x00
 ABORT_SOURCE_PROVIDER: Final = 0x02
 ABORT_SECONDS: Final = 1.0  # how long an A-ABORT may wait for a peer that does not read
+WRITE_CHUNK: Final = 1024 * 1024  # a write joins messages up to about this size (one system call)
 
 
 def a_abort(source: int) -> bytes:
@@ -101,21 +102,35 @@ class Link:
         self._ready: deque[ReceivedMessage] = deque()  # messages received and not yet taken (`receive`)
         self._held: list[bytes] = []  # messages to send with the next write (`send`)
         self._reading: asyncio.Task[tuple[int, Any] | None] | None = None  # a read `cancelled` left running
+        self._high_water = writer.transport.get_write_buffer_limits()[1]
 
     # -- writing ------------------------------------------------------------------------------------------------
 
     async def write(self, chunks: Iterable[bytes]) -> None:
-        """Write what is held back (`send(..., now=False)`) and `chunks`, and wait while the peer is not reading,
-        up to DIMSE_NETWORK_TIMEOUT (as the socket's send timeout bounds pynetdicom's writes, acceptor.py); the
-        connection is cut when it has not read by then."""
-        if self._held:
-            chunks, self._held = [*self._held, *chunks], []
-        self.writer.writelines(chunks)
-        if not self.writer.transport.get_write_buffer_size():
-            return  # all of it went to the socket at once
+        """Write what is held back (`send(..., now=False)`) and `chunks`, in pieces of about WRITE_CHUNK bytes
+        made as they go (so a large data set is never copied whole, nor the loop held for long); whenever the
+        socket's buffer fills, wait for the peer to read, up to DIMSE_NETWORK_TIMEOUT each time (as the socket's
+        send timeout bounds each of pynetdicom's writes, acceptor.py). A peer that reads nothing for that long,
+        or a connection that fails, ends the association."""
+        pieces, self._held = self._held, []
+        size = sum(map(len, pieces))
+        for chunk in chunks:
+            pieces.append(chunk)
+            size += len(chunk)
+            if size >= WRITE_CHUNK:
+                await self._put(pieces)
+                pieces, size = [], 0
+        if pieces:
+            await self._put(pieces)
+
+    async def _put(self, pieces: list[bytes]) -> None:
+        writer = self.writer
+        writer.writelines(pieces)  # one system call, when the socket takes it all
+        if writer.transport.get_write_buffer_size() <= self._high_water:
+            return
         try:
             async with asyncio.timeout(self.network_timeout):
-                await self.writer.drain()
+                await writer.drain()
         except TimeoutError:
             log.warning(
                 "%s closed: it read nothing of what was sent for %s s (DIMSE_NETWORK_TIMEOUT)",
@@ -123,19 +138,21 @@ class Link:
                 self.network_timeout,
             )
             raise Ended(released=False) from None
+        except ConnectionError:  # reset, or closed meanwhile
+            raise Ended(released=False) from None
 
     async def send(self, primitive: Any, context_id: int, *, now: bool = True) -> None:
         """Send one DIMSE message (PS3.7 6.3, fragmented into P-DATA-TF PDUs as PS3.8 E.2 says). With `now`
         False it is held back, to go in one write with the next message sent, or before the next read."""
         parts = message_parts(self.events, primitive, context_id)
         try:
-            chunks = list(message_chunks(parts, context_id, self.max_pdu))
+            chunks = message_chunks(parts, context_id, self.max_pdu)
+            if now:
+                await self.write(chunks)
+            else:
+                self._held.extend(chunks)
         finally:
             release_parts(parts)
-        if now:
-            await self.write(chunks)
-        else:
-            self._held.extend(chunks)
 
     async def end(self, source: int) -> None:
         """Send an A-ABORT (PS3.8 9.3.8) before the connection is closed; a peer not reading is not waited for
@@ -151,8 +168,11 @@ class Link:
         raise Ended(released=False)
 
     def close(self) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
+        reading = self._reading
+        if reading is not None:
+            if reading.done() and not reading.cancelled():
+                reading.exception()  # taken: what ended the association is known already
+            reading.cancel()
         self.writer.close()
 
     # -- reading ------------------------------------------------------------------------------------------------
@@ -228,8 +248,8 @@ class Link:
         try:
             async with asyncio.timeout(seconds):
                 head = await self.reader.readexactly(PDU_HEADER.size)
-        except asyncio.IncompleteReadError:
-            raise Ended(released=False) from None  # the peer closed the connection (AA-4)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise Ended(released=False) from None  # the peer closed the connection (AA-4), or it failed
         kind, length = PDU_HEADER.unpack(head)
         if self.limit and length > self.limit:
             log.warning(
@@ -249,7 +269,7 @@ class Link:
                 self.network_timeout,
             )
             raise Ended(released=False) from None
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             raise Ended(released=False) from None
 
     async def _p_data(self, items: bytes) -> None:
@@ -275,7 +295,7 @@ class Phase(Protocol):
 
     assoc: Any
     dimse: DimseContext
-    staging: Executor
+    reading: Executor  # where stored files are read for sub-operations
 
     @property
     def link(self) -> Link: ...

@@ -5,7 +5,7 @@ The matches are qr.find_results, the same the thread door (qr.handle_find) hands
 answer alike. Here the responses are written as pynetdicom's `_c_find_scp` writes them: a pending response with
 its identifier per match (in the context's transfer syntax), a page of them in one write; then Success
 (0x0000), or the refusal or failure that ended them; 0xFE00 once a C-CANCEL of the request has come (looked for
-between matches, link.py); 0xC312 for an answer that cannot be encoded.
+between matches, link.py); 0xC311 when the archive fails, 0xC312 for an answer that cannot be encoded.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from dimse_bridge.link import Phase
 
 log = logging.getLogger(__name__)
 
-# pynetdicom's status for an answer it cannot encode (its _c_find_scp), in the 0xC000-0xCFFF "Unable to process".
+# pynetdicom's statuses (its _c_find_scp), in the 0xC000-0xCFFF "Unable to process": a handler that failed, an
+# answer it cannot encode.
+FAILED: Final = 0xC311
 CANNOT_ENCODE: Final = 0xC312
 
 
@@ -42,7 +44,17 @@ async def serve(phase: Phase, request: C_FIND, context: PresentationContext) -> 
     matches = 0
     results = qr.find_results(phase.dimse, event, who)
     try:
-        async for page in results:
+        while True:
+            try:
+                page = await anext(results, None)
+            except Exception as exc:  # the archive failed (a database error): a status, as pynetdicom gives
+                log.exception("C-FIND from %s failed after %d matches", who, matches)
+                await link.send(
+                    _response(assoc, request, status.status_dataset(FAILED, repr(exc))), context_id
+                )
+                return
+            if page is None:
+                break
             for code, answer in page:
                 if answer is None:  # a refusal or a failure: the final response
                     await link.send(_response(assoc, request, code), context_id)

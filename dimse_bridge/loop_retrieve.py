@@ -30,10 +30,10 @@ instances, the contexts to send on, the stored bytes read as they are):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Final
 
 from pydicom.dataset import Dataset
@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 SUB_OPERATIONS_WARNING: Final = 0xB000
 # PS3.4 C.4.2.1.5: "Refused: Move Destination unknown".
 MOVE_DESTINATION_UNKNOWN: Final = 0xA801
+# "Unable to process" (0xCxxx) codes pynetdicom's _get_scp / _move_scp answer when its handler fails, and when
+# more than MAX_SUB_OPERATIONS instances match: the same here.
+FAILED: Final = {C_GET: 0xC411, C_MOVE: 0xC511}
+TOO_MANY: Final = {C_GET: 0xC416, C_MOVE: 0xC516}
 # Number of Remaining/Completed/Failed/Warning Sub-operations are US (PS3.7 9.3.3.2): a retrieve names at most this.
 MAX_SUB_OPERATIONS: Final = 0xFFFF
 # How many instances, or bytes of them, one thread job reads ahead of the sub-operations (`_batches`).
@@ -71,7 +75,7 @@ class _Lost(Exception):
     pass
 
 
-@dataclass
+@dataclasses.dataclass
 class _Receiver:
     """Where the C-STORE sub-operations go: the requestor's own association (C-GET) or one to the Move
     Destination (C-MOVE)."""
@@ -111,6 +115,16 @@ class _Tally:
             encoded = encode(found, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
             response.Identifier = io.BytesIO(encoded or b"")
         return response
+
+    def count(self, code: int | None, ref: StoredInstance) -> None:
+        """One sub-operation's C-STORE-RSP status (None: it had none), counted by its category."""
+        category = STORAGE_SERVICE_CLASS_STATUS.get(code, ("Failure",))[0] if code is not None else "Failure"
+        if category == "Success":
+            self.completed += 1
+        elif category == "Warning":
+            self.warning += 1
+        else:
+            self.failed.append(ref.sop_instance_uid)  # PS3.4 C.4.2.3.1, C.4.3.3.1
 
     def final(self) -> C_GET | C_MOVE:
         if not self.failed and not self.warning:
@@ -155,10 +169,14 @@ async def _matching(
         log.warning("%s refused: %s", who, exc)
         await phase.link.send(_answer(assoc, request, status.OUT_OF_RESOURCES_MATCHES, str(exc)), context_id)
         return None
+    except Exception as exc:  # the archive failed (a database error): a status, as pynetdicom gives
+        log.exception("%s failed", who)
+        await phase.link.send(_answer(assoc, request, FAILED[type(request)], f"{exc!r}"), context_id)
+        return None
     if len(refs) > MAX_SUB_OPERATIONS:
         comment = f"{len(refs)} instances match; a retrieve can report at most {MAX_SUB_OPERATIONS}"
         log.warning("%s refused: %s", who, comment)
-        await phase.link.send(_answer(assoc, request, status.UNABLE_TO_PROCESS, comment), context_id)
+        await phase.link.send(_answer(assoc, request, TOO_MANY[type(request)], comment), context_id)
         return None
     return refs
 
@@ -198,7 +216,11 @@ async def serve_move(phase: Phase, request: C_MOVE, context: PresentationContext
     if not refs:
         await phase.link.send(_answer(assoc, request, status.SUCCESS), context_id)
         return
-    options = scu.ScuOptions.from_settings(dimse.settings)
+    # The server AE's own limits, as pynetdicom's Move SCP associates with them.
+    settings = dimse.settings
+    options = dataclasses.replace(
+        scu.ScuOptions.from_settings(settings), timeout=settings.dimse_dimse_timeout
+    )
     us = loop_scu.Implementation(
         dimse.ae_title,
         str(assoc.acceptor.implementation_class_uid),
@@ -217,8 +239,12 @@ async def serve_move(phase: Phase, request: C_MOVE, context: PresentationContext
     receiver = _Receiver(requested.link, requested.sending, options.timeout, originator)
     try:
         await _retrieve(phase, request, context, refs, receiver, who)
-    finally:
-        await loop_scu.release(requested, options.timeout)
+    except (
+        BaseException
+    ):  # the requestor's association ended, or the server is stopping: no release to wait for
+        await loop_scu.abort(requested.link)
+        raise
+    await loop_scu.release(requested, options.timeout)
 
 
 async def _retrieve(
@@ -268,62 +294,69 @@ async def _sub_operations(
     loop = asyncio.get_running_loop()
     elsewhere = receiver.link is not phase.link  # a C-MOVE: C-CANCELs come on the requestor's association
 
+    def read(ref: StoredInstance) -> EncodedInstance | None:
+        try:
+            return qr.read_for_sending(
+                phase.dimse, ref, list(receiver.sending.get(ref.sop_class_uid, ())), who
+            )
+        except Exception:  # an unexpected failure of this one instance fails its sub-operation, not the rest
+            log.exception("%s: instance %s not sent", who, ref.sop_instance_uid)
+            return None
+
     def read_batch(batch: list[StoredInstance]) -> list[EncodedInstance | None]:
-        return [
-            qr.read_for_sending(phase.dimse, ref, list(receiver.sending.get(ref.sop_class_uid, ())), who)
-            for ref in batch
-        ]
+        return [read(ref) for ref in batch]
+
+    if elsewhere:
+        phase.link.cancelled(
+            int(request.MessageID or 0)
+        )  # a read for a C-CANCEL, from the first sub-operation on
 
     batches = _batches(refs)
-    upcoming = loop.run_in_executor(phase.staging, read_batch, next(batches, []))
+    upcoming = loop.run_in_executor(phase.reading, read_batch, next(batches, []))
     index = 0
-    while True:
-        batch = await upcoming
-        if not batch:
-            return False
-        upcoming = loop.run_in_executor(phase.staging, read_batch, next(batches, []))
-        for encoded in batch:
-            ref = refs[index]
-            cancelled = False
-            if encoded is None:
-                tally.failed.append(ref.sop_instance_uid)
-            else:
-                # PS3.7 9.1.1.1.1: a Message ID of its own; pynetdicom numbers sub-operations after the request's.
-                message_id = (int(request.MessageID or 0) + index) % MAX_SUB_OPERATIONS + 1
-                try:
-                    code, cancelled = await _store(receiver, encoded, message_id, request)
-                except (_Lost, Ended) as exc:
-                    if not elsewhere:
-                        if isinstance(exc, Ended):
-                            raise
-                        log.warning("association with %s aborted: %s", peer(phase.assoc), exc)
-                        await phase.link.abort()
-                    log.warning(
-                        "%s: the destination is lost (%s); %d not sent",
-                        who,
-                        exc or "aborted",
-                        tally.remaining,
-                    )
-                    await loop_scu.abort(receiver.link)
-                    tally.failed.extend(rest.sop_instance_uid for rest in refs[index:])
-                    tally.remaining = 0
-                    return False
-                category = (
-                    STORAGE_SERVICE_CLASS_STATUS.get(code, ("Failure",))[0] if code is not None else "Failure"
-                )
-                if category == "Success":
-                    tally.completed += 1
-                elif category == "Warning":
-                    tally.warning += 1
+    try:
+        while batch := await upcoming:
+            upcoming = loop.run_in_executor(phase.reading, read_batch, next(batches, []))
+            for encoded in batch:
+                ref = refs[index]
+                cancelled = False
+                if encoded is None:
+                    tally.failed.append(ref.sop_instance_uid)
                 else:
-                    tally.failed.append(ref.sop_instance_uid)  # PS3.4 C.4.2.3.1, C.4.3.3.1
-            tally.remaining -= 1
-            index += 1
-            # Held back, to go with the next message on that association, or after this group.
-            await phase.link.send(tally.response(status.PENDING, remaining=True), context_id, now=False)
-            if cancelled or (elsewhere and phase.link.cancelled(int(request.MessageID or 0))):
-                return True
-        await phase.link.flush()
+                    # PS3.7 9.1.1.1.1: a Message ID of its own; pynetdicom numbers them after the request's.
+                    message_id = (int(request.MessageID or 0) + index) % MAX_SUB_OPERATIONS + 1
+                    try:
+                        code, cancelled = await _store(receiver, encoded, message_id, request)
+                    except (_Lost, Ended) as exc:
+                        if not elsewhere:
+                            if isinstance(exc, Ended):
+                                raise
+                            log.warning("association with %s aborted: %s", peer(phase.assoc), exc)
+                            await phase.link.abort()
+                        await _destination_lost(receiver, tally, refs[index:], exc, who)
+                        return False
+                    tally.count(code, ref)
+                tally.remaining -= 1
+                index += 1
+                # For a C-GET, held back to go with the next C-STORE-RQ; a C-MOVE's requestor waits for it.
+                pending = tally.response(status.PENDING, remaining=True)
+                await phase.link.send(pending, context_id, now=elsewhere)
+                if cancelled or (elsewhere and phase.link.cancelled(int(request.MessageID or 0))):
+                    return True
+            await phase.link.flush()
+        return False
+    finally:
+        upcoming.cancel()  # stopped early: a read still running is neither waited for nor its outcome kept
+
+
+async def _destination_lost(
+    receiver: _Receiver, tally: _Tally, rest: list[StoredInstance], exc: Exception, who: str
+) -> None:
+    """A C-MOVE whose destination aborted or stopped answering: the sub-operations not done have failed."""
+    log.warning("%s: the destination is lost (%s); %d not sent", who, exc or "aborted", len(rest))
+    await loop_scu.abort(receiver.link)
+    tally.failed.extend(ref.sop_instance_uid for ref in rest)
+    tally.remaining = 0
 
 
 async def _store(

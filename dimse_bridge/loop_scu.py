@@ -94,6 +94,12 @@ async def associate(
     )
     try:
         return await _negotiate(link, remote, options, contexts, us, where)
+    except ScuError:
+        link.close()
+        raise
+    except Exception as exc:  # the connection failed, or an answer pynetdicom cannot decode
+        link.close()
+        raise ScuError(f"association with {where} failed: {exc!r}") from exc
     except BaseException:
         link.close()
         raise

@@ -41,7 +41,10 @@ class EncodedDataSet(Dataset):
     def __init__(self, instance: EncodedInstance) -> None:
         super().__init__()
         # Checked when the instance was stored: not validated again (pydicom's regular expressions, per instance).
-        for tag, uid in ((SOP_CLASS_UID, instance.sop_class_uid), (SOP_INSTANCE_UID, instance.sop_instance_uid)):
+        for tag, uid in (
+            (SOP_CLASS_UID, instance.sop_class_uid),
+            (SOP_INSTANCE_UID, instance.sop_instance_uid),
+        ):
             self[tag] = DataElement(tag, "UI", uid, validation_mode=config.IGNORE)
         self.encoded = instance
 
@@ -58,9 +61,12 @@ def send_encoded(
 
     Returns the response's status data set (empty when the peer did not answer within the DIMSE timeout, as
     pynetdicom's own method does after aborting). ValueError when no accepted context matches the SOP class and
-    the instance's transfer syntax: nothing is sent, and the caller counts a failed sub-operation.
+    the instance's transfer syntax: nothing is sent, and the caller counts a failed sub-operation. RuntimeError
+    once the association is gone, or an earlier request on it had no answer: pynetdicom's reactor notices an
+    A-ABORT in its own time, and a request sent meanwhile waited out the whole DIMSE timeout for an answer that
+    could not come.
     """
-    if not assoc.is_established:
+    if not assoc.is_established or getattr(assoc, "unanswered", False):
         raise RuntimeError("the association must be established before a C-STORE request")
     instance = dataset.encoded
     # No conversion: the bytes are in exactly this syntax (pynetdicom would otherwise allow an implicit/explicit
@@ -88,6 +94,7 @@ def send_encoded(
     finally:
         assoc._reactor_checkpoint.set()
     if response is None:
+        assoc.unanswered = True  # type: ignore[attr-defined]
         assoc._handle_no_response()
         return Dataset()
     status: Dataset = assoc._check_received_status(response)

@@ -27,7 +27,7 @@ import logging
 import ssl
 import sys
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from pynetdicom import AE, _config, evt
@@ -67,6 +67,7 @@ from dimse_bridge.ups_events import DimseEventChannel
 log = logging.getLogger(__name__)
 
 STAGING_THREADS: Final = 4
+READING_THREADS: Final = 4
 # How long stop() lets open associations finish (their stores still reach the loop) before aborting them.
 SHUTDOWN_GRACE: Final = 10.0
 
@@ -121,13 +122,13 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def event_handlers(dimse: DimseContext, staging: Executor) -> list[evt.EventHandlerType]:
+def event_handlers(dimse: DimseContext, pools: data_phase.Pools) -> list[evt.EventHandlerType]:
     """Every handler, each bound with the one DimseContext (pynetdicom passes the list as extra arguments);
-    `staging` is where associations served on the loop write large data sets (data_phase.py)."""
+    `pools` are the threads of the associations served on the loop (data_phase.py)."""
     return [
         (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_REQUESTED, admission.handle_requested, [dimse]),
-        (evt.EVT_REQUESTED, data_phase.handle_requested, [dimse, staging]),  # after admission, which may reject
+        (evt.EVT_REQUESTED, data_phase.handle_requested, [dimse, pools]),  # after admission, which may reject
         (evt.EVT_USER_ID, admission.handle_user_id, [dimse]),
         (evt.EVT_ACCEPTED, admission.handle_accepted, [dimse]),
         (evt.EVT_REJECTED, admission.handle_rejected, [dimse]),
@@ -176,6 +177,8 @@ class DimseServer:
         # Threads that stage data sets above handlers.HANDOVER_BYTES for associations served on the loop: their
         # own, so that large stores cannot take every thread of the loop's default executor (file reads, auth).
         self.staging: ThreadPoolExecutor | None = None
+        # Threads that read stored files for C-GET and C-MOVE sub-operations of associations served on the loop.
+        self.reading: ThreadPoolExecutor | None = None
         self._server: Any = None
 
     @property
@@ -191,13 +194,14 @@ class DimseServer:
         uids.remember()
         acse_pdus.install()
         self.staging = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="dimse-staging")
+        self.reading = ThreadPoolExecutor(READING_THREADS, thread_name_prefix="dimse-reading")
         host, port = self.settings.dimse_host, self.settings.dimse_port
         try:
             self._server = self.ae.start_server(
                 (host, port),
                 block=False,
                 contexts=SharedContexts(self.context.policy.supported_contexts(extra=SERVICE_SOP_CLASSES)),
-                evt_handlers=event_handlers(self.context, self.staging),
+                evt_handlers=event_handlers(self.context, data_phase.Pools(self.staging, self.reading)),
                 ssl_context=tls_context(self.settings),
             )
         except OSError as exc:
@@ -245,8 +249,9 @@ class DimseServer:
             if getattr(assoc, "loop_phase", None) is not None:
                 assoc.join(max(0.0, deadline - time.monotonic()))
         self.bridge.close()
-        if self.staging is not None:
-            self.staging.shutdown(wait=False)
+        for pool in (self.staging, self.reading):
+            if pool is not None:
+                pool.shutdown(wait=False)
         log.info("DIMSE server stopped")
 
 

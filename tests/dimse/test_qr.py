@@ -10,6 +10,9 @@ Every patient of this module has a PatientID starting with "QR-", so queries sta
 
 from __future__ import annotations
 
+import itertools
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -35,6 +38,7 @@ from tests.tools import DCMTK, require
 @pytest.fixture(autouse=True)
 def _dcmtk() -> None:
     require(*DCMTK)
+
 
 DEST = "QRDEST"  # pynetdicom's storescp CLI, registered through PUT /api/aes/{AET}
 SLOW = "QRSLOW"  # an in-test storage SCP answering each C-STORE slowly (C-CANCEL test)
@@ -74,7 +78,6 @@ def make_study(name: str, count: int, **attributes: object) -> Study:
     return Study(study, series, instances)
 
 
-
 # -- peers -------------------------------------------------------------------------------------------------
 
 
@@ -84,19 +87,28 @@ class Receiver:
 
     delay: float = 0.0
     aborts: bool = False  # aborts the association at its first C-STORE, unanswered
+    resets: bool = False  # resets the connection (RST) at its first C-STORE, unanswered
     received: list[Dataset] = field(default_factory=list)
     originators: list[tuple[str, int]] = field(default_factory=list)  # Move Originator AE Title, Message ID
     port: int = 0
     server: Any = None
 
     def handle_store(self, event: Any) -> int:
-        if self.aborts:
-            event.assoc.abort()
+        if self.aborts or self.resets:
+            sock = event.assoc.dul.socket.socket
+            if self.aborts:  # an A-ABORT, source service user (PS3.8 9.3.8), then the connection closed
+                sock.sendall(bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0)))
+                sock.shutdown(socket.SHUT_RDWR)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
             return 0x0000
         if self.delay:
             time.sleep(self.delay)
         request = event.request
-        self.originators.append((request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID))
+        self.originators.append(
+            (request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID)
+        )
         ds = event.dataset
         ds.file_meta = event.file_meta
         self.received.append(ds)
@@ -410,7 +422,9 @@ def test_a_get_sends_the_stored_data_set_byte_for_byte(qr: QrArchive, scu: dict[
     scu["handlers"] = [(evt.EVT_C_STORE, keep_bytes)]
     assoc = associate(qr, scu)
     try:
-        responses = [s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.a.uid), STUDY_ROOT_GET)]
+        responses = [
+            s for s, _ in assoc.send_c_get(study_identifier(StudyInstanceUID=qr.a.uid), STUDY_ROOT_GET)
+        ]
     finally:
         assoc.release()
     assert responses[-1].Status == 0x0000
@@ -470,7 +484,9 @@ def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive,
     def cancel_first(event: Any) -> int:
         scu["received"].append(event.dataset)
         if len(scu["received"]) == 1:
-            context_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == STUDY_ROOT_GET)
+            context_id = next(
+                cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == STUDY_ROOT_GET
+            )
             assoc.send_c_cancel(9, context_id)
         return 0x0000
 
@@ -484,7 +500,10 @@ def test_c_cancel_stops_a_get_after_the_sub_operation_in_progress(qr: QrArchive,
         assoc.release()
     final = responses[-1]
     assert final.Status == 0xFE00
-    assert (final.NumberOfCompletedSuboperations, final.NumberOfRemainingSuboperations) == (1, BIG_STUDY_SIZE - 1)
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfRemainingSuboperations) == (
+        1,
+        BIG_STUDY_SIZE - 1,
+    )
     assert len(scu["received"]) == 1
 
 
@@ -606,7 +625,9 @@ def test_c_cancel_stops_a_move(qr: QrArchive, scu: dict[str, Any]) -> None:
     assert final.NumberOfCompletedSuboperations == len(qr.slow.received)
 
 
-def test_moves_to_a_prompt_destination_complete_every_sub_operation(qr: QrArchive, scu: dict[str, Any]) -> None:
+def test_moves_to_a_prompt_destination_complete_every_sub_operation(
+    qr: QrArchive, scu: dict[str, Any]
+) -> None:
     """A destination that answers each C-STORE at once: every sub-operation's response reaches the sender, none
     is taken by the sub-association's own reactor (reactor.py; such a loss waited out the DIMSE timeout)."""
     with Receiver() as fast:
@@ -639,20 +660,51 @@ def test_a_moves_sub_operations_name_its_originator(qr: QrArchive, scu: dict[str
     assert receiver.originators == [("PYSCU", 11)] * len(qr.a.sop_uids)
 
 
-def test_a_destination_that_aborts_fails_every_sub_operation_not_done(qr: QrArchive, scu: dict[str, Any]) -> None:
-    with Receiver(aborts=True) as receiver:
-        _register(qr.archive, "QRABORTS", receiver.port)
+@pytest.mark.parametrize("failure", ["aborts", "resets"])
+def test_a_destination_that_goes_away_fails_every_sub_operation_not_done(
+    qr: QrArchive, scu: dict[str, Any], failure: str
+) -> None:
+    """A destination that aborts, or whose connection is reset, at its first C-STORE: the requestor's association
+    goes on and gets the final 0xA702 listing every instance."""
+    with Receiver(aborts=failure == "aborts", resets=failure == "resets") as receiver:
+        title = f"QR{failure.upper()}"
+        _register(qr.archive, title, receiver.port)
         assoc = associate(qr, scu)
         try:
-            responses = list(assoc.send_c_move(study_identifier(StudyInstanceUID=qr.a.uid), "QRABORTS",
-                                               STUDY_ROOT_MOVE))  # fmt: skip
+            responses = list(
+                assoc.send_c_move(study_identifier(StudyInstanceUID=qr.a.uid), title, STUDY_ROOT_MOVE)
+            )
             assert assoc.is_established
         finally:
             assoc.release()
     final, identifier = responses[-1]
     assert final.Status == 0xA702
-    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, len(qr.a.sop_uids))
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (
+        0,
+        len(qr.a.sop_uids),
+    )
     assert sorted(identifier.FailedSOPInstanceUIDList) == sorted(qr.a.sop_uids)
+
+
+def test_a_moves_pending_responses_come_as_its_sub_operations_complete(
+    qr: QrArchive, scu: dict[str, Any]
+) -> None:
+    """A destination taking 0.5 s per C-STORE: the requestor hears of each sub-operation as it completes (PS3.4
+    C.4.2.1.5), not of several at once, so its own wait for a response never spans two of them."""
+    stamps: list[float] = []
+    with Receiver(delay=0.5) as receiver:
+        _register(qr.archive, "QRPACED", receiver.port)
+        assoc = associate(qr, scu)
+        try:
+            for _ in assoc.send_c_move(
+                study_identifier(StudyInstanceUID=qr.a.uid), "QRPACED", STUDY_ROOT_MOVE
+            ):
+                stamps.append(time.monotonic())
+        finally:
+            assoc.release()
+    assert len(stamps) == len(qr.a.sop_uids) + 1
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    assert max(gaps) < 0.9, gaps
 
 
 # -- the doors agree ---------------------------------------------------------------------------------------
