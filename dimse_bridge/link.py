@@ -108,10 +108,10 @@ class Link:
 
     async def write(self, chunks: Iterable[bytes]) -> None:
         """Write what is held back (`send(..., now=False)`) and `chunks`, in pieces of about WRITE_CHUNK bytes
-        made as they go (so a large data set is never copied whole, nor the loop held for long); whenever the
-        socket's buffer fills, wait for the peer to read, up to DIMSE_NETWORK_TIMEOUT each time (as the socket's
-        send timeout bounds each of pynetdicom's writes, acceptor.py). A peer that reads nothing for that long,
-        or a connection that fails, ends the association."""
+        made as they go (so the loop is never held for long by a large data set); whenever the socket's buffer
+        fills, wait for the peer to read: as long as it reads, and at most DIMSE_NETWORK_TIMEOUT without reading
+        anything (as the socket's send timeout bounds each of pynetdicom's writes, acceptor.py). A peer that
+        reads nothing for that long, or a connection that fails, ends the association."""
         pieces, self._held = self._held, []
         size = sum(map(len, pieces))
         for chunk in chunks:
@@ -125,21 +125,27 @@ class Link:
 
     async def _put(self, pieces: list[bytes]) -> None:
         writer = self.writer
+        transport = writer.transport
+        if transport.is_closing():  # reset or closed: asyncio would drop the bytes with a warning each time
+            raise Ended(released=False)
         writer.writelines(pieces)  # one system call, when the socket takes it all
-        if writer.transport.get_write_buffer_size() <= self._high_water:
-            return
-        try:
-            async with asyncio.timeout(self.network_timeout):
-                await writer.drain()
-        except TimeoutError:
-            log.warning(
-                "%s closed: it read nothing of what was sent for %s s (DIMSE_NETWORK_TIMEOUT)",
-                self.connection,
-                self.network_timeout,
-            )
-            raise Ended(released=False) from None
-        except ConnectionError:  # reset, or closed meanwhile
-            raise Ended(released=False) from None
+        unsent = transport.get_write_buffer_size()
+        while unsent > self._high_water:
+            try:
+                async with asyncio.timeout(self.network_timeout) as waited:
+                    await writer.drain()
+                return
+            except OSError as exc:  # TimeoutError is one: ours when `waited` expired, else the connection's
+                if not (isinstance(exc, TimeoutError) and waited.expired()):
+                    raise Ended(released=False) from None  # reset, unreachable, TLS failure, closed meanwhile
+                if transport.get_write_buffer_size() >= unsent:  # nothing read for that long
+                    log.warning(
+                        "%s closed: it read nothing of what was sent for %s s (DIMSE_NETWORK_TIMEOUT)",
+                        self.connection,
+                        self.network_timeout,
+                    )
+                    raise Ended(released=False) from None
+                unsent = transport.get_write_buffer_size()  # slow, but reading: wait again
 
     async def send(self, primitive: Any, context_id: int, *, now: bool = True) -> None:
         """Send one DIMSE message (PS3.7 6.3, fragmented into P-DATA-TF PDUs as PS3.8 E.2 says). With `now`
@@ -243,13 +249,17 @@ class Link:
             await self.abort(ABORT_SOURCE_PROVIDER)
 
     async def pdu(self, seconds: float | None) -> tuple[int, bytes]:
-        """One PDU's type and body. TimeoutError when none begins within `seconds`; a PDU over the limit, or
-        one that stalls half-way, closes the connection (`Ended`)."""
+        """One PDU's type and body. TimeoutError when none begins within `seconds`; a PDU over the limit, one
+        that stalls half-way, or a connection that fails (reset, TLS error) ends the association (`Ended`)."""
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout(seconds) as waited:
                 head = await self.reader.readexactly(PDU_HEADER.size)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            raise Ended(released=False) from None  # the peer closed the connection (AA-4), or it failed
+        except asyncio.IncompleteReadError:
+            raise Ended(released=False) from None  # the peer closed the connection (AA-4)
+        except OSError as exc:  # TimeoutError is one: ours when `waited` expired, else the connection's
+            if isinstance(exc, TimeoutError) and waited.expired():
+                raise
+            raise Ended(released=False) from None
         kind, length = PDU_HEADER.unpack(head)
         if self.limit and length > self.limit:
             log.warning(
@@ -260,16 +270,17 @@ class Link:
             )
             raise Ended(released=False)
         try:
-            async with asyncio.timeout(self.network_timeout):
+            async with asyncio.timeout(self.network_timeout) as waited:
                 return kind, await self.reader.readexactly(length)
-        except TimeoutError:
-            log.warning(
-                "%s closed: nothing more of a PDU for %s s (DIMSE_NETWORK_TIMEOUT)",
-                self.connection,
-                self.network_timeout,
-            )
+        except asyncio.IncompleteReadError:
             raise Ended(released=False) from None
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except OSError as exc:
+            if isinstance(exc, TimeoutError) and waited.expired():
+                log.warning(
+                    "%s closed: nothing more of a PDU for %s s (DIMSE_NETWORK_TIMEOUT)",
+                    self.connection,
+                    self.network_timeout,
+                )
             raise Ended(released=False) from None
 
     async def _p_data(self, items: bytes) -> None:

@@ -50,6 +50,7 @@ from app.core.retrieve.streaming import EncodedInstance
 from dimse_bridge import loop_scu, qr, scu, status
 from dimse_bridge.access import peer
 from dimse_bridge.bridge import BridgeError
+from dimse_bridge.commands import EncodedView
 from dimse_bridge.link import Ended, Link, Phase
 from dimse_bridge.sending import MEDIUM
 
@@ -205,6 +206,10 @@ async def serve_move(phase: Phase, request: C_MOVE, context: PresentationContext
         log.warning("%s refused: the AE registry cannot be read: %s", who, exc)
         await phase.link.send(_answer(assoc, request, MOVE_DESTINATION_UNKNOWN, str(exc)), context_id)
         return
+    except Exception as exc:  # the archive failed (a database error): a status, as pynetdicom gives
+        log.exception("%s failed: the AE registry cannot be read", who)
+        await phase.link.send(_answer(assoc, request, FAILED[C_MOVE], f"{exc!r}"), context_id)
+        return
     if destination is None:
         log.warning("%s refused: unknown move destination (register it with PUT /api/aes/{title})", who)
         comment = f"unknown Move Destination {title}"
@@ -216,7 +221,8 @@ async def serve_move(phase: Phase, request: C_MOVE, context: PresentationContext
     if not refs:
         await phase.link.send(_answer(assoc, request, status.SUCCESS), context_id)
         return
-    # The server AE's own limits, as pynetdicom's Move SCP associates with them.
+    # The server AE's own limits, as pynetdicom's Move SCP associates with them: DIMSE_ACSE_TIMEOUT for the
+    # association's request and release, DIMSE_DIMSE_TIMEOUT for each C-STORE-RSP.
     settings = dimse.settings
     options = dataclasses.replace(
         scu.ScuOptions.from_settings(settings), timeout=settings.dimse_dimse_timeout
@@ -229,7 +235,9 @@ async def serve_move(phase: Phase, request: C_MOVE, context: PresentationContext
     # The contexts scu.store proposes: per SOP class its stored syntaxes, then Explicit/Implicit VR LE. Only
     # one association is made, so instances of SOP classes beyond its 128 contexts fail (counted, listed).
     try:
-        requested = await loop_scu.associate(destination, options, scu.storage_contexts(refs)[0], us)
+        requested = await loop_scu.associate(
+            destination, options, scu.storage_contexts(refs)[0], us, acse_timeout=settings.dimse_acse_timeout
+        )
     except scu.ScuError as exc:
         log.warning("%s refused (0x%04X): %s", who, MOVE_DESTINATION_UNKNOWN, exc)
         await phase.link.send(_answer(assoc, request, MOVE_DESTINATION_UNKNOWN, str(exc)), context_id)
@@ -244,7 +252,7 @@ async def serve_move(phase: Phase, request: C_MOVE, context: PresentationContext
     ):  # the requestor's association ended, or the server is stopping: no release to wait for
         await loop_scu.abort(requested.link)
         raise
-    await loop_scu.release(requested, options.timeout)
+    await loop_scu.release(requested, settings.dimse_acse_timeout)
 
 
 async def _retrieve(
@@ -371,7 +379,7 @@ async def _store(
     store.AffectedSOPInstanceUID = encoded.sop_instance_uid
     if receiver.originator is not None:
         store.MoveOriginatorApplicationEntityTitle, store.MoveOriginatorMessageID = receiver.originator
-    store.DataSet = io.BytesIO(encoded.data)
+    store.DataSet = EncodedView(encoded.data)
     link = receiver.link
     await link.send(store, receiver.sending[encoded.sop_class_uid][encoded.transfer_syntax_uid])
     cancelled = False

@@ -66,10 +66,15 @@ class Requested:
 
 
 async def associate(
-    remote: RemoteAE, options: ScuOptions, contexts: Sequence[PresentationContext], us: Implementation
+    remote: RemoteAE,
+    options: ScuOptions,
+    contexts: Sequence[PresentationContext],
+    us: Implementation,
+    *,
+    acse_timeout: float | None = None,
 ) -> Requested:
     """An established association with `remote` proposing `contexts` (their IDs set here: 1, 3, 5...), or
-    ScuError saying why not."""
+    ScuError saying why not. The answer is waited for `acse_timeout`, or else `options.timeout`."""
     where = f"{remote.ae_title} at {remote.host}:{remote.port}"
     tls = client_tls(options, remote)
     try:
@@ -93,7 +98,7 @@ async def associate(
         network_timeout=options.timeout,
     )
     try:
-        return await _negotiate(link, remote, options, contexts, us, where)
+        return await _negotiate(link, remote, options, contexts, us, where, acse_timeout or options.timeout)
     except ScuError:
         link.close()
         raise
@@ -112,6 +117,7 @@ async def _negotiate(
     contexts: Sequence[PresentationContext],
     us: Implementation,
     where: str,
+    acse_timeout: float | None,
 ) -> Requested:
     proposed: dict[int, str] = {}
     for number, context in enumerate(contexts):
@@ -119,7 +125,7 @@ async def _negotiate(
         proposed[context.context_id] = str(context.abstract_syntax)
     await link.write((_request(remote, options, contexts, us),))
     try:
-        kind, body = await link.pdu(options.timeout)
+        kind, body = await link.pdu(acse_timeout)
     except (TimeoutError, Ended) as exc:
         raise ScuError(f"no answer to the association request from {where} (timeout or abort)") from exc
     pdu = PDU_HEADER.pack(kind, len(body)) + body

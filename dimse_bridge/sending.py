@@ -16,7 +16,6 @@ goes through pynetdicom's own method.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -28,6 +27,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
 from app.core.retrieve.streaming import EncodedInstance
+from dimse_bridge.commands import EncodedView
 
 # PS3.7 9.1.1.1.9 Priority: MEDIUM.
 MEDIUM: int = 0
@@ -83,7 +83,7 @@ def send_encoded(
         request.MoveOriginatorApplicationEntityTitle = originator_aet
     if originator_id is not None:
         request.MoveOriginatorMessageID = originator_id
-    request.DataSet = io.BytesIO(instance.data)
+    request.DataSet = EncodedView(instance.data)  # the bytes as they are, no copy
     # As pynetdicom's own send_c_store: pause the association's reactor so the response is read here.
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
