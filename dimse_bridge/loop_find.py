@@ -20,7 +20,7 @@ from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.status import QR_FIND_SERVICE_CLASS_STATUS
 
 from dimse_bridge import qr, status
 from dimse_bridge.access import peer
@@ -86,7 +86,7 @@ def _response(assoc: Any, request: C_FIND, code: int | Dataset, identifier: byte
     response = C_FIND()
     response.MessageIDBeingRespondedTo = request.MessageID
     response.AffectedSOPClassUID = request.AffectedSOPClassUID
-    response = QueryRetrieveServiceClass(assoc).validate_status(code, response)
+    qr.set_status(assoc, response, code, QR_FIND_SERVICE_CLASS_STATUS)
     if identifier is not None:
         response.Identifier = io.BytesIO(identifier)
     return response

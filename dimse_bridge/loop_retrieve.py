@@ -42,8 +42,11 @@ from pynetdicom.dimse_primitives import C_CANCEL, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.service_class import QueryRetrieveServiceClass
-from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+from pynetdicom.status import (
+    QR_GET_SERVICE_CLASS_STATUS,
+    QR_MOVE_SERVICE_CLASS_STATUS,
+    STORAGE_SERVICE_CLASS_STATUS,
+)
 
 from app.core.records import StoredInstance
 from app.core.retrieve.streaming import EncodedInstance
@@ -141,9 +144,8 @@ def _answer(assoc: Any, request: C_GET | C_MOVE, code: int, comment: str = "") -
     response = type(request)()
     response.MessageIDBeingRespondedTo = request.MessageID
     response.AffectedSOPClassUID = request.AffectedSOPClassUID
-    response = QueryRetrieveServiceClass(assoc).validate_status(
-        status.status_dataset(code, comment), response
-    )
+    statuses = QR_GET_SERVICE_CLASS_STATUS if isinstance(request, C_GET) else QR_MOVE_SERVICE_CLASS_STATUS
+    qr.set_status(assoc, response, status.status_dataset(code, comment), statuses)
     if code == status.SUCCESS:
         response.NumberOfCompletedSuboperations = 0
         response.NumberOfFailedSuboperations = 0

@@ -41,6 +41,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.service_class import QueryRetrieveServiceClass
 
 from app.core.dicom.attributes import Level
 from app.core.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
@@ -260,6 +261,16 @@ def find_answer(
     if not json.dumps(out, ensure_ascii=False).isascii():
         ds.SpecificCharacterSet = CHARSET_UTF8
     return ds
+
+
+def set_status(assoc: Any, response: Any, code: int | Dataset, statuses: dict[int, tuple[str, str]]) -> None:
+    """Set `response`'s status from `code` (a status data set lends its Error Comment) as pynetdicom's
+    Query/Retrieve service sets it; `statuses` is that service's table (pynetdicom's QR_FIND/GET/MOVE), which a
+    service class built outside its SCP method does not know, and without which a pending status is logged as
+    unknown."""
+    service = QueryRetrieveServiceClass(assoc)
+    service.statuses = statuses
+    service.validate_status(code, response)
 
 
 # -- C-FIND ---------------------------------------------------------------------------------------------------

@@ -233,8 +233,8 @@ def c_get(assoc: Association, identifier: pydicom.Dataset) -> list[Any]:
     return [status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)]
 
 
-async def test_a_query_retrieve_association_is_served_by_the_loop_and_retrieves_what_was_stored(
-    server: DimseServer,
+async def test_a_query_retrieve_association_is_served_by_the_loop_and_finds_and_retrieves_what_was_stored(
+    server: DimseServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     identifier = await stored_study(server)
     received: list[Any] = []
@@ -251,12 +251,19 @@ async def test_a_query_retrieve_association_is_served_by_the_loop_and_retrieves_
     assoc = await get_association(Peer(*models, CTImageStorage), server, on_store)
     [acceptor] = served_here(server)
     assert isinstance(acceptor.loop_phase, DataPhase)
+    caplog.set_level(logging.WARNING)
+    found = await asyncio.to_thread(
+        lambda: [status.Status for status, _ in assoc.send_c_find(identifier, models[0])]
+    )
+    assert found == [0xFF00, 0x0000]
     responses = await asyncio.to_thread(c_get, assoc, identifier)
     assert [r.Status for r in responses] == [0xFF00, 0x0000]
     assert responses[-1].NumberOfCompletedSuboperations == 1
     assert [ds.StudyInstanceUID for ds in received] == [identifier.StudyInstanceUID]
     await asyncio.to_thread(assoc.release)
     assert assoc.is_released
+    # Nothing went wrong, so nothing is logged above INFO (pynetdicom's status checks included).
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
 async def test_a_get_whose_sub_operation_is_not_answered_within_the_dimse_timeout_is_aborted(
