@@ -45,7 +45,6 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import (
     QR_GET_SERVICE_CLASS_STATUS,
     QR_MOVE_SERVICE_CLASS_STATUS,
-    STORAGE_SERVICE_CLASS_STATUS,
 )
 
 from app.core.records import StoredInstance
@@ -88,52 +87,47 @@ class _Receiver:
     sending: dict[str, dict[str, int]]  # SOP class -> {transfer syntax: presentation context ID}
     response_seconds: float | None
     originator: tuple[str, int] | None = None  # Move Originator AE Title and Message ID (PS3.7 9.1.1.1)
+    requestor: bool = False  # the requestor's own association: a sub-operation lost there aborts it
 
 
 class _Tally:
-    """The sub-operations' outcomes so far, and the responses that report them (PS3.4 C.4.2.1.5, C.4.3.1.3)."""
+    """The sub-operations' outcomes so far (counted as scu.StoreReport counts them), and the responses that report
+    them (PS3.4 C.4.2.1.5, C.4.3.1.3)."""
 
     def __init__(self, request: C_GET | C_MOVE, total: int, transfer_syntax: Any) -> None:
         self.request = request
         self.total = total
-        self.remaining = total
-        self.completed = 0
-        self.warning = 0
-        self.failed: list[str] = []  # their SOP Instance UIDs
+        self.report = scu.StoreReport()
         self.transfer_syntax = transfer_syntax
 
+    @property
+    def remaining(self) -> int:
+        return self.total - self.report.done
+
     def response(self, code: int, *, remaining: bool) -> C_GET | C_MOVE:
+        report = self.report
         response = type(self.request)()
         response.MessageIDBeingRespondedTo = self.request.MessageID
         response.AffectedSOPClassUID = self.request.AffectedSOPClassUID
         response.Status = code
         if remaining:
             response.NumberOfRemainingSuboperations = self.remaining
-        response.NumberOfCompletedSuboperations = self.completed
-        response.NumberOfFailedSuboperations = len(self.failed)
-        response.NumberOfWarningSuboperations = self.warning
+        response.NumberOfCompletedSuboperations = report.completed
+        response.NumberOfFailedSuboperations = report.failed
+        response.NumberOfWarningSuboperations = report.warning
         if code not in (status.SUCCESS, status.PENDING):
             found = Dataset()
-            found.FailedSOPInstanceUIDList = self.failed
+            found.FailedSOPInstanceUIDList = report.failed_sop_instance_uids
             syntax = self.transfer_syntax
             encoded = encode(found, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
             response.Identifier = io.BytesIO(encoded or b"")
         return response
 
-    def count(self, code: int | None, ref: StoredInstance) -> None:
-        """One sub-operation's C-STORE-RSP status (None: it had none), counted by its category."""
-        category = STORAGE_SERVICE_CLASS_STATUS.get(code, ("Failure",))[0] if code is not None else "Failure"
-        if category == "Success":
-            self.completed += 1
-        elif category == "Warning":
-            self.warning += 1
-        else:
-            self.failed.append(ref.sop_instance_uid)  # PS3.4 C.4.2.3.1, C.4.3.3.1
-
     def final(self) -> C_GET | C_MOVE:
-        if not self.failed and not self.warning:
+        report = self.report
+        if not report.failed and not report.warning:
             return self.response(status.SUCCESS, remaining=False)
-        if len(self.failed) == self.total:
+        if report.failed == self.total:
             return self.response(status.OUT_OF_RESOURCES_SUBOPERATIONS, remaining=False)
         return self.response(SUB_OPERATIONS_WARNING, remaining=False)
 
@@ -191,7 +185,9 @@ async def serve_get(phase: Phase, request: C_GET, context: PresentationContext) 
     if refs is None:
         return
     log.info("%s: %d instances to send", who, len(refs))
-    receiver = _Receiver(phase.link, qr.sending_contexts(phase.assoc), phase.assoc.dimse_timeout)
+    receiver = _Receiver(
+        phase.link, qr.sending_contexts(phase.assoc), phase.assoc.dimse_timeout, requestor=True
+    )
     await _retrieve(phase, request, context, refs, receiver, who)
 
 
@@ -302,56 +298,45 @@ async def _sub_operations(
     """Send each instance, a pending response after each; True if a C-CANCEL stopped them. The next group of
     files is read in a thread while the current one is sent."""
     loop = asyncio.get_running_loop()
-    elsewhere = receiver.link is not phase.link  # a C-MOVE: C-CANCELs come on the requestor's association
+    message_id = int(request.MessageID or 0)
 
-    def read(ref: StoredInstance) -> EncodedInstance | None:
+    def read(ref: StoredInstance) -> tuple[StoredInstance, EncodedInstance | None]:
+        accepted = list(receiver.sending.get(ref.sop_class_uid, ()))
         try:
-            return qr.read_for_sending(
-                phase.dimse, ref, list(receiver.sending.get(ref.sop_class_uid, ())), who
-            )
+            return ref, qr.read_for_sending(phase.dimse, ref, accepted, who)
         except Exception:  # an unexpected failure of this one instance fails its sub-operation, not the rest
             log.exception("%s: instance %s not sent", who, ref.sop_instance_uid)
-            return None
+            return ref, None
 
-    def read_batch(batch: list[StoredInstance]) -> list[EncodedInstance | None]:
+    def read_batch(batch: list[StoredInstance]) -> list[tuple[StoredInstance, EncodedInstance | None]]:
         return [read(ref) for ref in batch]
 
-    if elsewhere:
-        phase.link.cancelled(
-            int(request.MessageID or 0)
-        )  # a read for a C-CANCEL, from the first sub-operation on
-
+    if (
+        not receiver.requestor
+    ):  # a C-MOVE: its C-CANCEL comes on the requestor's association, read from now on
+        phase.link.cancelled(message_id)
     batches = _batches(refs)
     upcoming = loop.run_in_executor(phase.reading, read_batch, next(batches, []))
-    index = 0
     try:
         while batch := await upcoming:
             upcoming = loop.run_in_executor(phase.reading, read_batch, next(batches, []))
-            for encoded in batch:
-                ref = refs[index]
+            for ref, encoded in batch:
                 cancelled = False
                 if encoded is None:
-                    tally.failed.append(ref.sop_instance_uid)
+                    tally.report.fail(ref)
                 else:
                     # PS3.7 9.1.1.1.1: a Message ID of its own; pynetdicom numbers them after the request's.
-                    message_id = (int(request.MessageID or 0) + index) % MAX_SUB_OPERATIONS + 1
+                    sub_id = (message_id + tally.report.done) % MAX_SUB_OPERATIONS + 1
                     try:
-                        code, cancelled = await _store(receiver, encoded, message_id, request)
-                    except (_Lost, Ended) as exc:
-                        if not elsewhere:
-                            if isinstance(exc, Ended):
-                                raise
-                            log.warning("association with %s aborted: %s", peer(phase.assoc), exc)
-                            await phase.link.abort()
-                        await _destination_lost(receiver, tally, refs[index:], exc, who)
+                        code, cancelled = await _store(receiver, encoded, sub_id, request)
+                    except _Lost as exc:
+                        await _destination_lost(receiver, tally, refs[tally.report.done :], exc, who)
                         return False
-                    tally.count(code, ref)
-                tally.remaining -= 1
-                index += 1
+                    tally.report.count(ref, code)
                 # For a C-GET, held back to go with the next C-STORE-RQ; a C-MOVE's requestor waits for it.
                 pending = tally.response(status.PENDING, remaining=True)
-                await phase.link.send(pending, context_id, now=elsewhere)
-                if cancelled or (elsewhere and phase.link.cancelled(int(request.MessageID or 0))):
+                await phase.link.send(pending, context_id, now=not receiver.requestor)
+                if cancelled or (not receiver.requestor and phase.link.cancelled(message_id)):
                     return True
             await phase.link.flush()
         return False
@@ -365,15 +350,32 @@ async def _destination_lost(
     """A C-MOVE whose destination aborted or stopped answering: the sub-operations not done have failed."""
     log.warning("%s: the destination is lost (%s); %d not sent", who, exc or "aborted", len(rest))
     await loop_scu.abort(receiver.link)
-    tally.failed.extend(ref.sop_instance_uid for ref in rest)
-    tally.remaining = 0
+    for ref in rest:
+        tally.report.fail(ref)
 
 
 async def _store(
     receiver: _Receiver, encoded: EncodedInstance, message_id: int, request: C_GET | C_MOVE
 ) -> tuple[int | None, bool]:
-    """One C-STORE sub-operation: the request, then its response's status (None if it had none); and whether
-    a C-CANCEL of the retrieve came meanwhile on that association. _Lost when it cannot go on."""
+    """One C-STORE sub-operation: its response's status (None if it had none), and whether a C-CANCEL of the
+    retrieve came meanwhile on that association. When it cannot go on, the requestor's own association is
+    aborted (`Ended`); a destination's is `_Lost`."""
+    try:
+        return await _exchange(receiver, encoded, message_id, request)
+    except _Lost as exc:
+        if receiver.requestor:
+            log.warning("%s aborted: %s", receiver.link.association, exc)
+            await receiver.link.abort()
+        raise
+    except Ended:
+        if receiver.requestor:
+            raise
+        raise _Lost("the association ended") from None
+
+
+async def _exchange(
+    receiver: _Receiver, encoded: EncodedInstance, message_id: int, request: C_GET | C_MOVE
+) -> tuple[int | None, bool]:
     store = C_STORE()
     store.MessageID = message_id
     store.Priority = MEDIUM

@@ -195,9 +195,26 @@ class StoreReport:
     # Told after each sub-operation is counted (from the sending thread), for callers that show progress.
     listener: Callable[[StoreReport], None] | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed + self.warning
+
     def fail(self, ref: StoredInstance) -> None:
         self.failed += 1
         self.failed_sop_instance_uids.append(ref.sop_instance_uid)
+
+    def count(self, ref: StoredInstance, code: int | None) -> bool:
+        """Count the sub-operation of `ref` by the category of its C-STORE-RSP status (None: it had none, a
+        failure); True if it succeeded, with or without a warning."""
+        category = code_to_category(code) if code is not None else "Failure"
+        if category == "Success":
+            self.completed += 1
+        elif category == "Warning":
+            self.warning += 1
+        else:
+            self.fail(ref)  # PS3.4 C.4.2.3.1, C.4.3.3.1: listed in Failed SOP Instance UID List
+            return False
+        return True
 
     def changed(self) -> None:
         if self.listener is not None:
@@ -305,14 +322,8 @@ def _store_one(
         report.fail(ref)
         return
     code = int(status.Status) if "Status" in status else UNABLE_TO_PROCESS
-    category = code_to_category(code)
-    if category == "Success":
-        report.completed += 1
-    elif category == "Warning":
-        report.warning += 1
-    else:
+    if not report.count(ref, code):
         log.info("C-STORE to %s: %s answered 0x%04X", remote.ae_title, ref.sop_instance_uid, code)
-        report.fail(ref)
 
 
 def _release(assoc: Association) -> None:
