@@ -33,6 +33,8 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
+import threading
 from typing import Any, Final, Protocol, cast
 
 from pynetdicom import evt
@@ -57,6 +59,8 @@ class AcceptorAssociation(PromptAssociation):
 
     # Set in the association-request phase (data_phase.handle_requested) when the loop serves the data phase.
     loop_phase: LoopPhase | None = None
+    # Set when the loop accepted the association too (loop_accept.py): it has no thread, and this is set at its end.
+    loop_ended: threading.Event | None = None
 
     def kill(self) -> None:
         """End the association thread; first, if no A-ASSOCIATE-RQ ever arrived, end a read left half-way.
@@ -67,15 +71,8 @@ class AcceptorAssociation(PromptAssociation):
         if self.is_acceptor and self.requestor.primitive is None:
             sock = getattr(self.dul.socket, "socket", None)
             if sock is not None:
-                # A peer that connected and closed without a byte is a TCP probe (a load balancer's or an
-                # orchestrator's health check), not worth a warning; one that stopped half-way is.
-                level = logging.INFO if _closed_by_peer(sock) else logging.WARNING
-                log.log(
-                    level,
-                    "connection from %s:%s closed before its A-ASSOCIATE-RQ was complete (DIMSE_ACSE_TIMEOUT=%s)",
-                    self.requestor.address,
-                    self.requestor.port,
-                    self.acse_timeout,
+                log_unfinished_request(
+                    (self.requestor.address, self.requestor.port), self.acse_timeout, _closed_by_peer(sock)
                 )
                 with contextlib.suppress(OSError):  # already closed by the peer or by the reactor
                     sock.shutdown(socket.SHUT_RDWR)
@@ -102,16 +99,33 @@ class AcceptorAssociation(PromptAssociation):
             self.dul.join()  # it stops reading once the A-ASSOCIATE-AC is sent (PromptDUL.stop_after_accept)
             released = phase.run()
         finally:
-            self.is_established = False
-            if released:
-                _ASSOCIATION_LOG.info("Association Released")
-                self.is_released = True
-                evt.trigger(self, evt.EVT_RELEASED, {})
-            else:
-                _ASSOCIATION_LOG.info("Association Aborted")
-                self.is_aborted = True
-                evt.trigger(self, evt.EVT_ABORTED, {})
-            self.kill()
+            self.end_loop_phase(released)
+
+    def end_loop_phase(self, released: bool) -> None:
+        """What pynetdicom's reactor does when an association ends, for one whose data phase the loop served."""
+        self.is_established = False
+        if released:
+            _ASSOCIATION_LOG.info("Association Released")
+            self.is_released = True
+            evt.trigger(self, evt.EVT_RELEASED, {})
+        else:
+            _ASSOCIATION_LOG.info("Association Aborted")
+            self.is_aborted = True
+            evt.trigger(self, evt.EVT_ABORTED, {})
+        self.kill()
+
+    def is_alive(self) -> bool:
+        """Whether the association is still running: its thread, or the loop's task (loop_accept.py)."""
+        if self.loop_ended is not None:
+            return not self.loop_ended.is_set()
+        return super().is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the association to end: its thread, or the loop's task for one accepted there (loop_accept.py)."""
+        if self.loop_ended is not None:
+            self.loop_ended.wait(timeout)
+        else:
+            super().join(timeout)
 
     def _abort_blocking(self, block: bool = True) -> None:
         """pynetdicom's abort (negotiation binds it as the association's `abort`), or, for an association whose
@@ -129,11 +143,22 @@ class AcceptorAssociation(PromptAssociation):
         phase.abort()
 
 
+class LoopAcceptorLike(Protocol):
+    """What the accept thread hands plain TCP connections to (loop_accept.LoopAcceptor)."""
+
+    def take(self, request: socket.socket, client_address: Any) -> bool:
+        """Take the connection to the loop; False when the loop cannot (the caller serves it)."""
+        ...
+
+
 class LoopPhase(Protocol):
     """The data transfer phase of one association, served on the event loop (data_phase.py)."""
 
     def run(self) -> bool:
         """Serve until the association ends (blocking the calling thread); True if it was released."""
+
+    async def serve(self) -> bool:
+        """The same, on the loop, for an association accepted there (loop_accept.py)."""
 
     def abort(self) -> None:
         """End it with an A-ABORT, from any thread."""
@@ -153,6 +178,18 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (OSError, ValueError):  # a TLS socket, or closed meanwhile
         return False
+
+
+def log_unfinished_request(address: tuple[str, int], acse_timeout: float | None, closed_by_peer: bool) -> None:
+    """A connection that ended before its A-ASSOCIATE-RQ was complete. One that closed without a byte is a TCP
+    probe (a load balancer's or an orchestrator's health check), not worth a warning; one that stopped half-way is."""
+    log.log(
+        logging.INFO if closed_by_peer else logging.WARNING,
+        "connection from %s:%s closed before its A-ASSOCIATE-RQ was complete (DIMSE_ACSE_TIMEOUT=%s)",
+        address[0],
+        address[1],
+        acse_timeout,
+    )
 
 
 def pdu_limit(assoc: Any) -> int:
@@ -188,7 +225,14 @@ _READ_CHUNK: Final = 256 * 1024
 
 
 class AcceptorSocket(AssociationSocket):
-    """An association's socket that will not read a PDU longer than the peer may send."""
+    """An association's socket that will not read a PDU longer than the peer may send, and that first gives
+    back what the loop read of the connection before handing it over (`replay`, loop_accept.py)."""
+
+    replay = b""
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.replay) or bool(super().ready)
 
     def recv(self, nr_bytes: int) -> bytearray:
         """pynetdicom's read of `nr_bytes`, but for more than the limit the connection is closed instead.
@@ -217,7 +261,8 @@ class AcceptorSocket(AssociationSocket):
         39 KB data set sent in one PDU (we let peers send PDUs of up to DIMSE_MAX_PDU). Memory grows with what
         arrives, not with what the header claims."""
         sock = cast(socket.socket, self.socket)
-        buffer = bytearray()
+        buffer = bytearray(self.replay[:nr_bytes])
+        self.replay = self.replay[nr_bytes:]
         while len(buffer) < nr_bytes:
             chunk = sock.recv(min(nr_bytes - len(buffer), _READ_CHUNK))
             if not chunk:
@@ -233,7 +278,9 @@ class AcceptorRequestHandler(RequestHandler):
         assoc = super()._create_association()
         # pynetdicom has no hook for the classes it builds; ours add methods (and the reactors' wake-up pair).
         make_prompt(assoc, AcceptorAssociation)
-        assoc.dul.socket.__class__ = AcceptorSocket
+        accepted = cast(AcceptorSocket, assoc.dul.socket)
+        accepted.__class__ = AcceptorSocket
+        accepted.replay = cast(AcceptorServer, self.server).replays.pop(self.request, b"")
         # The reactor reads a PDU, and writes one, with blocking calls on a socket Python's accept() gave no
         # timeout: a peer that stops half-way through a PDU, or stops reading what we send, would hold the
         # association thread (and its slot, and the server's shutdown) for good. DIMSE_NETWORK_TIMEOUT bounds
@@ -250,6 +297,27 @@ class AcceptorServer(ThreadedAssociationServer):
     # socketserver listens with a backlog of 5: a burst of connections (a hostile one, or many modalities at
     # once) made every further peer's connect wait for a SYN retransmission, a second or more.
     request_queue_size = socket.SOMAXCONN
+    # Takes plain TCP connections to the event loop (loop_accept.py), when the DIMSE server has set one.
+    loop_acceptor: LoopAcceptorLike | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Bytes the loop read of a connection it handed back, for that connection's AcceptorSocket.
+        self.replays: dict[socket.socket, bytes] = {}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A plain TCP connection goes to the loop, which accepts there what it serves and hands the rest back
+        (`serve_in_thread`); a TLS one, or any when no loop takes them, gets pynetdicom's thread at once."""
+        acceptor = self.loop_acceptor
+        if acceptor is None or isinstance(request, ssl.SSLSocket) or not acceptor.take(request, client_address):
+            super().process_request(request, client_address)
+
+    def serve_in_thread(self, request: socket.socket, client_address: Any, replay: bytes) -> None:
+        """pynetdicom's thread for a connection the loop began reading: `replay` is what it read."""
+        request.setblocking(True)
+        if replay:
+            self.replays[request] = replay
+        super().process_request(request, client_address)
 
     def service_actions(self) -> None:
         """Nothing. pynetdicom's runs a full `gc.collect()` every 60th turn of the accept loop (after every
@@ -275,6 +343,17 @@ class AcceptorServer(ThreadedAssociationServer):
 class AcceptorAE(PromptAE):
     """pynetdicom's AE, whose `start_server` serves with AcceptorServer and AcceptorRequestHandler, and whose
     own associations (to C-MOVE destinations) have the prompt reactors (reactor.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Associations accepted on the loop (loop_accept.py), which have no thread for pynetdicom to count.
+        self.loop_associations: set[Association] = set()
+
+    @property
+    def active_associations(self) -> list[Association]:
+        """pynetdicom's (its association threads), and those accepted on the loop: the association limits and
+        the shutdown see both."""
+        return [*super().active_associations, *list(self.loop_associations)]
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         # start_server asks for a ThreadedAssociationServer; AcceptorServer is one. Extra keyword arguments go

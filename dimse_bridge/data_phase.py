@@ -15,12 +15,14 @@ Query/Retrieve models (findscu, getscu, movescu, a viewer) is served the same wa
 they are read (loop_find.py), a C-GET's sub-operations go out and their responses come in on this same
 connection, a C-MOVE's on an association the loop opens to its destination (loop_retrieve.py, loop_scu.py),
 since no asynchronous operations window is negotiated and one operation at a time is outstanding; link.py reads
-and writes the PDUs. Everything before stays pynetdicom's: the A-ASSOCIATE-RQ,
-admission (admission.py), negotiation and the A-ASSOCIATE-AC. The DUL reactor stops once it has written the
-A-ASSOCIATE-AC (`PromptDUL.stop_after_accept`, so nothing else reads the socket); the association thread only
-waits for this phase to end, then reports the release or abort as pynetdicom's reactor does
-(`AcceptorAssociation._run_reactor`: EVT_RELEASED, EVT_ABORTED, the audit records), and pynetdicom closes the
-connection.
+and writes the PDUs. Before it, such an association is accepted on the loop as well (loop_accept.py: the
+A-ASSOCIATE-RQ read there, admission (admission.py) and pynetdicom's negotiation run there, the A-ASSOCIATE-AC
+written there), and this phase is awaited there (`serve`); at its end the association reports the release or
+abort as pynetdicom's reactor does (`AcceptorAssociation.end_loop_phase`: EVT_RELEASED, EVT_ABORTED, the audit
+records). One the loop leaves to pynetdicom's threads to accept (a User Identity, a request above
+acse_pdus.CACHED_BYTES) still has this phase: its DUL reactor stops once it has written the A-ASSOCIATE-AC
+(`PromptDUL.stop_after_accept`, so nothing else reads the socket) and its association thread waits for the
+phase to end (`run`).
 
 Any other association keeps pynetdicom's reactors: one offering Storage Commitment or a workflow service
 (Modality Worklist and UPS C-FIND included), or one over TLS, or one with a listener to an event only those
@@ -74,6 +76,7 @@ from dimse_bridge.link import (
     Link,
     a_abort,
 )
+from dimse_bridge.negotiation import supported_syntaxes
 from dimse_bridge.reactor import LISTENED_PER_PDU, PromptDUL
 
 log = logging.getLogger(__name__)
@@ -143,7 +146,7 @@ def qualifies(assoc: Any) -> bool:
     request = assoc.requestor.primitive
     if any(isinstance(item, SOPClassCommonExtendedNegotiation) for item in request.user_information):
         return False
-    supported = {str(context.abstract_syntax) for context in assoc.acceptor.supported_contexts}
+    supported = supported_syntaxes(assoc.acceptor.supported_contexts)
     proposed = {str(context.abstract_syntax) for context in request.presentation_context_definition_list}
     return all(uid in _LOOP_MODELS or uid_to_service_class(uid) in _SERVED for uid in proposed & supported)
 
@@ -172,12 +175,12 @@ class DataPhase:
     def run(self) -> bool:
         """Serve the association on the loop until it ends; True if it was released, False if aborted."""
         try:
-            future = self.dimse.bridge.submit(self._serve())
+            future = self.dimse.bridge.submit(self.serve())
         except BridgeClosed:
             log.warning("association with %s aborted: the archive is shutting down", peer(self.assoc))
             self._abort_unserved()
             return False
-        return future.result()  # `_serve` ends every way with an answer of its own
+        return future.result()  # `serve` ends every way with an answer of its own
 
     def abort(self) -> None:
         """Abort from another thread (server shutdown): a store in progress ends and is answered first (its
@@ -195,7 +198,8 @@ class DataPhase:
                 sock.settimeout(ABORT_SECONDS)
                 sock.sendall(a_abort(ABORT_SOURCE_USER))
 
-    async def _serve(self) -> bool:
+    async def serve(self) -> bool:
+        """The data phase, run on the loop until the association ends; True if it was released."""
         with self._lock:
             self._loop = asyncio.get_running_loop()
             self._task = asyncio.current_task()

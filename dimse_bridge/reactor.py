@@ -152,6 +152,8 @@ class PromptDUL(DULServiceProvider):
         sock = getattr(self.socket, "socket", None)
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return  # decrypted bytes already buffered: poll would not see them
+        if getattr(self.socket, "replay", b""):
+            return  # bytes the loop read before handing the connection over (acceptor.AcceptorSocket)
         # poll, not select: select cannot watch a descriptor numbered 1024 or more, and a busy server has those.
         waiting = select.poll()
         waiting.register(self._wake_read, select.POLLIN)

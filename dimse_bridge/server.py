@@ -23,6 +23,7 @@ Its ERROR for an unknown C-MOVE destination is dropped: qr.py logs that refusal 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import sys
@@ -31,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.presentation import PresentationContext
 
 from app.config import Settings
 from app.context import ArchiveContext
@@ -52,6 +52,7 @@ from dimse_bridge import (
     data_phase,
     dispatch,
     handlers,
+    negotiation,
     qr,
     scu,
     uids,
@@ -60,6 +61,8 @@ from dimse_bridge.acceptor import AcceptorAE
 from dimse_bridge.access import AccessPolicy
 from dimse_bridge.bridge import LoopBridge
 from dimse_bridge.context import DimseContext
+from dimse_bridge.loop_accept import LoopAcceptor
+from dimse_bridge.negotiation import SharedContexts
 from dimse_bridge.policy import PresentationPolicy, build_policy
 from dimse_bridge.tcp import handle_connection_open
 from dimse_bridge.ups_events import DimseEventChannel
@@ -93,20 +96,6 @@ def build_ae(settings: Settings, policy: PresentationPolicy, access_policy: Acce
     ae.require_calling_aet = sorted(access_policy.allowed_calling_aets)
     ae.require_called_aet = access_policy.require_called_aet
     return ae
-
-
-class SharedContexts(list[PresentationContext]):
-    """The supported presentation contexts, shared by every association instead of copied into each.
-
-    pynetdicom deep-copies the server's contexts for each new association (transport.py
-    `_create_association`): 171 contexts x 46 transfer syntaxes under policy AllStorage/All took ~60 ms of CPU
-    per association, holding the GIL. Negotiation only reads them (presentation.negotiate_as_acceptor builds new
-    result objects) and admission.handle_requested replaces the list rather than appending, so a shallow copy is
-    enough.
-    """
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
-        return list(self)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -169,6 +158,7 @@ class DimseServer:
         self.settings = settings
         policy = build_policy(settings.dimse_sop_class_policy, settings.dimse_transfer_syntax_policy)
         access_policy = AccessPolicy.from_settings(settings)
+        self.loop = loop
         self.bridge = LoopBridge(loop, timeout=settings.dimse_dimse_timeout)
         self.context = DimseContext(archive=archive, bridge=self.bridge, policy=policy, access=access_policy)
         self.ae = build_ae(settings, policy, access_policy)
@@ -180,6 +170,7 @@ class DimseServer:
         # Threads that read stored files for C-GET and C-MOVE sub-operations of associations served on the loop.
         self.reading: ThreadPoolExecutor | None = None
         self._server: Any = None
+        self._loop_acceptor: LoopAcceptor | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -193,20 +184,25 @@ class DimseServer:
         _quiet_pynetdicom()
         uids.remember()
         acse_pdus.install()
+        negotiation.install()
         self.staging = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="dimse-staging")
         self.reading = ThreadPoolExecutor(READING_THREADS, thread_name_prefix="dimse-reading")
         host, port = self.settings.dimse_host, self.settings.dimse_port
+        tls = tls_context(self.settings)
         try:
             self._server = self.ae.start_server(
                 (host, port),
                 block=False,
                 contexts=SharedContexts(self.context.policy.supported_contexts(extra=SERVICE_SOP_CLASSES)),
                 evt_handlers=event_handlers(self.context, data_phase.Pools(self.staging, self.reading)),
-                ssl_context=tls_context(self.settings),
+                ssl_context=tls,
             )
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise OSError(exc.errno, f"cannot listen for DICOM on {host}:{port}: {reason}") from exc
+        if tls is None:  # a TLS handshake is pynetdicom's, in the association's own thread (acceptor.py)
+            self._loop_acceptor = LoopAcceptor(self._server, self.loop)
+            self._server.loop_acceptor = self._loop_acceptor
         self.context.archive.ups.channels.append(self.ups_events)
         host, port = self.address
         log.info(
@@ -231,6 +227,7 @@ class DimseServer:
         self.ups_events.close()
         if self._server is not None:
             self._server.shutdown()
+            self._server.loop_acceptor = None
             self._server = None
         deadline = time.monotonic() + grace
         # Only established associations have work to finish; a connection still waiting for its A-ASSOCIATE-RQ
@@ -248,6 +245,11 @@ class DimseServer:
         for assoc in open_now:
             if getattr(assoc, "loop_phase", None) is not None:
                 assoc.join(max(0.0, deadline - time.monotonic()))
+        if self._loop_acceptor is not None:
+            # Connections the loop took that never got as far as an association (no A-ASSOCIATE-RQ yet).
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                asyncio.run_coroutine_threadsafe(self._loop_acceptor.close(), self.loop).result(SHUTDOWN_GRACE)
+            self._loop_acceptor = None
         self.bridge.close()
         for pool in (self.staging, self.reading):
             if pool is not None:

@@ -1,4 +1,5 @@
-"""Storage and Verification associations whose data transfer phase the event loop serves (dimse_bridge/data_phase.py).
+"""Associations whose data transfer phase the event loop serves (dimse_bridge/data_phase.py), accepted there too
+(dimse_bridge/loop_accept.py), and those the loop hands to pynetdicom's threads.
 
 The server runs in this test's loop (as the app's lifespan runs it), on 127.0.0.1; the peer is pynetdicom as SCU,
 in a thread, and raw PDUs written to its socket where a peer misbehaves. Every DCMTK and dcmjs-dimse test of the
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,6 +31,7 @@ from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
     MaximumLengthNotification,
+    UserIdentityNegotiation,
 )
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
@@ -207,11 +210,11 @@ async def test_a_data_set_above_the_handover_size_is_staged_and_stored_as_sent(
 
 
 async def stored_study(server: DimseServer) -> pydicom.Dataset:
-    """The C-GET identifier of a study of one CT instance, stored through `server`."""
+    """The C-GET identifier of a study of one CT instance, stored in `server`'s archive. Through ingest, not a
+    C-STORE: an impatient server's DIMSE timeout would bound the store too, and a slow spell of the machine
+    failed the set-up rather than what a test is about."""
     sent = pydicom.dcmread(dicom_files.path("CT_small.dcm"))
-    store = await Peer(CTImageStorage).associate(server)
-    assert (await asyncio.to_thread(store.send_c_store, sent)).Status == 0x0000
-    await asyncio.to_thread(store.release)
+    assert (await server.context.archive.ingest.store(dicom_files.part10(sent))).ok
     identifier = pydicom.Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = sent.StudyInstanceUID
@@ -429,7 +432,9 @@ def responses_until_final(sock: socket.socket) -> list[dict[int, Any]]:
 async def test_a_c_cancel_right_behind_its_c_find_ends_the_find_with_fe00(server: DimseServer) -> None:
     """The C-CANCEL is read while the matches are sent (link.py), and the final response is Cancel."""
     await stored_study(server)
-    with raw_association(server, abstract_syntax=StudyRootQueryRetrieveInformationModelFind) as sock:
+    # The server accepts on this loop: the association is made from a thread of its own.
+    sock = await asyncio.to_thread(raw_association, server, abstract_syntax=StudyRootQueryRetrieveInformationModelFind)
+    with sock:
         request = C_FIND()
         request.MessageID = 7
         request.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
@@ -535,3 +540,90 @@ async def test_stopping_the_server_during_a_store_lets_it_commit_and_answer_befo
     assert await hooked_archive.repository.get_instance(str(sent.SOPInstanceUID)) is not None
     await until(lambda: assoc.is_aborted, 2)
     assert [abort.source for abort in peer.aborts] == [0x00]
+
+
+# -- acceptance on the loop (dimse_bridge/loop_accept.py), and what it hands to pynetdicom's threads ------------
+
+
+def _threads() -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("AcceptorThread")]
+
+
+async def test_a_verification_association_is_accepted_and_served_without_a_thread_of_its_own(
+    server: DimseServer,
+) -> None:
+    peer = Peer(Verification)
+    assoc = await peer.associate(server)
+    [acceptor] = served_here(server)
+    assert acceptor.loop_ended is not None and acceptor.is_alive()
+    assert _threads() == []
+    assert (await asyncio.to_thread(assoc.send_c_echo)).Status == 0x0000
+    ended: list[Any] = []
+    acceptor.bind(evt.EVT_RELEASED, ended.append)
+    await asyncio.to_thread(assoc.release)
+    await until(lambda: not acceptor.is_alive())
+    assert [event.event for event in ended] == [evt.EVT_RELEASED]
+    assert served_here(server) == []
+
+
+@pytest.mark.parametrize("kind", ["Modality Worklist", "User Identity"])
+async def test_an_association_the_loop_does_not_serve_goes_to_pynetdicoms_threads_and_works(
+    server: DimseServer, kind: str
+) -> None:
+    """What the loop read of the connection is given back to pynetdicom's reactor, which negotiates as before."""
+    options: dict[str, Any] = {}
+    if kind == "Modality Worklist":
+        peer = Peer(ModalityWorklistInformationFind, Verification)
+    else:
+        peer = Peer(Verification)
+        identity = UserIdentityNegotiation()
+        identity.user_identity_type = 1
+        identity.primary_field = b"anyone"
+        options["ext_neg"] = [identity]
+    assoc = await peer.associate(server, **options)
+    [acceptor] = served_here(server)
+    assert acceptor.loop_ended is None and len(_threads()) == 1
+    assert (await asyncio.to_thread(assoc.send_c_echo)).Status == 0x0000
+    await asyncio.to_thread(assoc.release)
+    await until(lambda: not _threads())
+
+
+def _raw(server: DimseServer, first: bytes, seconds: float) -> tuple[bytes, float]:
+    """Send `first` on a new connection; what the server answers until it closes, and when it closed."""
+    with socket.create_connection(server.address, timeout=seconds) as sock:
+        sock.sendall(first)
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        return answer, time.monotonic() - started
+
+
+async def test_a_first_pdu_other_than_an_association_request_gets_pynetdicoms_a_abort(server: DimseServer) -> None:
+    """PS3.8 9.2, Sta2: an A-RELEASE-RQ before any association is answered with an A-ABORT (AA-1), as before."""
+    release_rq = struct.pack(">BxI", 0x05, 4) + bytes(4)
+    answer, _ = await asyncio.to_thread(_raw, server, release_rq, ACSE_TIMEOUT + 5)
+    assert answer[:1] == b"\x07"  # A-ABORT (PS3.8 9.3.8)
+
+
+async def test_a_request_cut_short_is_closed_after_the_acse_timeout_with_a_warning(
+    server: DimseServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PS3.8 9.1.5: the ARTIM timer bounds the wait for the rest of the A-ASSOCIATE-RQ."""
+    header = struct.pack(">BxI", 0x01, 200)  # an A-ASSOCIATE-RQ of 200 bytes, of which none come
+    with caplog.at_level(logging.INFO, logger="dimse_bridge.acceptor"):
+        answer, waited = await asyncio.to_thread(_raw, server, header, ACSE_TIMEOUT + 5)
+    assert answer == b"" and ACSE_TIMEOUT - 0.1 <= waited < ACSE_TIMEOUT + 3
+    [record] = [r for r in caplog.records if "before its A-ASSOCIATE-RQ was complete" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+
+
+async def test_a_connection_closed_without_a_byte_is_logged_at_info_only(
+    server: DimseServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load balancer's TCP health check is no warning."""
+    with caplog.at_level(logging.INFO, logger="dimse_bridge.acceptor"):
+        await asyncio.to_thread(socket.create_connection(server.address).close)
+        await until(lambda: any("before its A-ASSOCIATE-RQ" in r.getMessage() for r in caplog.records))
+    [record] = [r for r in caplog.records if "before its A-ASSOCIATE-RQ" in r.getMessage()]
+    assert record.levelno == logging.INFO
