@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 _PDU_HEADER: Final = 6  # PDU type, reserved, length (PS3.8 9.3.1)
 _DROP_CHUNK: Final = 64 * 1024
-# User Information items whose handling may block (a password's hash) or that no loop-served service uses.
+# User Information items the loop leaves to pynetdicom: rare here, and answered with items only pynetdicom writes.
 _THREADS_NEGOTIATE: Final = (
     UserIdentityNegotiation,
     SOPClassExtendedNegotiation,
