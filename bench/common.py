@@ -56,8 +56,11 @@ def ct_copies(folder: Path, count: int, *, studies: int = 10, patients: int = 5)
 
 
 @contextmanager
-def our_server(data_dir: Path, *, dimse: bool = False, env: dict[str, str] | None = None) -> Iterator[dict[str, int]]:
-    """`python -m app serve` on 127.0.0.1 with a fresh data directory; yields its ports."""
+def our_server(
+    data_dir: Path, *, dimse: bool = False, env: dict[str, str] | None = None, tree: Path = ROOT
+) -> Iterator[dict[str, int]]:
+    """`python -m app serve` of the checkout `tree` (this one unless told) on 127.0.0.1 with a fresh data
+    directory; yields its ports and pid."""
     ports = {"http": free_port(), "dimse": free_port()}
     environment = {
         **os.environ,
@@ -68,7 +71,7 @@ def our_server(data_dir: Path, *, dimse: bool = False, env: dict[str, str] | Non
     }
     command = [sys.executable, "-m", "app", "serve", "--port", str(ports["http"]), "--dimse-port", str(ports["dimse"])]
     # Its own process group, so that the header-parser pool (worker, resource tracker) goes with it.
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, start_new_session=True)
+    process = subprocess.Popen(command, cwd=tree, env=environment, start_new_session=True)
     try:
         wait_for_port(ports["http"])
         if dimse:
@@ -79,6 +82,17 @@ def our_server(data_dir: Path, *, dimse: bool = False, env: dict[str, str] | Non
         process.wait(timeout=30)
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
+
+
+def process_group_cpu(pid: int) -> float:
+    """CPU seconds (user + system) spent so far by the process group `pid` leads: a server and its parser workers."""
+    found = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True, check=False).stdout.split()
+    total = 0
+    for member in found or [str(pid)]:
+        with suppress(FileNotFoundError):  # ended meanwhile
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (proc(5)), after the state field
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for_port(port: int, timeout: float = 30) -> None:
