@@ -35,6 +35,7 @@ import select
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
 from pynetdicom import evt
@@ -59,8 +60,10 @@ class AcceptorAssociation(PromptAssociation):
 
     # Set in the association-request phase (data_phase.handle_requested) when the loop serves the data phase.
     loop_phase: LoopPhase | None = None
-    # Set when the loop accepted the association too (loop_accept.py): it has no thread, and this is set at its end.
+    # Set when the loop accepted the association too (loop_accept.py): it has no thread, this is set at its end,
+    # and `loop_abort` aborts it on the loop while its data phase has not begun.
     loop_ended: threading.Event | None = None
+    loop_abort: Callable[[], object] | None = None
 
     def kill(self) -> None:
         """End the association thread; first, if no A-ASSOCIATE-RQ ever arrived, end a read left half-way.
@@ -133,14 +136,17 @@ class AcceptorAssociation(PromptAssociation):
         (at once if the phase has not begun), and EVT_ABORTED once, when this association's thread ends it.
         Never waits for that: whoever must (DimseServer.stop) joins the thread."""
         phase = self.loop_phase
-        if phase is None:
+        if phase is None and self.loop_abort is None:
             super()._abort_blocking(block)
             return
         if self._sent_abort or self.is_released:
             return
         self._sent_abort = True
         _ASSOCIATION_LOG.info("Aborting Association")
-        phase.abort()
+        if phase is not None:
+            phase.abort()
+        elif self.loop_abort is not None:
+            self.loop_abort()
 
 
 class LoopAcceptorLike(Protocol):
@@ -275,12 +281,13 @@ class AcceptorRequestHandler(RequestHandler):
     """pynetdicom's handler of an accepted connection, building an AcceptorAssociation and an AcceptorSocket."""
 
     def _create_association(self) -> Association:
+        replay = cast(AcceptorServer, self.server).replays.pop(self.request, b"")  # first: nothing may keep it
         assoc = super()._create_association()
         # pynetdicom has no hook for the classes it builds; ours add methods (and the reactors' wake-up pair).
         make_prompt(assoc, AcceptorAssociation)
         accepted = cast(AcceptorSocket, assoc.dul.socket)
         accepted.__class__ = AcceptorSocket
-        accepted.replay = cast(AcceptorServer, self.server).replays.pop(self.request, b"")
+        accepted.replay = replay
         # The reactor reads a PDU, and writes one, with blocking calls on a socket Python's accept() gave no
         # timeout: a peer that stops half-way through a PDU, or stops reading what we send, would hold the
         # association thread (and its slot, and the server's shutdown) for good. DIMSE_NETWORK_TIMEOUT bounds

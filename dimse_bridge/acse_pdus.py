@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -45,6 +47,9 @@ _ITEM_HEADER: Final = struct.Struct(">BxH")
 _CONTEXT_AC: Final = struct.Struct(">BxHBxBx")  # item type 21H, length, context ID, result (PS3.8 9.3.3.2)
 _ENCODED: Final = "_dicomweb_ac_item"  # where an answer object keeps its encoded item
 
+_primitives: OrderedDict[bytes, A_ASSOCIATE | None] = OrderedDict()  # request_primitive's, least recent first
+_primitives_lock = threading.Lock()
+
 
 def association_request(pdu: bytes) -> A_ASSOCIATE_RQ:
     """The decoded A-ASSOCIATE-RQ (pynetdicom's own decoder, run once per distinct PDU up to CACHED_BYTES); the
@@ -56,16 +61,30 @@ def request_primitive(pdu: bytes) -> A_ASSOCIATE | None:
     """The A-ASSOCIATE (request) primitive of an A-ASSOCIATE-RQ of up to CACHED_BYTES, built once per distinct PDU
     (pynetdicom builds one per association, 0.5 ms for getscu's; it is only read afterwards); None for one that
     does not decode or names another protocol version, which pynetdicom's reactor refuses (PS3.8 9.2, AE-6)."""
+    known, primitive = known_primitive(pdu)
+    if known:
+        return primitive
     try:
-        return _primitive(pdu)
+        request = association_request(pdu)
+        primitive = request.to_primitive() if request.protocol_version == 0x0001 else None
     except Exception:  # pynetdicom's decoder raises whatever the bytes make it raise
-        return None
+        primitive = None
+    with _primitives_lock:
+        _primitives[pdu] = primitive
+        while len(_primitives) > CACHE_SIZE:
+            _primitives.popitem(last=False)  # the least recently used
+    return primitive
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def _primitive(pdu: bytes) -> A_ASSOCIATE | None:
-    request = association_request(pdu)
-    return request.to_primitive() if request.protocol_version == 0x0001 else None
+def known_primitive(pdu: bytes) -> tuple[bool, A_ASSOCIATE | None]:
+    """(True, what `request_primitive` gave for these bytes) if it has seen them, else (False, None): a look-up,
+    never a decode, so that the loop decodes a request it has not seen in a thread (a crafted 60 KB request of
+    role selection items takes ~70 ms)."""
+    with _primitives_lock:
+        if pdu in _primitives:
+            _primitives.move_to_end(pdu)
+            return True, _primitives[pdu]
+    return False, None
 
 
 def _decoded(pdu: bytes) -> A_ASSOCIATE_RQ:

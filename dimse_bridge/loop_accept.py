@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -53,6 +54,7 @@ from dimse_bridge.acceptor import (
     AcceptorServer,
     log_unfinished_request,
 )
+from dimse_bridge.link import ABORT_SOURCE_USER, a_abort
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,9 @@ class LoopAcceptor:
     def __init__(self, server: AcceptorServer, loop: asyncio.AbstractEventLoop) -> None:
         self.server = server
         self.loop = loop
+        self.closing = False  # set by `stop_taking`, from any thread
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reading: set[asyncio.Task[Any]] = set()  # tasks still reading (or decoding) their request
 
     def take(self, request: socket.socket, client_address: Any) -> bool:
         """From the accept thread: the connection is the loop's now; False if the loop is gone."""
@@ -82,11 +86,17 @@ class LoopAcceptor:
             return False
         return True
 
-    async def close(self) -> None:
-        """End the connections still being read (server shutdown), and wait for every task to end."""
-        for task in self._tasks:
+    def stop_taking(self) -> None:
+        """From any thread, first thing when the server stops: no association is accepted or handed to a thread
+        any more, and the connections still reading their request are closed. Associations already accepted
+        are the server's to abort (DimseServer.stop), as pynetdicom's are."""
+        self.closing = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self.loop.call_soon_threadsafe(self._cancel_reading)
+
+    def _cancel_reading(self) -> None:
+        for task in self._reading:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _start(self, request: socket.socket, client_address: Any) -> None:
         task = asyncio.ensure_future(self._accept(request, client_address))
@@ -94,20 +104,19 @@ class LoopAcceptor:
         task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, sock: socket.socket, address: Any) -> None:
-        ae = self.server.ae
+        reading = asyncio.current_task()
+        assert reading is not None
+        self._reading.add(reading)
         try:
-            sock.setblocking(False)
-            request = await _read_request(sock, address, ae.acse_timeout)
-        except (OSError, asyncio.CancelledError):  # reset, or the server stopping, before the request was read
+            request = await self._request(sock, address)
+        finally:
+            self._reading.discard(reading)
+        if request is None or self.closing:  # ended, or the server is stopping: no new association
             _close(sock)
             return
-        if request is None:
-            _close(sock)
-            return
-        pdu, complete = request
-        primitive = acse_pdus.request_primitive(pdu) if complete else None
+        pdu, primitive = request
         if primitive is None or any(isinstance(item, _THREADS_NEGOTIATE) for item in primitive.user_information):
-            self.server.serve_in_thread(sock, address, pdu)
+            self._hand_back(sock, address, pdu)
             return
         try:
             await self._associate(sock, address, primitive, pdu)
@@ -115,11 +124,43 @@ class LoopAcceptor:
             log.exception("association from %s:%s failed on the loop", *address[:2])
             _close(sock)
 
+    async def _request(self, sock: socket.socket, address: Any) -> tuple[bytes, A_ASSOCIATE | None] | None:
+        """The first PDU's bytes and, for an A-ASSOCIATE-RQ the loop may serve, its primitive; None if the
+        connection ended first or the server stopped."""
+        try:
+            sock.setblocking(False)
+            request = await _read_request(sock, address, self.server.ae.acse_timeout)
+            if request is None:
+                return None
+            pdu, complete = request
+            if not complete:
+                return pdu, None
+            known, primitive = acse_pdus.known_primitive(pdu)
+            if not known:  # decoded in a thread: a crafted request can take tens of milliseconds
+                primitive = await asyncio.to_thread(acse_pdus.request_primitive, pdu)
+            return pdu, primitive
+        except (OSError, asyncio.CancelledError):  # reset, or the server stopping, before the request was read
+            return None
+
+    def _hand_back(self, sock: socket.socket, address: Any, pdu: bytes) -> None:
+        if self.closing:
+            _close(sock)
+            return
+        try:
+            self.server.serve_in_thread(sock, address, pdu)
+        except Exception:  # no thread could be started (the process is out of them, or of memory)
+            log.exception("association from %s:%s could not be handed to a thread", *address[:2])
+            self.server.replays.pop(sock, None)
+            _close(sock)
+
     async def _associate(self, sock: socket.socket, address: Any, primitive: A_ASSOCIATE, pdu: bytes) -> None:
         """pynetdicom's association-request phase (Association.run_reactor, acceptor side) for one request."""
         assoc = _association(self.server, sock, address)
         ae = cast(AcceptorAE, self.server.ae)
         assoc.loop_ended = threading.Event()
+        task = asyncio.current_task()
+        assert task is not None
+        assoc.loop_abort = functools.partial(self.loop.call_soon_threadsafe, task.cancel)
         ae.loop_associations.add(assoc)
         handed_back = False
         try:
@@ -141,12 +182,18 @@ class LoopAcceptor:
                 assoc.end_loop_phase(await assoc.loop_phase.serve())
             elif assoc.is_rejected:
                 await _until_closed(sock, assoc.acse_timeout)  # Sta13: the requestor closes (PS3.8 9.2, AE-8)
+        except asyncio.CancelledError:  # aborted (AcceptorAssociation.loop_abort) before its data phase began
+            if assoc.is_established:
+                with contextlib.suppress(OSError):
+                    sock.send(a_abort(ABORT_SOURCE_USER))
+                assoc.end_loop_phase(released=False)
+            raise
         finally:
             ae.loop_associations.discard(assoc)
             _forget(assoc)
             assoc.loop_ended.set()
             if handed_back:
-                self.server.serve_in_thread(sock, address, pdu)
+                self._hand_back(sock, address, pdu)
             else:
                 self.server.shutdown_request(sock)
 

@@ -14,6 +14,8 @@ association that proposes the same gets the same objects. A list admission exten
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Iterable
 from typing import Any, Final
 
 from pynetdicom import acse
@@ -38,6 +40,11 @@ class SharedContexts(list[PresentationContext]):
 
     origin: SharedContexts | None = None
 
+    def __init__(self, contexts: Iterable[PresentationContext] = ()) -> None:
+        super().__init__(contexts)
+        self._answers: dict[Any, Answer] = {}
+        self._lock = threading.Lock()  # the loop and pynetdicom's association threads both negotiate
+
     def __deepcopy__(self, memo: dict[int, Any]) -> SharedContexts:
         copy = SharedContexts(self)
         copy.origin = self.origin or self
@@ -48,18 +55,16 @@ class SharedContexts(list[PresentationContext]):
         """The SOP classes supported, read once (data_phase.qualifies asks for every association)."""
         return frozenset(str(context.abstract_syntax) for context in self)
 
-    @functools.cached_property
-    def _answers(self) -> dict[Any, Answer]:
-        return {}
-
     def answer(self, proposal: Any, rq_contexts: list[PresentationContext], roles: Roles | None) -> Answer:
         """The negotiation's answer to `proposal` (which says what `rq_contexts` and `roles` say), remembered."""
-        found = self._answers.get(proposal)
+        with self._lock:
+            found = self._answers.get(proposal)
         if found is None:
             found = negotiate_as_acceptor(rq_contexts, self, roles)
-            if len(self._answers) >= CACHE_SIZE:
-                self._answers.pop(next(iter(self._answers)))  # the oldest
-            self._answers[proposal] = found
+            with self._lock:
+                found = self._answers.setdefault(proposal, found)  # one answer per proposal, whoever came first
+                while len(self._answers) > CACHE_SIZE:
+                    del self._answers[next(iter(self._answers))]  # the oldest
         return found
 
 

@@ -23,7 +23,6 @@ Its ERROR for an unknown C-MOVE destination is dropped: qr.py logs that refusal 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import sys
@@ -225,6 +224,8 @@ class DimseServer:
         if self.ups_events in channels:
             channels.remove(self.ups_events)
         self.ups_events.close()
+        if self._loop_acceptor is not None:
+            self._loop_acceptor.stop_taking()
         if self._server is not None:
             self._server.shutdown()
             self._server.loop_acceptor = None
@@ -245,11 +246,7 @@ class DimseServer:
         for assoc in open_now:
             if getattr(assoc, "loop_phase", None) is not None:
                 assoc.join(max(0.0, deadline - time.monotonic()))
-        if self._loop_acceptor is not None:
-            # Connections the loop took that never got as far as an association (no A-ASSOCIATE-RQ yet).
-            with contextlib.suppress(RuntimeError):  # the loop is closed already
-                asyncio.run_coroutine_threadsafe(self._loop_acceptor.close(), self.loop).result(SHUTDOWN_GRACE)
-            self._loop_acceptor = None
+        self._loop_acceptor = None
         self.bridge.close()
         for pool in (self.staging, self.reading):
             if pool is not None:

@@ -111,6 +111,16 @@ def test_a_request_seen_before_is_decoded_once_and_reads_as_pynetdicom_decodes_i
         (1, "1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     ]
 
+    # The loop asks whether a request was seen before (a look-up), and has one it has not decoded in a thread.
+    request.calling_ae_title = "NEWCOMER"
+    unseen = A_ASSOCIATE_RQ(request).encode()
+    assert acse_pdus.known_primitive(unseen) == (False, None)
+    primitive = acse_pdus.request_primitive(unseen)
+    assert primitive is not None and primitive.calling_ae_title == "NEWCOMER"
+    assert acse_pdus.known_primitive(unseen) == (True, primitive)
+    assert acse_pdus.request_primitive(unseen) is primitive
+    assert acse_pdus.request_primitive(b"\x01\x00\x00\x00\x00\x02\xff\xff") is None  # not a request pynetdicom reads
+
 
 def test_remembered_transfer_syntax_checks_keep_pynetdicom_answers() -> None:
     uids.remember()

@@ -627,3 +627,19 @@ async def test_a_connection_closed_without_a_byte_is_logged_at_info_only(
         await until(lambda: any("before its A-ASSOCIATE-RQ" in r.getMessage() for r in caplog.records))
     [record] = [r for r in caplog.records if "before its A-ASSOCIATE-RQ" in r.getMessage()]
     assert record.levelno == logging.INFO
+
+
+async def test_stopping_the_server_closes_a_connection_still_sending_its_request_at_once(
+    archive_context: ArchiveContext,
+) -> None:
+    """No new association once the server stops, on the loop or in a thread: the connection that has sent part of
+    its A-ASSOCIATE-RQ is closed at once, not answered after the stop, nor left for its ACSE timeout."""
+    server = await start_dimse_server(archive_context)
+    sock = await asyncio.to_thread(socket.create_connection, server.address, 5)
+    with sock:
+        sock.sendall(struct.pack(">BxI", 0x01, 200))  # an A-ASSOCIATE-RQ of 200 bytes, the rest never sent
+        await asyncio.sleep(0.2)  # the loop has taken the connection and waits for the rest
+        started = time.monotonic()
+        await asyncio.to_thread(server.stop, 0.0)
+        answer = await asyncio.to_thread(sock.recv, 64)
+    assert answer == b"" and time.monotonic() - started < ACSE_TIMEOUT
