@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from app.core.ports import Repository, RepositoryUnavailable
 from app.repository.mongo.repository import MongoRepository
+from app.repository.sqlite.repository import SQLiteRepository
 from tests.repository.conftest import Factory, stored, uid
 from tests.servers import free_port
 
@@ -63,3 +65,16 @@ async def test_a_mongo_migration_step_run_again_finds_the_indexes_it_drops_gone_
         assert await repository.schema_version() == version
     finally:
         await repository.close()
+
+
+async def test_the_sqlite_store_commits_to_disk_before_a_store_is_acknowledged(tmp_path: Path) -> None:
+    """synchronous=FULL in WAL mode: a committed row survives a power cut, as the instance's fsync'd file does, so
+    the start-up sweep never takes an acknowledged instance's file for an orphan."""
+    repository = SQLiteRepository(tmp_path / "index.sqlite3")
+    await repository.open()
+    try:
+        modes = await repository._write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+        journal = await repository._read(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        await repository.close()
+    assert modes == 2 and journal == "wal"  # 2 = FULL (sqlite.org/pragma.html#pragma_synchronous)
