@@ -133,8 +133,9 @@ class AcceptorAssociation(PromptAssociation):
     def _abort_blocking(self, block: bool = True) -> None:
         """pynetdicom's abort (negotiation binds it as the association's `abort`), or, for an association whose
         data phase the loop serves, the loop's: its A-ABORT goes once the store in progress has been answered
-        (at once if the phase has not begun), and EVT_ABORTED once, when this association's thread ends it.
-        Never waits for that: whoever must (DimseServer.stop) joins the thread."""
+        (at once if the phase has not begun), and EVT_ABORTED once, when the association's thread or task ends
+        it; one accepted on the loop whose phase has not begun has its task cancelled (`loop_abort`). Never waits
+        for that: whoever must (DimseServer.stop) joins the association."""
         phase = self.loop_phase
         if phase is None and self.loop_abort is None:
             super()._abort_blocking(block)

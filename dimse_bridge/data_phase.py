@@ -75,6 +75,7 @@ from dimse_bridge.link import (
     Ended,
     Link,
     a_abort,
+    until_closed,
 )
 from dimse_bridge.negotiation import supported_syntaxes
 from dimse_bridge.reactor import LISTENED_PER_PDU, PromptDUL
@@ -105,7 +106,6 @@ _OURS: Final = (
 )
 # Query/Retrieve models the loop serves (besides Verification and storage).
 _LOOP_MODELS: Final = frozenset((*qr.FIND_SOP_CLASSES, *qr.GET_SOP_CLASSES, *qr.MOVE_SOP_CLASSES))
-_DROP_CHUNK: Final = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +256,7 @@ class DataPhase:
                 if received is None:  # A-RELEASE-RQ
                     await link.write((A_RELEASE_RP,))
                     self._released = True
-                    await _until_closed(link.reader, self.assoc.acse_timeout)
+                    await until_closed(link.reader.read, self.assoc.acse_timeout)
                     return True
                 await self._message(link, *received)
         except Ended as ended:
@@ -320,12 +320,3 @@ class DataPhase:
         finally:
             with self._lock:
                 self._storing = False
-
-
-async def _until_closed(reader: asyncio.StreamReader, seconds: float | None) -> None:
-    """Sta13 (PS3.8 9.2, AR-4): the requestor closes the connection once it has the A-RELEASE-RP; whatever it
-    sends meanwhile is read and dropped (AA-6), never held, and the wait ends after the ARTIM time at most."""
-    with contextlib.suppress(TimeoutError, OSError):
-        async with asyncio.timeout(seconds):
-            while await reader.read(_DROP_CHUNK):
-                pass

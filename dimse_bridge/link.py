@@ -18,7 +18,7 @@ import contextlib
 import logging
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any, Final, NoReturn, Protocol
 
@@ -53,7 +53,18 @@ A_RELEASE_RP: Final = bytes((A_RELEASE_RP_TYPE, 0, 0, 0, 0, 4, 0, 0, 0, 0))  # P
 ABORT_SOURCE_USER: Final = 0x00
 ABORT_SOURCE_PROVIDER: Final = 0x02
 ABORT_SECONDS: Final = 1.0  # how long an A-ABORT may wait for a peer that does not read
+_DROP_CHUNK: Final = 64 * 1024  # what is read at a time of a connection whose bytes are dropped
 WRITE_CHUNK: Final = 1024 * 1024  # a write joins messages up to about this size (one system call)
+
+
+async def until_closed(read: Callable[[int], Awaitable[bytes]], seconds: float | None) -> None:
+    """Sta13 (PS3.8 9.2, AR-4, AE-8): the requestor closes the connection once it has the A-RELEASE-RP or the
+    A-ASSOCIATE-RJ; whatever it sends meanwhile is read with `read(size)` and dropped (AA-6), never held, and the
+    wait ends after the ARTIM time at most."""
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(seconds):
+            while await read(_DROP_CHUNK):
+                pass
 
 
 def a_abort(source: int) -> bytes:

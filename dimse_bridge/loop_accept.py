@@ -54,12 +54,11 @@ from dimse_bridge.acceptor import (
     AcceptorServer,
     log_unfinished_request,
 )
-from dimse_bridge.link import ABORT_SOURCE_USER, a_abort
+from dimse_bridge.link import ABORT_SOURCE_USER, a_abort, until_closed
 
 log = logging.getLogger(__name__)
 
 _PDU_HEADER: Final = 6  # PDU type, reserved, length (PS3.8 9.3.1)
-_DROP_CHUNK: Final = 64 * 1024
 # User Information items the loop leaves to pynetdicom: rare here, and answered with items only pynetdicom writes.
 _THREADS_NEGOTIATE: Final = (
     UserIdentityNegotiation,
@@ -75,7 +74,7 @@ class LoopAcceptor:
         self.server = server
         self.loop = loop
         self.closing = False  # set by `stop_taking`, from any thread
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # held here: the loop keeps only weak references to tasks
         self._reading: set[asyncio.Task[Any]] = set()  # tasks still reading (or decoding) their request
 
     def take(self, request: socket.socket, client_address: Any) -> bool:
@@ -181,7 +180,7 @@ class LoopAcceptor:
             if assoc.is_established and assoc.loop_phase is not None:
                 assoc.end_loop_phase(await assoc.loop_phase.serve())
             elif assoc.is_rejected:
-                await _until_closed(sock, assoc.acse_timeout)  # Sta13: the requestor closes (PS3.8 9.2, AE-8)
+                await until_closed(functools.partial(self.loop.sock_recv, sock), assoc.acse_timeout)
         except asyncio.CancelledError:  # aborted (AcceptorAssociation.loop_abort) before its data phase began
             if assoc.is_established:
                 with contextlib.suppress(OSError):
@@ -263,15 +262,6 @@ async def _send_queued(sock: socket.socket, assoc: AcceptorAssociation) -> None:
         else:  # nothing else is queued before the data transfer phase
             continue
         await loop.sock_sendall(sock, data)
-
-
-async def _until_closed(sock: socket.socket, seconds: float | None) -> None:
-    """Until the peer closes the connection, within the ARTIM time; what it sends meanwhile is dropped."""
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(TimeoutError, OSError):
-        async with asyncio.timeout(seconds):
-            while await loop.sock_recv(sock, _DROP_CHUNK):
-                pass
 
 
 def _close(sock: socket.socket) -> None:

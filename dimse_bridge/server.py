@@ -228,7 +228,6 @@ class DimseServer:
             self._loop_acceptor.stop_taking()
         if self._server is not None:
             self._server.shutdown()
-            self._server.loop_acceptor = None
             self._server = None
         deadline = time.monotonic() + grace
         # Only established associations have work to finish; a connection still waiting for its A-ASSOCIATE-RQ
