@@ -32,7 +32,7 @@ def available() -> bool:
 
 @contextmanager
 def orthanc_server(work: Path, *, peers: dict[str, int] | None = None) -> Iterator[dict[str, int]]:
-    """Orthanc on free ports with a fresh storage and index; yields {"http": port, "dimse": port}.
+    """Orthanc on free ports with a fresh storage and index; yields {"http": port, "dimse": port, "pid": pid}.
 
     `peers`: AE title -> port of the DICOM peers on 127.0.0.1 it accepts (and may send to, as C-MOVE
     destinations); BENCH and STORESCU (the benchmark's SCUs) are always declared."""
@@ -72,7 +72,7 @@ def orthanc_server(work: Path, *, peers: dict[str, int] | None = None) -> Iterat
     try:
         wait_for_port(ports["http"], 60)
         wait_for_port(ports["dimse"], 60)
-        yield ports
+        yield {**ports, "pid": process.pid}
     finally:
         process.terminate()
         process.wait(timeout=60)

@@ -1,0 +1,218 @@
+"""How much server issue 15's goal leaves room for, through DCMTK's clients on this machine, beside Orthanc and ours.
+
+Run: `python bench/ceiling.py [--count 500] [--studies 20] [--runs 2]`.
+
+The DIMSE rows of bench/sidebyside.py are measured through DCMTK's own tools (storescu, getscu, movescu, and a
+`storescp --ignore` as the C-MOVE destination), which run on the same two cores as the server. Whatever a
+server does, they spend their own CPU on every instance. So for each DIMSE workload this measures, servers in
+turn on the same data:
+
+- the rate of Orthanc, of ours, and of DCMTK's own minimal peer (`storescp --ignore` for C-STORE, which keeps
+  nothing: no file, no index, no fsync; `dcmqrscp`, DCMTK's C++ Query/Retrieve SCP over its flat index file,
+  one process forked per association, for C-GET and C-MOVE);
+- the clients' CPU per instance (`getrusage` of this process's ended children, `/proc` for the long-running
+  C-MOVE destination) and each server's (`/proc`, its process group and the children it reaped).
+
+From those it states the server's **budget at the goal** (1.5x Orthanc's rate): per instance, what is left of the
+time the goal allows once the clients have had theirs. Over one association client and server take turns, so
+the budget is `1 / goal - clients' CPU` of the server's time (its CPU and its waits: fsync, round trips); with
+four associations on two cores, both share the cores, so it is `2 / goal - clients' CPU` of the server's CPU,
+and that only if the cores never idle. A budget at or below zero: no server reaches the goal through these
+clients here. Every DCMTK process, Orthanc and dcmqrscp run with TCP_NODELAY=1. Prints and records
+(bench/results/) one row per workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import orthanc
+from bench.common import ct_copies, free_port, our_server, record, wait_for_port
+from bench.cstore import send
+from bench.retrieve import DESTINATION, dcmtk_env, get_study, move_study, rate, storescp, study_sizes
+
+GOAL = 1.5  # issue 15: at least 1.5x Orthanc on every DIMSE row
+DCMQR = "DCMQR"
+DCMQR_MAX_PDU = 131072  # the most dcmqrscp takes
+
+Peer = Callable[[Path, int], AbstractContextManager[tuple[int, str, int]]]  # (work, destination) -> port, AE, pid
+Measure = Callable[[int, str], float]  # (port, AE title) -> instances/s
+
+
+@dataclass
+class Sample:
+    rate: float  # instances/s
+    clients: float  # the clients' CPU, ms per instance
+    server: float  # the server's CPU, ms per instance
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have ended and been waited for (the clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of `pid`'s process group (or `pid` alone when it leads none), with the children each reaped."""
+    found = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True, check=False).stdout.split()
+    total = 0
+    for member in found or [str(pid)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        total += sum(int(field) for field in fields[11:15])  # utime, stime, cutime, cstime (proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def ours(work: Path, destination: int) -> Iterator[tuple[int, str, int]]:
+    env = {"AE_TITLE": "DICOMWEB", "DIMSE_REMOTE_AES": f"{DESTINATION}@127.0.0.1:{destination}"}
+    with our_server(work, dimse=True, env=env) as ports:
+        yield ports["dimse"], "DICOMWEB", ports["pid"]
+
+
+@contextmanager
+def rival(work: Path, destination: int) -> Iterator[tuple[int, str, int]]:
+    with orthanc.orthanc_server(work, peers={DESTINATION: destination}) as ports:
+        yield ports["dimse"], orthanc.AE_TITLE, ports["pid"]
+
+
+@contextmanager
+def dcmtk(command: list[str], port: int, title: str) -> Iterator[tuple[int, str, int]]:
+    process = subprocess.Popen(command, env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield port, title, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def null_receiver(work: Path, destination: int) -> AbstractContextManager[tuple[int, str, int]]:
+    """storescp --ignore: the least a C-STORE SCP can do."""
+    port = free_port()
+    return dcmtk(["storescp", "--ignore", "-aet", "DICOMWEB", str(port)], port, "DICOMWEB")
+
+
+def dcmqrscp(work: Path, destination: int) -> AbstractContextManager[tuple[int, str, int]]:
+    """DCMTK's Query/Retrieve SCP with an empty storage area, the C-MOVE destination in its host table."""
+    port = free_port()
+    area = work / "area"
+    area.mkdir(parents=True)
+    config = work / "dcmqrscp.cfg"
+    config.write_text(
+        f"NetworkTCPPort = {port}\nMaxPDUSize = {DCMQR_MAX_PDU}\nMaxAssociations = 16\n"
+        f"HostTable BEGIN\ndestination = ({DESTINATION}, 127.0.0.1, {destination})\nHostTable END\n"
+        "VendorTable BEGIN\nVendorTable END\n"
+        f"AETable BEGIN\n{DCMQR} {area} RW (500, 1024mb) ANY\nAETable END\n"
+    )
+    return dcmtk(["dcmqrscp", "-c", str(config)], port, DCMQR)
+
+
+def storing(files: list[Path], associations: int) -> Measure:
+    return lambda port, title: len(files) / send(port, files, associations, title)
+
+
+def measured(measure: Measure, port: int, title: str, server: int, destination: int, instances: int) -> Sample:
+    """The rate of `measure`, and the clients' and the server's CPU per instance over it."""
+    clients, serving = children_cpu() + process_cpu(destination), process_cpu(server)
+    speed = measure(port, title)
+    clients = children_cpu() + process_cpu(destination) - clients
+    return Sample(speed, clients / instances * 1000, (process_cpu(server) - serving) / instances * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    if not orthanc.available():
+        raise SystemExit("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+    cores = os.cpu_count() or 1
+    servers: list[tuple[str, Peer, Peer]] = [
+        ("Orthanc", rival, rival),
+        ("ours", ours, ours),
+        ("DCMTK minimal peer", null_receiver, dcmqrscp),
+    ]
+    stores: dict[str, int] = {"C-STORE storescu, 1 association": 1, "C-STORE storescu, 4 associations": 4}
+    samples: dict[tuple[str, str], list[Sample]] = {}
+
+    def keep(workload: str, server: str, sample: Sample) -> None:
+        samples.setdefault((workload, server), []).append(sample)
+        print(f"{workload} on {server}: {sample.rate:.1f} instances/s; CPU per instance: clients "
+              f"{sample.clients:.2f} ms, server {sample.server:.2f} ms", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp, storescp(destination_port := free_port()):
+        [destination] = [int(pid) for pid in subprocess.run(
+            ["pgrep", "-f", f"storescp --ignore -aet {DESTINATION} {destination_port}"],
+            capture_output=True, text=True, check=True).stdout.split()]
+        work = Path(tmp)
+        retrieve_files = ct_copies(work / "retrieve", args.count, studies=args.studies)
+        studies = study_sizes(retrieve_files)
+        retrieves: dict[str, Measure] = {}
+        for n in (1, 4):
+            many = f"{n} association{'s' if n > 1 else ''}"
+            retrieves[f"C-GET getscu per study, {many}"] = lambda port, title, n=n: rate(
+                studies, lambda uid: get_study(port, title, uid), n)
+            retrieves[f"C-MOVE movescu per study to storescp, {many}"] = lambda port, title, n=n: rate(
+                studies, lambda uid: move_study(port, title, uid), n)
+        for run in range(args.runs):
+            for name, store_peer, retrieve_peer in servers:
+                for workload, associations in stores.items():
+                    files = ct_copies(work / f"store-{run}-{name}-{associations}".replace(" ", "_"), args.count)
+                    with store_peer(work / f"{name}-{workload}-{run}".replace(" ", "_"), destination_port) as (
+                        port, title, pid
+                    ):
+                        keep(workload, name, measured(storing(files, associations), port, title, pid, destination,
+                                                      args.count))
+                with retrieve_peer(work / f"{name}-retrieve-{run}".replace(" ", "_"), destination_port) as (
+                    port, title, pid
+                ):
+                    # Over one association: dcmqrscp names its files after the clock, and the processes it forks
+                    # for several associations at once collide on those names ("Index database error").
+                    send(port, retrieve_files, 1, title)
+                    for workload, retrieve in retrieves.items():
+                        keep(workload, name, measured(retrieve, port, title, pid, destination, args.count))
+    rows: list[dict[str, object]] = []
+    for workload in [*stores, *retrieves]:
+        def median(name: str, field: str, workload: str = workload) -> float:
+            return float(statistics.median(getattr(s, field) for s in samples[(workload, name)]))
+
+        clients = statistics.median(s.clients for name, _, _ in servers for s in samples[(workload, name)])
+        goal = GOAL * median("Orthanc", "rate")
+        shared = 1 if "1 association" in workload else min(cores, 4)  # one request at a time, or the cores
+        rows.append({
+            "workload": f"{workload} ({args.count} x CT_small)",
+            "Orthanc": round(median("Orthanc", "rate"), 1),
+            "ours": round(median("ours", "rate"), 1),
+            "DCMTK minimal peer": round(median("DCMTK minimal peer", "rate"), 1),
+            "clients' CPU": round(clients, 2),
+            "Orthanc's CPU": round(median("Orthanc", "server"), 2),
+            "our CPU": round(median("ours", "server"), 2),
+            "goal (1.5x Orthanc)": round(goal, 1),
+            "server budget at the goal": round(shared * 1000 / goal - clients, 2),
+        })
+    note = (f"medians of {args.runs} runs; rates in instances/s, CPU and budget in ms per instance; {cores} CPUs. "
+            "Budget: 1 association, the server's time per instance (CPU and waits) that the goal leaves once the "
+            f"client has had its CPU; 4 associations, the server's CPU per instance that {min(cores, 4)} busy cores "
+            "leave beside the clients'. At or below zero: beyond these clients here, whatever the server")
+    print(note)
+    record("ceiling", rows, note=note)
+
+
+if __name__ == "__main__":
+    main()
