@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from app.api.qido_params import parse_qido
+from app.core.dicom.attributes import Level
 from app.core.ports import Repository
 from app.core.records import InstanceRecord
 from tests.repository.conftest import CT, MR, Factory, patient_aggregates, stored, study_aggregates, uid
@@ -140,6 +145,51 @@ async def test_a_new_modality_for_a_series_replaces_the_old_one_in_the_study(
     )
 
     assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 2, ["OT"], [CT])
+
+
+async def test_each_instance_of_a_series_leaves_its_levels_matching_what_the_newest_says(
+    repository: Repository, instance_record: Factory
+) -> None:
+    """The patient, study and series rows are written only when an instance changes them (unit_of_work._upsert):
+    instances that repeat them leave every value matchable, and one that changes them, single values and
+    sequence-borne ones alike, makes the new ones the ones matched."""
+
+    async def matches(level: Level, *params: tuple[str, str]) -> int:
+        return len((await repository.search(parse_qido(level, list(params), default_limit=10).model)).rows)
+
+    series = dict(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1))
+    first = dict(
+        PatientName="DOE^JOHN", SeriesDescription="FIRST", OtherPatientIDsSequence=_other_patient_ids("OLD-ID")
+    )
+    for n in (1, 2, 3):
+        await repository.store_instance(instance_record(**series, SOPInstanceUID=uid(1, 1, n), **first))
+        assert await matches(Level.SERIES, ("SeriesDescription", "FIRST")) == 1
+        assert await matches(Level.STUDY, ("PatientName", "DOE"), ("fuzzymatching", "true")) == 1
+        assert await matches(Level.STUDY, ("OtherPatientIDsSequence.PatientID", "OLD-ID")) == 1
+
+    await repository.store_instance(
+        instance_record(
+            **series,
+            SOPInstanceUID=uid(1, 1, 4),
+            PatientName="ROE^JANE",
+            SeriesDescription="SECOND",
+            OtherPatientIDsSequence=_other_patient_ids("NEW-ID"),
+        )
+    )
+
+    assert await matches(Level.SERIES, ("SeriesDescription", "FIRST")) == 0
+    assert await matches(Level.SERIES, ("SeriesDescription", "SECOND")) == 1
+    assert await matches(Level.STUDY, ("PatientName", "DOE"), ("fuzzymatching", "true")) == 0
+    assert await matches(Level.STUDY, ("PatientName", "ROE"), ("fuzzymatching", "true")) == 1
+    assert await matches(Level.STUDY, ("OtherPatientIDsSequence.PatientID", "OLD-ID")) == 0
+    assert await matches(Level.STUDY, ("OtherPatientIDsSequence.PatientID", "NEW-ID")) == 1
+    assert await repository.series_aggregates(uid(1, 1)) == {"number_of_series_related_instances": 4}
+
+
+def _other_patient_ids(patient_id: str) -> Sequence:
+    item = Dataset()
+    item.PatientID = patient_id
+    return Sequence([item])
 
 
 async def test_a_replaced_copy_keeps_or_changes_sop_classes_in_study_as_its_class_says(

@@ -89,21 +89,37 @@ def get_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> StoredInsta
 
 
 def _upsert(conn: sqlite3.Connection, table: str, key: str, row: dict[str, Any]) -> bool:
-    """Insert or update `row` keyed by column `key`; True when the row is new.
+    """Insert `row` keyed by column `key`, or update the row there if any of its values differ; True when the row
+    is new.
 
-    The update is tried first: after a study's first instance its patient, study and series rows exist, so a
-    store costs one statement per level rather than a lookup and a write.
+    After a study's first instance its patient, study and series rows usually hold these values already: they
+    are read and compared (one indexed look-up) rather than written again, which would rewrite the row and its
+    index entries for nothing: a CT series' store took 0.47 ms of SQLite work that way, 0.25 ms this way (the
+    transaction's own included, bench/README.md).
+    `updated_at`, if given, is written only with a change.
     """
-    names = list(row)
-    assignments = ", ".join(f'"{n}" = ?' for n in names if n != key)
-    updated = conn.execute(
-        f"UPDATE {table} SET {assignments} WHERE {key} = ?", [row[n] for n in names if n != key] + [row[key]]
-    ).rowcount
-    if updated:
-        return False
+    select, insert, update = _upsert_sql(table, key, tuple(row))
+    compared = [value for name, value in row.items() if name not in (key, "updated_at")]
+    held = conn.execute(select, (row[key],)).fetchone()
+    if held is None:
+        conn.execute(insert, list(row.values()))
+        return True
+    if tuple(held) != tuple(compared):
+        conn.execute(update, [value for name, value in row.items() if name != key] + [row[key]])
+    return False
+
+
+@functools.cache
+def _upsert_sql(table: str, key: str, names: tuple[str, ...]) -> tuple[str, str, str]:
+    """`_upsert`'s statements for a row of `names`: the look-up of the compared values, the insert, the update."""
+    compared = ", ".join(f'"{n}"' for n in names if n not in (key, "updated_at"))
     columns = ", ".join(f'"{n}"' for n in names)
-    conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})", list(row.values()))
-    return True
+    assignments = ", ".join(f'"{n}" = ?' for n in names if n != key)
+    return (
+        f"SELECT {compared} FROM {table} WHERE {key} = ?",
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})",
+        f"UPDATE {table} SET {assignments} WHERE {key} = ?",
+    )
 
 
 def _level_row(level: Level, record: LevelRecord) -> dict[str, Any]:
@@ -113,11 +129,16 @@ def _level_row(level: Level, record: LevelRecord) -> dict[str, Any]:
 def _set_values(
     conn: sqlite3.Connection, level: Level, owner: str, multi: dict[str, list[str]], *, new: bool
 ) -> None:
-    """Replace the multi-valued index entries of one row; a `new` row has none to remove (a removed row's go
-    with it)."""
-    if not new:
-        conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
+    """Replace the multi-valued index entries of one row when they differ from those held; a `new` row has none
+    (a removed row's go with it)."""
     rows = [(level.value, owner, key, value) for key, values in multi.items() for value in dict.fromkeys(values)]
+    if not new:
+        held = conn.execute(
+            "SELECT key, value FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner)
+        ).fetchall()
+        if sorted(map(tuple, held)) == sorted((key, value) for _, _, key, value in rows):
+            return
+        conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
     if rows:
         conn.executemany("INSERT INTO attribute_values (level, owner, key, value) VALUES (?, ?, ?, ?)", rows)
 
