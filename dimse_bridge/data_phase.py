@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -77,7 +78,7 @@ from dimse_bridge.link import (
     a_abort,
     until_closed,
 )
-from dimse_bridge.negotiation import supported_syntaxes
+from dimse_bridge.negotiation import ByRequest, supported_syntaxes
 from dimse_bridge.reactor import LISTENED_PER_PDU, PromptDUL
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,18 @@ def qualifies(assoc: Any) -> bool:
     request = assoc.requestor.primitive
     if any(isinstance(item, SOPClassCommonExtendedNegotiation) for item in request.user_information):
         return False
-    supported = supported_syntaxes(assoc.acceptor.supported_contexts)
-    proposed = {str(context.abstract_syntax) for context in request.presentation_context_definition_list}
-    return all(uid in _LOOP_MODELS or uid_to_service_class(uid) in _SERVED for uid in proposed & supported)
+    contexts = request.presentation_context_definition_list
+    proposed = _PROPOSED.get(contexts, lambda: frozenset(str(context.abstract_syntax) for context in contexts))
+    return all(map(_loop_serves, proposed & supported_syntaxes(assoc.acceptor.supported_contexts)))
+
+
+_PROPOSED: Final[ByRequest[frozenset[str]]] = ByRequest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _loop_serves(sop_class_uid: str) -> bool:
+    """Whether the loop serves the SOP class (asked for every class of every association: a peer proposes the same)."""
+    return sop_class_uid in _LOOP_MODELS or uid_to_service_class(sop_class_uid) in _SERVED
 
 
 class DataPhase:

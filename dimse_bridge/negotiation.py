@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Generic, TypeVar
 
 from pynetdicom import acse
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
@@ -26,6 +26,34 @@ CACHE_SIZE: Final = 32  # distinct proposals remembered: the peers of a site pro
 
 Roles = dict[Any, tuple[bool | None, bool | None]]
 Answer = tuple[list[PresentationContext], list[SCP_SCU_RoleSelectionNegotiation]]
+T = TypeVar("T")
+
+
+class ByRequest(Generic[T]):
+    """Values derived from one decoded A-ASSOCIATE-RQ, remembered by the identity of its presentation context list.
+
+    acse_pdus.py gives every identical request the same primitive object, read only, so a fact drawn from its
+    proposal (the negotiation's key, the SOP classes it names) is drawn once, and found again at the cost of a
+    dictionary look-up instead of a walk over getscu's 121 contexts (that walk, in the key and in
+    data_phase.qualifies, was ~0.8 ms of the 5.1 ms a getscu association cost the server, bench/README.md). The
+    list is held with its value, so that its identity cannot pass to another list.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[int, tuple[list[PresentationContext], T]] = {}
+        self._lock = threading.Lock()  # the loop and pynetdicom's association threads both ask
+
+    def get(self, proposal: list[PresentationContext], derive: Callable[[], T]) -> T:
+        with self._lock:
+            held = self._values.get(id(proposal))
+        if held is not None and held[0] is proposal:
+            return held[1]
+        value = derive()
+        with self._lock:
+            self._values[id(proposal)] = (proposal, value)
+            while len(self._values) > CACHE_SIZE:
+                del self._values[next(iter(self._values))]  # the oldest
+        return value
 
 
 class SharedContexts(list[PresentationContext]):
@@ -81,14 +109,24 @@ def negotiate(
     """pynetdicom's `negotiate_as_acceptor`, answered once per distinct proposal for the server's own list."""
     if not isinstance(ac_contexts, SharedContexts):
         return negotiate_as_acceptor(rq_contexts, ac_contexts, roles)
-    proposal = (
+    # `roles` are read from the same request as `rq_contexts` (its role selection items), so the list's
+    # identity stands for both.
+    proposal = _PROPOSALS.get(rq_contexts, lambda: _proposal(rq_contexts, roles))
+    return (ac_contexts.origin or ac_contexts).answer(proposal, rq_contexts, roles)
+
+
+def _proposal(rq_contexts: list[PresentationContext], roles: Roles | None) -> Any:
+    """What a proposal says, as a key: its contexts and its role selection."""
+    return (
         tuple(
             (context.context_id, str(context.abstract_syntax), tuple(str(uid) for uid in context.transfer_syntax))
             for context in rq_contexts
         ),
         tuple(sorted((str(uid), scu, scp) for uid, (scu, scp) in (roles or {}).items())),
     )
-    return (ac_contexts.origin or ac_contexts).answer(proposal, rq_contexts, roles)
+
+
+_PROPOSALS: Final[ByRequest[Any]] = ByRequest()
 
 
 def install() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
 
-from dimse_bridge.negotiation import SharedContexts, negotiate
+from dimse_bridge.negotiation import ByRequest, SharedContexts, negotiate
 from dimse_bridge.policy import build_policy
 from dimse_bridge.server import SERVICE_SOP_CLASSES
 
@@ -65,3 +65,19 @@ def test_a_list_extended_for_one_association_is_negotiated_afresh() -> None:
     refused, _ = negotiate([context], deepcopy(SUPPORTED))
     accepted, _ = negotiate([context], [*deepcopy(SUPPORTED), build_context(UNSUPPORTED, SYNTAXES[:2])])
     assert [cx.result for cx in refused] == [0x03] and [cx.result for cx in accepted] == [0x00]
+
+
+def test_a_fact_of_a_decoded_request_is_drawn_once_and_never_for_another_request() -> None:
+    by_request: ByRequest[int] = ByRequest()
+    drawn: list[int] = []
+
+    def draw(proposal: list[PresentationContext]) -> int:
+        drawn.append(len(proposal))
+        return len(drawn)
+
+    request = [build_context("1.2.840.10008.1.1")]
+    assert by_request.get(request, lambda: draw(request)) == 1
+    assert by_request.get(request, lambda: draw(request)) == 1  # the same decoded request: looked up
+    equal = deepcopy(request)
+    assert by_request.get(equal, lambda: draw(equal)) == 2  # another request, even an equal one: drawn
+    assert drawn == [1, 1]
