@@ -6,10 +6,14 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo import WriteConcern
+from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
 from app.core.ports import Repository, RepositoryUnavailable
+from app.repository.mongo.connection import journaled
 from app.repository.mongo.repository import MongoRepository
 from app.repository.sqlite.repository import SQLiteRepository
 from tests.repository.conftest import Factory, stored, uid
@@ -78,3 +82,53 @@ async def test_the_sqlite_store_commits_to_disk_before_a_store_is_acknowledged(t
     finally:
         await repository.close()
     assert modes == 2 and journal == "wal"  # 2 = FULL (sqlite.org/pragma.html#pragma_synchronous)
+
+
+class _Writes(CommandListener):
+    """The write commands a client sends: (name, collection, its write concern as sent)."""
+
+    NAMES = frozenset({"insert", "update", "delete", "findAndModify"})
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if event.command_name in self.NAMES:
+            self.sent.append(
+                (event.command_name, event.command[event.command_name], dict(event.command.get("writeConcern", {})))
+            )
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_mongo_store_and_a_delete_are_acknowledged_once_in_the_journal(
+    mongo_url: str, instance_record: Factory
+) -> None:
+    """A standalone MongoDB acknowledges a write held in memory unless asked for `j: true`: a crash could then lose
+    an acknowledged store, and the start-up sweep remove its file as an orphan. A store's last write and a
+    delete's removal ask for the journal (the journal is written in order: the writes before go with them)."""
+    writes = _Writes()
+    repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}", event_listeners=[writes])
+    try:
+        await repository.open()
+        record = instance_record(SOPInstanceUID=uid(1, 1, 1))
+        writes.sent.clear()
+        await repository.store_instance(record)
+        assert writes.sent[-1][2] == {"j": True}
+        assert all(concern == {} for _, _, concern in writes.sent[:-1])  # the others go with it
+
+        writes.sent.clear()
+        assert await repository.delete_instance(record.sop_instance_uid) == stored(record)
+        assert writes.sent[0] == ("findAndModify", "instances", {"j": True})
+    finally:
+        await repository.close()
+
+
+def test_the_journal_is_asked_for_with_the_url_s_write_concern_unless_the_url_says_otherwise() -> None:
+    assert journaled(WriteConcern()).document == {"j": True}
+    assert journaled(WriteConcern(w="majority", wtimeout=5000)).document == {"w": "majority", "wtimeout": 5000, "j": True}
+    assert journaled(WriteConcern(j=False)).document == {"j": False}

@@ -13,9 +13,9 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, OperationFailure
@@ -49,7 +49,10 @@ def guarded() -> Iterator[None]:
 
 
 class MongoConnection:
-    def __init__(self, url: str, database: str, *, server_selection_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, url: str, database: str, *, server_selection_timeout_ms: int = 2000, **client_options: Any
+    ) -> None:
+        """`client_options` go to the driver's client as they are (tests watch the commands sent with them)."""
         self.url = url
         self.database = database
         # A short server selection timeout makes an unreachable server an error in seconds, not the driver's
@@ -58,7 +61,9 @@ class MongoConnection:
             url,
             serverSelectionTimeoutMS=server_selection_timeout_ms,
             connectTimeoutMS=server_selection_timeout_ms,
+            **client_options,
         )
+        self._journaled = journaled(self._client.write_concern)
         db: AsyncDatabase[Document] = self._client[database]
         self._db = db
         self._patients: AsyncCollection[Document] = db["patients"]
@@ -75,6 +80,10 @@ class MongoConnection:
         self._workitems: AsyncCollection[Document] = db["workitems"]
         self._performed_steps: AsyncCollection[Document] = db["performed_steps"]
         self._subscriptions: AsyncCollection[Document] = db["ups_subscriptions"]
+
+    def _journaling(self, collection: AsyncCollection[Document]) -> AsyncCollection[Document]:
+        """`collection`, its writes acknowledged once in MongoDB's on-disk journal (`journaled`)."""
+        return collection.with_options(write_concern=self._journaled)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -119,3 +128,20 @@ class MongoConnection:
         with guarded():
             doc = await self._migrations.find_one({}, sort=[("_id", -1)])
         return 0 if doc is None else int(doc["_id"])
+
+
+def journaled(concern: WriteConcern) -> WriteConcern:
+    """MONGO_URL's write concern, asking to be acknowledged only once the write is in the on-disk journal
+    (`j: true`), unless the URL says itself (`journal=false`).
+
+    The last write of a store, and the removal of a deleted instance, use it: a standalone server acknowledges a
+    write held in memory by default and journals it within 100 ms, so a crash or power cut could lose a store
+    already acknowledged, and the start-up sweep would then remove its file as an orphan (a file no metadata
+    names), as SQLite's commits without synchronous=FULL could (sqlite/connection.py). WiredTiger's journal is
+    written in order: the writes before that one are on disk with it. With `w=majority` (a replica set) the
+    majority's journals hold it.
+    """
+    document = concern.document
+    if "j" in document:
+        return concern
+    return WriteConcern(**{**document, "j": True})

@@ -68,7 +68,7 @@ class MongoInstanceIndex(MongoUnitOfWork):
 
     async def delete_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         with guarded():
-            return await self._remove(sop_instance_uid)
+            return await self._remove(sop_instance_uid, journaled=True)
 
     async def find_instances(
         self,

@@ -157,7 +157,8 @@ class MongoUnitOfWork(MongoConnection):
         modality = series_fields.get("modality")
         if modality:
             additions[MODALITIES] = modality
-        await self._studies.update_one(
+        # The store's last write, journaled: acknowledged once it and every write before it is on disk.
+        await self._journaling(self._studies).update_one(
             {"study_instance_uid": record.study_instance_uid}, {"$addToSet": additions}
         )
         old_modality = series_before.get("modality") if series_before else None
@@ -167,8 +168,12 @@ class MongoUnitOfWork(MongoConnection):
             )
         return True
 
-    async def _remove(self, sop_instance_uid: str) -> StoredInstance | None:
-        doc = await self._instances.find_one_and_delete(
+    async def _remove(self, sop_instance_uid: str, *, journaled: bool = False) -> StoredInstance | None:
+        """Remove the instance and uncount it. `journaled`: its removal is on disk before this returns (a delete,
+        whose file goes next: a removal lost in a crash would bring back an instance without its file); a
+        store's removal of its predecessor goes to disk with the store's own last write."""
+        instances = self._journaling(self._instances) if journaled else self._instances
+        doc = await instances.find_one_and_delete(
             {"sop_instance_uid": sop_instance_uid}, projection=INSTANCE_PROJECTION
         )
         if doc is None:
