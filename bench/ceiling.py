@@ -3,9 +3,10 @@
 Run: `python bench/ceiling.py [--count 500] [--studies 20] [--runs 2]`.
 
 The DIMSE rows of bench/sidebyside.py are measured through DCMTK's own tools (storescu, getscu, movescu, and a
-`storescp --ignore` as the C-MOVE destination), which run on the same two cores as the server. Whatever a
-server does, they spend their own CPU on every instance. So for each DIMSE workload this measures, servers in
-turn on the same data:
+`storescp --ignore` as the C-MOVE destination), and its WADO-RS rows through dicomweb-client (threads of this
+process, which decode every instance with pydicom); all run on the same two cores as the server. Whatever a
+server does, they spend their own CPU on every instance. So for each of those workloads this measures, servers
+in turn on the same data:
 
 - the rate of Orthanc, of ours, and of DCMTK's own minimal peer (`storescp --ignore` for C-STORE, which keeps
   nothing: no file, no index, no fsync; `dcmqrscp`, DCMTK's C++ Query/Retrieve SCP over its flat index file,
@@ -13,12 +14,14 @@ turn on the same data:
 - the clients' CPU per instance (`getrusage` of this process's ended children, `/proc` for the long-running
   C-MOVE destination) and each server's (`/proc`, its process group and the children it reaped).
 
-From those it states the server's **budget at the goal** (1.5x Orthanc's rate): per instance, what is left of the
-time the goal allows once the clients have had theirs. Over one association client and server take turns, so
-the budget is `1 / goal - clients' CPU` of the server's time (its CPU and its waits: fsync, round trips); with
-four associations on two cores, both share the cores, so it is `2 / goal - clients' CPU` of the server's CPU,
-and that only if the cores never idle. A budget at or below zero: no server reaches the goal through these
-clients here. Every DCMTK process, Orthanc and dcmqrscp run with TCP_NODELAY=1. Prints and records
+From those it states the server's **budget at the goal** (1.5x Orthanc's rate on the DIMSE rows, 1.2x on
+WADO-RS): per instance, what is left of the time the goal allows once the clients have had the least CPU they
+needed with any of the three servers (it depends a little on the server: the PDU sizes it sends, for one). Over
+one association client and server take turns, so the budget is `1 / goal - clients' CPU` of the server's time
+(its CPU and its waits: fsync, round trips); with four DCMTK clients on two cores, both share the cores, so it
+is `2 / goal - clients' CPU` of the server's CPU, and that only if the cores never idle; dicomweb-client's four
+threads hold one GIL, so theirs is `1 / goal - clients' CPU` too. A budget at or below zero: no server reaches
+the goal through these clients here. Every DCMTK process, Orthanc and dcmqrscp run with TCP_NODELAY=1. Prints and records
 (bench/results/) one row per workload.
 """
 
@@ -31,24 +34,45 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import orthanc
 from bench.common import ct_copies, free_port, our_server, record, wait_for_port
 from bench.cstore import send
-from bench.retrieve import DESTINATION, dcmtk_env, get_study, move_study, rate, storescp, study_sizes
+from bench.retrieve import (
+    DESTINATION,
+    dcmtk_env,
+    get_study,
+    move_study,
+    rate,
+    storescp,
+    study_sizes,
+    wado_checked,
+)
 
 GOAL = 1.5  # issue 15: at least 1.5x Orthanc on every DIMSE row
+WADO_GOAL = 1.2  # and 1.2x on WADO-RS study retrieve with dicomweb-client
 DCMQR = "DCMQR"
 DCMQR_MAX_PDU = 131072  # the most dcmqrscp takes
 
-Peer = Callable[[Path, int], AbstractContextManager[tuple[int, str, int]]]  # (work, destination) -> port, AE, pid
-Measure = Callable[[int, str], float]  # (port, AE title) -> instances/s
+
+
+class Server(NamedTuple):
+    dimse: int
+    title: str  # its AE title
+    pid: int
+    http: int | None = None  # DICOMweb, when it has it
+
+
+Peer = Callable[[Path, int], AbstractContextManager[Server]]  # (work, C-MOVE destination port) -> Server
+Measure = Callable[[Server], float]  # -> instances/s
 
 
 @dataclass
@@ -78,36 +102,36 @@ def process_cpu(pid: int) -> float:
 
 
 @contextmanager
-def ours(work: Path, destination: int) -> Iterator[tuple[int, str, int]]:
+def ours(work: Path, destination: int) -> Iterator[Server]:
     env = {"AE_TITLE": "DICOMWEB", "DIMSE_REMOTE_AES": f"{DESTINATION}@127.0.0.1:{destination}"}
     with our_server(work, dimse=True, env=env) as ports:
-        yield ports["dimse"], "DICOMWEB", ports["pid"]
+        yield Server(ports["dimse"], "DICOMWEB", ports["pid"], ports["http"])
 
 
 @contextmanager
-def rival(work: Path, destination: int) -> Iterator[tuple[int, str, int]]:
+def rival(work: Path, destination: int) -> Iterator[Server]:
     with orthanc.orthanc_server(work, peers={DESTINATION: destination}) as ports:
-        yield ports["dimse"], orthanc.AE_TITLE, ports["pid"]
+        yield Server(ports["dimse"], orthanc.AE_TITLE, ports["pid"], ports["http"])
 
 
 @contextmanager
-def dcmtk(command: list[str], port: int, title: str) -> Iterator[tuple[int, str, int]]:
+def dcmtk(command: list[str], port: int, title: str) -> Iterator[Server]:
     process = subprocess.Popen(command, env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
-        yield port, title, process.pid
+        yield Server(port, title, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def null_receiver(work: Path, destination: int) -> AbstractContextManager[tuple[int, str, int]]:
+def null_receiver(work: Path, destination: int) -> AbstractContextManager[Server]:
     """storescp --ignore: the least a C-STORE SCP can do."""
     port = free_port()
     return dcmtk(["storescp", "--ignore", "-aet", "DICOMWEB", str(port)], port, "DICOMWEB")
 
 
-def dcmqrscp(work: Path, destination: int) -> AbstractContextManager[tuple[int, str, int]]:
+def dcmqrscp(work: Path, destination: int) -> AbstractContextManager[Server]:
     """DCMTK's Query/Retrieve SCP with an empty storage area, the C-MOVE destination in its host table."""
     port = free_port()
     area = work / "area"
@@ -123,15 +147,21 @@ def dcmqrscp(work: Path, destination: int) -> AbstractContextManager[tuple[int, 
 
 
 def storing(files: list[Path], associations: int) -> Measure:
-    return lambda port, title: len(files) / send(port, files, associations, title)
+    return lambda server: len(files) / send(server.dimse, files, associations, server.title)
 
 
-def measured(measure: Measure, port: int, title: str, server: int, destination: int, instances: int) -> Sample:
-    """The rate of `measure`, and the clients' and the server's CPU per instance over it."""
-    clients, serving = children_cpu() + process_cpu(destination), process_cpu(server)
-    speed = measure(port, title)
-    clients = children_cpu() + process_cpu(destination) - clients
-    return Sample(speed, clients / instances * 1000, (process_cpu(server) - serving) / instances * 1000)
+def measured(measure: Measure, server: Server, destination: int, instances: int) -> Sample:
+    """The rate of `measure`, and the clients' and the server's CPU per instance over it. The clients: the DCMTK
+    tools run and ended, the C-MOVE destination, and this process (dicomweb-client runs in it)."""
+
+    def clients() -> float:
+        return children_cpu() + process_cpu(destination) + time.process_time()
+
+    before, serving = clients(), process_cpu(server.pid)
+    speed = measure(server)
+    return Sample(
+        speed, (clients() - before) / instances * 1000, (process_cpu(server.pid) - serving) / instances * 1000
+    )
 
 
 def main() -> None:
@@ -166,50 +196,58 @@ def main() -> None:
         retrieves: dict[str, Measure] = {}
         for n in (1, 4):
             many = f"{n} association{'s' if n > 1 else ''}"
-            retrieves[f"C-GET getscu per study, {many}"] = lambda port, title, n=n: rate(
-                studies, lambda uid: get_study(port, title, uid), n)
-            retrieves[f"C-MOVE movescu per study to storescp, {many}"] = lambda port, title, n=n: rate(
-                studies, lambda uid: move_study(port, title, uid), n)
+            retrieves[f"C-GET getscu per study, {many}"] = lambda server, n=n: rate(
+                studies, lambda uid: get_study(server.dimse, server.title, uid), n)
+            retrieves[f"C-MOVE movescu per study to storescp, {many}"] = lambda server, n=n: rate(
+                studies, lambda uid: move_study(server.dimse, server.title, uid), n)
+        for n in (1, 4):
+            retrieves[f"WADO-RS study retrieve, dicomweb-client, {n} client{'s' if n > 1 else ''}"] = (
+                lambda server, n=n: rate(studies, wado_checked(f"http://127.0.0.1:{server.http}/dicom-web", studies), n))
         for run in range(args.runs):
             for name, store_peer, retrieve_peer in servers:
                 for workload, associations in stores.items():
                     files = ct_copies(work / f"store-{run}-{name}-{associations}".replace(" ", "_"), args.count)
-                    with store_peer(work / f"{name}-{workload}-{run}".replace(" ", "_"), destination_port) as (
-                        port, title, pid
-                    ):
-                        keep(workload, name, measured(storing(files, associations), port, title, pid, destination,
-                                                      args.count))
-                with retrieve_peer(work / f"{name}-retrieve-{run}".replace(" ", "_"), destination_port) as (
-                    port, title, pid
-                ):
+                    with store_peer(work / f"{name}-{workload}-{run}".replace(" ", "_"), destination_port) as server:
+                        keep(workload, name, measured(storing(files, associations), server, destination, args.count))
+                with retrieve_peer(work / f"{name}-retrieve-{run}".replace(" ", "_"), destination_port) as server:
                     # Over one association: dcmqrscp names its files after the clock, and the processes it forks
                     # for several associations at once collide on those names ("Index database error").
-                    send(port, retrieve_files, 1, title)
+                    send(server.dimse, retrieve_files, 1, server.title)
                     for workload, retrieve in retrieves.items():
-                        keep(workload, name, measured(retrieve, port, title, pid, destination, args.count))
+                        if server.http is not None or not workload.startswith("WADO"):
+                            keep(workload, name, measured(retrieve, server, destination, args.count))
     rows: list[dict[str, object]] = []
     for workload in [*stores, *retrieves]:
         def median(name: str, field: str, workload: str = workload) -> float:
             return float(statistics.median(getattr(s, field) for s in samples[(workload, name)]))
 
-        clients = statistics.median(s.clients for name, _, _ in servers for s in samples[(workload, name)])
-        goal = GOAL * median("Orthanc", "rate")
-        shared = 1 if "1 association" in workload else min(cores, 4)  # one request at a time, or the cores
+        # The clients' CPU depends a little on the server (the PDU sizes it sends, for one): the least any of the
+        # three needed is what a server could hope for.
+        clients = min(median(name, "clients") for name, _, _ in servers if (workload, name) in samples)
+        wado = workload.startswith("WADO")
+        goal = (WADO_GOAL if wado else GOAL) * median("Orthanc", "rate")
+        # One request at a time; four DCMTK clients on the cores; or dicomweb-client's threads in this one
+        # process, which share one core's worth of its GIL.
+        shared = 1 if wado or workload.endswith(" 1 association") else min(cores, 4)
         rows.append({
             "workload": f"{workload} ({args.count} x CT_small)",
             "Orthanc": round(median("Orthanc", "rate"), 1),
             "ours": round(median("ours", "rate"), 1),
-            "DCMTK minimal peer": round(median("DCMTK minimal peer", "rate"), 1),
-            "clients' CPU": round(clients, 2),
+            "DCMTK minimal peer": "-" if wado else round(median("DCMTK minimal peer", "rate"), 1),
+            "clients' CPU, least / with ours": f"{clients:.2f} / {median('ours', 'clients'):.2f}",
             "Orthanc's CPU": round(median("Orthanc", "server"), 2),
             "our CPU": round(median("ours", "server"), 2),
-            "goal (1.5x Orthanc)": round(goal, 1),
+            "goal": f"{goal:.1f} ({WADO_GOAL if wado else GOAL}x Orthanc)",
             "server budget at the goal": round(shared * 1000 / goal - clients, 2),
         })
-    note = (f"medians of {args.runs} runs; rates in instances/s, CPU and budget in ms per instance; {cores} CPUs. "
-            "Budget: 1 association, the server's time per instance (CPU and waits) that the goal leaves once the "
-            f"client has had its CPU; 4 associations, the server's CPU per instance that {min(cores, 4)} busy cores "
-            "leave beside the clients'. At or below zero: beyond these clients here, whatever the server")
+    note = (
+        f"medians of {args.runs} runs; rates in instances/s, CPU and budget in ms per instance; {cores} CPUs. Budget, "
+        "from the least CPU the clients needed with any of the three: over 1 association, the server's time per "
+        "instance (CPU and waits) that the goal leaves the server; over 4 DCMTK associations, the server's CPU per "
+        f"instance that {min(cores, 4)} busy cores leave beside the clients'; for WADO-RS, the server's time per "
+        "instance beside dicomweb-client's threads, which share one core's worth of this process's GIL. At or below "
+        "zero: beyond these clients here, whatever the server"
+    )
     print(note)
     record("ceiling", rows, note=note)
 
