@@ -32,11 +32,12 @@ T = TypeVar("T")
 class ByRequest(Generic[T]):
     """Values derived from one decoded A-ASSOCIATE-RQ, remembered by the identity of its presentation context list.
 
-    acse_pdus.py gives every identical request the same primitive object, read only, so a fact drawn from its
-    proposal (the negotiation's key, the SOP classes it names) is drawn once, and found again at the cost of a
-    dictionary look-up instead of a walk over getscu's 121 contexts (that walk, in the key and in
-    data_phase.qualifies, was ~0.8 ms of the 5.1 ms a getscu association cost the server, bench/README.md). The
-    list is held with its value, so that its identity cannot pass to another list.
+    acse_pdus.py gives every identical request the loop reads the same primitive object, read only (pynetdicom's
+    threads decode their own), so a fact drawn from its proposal (the negotiation's key, the SOP classes it names)
+    is drawn once, and found again at the cost of a dictionary look-up instead of a walk over getscu's 121
+    contexts (that walk, in the key and in data_phase.qualifies, was ~0.8 ms of the 5.1 ms a getscu association
+    cost the server, bench/README.md). The list is held with its value, so that its identity cannot pass to
+    another list.
     """
 
     def __init__(self) -> None:
@@ -45,14 +46,17 @@ class ByRequest(Generic[T]):
 
     def get(self, proposal: list[PresentationContext], derive: Callable[[], T]) -> T:
         with self._lock:
-            held = self._values.get(id(proposal))
-        if held is not None and held[0] is proposal:
-            return held[1]
+            held = self._values.pop(id(proposal), None)
+            if held is not None:
+                # The most recently used last: requests decoded afresh each time (pynetdicom's threads decode
+                # their own) come and go without pushing out the loop's frequent ones.
+                self._values[id(proposal)] = held
+                return held[1]
         value = derive()
         with self._lock:
             self._values[id(proposal)] = (proposal, value)
             while len(self._values) > CACHE_SIZE:
-                del self._values[next(iter(self._values))]  # the oldest
+                del self._values[next(iter(self._values))]  # the least recently used
         return value
 
 
@@ -106,11 +110,12 @@ def supported_syntaxes(contexts: list[PresentationContext]) -> frozenset[str]:
 def negotiate(
     rq_contexts: list[PresentationContext], ac_contexts: list[PresentationContext], roles: Roles | None = None
 ) -> Answer:
-    """pynetdicom's `negotiate_as_acceptor`, answered once per distinct proposal for the server's own list."""
+    """pynetdicom's `negotiate_as_acceptor`, answered once per distinct proposal for the server's own list.
+
+    `roles` must be the role selection of the request whose context list `rq_contexts` is, as pynetdicom's ACSE
+    passes them: the list's identity stands for both."""
     if not isinstance(ac_contexts, SharedContexts):
         return negotiate_as_acceptor(rq_contexts, ac_contexts, roles)
-    # `roles` are read from the same request as `rq_contexts` (its role selection items), so the list's
-    # identity stands for both.
     proposal = _PROPOSALS.get(rq_contexts, lambda: _proposal(rq_contexts, roles))
     return (ac_contexts.origin or ac_contexts).answer(proposal, rq_contexts, roles)
 

@@ -3,13 +3,18 @@ pynetdicom's `negotiate_as_acceptor` gives, whatever the proposal (PS3.8 9.3.2.2
 
 from __future__ import annotations
 
+import uuid
 from copy import deepcopy
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
 
+from dimse_bridge import acse_pdus, negotiation
 from dimse_bridge.negotiation import ByRequest, SharedContexts, negotiate
 from dimse_bridge.policy import build_policy
 from dimse_bridge.server import SERVICE_SOP_CLASSES
@@ -81,3 +86,33 @@ def test_a_fact_of_a_decoded_request_is_drawn_once_and_never_for_another_request
     equal = deepcopy(request)
     assert by_request.get(equal, lambda: draw(equal)) == 2  # another request, even an equal one: drawn
     assert drawn == [1, 1]
+
+
+def test_identical_requests_share_one_decoded_proposal_whose_key_is_drawn_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = A_ASSOCIATE()
+    request.application_context_name = "1.2.840.10008.3.1.1.1"
+    request.calling_ae_title, request.called_ae_title = f"P{uuid.uuid4().hex[:12]}", "ARCHIVE"  # never seen before
+    request.presentation_context_definition_list = [
+        build_context(uid, ["1.2.840.10008.1.2.1"]) for uid in ABSTRACT[:3]
+    ]
+    for number, context in enumerate(request.presentation_context_definition_list):
+        context.context_id = 2 * number + 1
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    request.user_information = [length]
+    pdu = A_ASSOCIATE_RQ(request).encode()
+    drawn: list[object] = []
+    draw = negotiation._proposal
+    monkeypatch.setattr(negotiation, "_proposal", lambda *args: drawn.append(args) or draw(*args))
+
+    answers = []
+    for data in (pdu, bytes(pdu)):  # two associations sending the same request
+        primitive = acse_pdus.request_primitive(data)
+        assert primitive is not None
+        answers.append(negotiate(primitive.presentation_context_definition_list, deepcopy(SUPPORTED), {}))
+
+    assert len(drawn) == 1
+    assert answers[1][0] is answers[0][0]
+    assert facts(answers[0]) == facts(
+        negotiate_as_acceptor(request.presentation_context_definition_list, list(SUPPORTED), {})
+    )

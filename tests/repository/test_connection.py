@@ -115,15 +115,18 @@ async def test_a_mongo_store_and_a_delete_are_acknowledged_once_in_the_journal(
     repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}", event_listeners=[writes])
     try:
         await repository.open()
-        record = instance_record(SOPInstanceUID=uid(1, 1, 1))
-        writes.sent.clear()
-        await repository.store_instance(record)
-        assert writes.sent[-1][2] == {"j": True}
-        assert all(concern == {} for _, _, concern in writes.sent[:-1])  # the others go with it
+        first = instance_record(SOPInstanceUID=uid(1, 1, 1))
+        # The second changes its series' modality, which takes the old one out of the study's set too.
+        for record in (first, instance_record(SOPInstanceUID=uid(1, 1, 2), Modality="OT")):
+            writes.sent.clear()
+            await repository.store_instance(record)
+            assert writes.sent[-1][2].get("j") is True
+            assert all("j" not in concern for _, _, concern in writes.sent[:-1])  # the others go with it
 
         writes.sent.clear()
-        assert await repository.delete_instance(record.sop_instance_uid) == stored(record)
-        assert writes.sent[0] == ("findAndModify", "instances", {"j": True})
+        assert await repository.delete_instance(first.sop_instance_uid) == stored(first)
+        assert writes.sent[0][:2] == ("findAndModify", "instances")
+        assert writes.sent[0][2].get("j") is True
     finally:
         await repository.close()
 
@@ -131,4 +134,6 @@ async def test_a_mongo_store_and_a_delete_are_acknowledged_once_in_the_journal(
 def test_the_journal_is_asked_for_with_the_url_s_write_concern_unless_the_url_says_otherwise() -> None:
     assert journaled(WriteConcern()).document == {"j": True}
     assert journaled(WriteConcern(w="majority", wtimeout=5000)).document == {"w": "majority", "wtimeout": 5000, "j": True}
-    assert journaled(WriteConcern(j=False)).document == {"j": False}
+    # The URL's own say: journal=false; fsync=true, which the driver refuses beside j; w=0, unacknowledged.
+    for concern in (WriteConcern(j=False), WriteConcern(fsync=True), WriteConcern(w=0)):
+        assert journaled(concern) is concern

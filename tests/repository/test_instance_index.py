@@ -183,7 +183,20 @@ async def test_each_instance_of_a_series_leaves_its_levels_matching_what_the_new
     assert await matches(Level.STUDY, ("PatientName", "ROE"), ("fuzzymatching", "true")) == 1
     assert await matches(Level.STUDY, ("OtherPatientIDsSequence.PatientID", "OLD-ID")) == 0
     assert await matches(Level.STUDY, ("OtherPatientIDsSequence.PatientID", "NEW-ID")) == 1
-    assert await repository.series_aggregates(uid(1, 1)) == {"number_of_series_related_instances": 4}
+
+    # Two at once, in one transaction, changing a value that is only returned (PatientAge, not matched).
+    await asyncio.gather(
+        *(
+            repository.store_instance(
+                instance_record(**series, SOPInstanceUID=uid(1, 1, n), PatientName="ROE^JANE", PatientAge="045Y")
+            )
+            for n in (5, 6)
+        )
+    )
+    [study] = (await repository.search(parse_qido(Level.STUDY, [("includefield", "PatientAge")]).model)).rows
+    assert study["00101010"]["Value"] == ["045Y"]
+    assert await matches(Level.STUDY, ("PatientName", "ROE"), ("fuzzymatching", "true")) == 1
+    assert await repository.series_aggregates(uid(1, 1)) == {"number_of_series_related_instances": 6}
 
 
 def _other_patient_ids(patient_id: str) -> Sequence:

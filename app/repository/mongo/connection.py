@@ -63,7 +63,6 @@ class MongoConnection:
             connectTimeoutMS=server_selection_timeout_ms,
             **client_options,
         )
-        self._journaled = journaled(self._client.write_concern)
         db: AsyncDatabase[Document] = self._client[database]
         self._db = db
         self._patients: AsyncCollection[Document] = db["patients"]
@@ -80,10 +79,10 @@ class MongoConnection:
         self._workitems: AsyncCollection[Document] = db["workitems"]
         self._performed_steps: AsyncCollection[Document] = db["performed_steps"]
         self._subscriptions: AsyncCollection[Document] = db["ups_subscriptions"]
-
-    def _journaling(self, collection: AsyncCollection[Document]) -> AsyncCollection[Document]:
-        """`collection`, its writes acknowledged once in MongoDB's on-disk journal (`journaled`)."""
-        return collection.with_options(write_concern=self._journaled)
+        # For the writes a store or a delete is acknowledged after (`journaled`).
+        concern = journaled(self._client.write_concern)
+        self._journaled_studies = self._studies.with_options(write_concern=concern)
+        self._journaled_instances = self._instances.with_options(write_concern=concern)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -132,7 +131,8 @@ class MongoConnection:
 
 def journaled(concern: WriteConcern) -> WriteConcern:
     """MONGO_URL's write concern, asking to be acknowledged only once the write is in the on-disk journal
-    (`j: true`), unless the URL says itself (`journal=false`).
+    (`j: true`), unless the URL says itself: `journal=`, `fsync=true` (which the driver does not combine with
+    `j`), or `w=0` (unacknowledged: nothing to wait for).
 
     The last write of a store, and the removal of a deleted instance, use it: a standalone server acknowledges a
     write held in memory by default and journals it within 100 ms, so a crash or power cut could lose a store
@@ -142,6 +142,6 @@ def journaled(concern: WriteConcern) -> WriteConcern:
     majority's journals hold it.
     """
     document = concern.document
-    if "j" in document:
+    if "j" in document or "fsync" in document or not concern.acknowledged:
         return concern
     return WriteConcern(**{**document, "j": True})

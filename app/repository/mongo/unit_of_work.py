@@ -152,27 +152,27 @@ class MongoUnitOfWork(MongoConnection):
             await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
             raise
 
-        # Added after the instance exists, so a remover that looks for holders after its pull sees this one.
-        additions: Document = {SOP_CLASSES: record.sop_class_uid}
         modality = series_fields.get("modality")
-        if modality:
-            additions[MODALITIES] = modality
-        # The store's last write, journaled: acknowledged once it and every write before it is on disk.
-        await self._journaling(self._studies).update_one(
-            {"study_instance_uid": record.study_instance_uid}, {"$addToSet": additions}
-        )
         old_modality = series_before.get("modality") if series_before else None
         if old_modality and old_modality != modality:
             await self._drop_if_unused(
                 record.study_instance_uid, MODALITIES, self._series, "modality", old_modality
             )
+        # Added after the instance exists, so a remover that looks for holders after its pull sees this one.
+        additions: Document = {SOP_CLASSES: record.sop_class_uid}
+        if modality:
+            additions[MODALITIES] = modality
+        # The store's last write, journaled: acknowledged once it and every write before it is on disk.
+        await self._journaled_studies.update_one(
+            {"study_instance_uid": record.study_instance_uid}, {"$addToSet": additions}
+        )
         return True
 
     async def _remove(self, sop_instance_uid: str, *, journaled: bool = False) -> StoredInstance | None:
         """Remove the instance and uncount it. `journaled`: its removal is on disk before this returns (a delete,
         whose file goes next: a removal lost in a crash would bring back an instance without its file); a
         store's removal of its predecessor goes to disk with the store's own last write."""
-        instances = self._journaling(self._instances) if journaled else self._instances
+        instances = self._journaled_instances if journaled else self._instances
         doc = await instances.find_one_and_delete(
             {"sop_instance_uid": sop_instance_uid}, projection=INSTANCE_PROJECTION
         )
