@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pymongo import WriteConcern
+from pymongo.errors import WriteConcernError
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
 from app.core.ports import Repository, RepositoryUnavailable
@@ -137,3 +138,35 @@ def test_the_journal_is_asked_for_with_the_url_s_write_concern_unless_the_url_sa
     # The URL's own say: journal=false; fsync=true, which the driver refuses beside j; w=0, unacknowledged.
     for concern in (WriteConcern(j=False), WriteConcern(fsync=True), WriteConcern(w=0)):
         assert journaled(concern) is concern
+
+
+@pytest.mark.parametrize("failing", ["the instance's insert", "the last write"])
+async def test_a_mongo_store_whose_write_concern_fails_leaves_no_instance_behind(
+    mongo_url: str, instance_record: Factory, failing: str
+) -> None:
+    """A write concern error (w=majority's wtimeout, a server without a journal) leaves the write applied but fails
+    the store (unavailable, to be sent again: 503 / 0xA700), whose file ingest then rolls back: the instance
+    document must go too, or it names nothing."""
+    repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        await repository.open()
+        held = instance_record(SOPInstanceUID=uid(1, 1, 1))
+        await repository.store_instance(held)
+        collection = repository._instances if failing == "the instance's insert" else repository._journaled_studies
+        name = "insert_one" if failing == "the instance's insert" else "update_one"
+        applied = getattr(collection, name)
+
+        async def applied_but_unconfirmed(*args: Any, **kwargs: Any) -> Any:
+            await applied(*args, **kwargs)
+            raise WriteConcernError("waiting for replication timed out", 64, {"wtimeout": True})
+
+        setattr(collection, name, applied_but_unconfirmed)
+        with pytest.raises(RepositoryUnavailable):
+            await repository.store_instance(instance_record(SOPInstanceUID=uid(1, 1, 2)))
+        setattr(collection, name, applied)
+
+        assert await repository.get_instance(uid(1, 1, 2)) is None
+        assert await repository.count_instances() == 1
+        assert await repository.series_aggregates(held.series_instance_uid) == {"number_of_series_related_instances": 1}
+    finally:
+        await repository.close()

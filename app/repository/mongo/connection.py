@@ -18,7 +18,7 @@ from typing import Any, TypedDict
 from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, OperationFailure
+from pymongo.errors import ConnectionFailure, OperationFailure, WriteConcernError
 
 import migrations
 from app.core.ports import RepositoryUnavailable
@@ -40,11 +40,13 @@ def guarded() -> Iterator[None]:
     """Turn "the server cannot be reached" into the repository's own outcome (503 / 0xA700 at the doors).
 
     ConnectionFailure is the parent of AutoReconnect, NetworkTimeout, NotPrimaryError and
-    ServerSelectionTimeoutError, so catching it covers every form of the server going away.
+    ServerSelectionTimeoutError, so catching it covers every form of the server going away. A write concern not
+    met (WriteConcernError: w=majority's wtimeout while secondaries lag, `j` on a server without a journal) is
+    the same to a caller: the write could not be made durable now, so the store failed and may be sent again.
     """
     try:
         yield
-    except ConnectionFailure as exc:
+    except (ConnectionFailure, WriteConcernError) as exc:
         raise RepositoryUnavailable(f"MongoDB: {exc}") from exc
 
 

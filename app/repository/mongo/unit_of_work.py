@@ -17,18 +17,19 @@ whose study moved to another patient with stale counts. No instance is ever left
 patient, and no file is lost: the instance documents are the truth. A retried store then succeeds normally but
 the counts stay one too high; `recount_study` (repair.py) recomputes a study's counts and sets from its
 instance documents (and drops emptied levels). An error that is not the server going away (document too large,
-not encodable) undoes the counts before it is raised.
+not encodable, a write concern not met) undoes the store's instance document and counts before it is raised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 
 from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from app.core.dicom.attributes import Kind, Level, stored_at
 from app.core.records import InstanceRecord, LevelRecord, StoredInstance
@@ -125,9 +126,11 @@ class MongoUnitOfWork(MongoConnection):
                 old_patient, studies=1, series=carried_series, instances=carried_instances
             )
 
+        instance_id = ObjectId()  # chosen here, so that an insert the server applied but then failed can go again
         try:
             await self._instances.insert_one(
                 {
+                    "_id": instance_id,
                     **_fields(Level.IMAGE, record.instance),
                     "sop_instance_uid": record.sop_instance_uid,
                     "series_instance_uid": record.series_instance_uid,
@@ -142,30 +145,34 @@ class MongoUnitOfWork(MongoConnection):
                     "created_at": now,
                 }
             )
-        except DuplicateKeyError:
+            modality = series_fields.get("modality")
+            old_modality = series_before.get("modality") if series_before else None
+            if old_modality and old_modality != modality:
+                await self._drop_if_unused(
+                    record.study_instance_uid, MODALITIES, self._series, "modality", old_modality
+                )
+            # Added after the instance exists, so a remover that looks for holders after its pull sees this one.
+            additions: Document = {SOP_CLASSES: record.sop_class_uid}
+            if modality:
+                additions[MODALITIES] = modality
+            # The store's last write, journaled: acknowledged once it and every write before it is on disk.
+            await self._journaled_studies.update_one(
+                {"study_instance_uid": record.study_instance_uid}, {"$addToSet": additions}
+            )
+        except DuplicateKeyError:  # another store of this SOP Instance UID inserted first
             await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
             return False
         except ConnectionFailure:
             raise  # nothing more can be written; the counts stay one too high (see the module docstring)
         except Exception:
-            # Too large for a document, or not encodable: the instance is not stored, so neither is its count.
-            await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
+            # Refused or not confirmed: too large for a document, not encodable, or a write concern error (a
+            # server without a journal, w=majority's wtimeout), which leaves the write applied. The store fails, so
+            # the instance goes again with its count: ingest then rolls its file back, and an instance document
+            # left behind would name a file that is not there.
+            with contextlib.suppress(PyMongoError):  # the first failure is the one to report
+                await self._instances.delete_one({"_id": instance_id})
+                await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
             raise
-
-        modality = series_fields.get("modality")
-        old_modality = series_before.get("modality") if series_before else None
-        if old_modality and old_modality != modality:
-            await self._drop_if_unused(
-                record.study_instance_uid, MODALITIES, self._series, "modality", old_modality
-            )
-        # Added after the instance exists, so a remover that looks for holders after its pull sees this one.
-        additions: Document = {SOP_CLASSES: record.sop_class_uid}
-        if modality:
-            additions[MODALITIES] = modality
-        # The store's last write, journaled: acknowledged once it and every write before it is on disk.
-        await self._journaled_studies.update_one(
-            {"study_instance_uid": record.study_instance_uid}, {"$addToSet": additions}
-        )
         return True
 
     async def _remove(self, sop_instance_uid: str, *, journaled: bool = False) -> StoredInstance | None:
