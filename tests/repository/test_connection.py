@@ -141,12 +141,13 @@ def test_the_journal_is_asked_for_with_the_url_s_write_concern_unless_the_url_sa
 
 
 @pytest.mark.parametrize("failing", ["the instance's insert", "the last write"])
-async def test_a_mongo_store_whose_write_concern_fails_leaves_no_instance_behind(
-    mongo_url: str, instance_record: Factory, failing: str
+async def test_a_mongo_store_whose_write_concern_fails_leaves_no_new_instance_and_loses_no_held_one(
+    mongo_url: str, instance_record: Factory, failing: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write concern error (w=majority's wtimeout, a server without a journal) leaves the write applied but fails
-    the store (unavailable, to be sent again: 503 / 0xA700), whose file ingest then rolls back: the instance
-    document must go too, or it names nothing."""
+    the store (unavailable, to be sent again: 503 / 0xA700), whose file ingest then rolls back. A new instance's
+    document goes again, or it would name nothing; a replacing one stays, since its predecessor's is gone and
+    ingest puts the predecessor's file back under the same key (never an instance lost to the sweep)."""
     repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
     try:
         await repository.open()
@@ -160,13 +161,15 @@ async def test_a_mongo_store_whose_write_concern_fails_leaves_no_instance_behind
             await applied(*args, **kwargs)
             raise WriteConcernError("waiting for replication timed out", 64, {"wtimeout": True})
 
-        setattr(collection, name, applied_but_unconfirmed)
+        monkeypatch.setattr(collection, name, applied_but_unconfirmed)
         with pytest.raises(RepositoryUnavailable):
             await repository.store_instance(instance_record(SOPInstanceUID=uid(1, 1, 2)))
-        setattr(collection, name, applied)
-
         assert await repository.get_instance(uid(1, 1, 2)) is None
         assert await repository.count_instances() == 1
-        assert await repository.series_aggregates(held.series_instance_uid) == {"number_of_series_related_instances": 1}
+
+        replacing = instance_record(SOPInstanceUID=uid(1, 1, 1), storage_key="a/replacing.dcm")
+        with pytest.raises(RepositoryUnavailable):
+            await repository.store_instance(replacing)
+        assert await repository.get_instance(uid(1, 1, 1)) == stored(replacing)
     finally:
         await repository.close()

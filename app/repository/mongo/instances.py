@@ -60,7 +60,7 @@ class MongoInstanceIndex(MongoUnitOfWork):
                     # When a concurrent store slipped in between two attempts, the one replaced last is what
                     # this store replaced.
                     previous = removed
-                if await self._add(record):
+                if await self._add(record, replacing=previous is not None):
                     return previous
         raise RepositoryUnavailable(
             f"MongoDB: instance {record.sop_instance_uid} kept being stored concurrently; try again"

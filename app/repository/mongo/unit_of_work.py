@@ -16,20 +16,22 @@ high, possibly with no instance (crash before the instance insert, or after the 
 whose study moved to another patient with stale counts. No instance is ever left without its series, study and
 patient, and no file is lost: the instance documents are the truth. A retried store then succeeds normally but
 the counts stay one too high; `recount_study` (repair.py) recomputes a study's counts and sets from its
-instance documents (and drops emptied levels). An error that is not the server going away (document too large,
-not encodable, a write concern not met) undoes the store's instance document and counts before it is raised.
+instance documents (and drops emptied levels). An error that is not the server going away undoes what it can
+before it is raised: a document too large or not encodable was never inserted, so its counts are taken back; a
+write concern not met (w=majority's wtimeout, `j` without a journal) leaves the write applied, so a new
+instance's document is deleted again (the counts stay one too high), while a replacing one stays.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from collections.abc import Mapping
 
 from bson import ObjectId
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError, WriteConcernError
 
 from app.core.dicom.attributes import Kind, Level, stored_at
 from app.core.records import InstanceRecord, LevelRecord, StoredInstance
@@ -49,10 +51,13 @@ from app.repository.mongo.layout import (
     stored,
 )
 
+log = logging.getLogger(__name__)
+
 
 class MongoUnitOfWork(MongoConnection):
-    async def _add(self, record: InstanceRecord) -> bool:
-        """Add the instance and count it; False when another store of the same SOP Instance UID won."""
+    async def _add(self, record: InstanceRecord, *, replacing: bool = False) -> bool:
+        """Add the instance and count it; False when another store of the same SOP Instance UID won. `replacing`:
+        this store removed the instance's predecessor (whose file ingest puts back if the store fails)."""
         now = time.time()
         series_fields = _fields(Level.SERIES, record.series)
         series_before = await self._upsert(
@@ -127,24 +132,30 @@ class MongoUnitOfWork(MongoConnection):
             )
 
         instance_id = ObjectId()  # chosen here, so that an insert the server applied but then failed can go again
+        inserted = False
         try:
-            await self._instances.insert_one(
-                {
-                    "_id": instance_id,
-                    **_fields(Level.IMAGE, record.instance),
-                    "sop_instance_uid": record.sop_instance_uid,
-                    "series_instance_uid": record.series_instance_uid,
-                    "study_instance_uid": record.study_instance_uid,
-                    "sop_class_uid": record.sop_class_uid,
-                    "transfer_syntax_uid": record.transfer_syntax_uid,
-                    "storage_key": record.storage_key,
-                    "size": record.size,
-                    "attributes": record.instance.attributes,
-                    "multi": _multi(record.instance.multi),
-                    "dataset": record.dataset_json,
-                    "created_at": now,
-                }
-            )
+            try:
+                await self._instances.insert_one(
+                    {
+                        "_id": instance_id,
+                        **_fields(Level.IMAGE, record.instance),
+                        "sop_instance_uid": record.sop_instance_uid,
+                        "series_instance_uid": record.series_instance_uid,
+                        "study_instance_uid": record.study_instance_uid,
+                        "sop_class_uid": record.sop_class_uid,
+                        "transfer_syntax_uid": record.transfer_syntax_uid,
+                        "storage_key": record.storage_key,
+                        "size": record.size,
+                        "attributes": record.instance.attributes,
+                        "multi": _multi(record.instance.multi),
+                        "dataset": record.dataset_json,
+                        "created_at": now,
+                    }
+                )
+            except WriteConcernError:
+                inserted = True  # applied, not confirmed
+                raise
+            inserted = True
             modality = series_fields.get("modality")
             old_modality = series_before.get("modality") if series_before else None
             if old_modality and old_modality != modality:
@@ -165,15 +176,33 @@ class MongoUnitOfWork(MongoConnection):
         except ConnectionFailure:
             raise  # nothing more can be written; the counts stay one too high (see the module docstring)
         except Exception:
-            # Refused or not confirmed: too large for a document, not encodable, or a write concern error (a
-            # server without a journal, w=majority's wtimeout), which leaves the write applied. The store fails, so
-            # the instance goes again with its count: ingest then rolls its file back, and an instance document
-            # left behind would name a file that is not there.
-            with contextlib.suppress(PyMongoError):  # the first failure is the one to report
-                await self._instances.delete_one({"_id": instance_id})
+            if not inserted:
+                # Too large for a document, or not encodable: the instance is not stored, so neither is its count.
                 await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
+            elif not replacing:
+                await self._forget_inserted(instance_id, record)
+            # A replace keeps its document: the predecessor's is gone, and ingest puts the predecessor's file back
+            # under the same key (metadata that does not match the file until the store is sent again, rather
+            # than an instance lost to the sweep).
             raise
         return True
+
+    async def _forget_inserted(self, instance_id: ObjectId, record: InstanceRecord) -> None:
+        """Delete the instance document a failed store wrote (a write concern not met leaves a write applied):
+        ingest rolls the file back, and the document would name a file that is not there. Written with w=1, as
+        the failure may be w=majority's wtimeout; the counts stay one too high, as after a lost connection
+        (`recount_study` repairs them)."""
+        try:
+            await self._instances.with_options(write_concern=WriteConcern(w=1)).delete_one({"_id": instance_id})
+        except PyMongoError as exc:
+            log.warning("instance %s of a failed store could not be removed: %s", record.sop_instance_uid, exc)
+            return
+        log.warning(
+            "store of %s failed after its metadata was written; removed again, the counts of study %s stay one "
+            "too high until it is recounted",
+            record.sop_instance_uid,
+            record.study_instance_uid,
+        )
 
     async def _remove(self, sop_instance_uid: str, *, journaled: bool = False) -> StoredInstance | None:
         """Remove the instance and uncount it. `journaled`: its removal is on disk before this returns (a delete,
