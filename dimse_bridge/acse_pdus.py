@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import functools
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -38,6 +36,8 @@ from pynetdicom.pdu_primitives import (
     SCP_SCU_RoleSelectionNegotiation,
 )
 
+from dimse_bridge.remembered import Remembered
+
 A_ASSOCIATE_RQ_TYPE: Final = 0x01  # PS3.8 9.3.1, the PDU-type field
 CACHE_SIZE: Final = 32
 CACHED_BYTES: Final = 64 * 1024  # getscu's, the largest seen, is 17 KB
@@ -47,8 +47,7 @@ _ITEM_HEADER: Final = struct.Struct(">BxH")
 _CONTEXT_AC: Final = struct.Struct(">BxHBxBx")  # item type 21H, length, context ID, result (PS3.8 9.3.3.2)
 _ENCODED: Final = "_dicomweb_ac_item"  # where an answer object keeps its encoded item
 
-_primitives: OrderedDict[bytes, A_ASSOCIATE | None] = OrderedDict()  # request_primitive's, least recent first
-_primitives_lock = threading.Lock()
+_primitives: Remembered[bytes, A_ASSOCIATE | None] = Remembered(CACHE_SIZE)  # request_primitive's
 
 
 def association_request(pdu: bytes) -> A_ASSOCIATE_RQ:
@@ -69,22 +68,14 @@ def request_primitive(pdu: bytes) -> A_ASSOCIATE | None:
         primitive = request.to_primitive() if request.protocol_version == 0x0001 else None
     except Exception:  # pynetdicom's decoder raises whatever the bytes make it raise
         primitive = None
-    with _primitives_lock:
-        _primitives[pdu] = primitive
-        while len(_primitives) > CACHE_SIZE:
-            _primitives.popitem(last=False)  # the least recently used
-    return primitive
+    return _primitives.keep(pdu, primitive)
 
 
 def known_primitive(pdu: bytes) -> tuple[bool, A_ASSOCIATE | None]:
     """(True, what `request_primitive` gave for these bytes) if it has seen them, else (False, None): a look-up,
     never a decode, so that the loop decodes a request it has not seen in a thread (a crafted 60 KB request of
     role selection items takes ~70 ms)."""
-    with _primitives_lock:
-        if pdu in _primitives:
-            _primitives.move_to_end(pdu)
-            return True, _primitives[pdu]
-    return False, None
+    return _primitives.find(pdu)
 
 
 def _decoded(pdu: bytes) -> A_ASSOCIATE_RQ:

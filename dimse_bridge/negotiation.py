@@ -14,13 +14,14 @@ association that proposes the same gets the same objects. A list admission exten
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Generic, TypeVar
 
 from pynetdicom import acse
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from dimse_bridge.remembered import Remembered
 
 CACHE_SIZE: Final = 32  # distinct proposals remembered: the peers of a site propose a few each
 
@@ -41,23 +42,13 @@ class ByRequest(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._values: dict[int, tuple[list[PresentationContext], T]] = {}
-        self._lock = threading.Lock()  # the loop and pynetdicom's association threads both ask
+        self._values: Remembered[int, tuple[list[PresentationContext], T]] = Remembered(CACHE_SIZE)
 
     def get(self, proposal: list[PresentationContext], derive: Callable[[], T]) -> T:
-        with self._lock:
-            held = self._values.pop(id(proposal), None)
-            if held is not None:
-                # The most recently used last: requests decoded afresh each time (pynetdicom's threads decode
-                # their own) come and go without pushing out the loop's frequent ones.
-                self._values[id(proposal)] = held
-                return held[1]
-        value = derive()
-        with self._lock:
-            self._values[id(proposal)] = (proposal, value)
-            while len(self._values) > CACHE_SIZE:
-                del self._values[next(iter(self._values))]  # the least recently used
-        return value
+        _, held = self._values.find(id(proposal))
+        if held is None:
+            held = self._values.keep(id(proposal), (proposal, derive()))
+        return held[1]
 
 
 class SharedContexts(list[PresentationContext]):
@@ -74,8 +65,7 @@ class SharedContexts(list[PresentationContext]):
 
     def __init__(self, contexts: Iterable[PresentationContext] = ()) -> None:
         super().__init__(contexts)
-        self._answers: dict[Any, Answer] = {}
-        self._lock = threading.Lock()  # the loop and pynetdicom's association threads both negotiate
+        self._answers: Remembered[Any, Answer] = Remembered(CACHE_SIZE)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SharedContexts:
         copy = SharedContexts(self)
@@ -89,14 +79,10 @@ class SharedContexts(list[PresentationContext]):
 
     def answer(self, proposal: Any, rq_contexts: list[PresentationContext], roles: Roles | None) -> Answer:
         """The negotiation's answer to `proposal` (which says what `rq_contexts` and `roles` say), remembered."""
-        with self._lock:
-            found = self._answers.get(proposal)
+        _, found = self._answers.find(proposal)
         if found is None:
-            found = negotiate_as_acceptor(rq_contexts, self, roles)
-            with self._lock:
-                found = self._answers.setdefault(proposal, found)  # one answer per proposal, whoever came first
-                while len(self._answers) > CACHE_SIZE:
-                    del self._answers[next(iter(self._answers))]  # the oldest
+            # One answer per proposal, whoever came first.
+            found = self._answers.keep(proposal, negotiate_as_acceptor(rq_contexts, self, roles))
         return found
 
 
