@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from pymongo import WriteConcern
-from pymongo.errors import WriteConcernError
+from pymongo.errors import AutoReconnect, WriteConcernError
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
 from app.core.ports import Repository, RepositoryUnavailable
@@ -111,18 +111,26 @@ async def test_a_mongo_store_and_a_delete_are_acknowledged_once_in_the_journal(
 ) -> None:
     """A standalone MongoDB acknowledges a write held in memory unless asked for `j: true`: a crash could then lose
     an acknowledged store, and the start-up sweep remove its file as an orphan. A store's last write and a
-    delete's removal ask for the journal (the journal is written in order: the writes before go with them)."""
+    delete's removal ask for the journal (the journal is written in order: the writes before go with them). What
+    follows a store's last write only corrects counts and sets, which a crash may leave one too high (a replaced
+    predecessor still counted, a series' old modality still listed) until the study is recounted."""
     writes = _Writes()
     repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}", event_listeners=[writes])
     try:
         await repository.open()
         first = instance_record(SOPInstanceUID=uid(1, 1, 1))
-        # The second changes its series' modality, which takes the old one out of the study's set too.
-        for record in (first, instance_record(SOPInstanceUID=uid(1, 1, 2), Modality="OT")):
+        # The second changes its series' modality, the third replaces it: both correct the study after the store.
+        second = instance_record(SOPInstanceUID=uid(1, 1, 2), Modality="OT")
+        for record in (first, second, instance_record(SOPInstanceUID=uid(1, 1, 2), Modality="OT")):
             writes.sent.clear()
             await repository.store_instance(record)
-            assert writes.sent[-1][2].get("j") is True
-            assert all("j" not in concern for _, _, concern in writes.sent[:-1])  # the others go with it
+            journaled = [n for n, (_, _, concern) in enumerate(writes.sent) if concern.get("j") is True]
+            assert len(journaled) == 1, writes.sent
+            name, collection, _ = writes.sent[journaled[0]]
+            assert (name, collection) == ("update", "studies")  # the study's $addToSet: after the instance's write
+            assert any(collection == "instances" for _, collection, _ in writes.sent[: journaled[0]])
+            if record is first:
+                assert journaled == [len(writes.sent) - 1]
 
         writes.sent.clear()
         assert await repository.delete_instance(first.sop_instance_uid) == stored(first)
@@ -140,36 +148,75 @@ def test_the_journal_is_asked_for_with_the_url_s_write_concern_unless_the_url_sa
         assert journaled(concern) is concern
 
 
-@pytest.mark.parametrize("failing", ["the instance's insert", "the last write"])
-async def test_a_mongo_store_whose_write_concern_fails_leaves_no_new_instance_and_loses_no_held_one(
+def _fail_after_applying(
+    monkeypatch: pytest.MonkeyPatch, collection: Any, name: str, error: Exception, *, applied: bool = True
+) -> None:
+    """The driver's `collection.name` made to raise `error`, after the server applied the write or before."""
+    write = getattr(collection, name)
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        if applied:
+            await write(*args, **kwargs)
+        raise error
+
+    monkeypatch.setattr(collection, name, failing)
+
+
+@pytest.mark.parametrize("failing", ["the instance's write", "the last write"])
+async def test_a_mongo_store_whose_write_concern_fails_leaves_the_instance_as_it_was(
     mongo_url: str, instance_record: Factory, failing: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write concern error (w=majority's wtimeout, a server without a journal) leaves the write applied but fails
     the store (unavailable, to be sent again: 503 / 0xA700), whose file ingest then rolls back. A new instance's
-    document goes again, or it would name nothing; a replacing one stays, since its predecessor's is gone and
-    ingest puts the predecessor's file back under the same key (never an instance lost to the sweep)."""
+    document goes again, or it would name nothing; a replace puts its predecessor's back, as ingest puts back the
+    predecessor's file: never an instance lost to the sweep, nor metadata describing another file."""
     repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
     try:
         await repository.open()
-        held = instance_record(SOPInstanceUID=uid(1, 1, 1))
+        held = instance_record(SOPInstanceUID=uid(1, 1, 1), PatientName="HELD^COPY")
         await repository.store_instance(held)
-        collection = repository._instances if failing == "the instance's insert" else repository._journaled_studies
-        name = "insert_one" if failing == "the instance's insert" else "update_one"
-        applied = getattr(collection, name)
+        unconfirmed = WriteConcernError("waiting for replication timed out", 64, {"wtimeout": True})
+        if failing == "the instance's write":
+            for name in ("insert_one", "replace_one"):
+                _fail_after_applying(monkeypatch, repository._instances, name, unconfirmed)
+        else:
+            _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", unconfirmed)
 
-        async def applied_but_unconfirmed(*args: Any, **kwargs: Any) -> Any:
-            await applied(*args, **kwargs)
-            raise WriteConcernError("waiting for replication timed out", 64, {"wtimeout": True})
-
-        monkeypatch.setattr(collection, name, applied_but_unconfirmed)
         with pytest.raises(RepositoryUnavailable):
             await repository.store_instance(instance_record(SOPInstanceUID=uid(1, 1, 2)))
         assert await repository.get_instance(uid(1, 1, 2)) is None
         assert await repository.count_instances() == 1
 
-        replacing = instance_record(SOPInstanceUID=uid(1, 1, 1), storage_key="a/replacing.dcm")
+        replacing = instance_record(SOPInstanceUID=uid(1, 1, 1), PatientName="NEW^COPY", storage_key="a/new.dcm")
         with pytest.raises(RepositoryUnavailable):
             await repository.store_instance(replacing)
-        assert await repository.get_instance(uid(1, 1, 1)) == stored(replacing)
+        assert await repository.get_instance(uid(1, 1, 1)) == stored(held)
+        [dataset] = await repository.instance_datasets(held.study_instance_uid)
+        assert dataset.dataset_json == held.dataset_json
+    finally:
+        await repository.close()
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["after the replace", "before it"])
+async def test_a_mongo_replace_cut_off_by_a_lost_connection_leaves_the_old_or_the_new_instance_never_neither(
+    mongo_url: str, instance_record: Factory, applied: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the server gone, nothing can be put back: the instance document is written over its predecessor's in
+    one write, so what is left is the one or the other, and the instance is never lost to the sweep."""
+    repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        await repository.open()
+        held = instance_record(SOPInstanceUID=uid(1, 1, 1), PatientName="HELD^COPY")
+        await repository.store_instance(held)
+        replacing = instance_record(SOPInstanceUID=uid(1, 1, 1), PatientName="NEW^COPY", storage_key="a/new.dcm")
+        _fail_after_applying(
+            monkeypatch, repository._instances, "replace_one", AutoReconnect("connection reset"), applied=applied
+        )
+
+        with pytest.raises(RepositoryUnavailable):
+            await repository.store_instance(replacing)
+
+        assert await repository.get_instance(uid(1, 1, 1)) == stored(replacing if applied else held)
+        assert await repository.count_instances() == 1
     finally:
         await repository.close()

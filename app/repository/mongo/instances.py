@@ -53,14 +53,9 @@ class MongoInstanceIndex(MongoUnitOfWork):
 
     async def store_instance(self, record: InstanceRecord) -> StoredInstance | None:
         with guarded():
-            previous: StoredInstance | None = None
             for _ in range(_STORE_ATTEMPTS):
-                removed = await self._remove(record.sop_instance_uid)
-                if removed is not None:
-                    # When a concurrent store slipped in between two attempts, the one replaced last is what
-                    # this store replaced.
-                    previous = removed
-                if await self._add(record, replacing=previous is not None):
+                added, previous = await self._add(record)
+                if added:
                     return previous
         raise RepositoryUnavailable(
             f"MongoDB: instance {record.sop_instance_uid} kept being stored concurrently; try again"
@@ -68,7 +63,7 @@ class MongoInstanceIndex(MongoUnitOfWork):
 
     async def delete_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         with guarded():
-            return await self._remove(sop_instance_uid, journaled=True)
+            return await self._remove(sop_instance_uid)
 
     async def find_instances(
         self,

@@ -3,23 +3,28 @@
 MongoDB standalone servers have no multi-document transactions, so one store is a sequence of single-document
 writes, each atomic, ordered so that what a reader sees is never worse than a count one too high:
 
-* add: series, study, patient documents (upsert + `$inc` in ONE atomic operation each, so an empty level
-  deleted by a concurrent remove can never swallow the count), then the instance document, then the
-  ModalitiesInStudy / SOPClassesInStudy sets (`$addToSet`, atomic under concurrency);
+* store: the predecessor read (whole); series, study, patient documents (upsert + `$inc` in ONE atomic operation
+  each, so an empty level deleted by a concurrent remove can never swallow the count); then the instance
+  document, inserted or written over its predecessor's in one replace, so a reader (and a crash) finds the one
+  or the other, never neither; then the ModalitiesInStudy / SOPClassesInStudy sets (`$addToSet`, atomic under
+  concurrency; the journaled last write). Only then, the store on disk, is the predecessor taken out of the
+  counts and the series' old modality out of the study;
 * remove: the instance document first (`find_one_and_delete`: of two concurrent removers exactly one gets it
   and corrects the counts), then the counts, deleting a level only while its count is still zero, then the sets
   (a value is pulled only when no series/instance of the study holds it, and looked for again after the pull
   in case a concurrent store added a holder meanwhile).
 
 A crash (or lost connection) between those writes leaves at most: a study/series/patient with counts one too
-high, possibly with no instance (crash before the instance insert, or after the instance delete), or a patient
-whose study moved to another patient with stale counts. No instance is ever left without its series, study and
-patient, and no file is lost: the instance documents are the truth. A retried store then succeeds normally but
-the counts stay one too high; `recount_study` (repair.py) recomputes a study's counts and sets from its
-instance documents (and drops emptied levels). An error that is not the server going away undoes what it can
-before it is raised: a document too large or not encodable was never inserted, so its counts are taken back; a
-write concern not met (w=majority's wtimeout, `j` without a journal) leaves the write applied, so a new
-instance's document is deleted again (the counts stay one too high), while a replacing one stays.
+high, possibly with no instance (crash before the instance insert, or after the instance delete), a study
+listing a modality its series no longer have, or a patient whose study moved to another patient with stale
+counts. No instance is ever left without its series, study and patient, and none is lost: the instance
+documents are the truth. A retried store then succeeds normally but the counts stay one too high;
+`recount_study` (repair.py) recomputes a study's counts and sets from its instance documents (and drops emptied
+levels). An error that is not the server going away undoes what it can before it is raised: a document too
+large or not encodable was never written, so its counts are taken back; a write concern not met (w=majority's
+wtimeout, `j` without a journal) leaves the write applied, so the instance document is put back as it was
+(deleted again, or its predecessor's written back: ingest puts back the predecessor's file), the counts one too
+high.
 """
 
 from __future__ import annotations
@@ -54,10 +59,21 @@ from app.repository.mongo.layout import (
 log = logging.getLogger(__name__)
 
 
+class _Superseded(Exception):
+    """The predecessor a store read was removed or replaced before the store's write."""
+
+
 class MongoUnitOfWork(MongoConnection):
-    async def _add(self, record: InstanceRecord, *, replacing: bool = False) -> bool:
-        """Add the instance and count it; False when another store of the same SOP Instance UID won. `replacing`:
-        this store removed the instance's predecessor (whose file ingest puts back if the store fails)."""
+    async def _add(self, record: InstanceRecord) -> tuple[bool, StoredInstance | None]:
+        """Add the instance, count it, and return the predecessor it replaced (False when another store of the
+        same SOP Instance UID won: nothing of this one is left).
+
+        The instance document is written in one write whether it is new or replaces a predecessor, so there is
+        never a moment without either; a store that fails after that write puts back what was there (the
+        predecessor, or nothing), since ingest then puts back the predecessor's file.
+        """
+        # Whole, so that a store failing after its write can put it back.
+        predecessor = await self._instances.find_one({"sop_instance_uid": record.sop_instance_uid})
         now = time.time()
         series_fields = _fields(Level.SERIES, record.series)
         series_before = await self._upsert(
@@ -131,37 +147,35 @@ class MongoUnitOfWork(MongoConnection):
                 old_patient, studies=1, series=carried_series, instances=carried_instances
             )
 
-        instance_id = ObjectId()  # chosen here, so that an insert the server applied but then failed can go again
-        inserted = False
+        document: Document = {
+            **_fields(Level.IMAGE, record.instance),
+            "sop_instance_uid": record.sop_instance_uid,
+            "series_instance_uid": record.series_instance_uid,
+            "study_instance_uid": record.study_instance_uid,
+            "sop_class_uid": record.sop_class_uid,
+            "transfer_syntax_uid": record.transfer_syntax_uid,
+            "storage_key": record.storage_key,
+            "size": record.size,
+            "attributes": record.instance.attributes,
+            "multi": _multi(record.instance.multi),
+            "dataset": record.dataset_json,
+            "created_at": now,
+        }
+        # Chosen here for a new instance, so that an insert the server applied but then failed can go again.
+        instance_id = ObjectId() if predecessor is None else predecessor["_id"]
+        modality = series_fields.get("modality")
+        written = False
         try:
             try:
-                await self._instances.insert_one(
-                    {
-                        "_id": instance_id,
-                        **_fields(Level.IMAGE, record.instance),
-                        "sop_instance_uid": record.sop_instance_uid,
-                        "series_instance_uid": record.series_instance_uid,
-                        "study_instance_uid": record.study_instance_uid,
-                        "sop_class_uid": record.sop_class_uid,
-                        "transfer_syntax_uid": record.transfer_syntax_uid,
-                        "storage_key": record.storage_key,
-                        "size": record.size,
-                        "attributes": record.instance.attributes,
-                        "multi": _multi(record.instance.multi),
-                        "dataset": record.dataset_json,
-                        "created_at": now,
-                    }
-                )
+                if predecessor is None:
+                    await self._instances.insert_one({"_id": instance_id, **document})
+                # Only over the predecessor as it was read: of two stores that read it, one replaces it.
+                elif not (await self._instances.replace_one(_as_written(predecessor), document)).matched_count:
+                    raise _Superseded  # removed or replaced since it was read
             except WriteConcernError:
-                inserted = True  # applied, not confirmed
+                written = True  # applied, not confirmed
                 raise
-            inserted = True
-            modality = series_fields.get("modality")
-            old_modality = series_before.get("modality") if series_before else None
-            if old_modality and old_modality != modality:
-                await self._drop_if_unused(
-                    record.study_instance_uid, MODALITIES, self._series, "modality", old_modality
-                )
+            written = True
             # Added after the instance exists, so a remover that looks for holders after its pull sees this one.
             additions: Document = {SOP_CLASSES: record.sop_class_uid}
             if modality:
@@ -170,46 +184,70 @@ class MongoUnitOfWork(MongoConnection):
             await self._journaled_studies.update_one(
                 {"study_instance_uid": record.study_instance_uid}, {"$addToSet": additions}
             )
-        except DuplicateKeyError:  # another store of this SOP Instance UID inserted first
+        except (DuplicateKeyError, _Superseded):  # another store of this SOP Instance UID wrote first
             await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
-            return False
+            return False, None
         except ConnectionFailure:
             raise  # nothing more can be written; the counts stay one too high (see the module docstring)
         except Exception:
-            if not inserted:
+            if not written:
                 # Too large for a document, or not encodable: the instance is not stored, so neither is its count.
                 await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
-            elif not replacing:
-                await self._forget_inserted(instance_id, record)
-            # A replace keeps its document: the predecessor's is gone, and ingest puts the predecessor's file back
-            # under the same key (metadata that does not match the file until the store is sent again, rather
-            # than an instance lost to the sweep).
+            else:
+                await self._put_back({"_id": instance_id, **_as_written(document)}, predecessor, record)
             raise
-        return True
+        old_modality = series_before.get("modality") if series_before else None
+        await self._settle(record, predecessor, old_modality if old_modality != modality else None)
+        return True, None if predecessor is None else stored(predecessor)
 
-    async def _forget_inserted(self, instance_id: ObjectId, record: InstanceRecord) -> None:
-        """Delete the instance document a failed store wrote (a write concern not met leaves a write applied):
-        ingest rolls the file back, and the document would name a file that is not there. Written with w=1, as
-        the failure may be w=majority's wtimeout; the counts stay one too high, as after a lost connection
+    async def _put_back(self, written: Document, predecessor: Document | None, record: InstanceRecord) -> None:
+        """Undo the instance write of a store that failed after it (a write concern not met leaves a write
+        applied): ingest rolls the file back to the predecessor's, or to none, and the document must say the same.
+        `written` finds this store's document (not there: its write was not applied). Written with w=1, as the
+        failure may be w=majority's wtimeout; the counts stay one too high, as after a lost connection
         (`recount_study` repairs them)."""
+        instances = self._instances.with_options(write_concern=WriteConcern(w=1))
         try:
-            await self._instances.with_options(write_concern=WriteConcern(w=1)).delete_one({"_id": instance_id})
+            if predecessor is None:
+                await instances.delete_one(written)
+            else:
+                await instances.replace_one(written, predecessor)
         except PyMongoError as exc:
-            log.warning("instance %s of a failed store could not be removed: %s", record.sop_instance_uid, exc)
+            log.warning("instance %s of a failed store could not be put back: %s", record.sop_instance_uid, exc)
             return
         log.warning(
-            "store of %s failed after its metadata was written; removed again, the counts of study %s stay one "
-            "too high until it is recounted",
+            "store of %s failed after its metadata was written; %s, the counts of study %s stay one too high "
+            "until it is recounted",
             record.sop_instance_uid,
+            "removed again" if predecessor is None else "the instance it replaced put back",
             record.study_instance_uid,
         )
 
-    async def _remove(self, sop_instance_uid: str, *, journaled: bool = False) -> StoredInstance | None:
-        """Remove the instance and uncount it. `journaled`: its removal is on disk before this returns (a delete,
-        whose file goes next: a removal lost in a crash would bring back an instance without its file); a
-        store's removal of its predecessor goes to disk with the store's own last write."""
-        instances = self._journaled_instances if journaled else self._instances
-        doc = await instances.find_one_and_delete(
+    async def _settle(self, record: InstanceRecord, predecessor: Document | None, old_modality: str | None) -> None:
+        """After a store is on disk: take its predecessor out of the counts and its series' old modality out of
+        the study. Not undone if they fail (the store stands): the counts stay one too high, or the study lists
+        a modality too many, until `recount_study`, as after a crash between them."""
+        try:
+            if predecessor is not None:
+                await self._uncount(
+                    predecessor["study_instance_uid"], predecessor["series_instance_uid"], predecessor["sop_class_uid"]
+                )
+            if old_modality:
+                await self._drop_if_unused(
+                    record.study_instance_uid, MODALITIES, self._series, "modality", old_modality
+                )
+        except PyMongoError as exc:
+            log.warning(
+                "stored %s, but the counts of study %s could not be corrected (recount it): %s",
+                record.sop_instance_uid,
+                record.study_instance_uid,
+                exc,
+            )
+
+    async def _remove(self, sop_instance_uid: str) -> StoredInstance | None:
+        """Remove the instance and uncount it. Its removal is on disk before this returns: the file goes next, and
+        a removal lost in a crash would bring back an instance without its file."""
+        doc = await self._journaled_instances.find_one_and_delete(
             {"sop_instance_uid": sop_instance_uid}, projection=INSTANCE_PROJECTION
         )
         if doc is None:
@@ -310,6 +348,15 @@ class MongoUnitOfWork(MongoConnection):
         # per new series/study/patient only confirms it.)
         created = await collection.find_one(key, {"_id": 1})
         return None if created is None or created["_id"] == new_id else {}
+
+
+def _as_written(document: Document) -> Document:
+    """A filter that finds an instance document only as one store wrote it: every store writes its own
+    `created_at`, and a replace keeps the `_id`."""
+    found: Document = {"created_at": document.get("created_at")}
+    if "_id" in document:
+        found["_id"] = document["_id"]
+    return found
 
 
 def _multi(values: Mapping[str, list[str]]) -> Document:

@@ -1,4 +1,5 @@
-"""The one ingest path under policies and faults, with the real SQLite store and filesystem storage."""
+"""The one ingest path under policies and faults, with the real SQLite store (MongoDB where its writes differ) and
+filesystem storage."""
 
 from __future__ import annotations
 
@@ -6,17 +7,21 @@ import asyncio
 import copy
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from pymongo.errors import WriteConcernError
 
 from app.bootstrap import open_archive
 from app.config import Settings
 from app.context import ArchiveContext
 from app.core.ingest.outcomes import DuplicatePolicy, FailureReason, StoreStatus
 from app.core.lifecycle.sweep import sweep
+from app.repository.mongo.repository import MongoRepository
 from app.repository.sqlite.repository import SQLiteRepository
 from tests import dicom_files
 from tests.servers import running_archive
@@ -92,6 +97,40 @@ async def test_a_failed_replacement_keeps_the_old_copy(context: ArchiveContext) 
     assert (await context.ingest.store(dicom_files.part10(ds))).failure is FailureReason.OUT_OF_RESOURCES
     (only,) = stored_files(context)
     assert b"OLD^COPY" in only.read_bytes()
+
+
+async def test_a_failed_replacement_on_mongodb_keeps_the_old_copy_and_the_metadata_that_describes_it(
+    tmp_path: Path, mongo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MongoDB has no transaction around a store's writes. A replace that fails after its instance document was
+    written (a write concern not met: the write applied, the store failed) answers 0xA700, to be sent again; ingest
+    puts the old file back, and the repository the old document, so the two still describe one instance."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    ctx = await open_archive(
+        Settings(data_dir=tmp_path, mongo_url=mongo_url, mongo_database=database, _env_file=None)  # type: ignore[call-arg]
+    )
+    try:
+        ds = dicom_files.renewed("CT_small.dcm", PatientName="OLD^COPY")
+        assert (await ctx.ingest.store(dicom_files.part10(ds))).status is StoreStatus.STORED
+        repository = ctx.repository
+        assert isinstance(repository, MongoRepository)
+        last_write = repository._journaled_studies.update_one
+
+        async def applied_but_unconfirmed(*args: Any, **kwargs: Any) -> Any:
+            await last_write(*args, **kwargs)
+            raise WriteConcernError("waiting for replication timed out", 64, {"wtimeout": True})
+
+        monkeypatch.setattr(repository._journaled_studies, "update_one", applied_but_unconfirmed)
+        ds.PatientName = "NEW^COPY"
+        assert (await ctx.ingest.store(dicom_files.part10(ds))).failure is FailureReason.OUT_OF_RESOURCES
+
+        (only,) = stored_files(ctx)
+        assert b"OLD^COPY" in only.read_bytes()
+        [held] = await repository.instance_datasets(ds.StudyInstanceUID)
+        assert "OLD^COPY" in held.dataset_json and "NEW^COPY" not in held.dataset_json
+        assert (await repository.get_instance(ds.SOPInstanceUID)).size == only.stat().st_size  # type: ignore[union-attr]
+    finally:
+        await ctx.close()
 
 
 async def test_the_sweep_removes_files_without_metadata_and_metadata_without_files(
