@@ -24,6 +24,12 @@ class RepositoryUnavailable(RuntimeError):
     """The metadata store cannot be reached or written; callers answer 503 / 0xA700 and retry later."""
 
 
+class WriteOutcomeUnknown(RepositoryUnavailable):
+    """The store went away after an instance's metadata was sent and before it could say, or undo, whether the
+    write was applied (a lost connection to MongoDB). Ingest keeps the instance's new file then: whichever
+    metadata the store holds names a file that is there, and the sweep removes the file nothing names."""
+
+
 class Connection(Protocol):
     """Opening, closing and checking the store (bootstrap, /ready, the admin API)."""
 

@@ -13,7 +13,7 @@ from pymongo import WriteConcern
 from pymongo.errors import AutoReconnect, WriteConcernError
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
-from app.core.ports import Repository, RepositoryUnavailable
+from app.core.ports import Repository, RepositoryUnavailable, WriteOutcomeUnknown
 from app.repository.mongo.connection import journaled
 from app.repository.mongo.repository import MongoRepository
 from app.repository.sqlite.repository import SQLiteRepository
@@ -197,26 +197,61 @@ async def test_a_mongo_store_whose_write_concern_fails_leaves_the_instance_as_it
         await repository.close()
 
 
-@pytest.mark.parametrize("applied", [True, False], ids=["after the replace", "before it"])
-async def test_a_mongo_replace_cut_off_by_a_lost_connection_leaves_the_old_or_the_new_instance_never_neither(
-    mongo_url: str, instance_record: Factory, applied: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("cut_off", ["before the replace", "after the replace", "at the last write"])
+async def test_a_mongo_replace_cut_off_by_a_lost_connection_leaves_the_instance_as_it_was(
+    mongo_url: str, instance_record: Factory, cut_off: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the server gone, nothing can be put back: the instance document is written over its predecessor's in
-    one write, so what is left is the one or the other, and the instance is never lost to the sweep."""
+    """A write sent before the connection went may or may not have been applied: while the server still answers,
+    the store puts the predecessor's document back (ingest puts its file back), and is answered as unavailable."""
     repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
     try:
         await repository.open()
         held = instance_record(SOPInstanceUID=uid(1, 1, 1), PatientName="HELD^COPY")
         await repository.store_instance(held)
-        replacing = instance_record(SOPInstanceUID=uid(1, 1, 1), PatientName="NEW^COPY", storage_key="a/new.dcm")
-        _fail_after_applying(
-            monkeypatch, repository._instances, "replace_one", AutoReconnect("connection reset"), applied=applied
-        )
+        lost = AutoReconnect("connection reset")
+        if cut_off == "at the last write":
+            _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", lost)
+        else:
+            applied = cut_off == "after the replace"
+            _fail_after_applying(monkeypatch, repository._instances, "replace_one", lost, applied=applied)
+        # Moved to another series: its predecessor's file stays where it was until the store succeeds.
+        replacing = instance_record(SOPInstanceUID=uid(1, 1, 1), SeriesInstanceUID=uid(1, 2), PatientName="NEW^COPY")
 
-        with pytest.raises(RepositoryUnavailable):
+        with pytest.raises(RepositoryUnavailable) as raised:
             await repository.store_instance(replacing)
 
-        assert await repository.get_instance(uid(1, 1, 1)) == stored(replacing if applied else held)
+        assert not isinstance(raised.value, WriteOutcomeUnknown)
+        assert await repository.get_instance(uid(1, 1, 1)) == stored(held)
         assert await repository.count_instances() == 1
+    finally:
+        await repository.close()
+
+
+class _Gone:
+    """A collection whose server went away."""
+
+    async def delete_one(self, *args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("connection refused")
+
+    async def replace_one(self, *args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("connection refused")
+
+
+async def test_a_mongo_store_cut_off_with_no_server_left_to_undo_it_says_its_outcome_is_unknown(
+    mongo_url: str, instance_record: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest must then keep the new file (tests/core/ingest/test_service.py): the document may be either."""
+    repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        await repository.open()
+        held = instance_record(SOPInstanceUID=uid(1, 1, 1))
+        await repository.store_instance(held)
+        _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", AutoReconnect("reset"))
+        monkeypatch.setattr(repository._instances, "with_options", lambda **options: _Gone())
+
+        with pytest.raises(WriteOutcomeUnknown):
+            await repository.store_instance(instance_record(SOPInstanceUID=uid(1, 1, 1), PatientName="NEW^COPY"))
+        with pytest.raises(WriteOutcomeUnknown):
+            await repository.store_instance(instance_record(SOPInstanceUID=uid(1, 1, 2)))
     finally:
         await repository.close()

@@ -20,11 +20,13 @@ listing a modality its series no longer have, or a patient whose study moved to 
 counts. No instance is ever left without its series, study and patient, and none is lost: the instance
 documents are the truth. A retried store then succeeds normally but the counts stay one too high;
 `recount_study` (repair.py) recomputes a study's counts and sets from its instance documents (and drops emptied
-levels). An error that is not the server going away undoes what it can before it is raised: a document too
-large or not encodable was never written, so its counts are taken back; a write concern not met (w=majority's
-wtimeout, `j` without a journal) leaves the write applied, so the instance document is put back as it was
-(deleted again, or its predecessor's written back: ingest puts back the predecessor's file), the counts one too
-high.
+levels). A failed store undoes what it can before it is raised: a document too large or not encodable was never
+written, so its counts are taken back; a write concern not met (w=majority's wtimeout, `j` without a journal)
+leaves the write applied, and a connection lost after the instance's write leaves it unknown, so the instance
+document is put back as it was (deleted again, or its predecessor's written back, as ingest puts back the
+predecessor's file), the counts one too high. When the server no longer answers even that, the store raises
+WriteOutcomeUnknown, and ingest keeps the new file (and a moved predecessor's): whichever document is left names a
+file that is there.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError, WriteConcernError
 
 from app.core.dicom.attributes import Kind, Level, stored_at
+from app.core.ports import WriteOutcomeUnknown
 from app.core.records import InstanceRecord, LevelRecord, StoredInstance
-from app.repository.mongo.connection import MongoConnection
+from app.repository.mongo.connection import MongoConnection, journaled
 from app.repository.mongo.layout import (
     INSTANCE_PROJECTION,
     MODALITIES,
@@ -160,13 +163,15 @@ class MongoUnitOfWork(MongoConnection):
             "multi": _multi(record.instance.multi),
             "dataset": record.dataset_json,
             "created_at": now,
+            "version": ObjectId(),  # this store's own: what `_as_written` finds it by
         }
         # Chosen here for a new instance, so that an insert the server applied but then failed can go again.
         instance_id = ObjectId() if predecessor is None else predecessor["_id"]
         modality = series_fields.get("modality")
-        written = False
+        attempted = written = False
         try:
             try:
+                attempted = True
                 if predecessor is None:
                     await self._instances.insert_one({"_id": instance_id, **document})
                 # Only over the predecessor as it was read: of two stores that read it, one replaces it.
@@ -187,8 +192,13 @@ class MongoUnitOfWork(MongoConnection):
         except (DuplicateKeyError, _Superseded):  # another store of this SOP Instance UID wrote first
             await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
             return False, None
-        except ConnectionFailure:
-            raise  # nothing more can be written; the counts stay one too high (see the module docstring)
+        except ConnectionFailure as exc:
+            # The counts stay one too high (see the module docstring). Whether a write sent before the connection
+            # went was applied is not known: it is undone if the server still answers, else ingest is told.
+            mine = {"_id": instance_id, **_as_written(document)}
+            if attempted and not await self._put_back(mine, predecessor, record):
+                raise WriteOutcomeUnknown(f"MongoDB: {exc}") from exc
+            raise
         except Exception:
             if not written:
                 # Too large for a document, or not encodable: the instance is not stored, so neither is its count.
@@ -200,28 +210,33 @@ class MongoUnitOfWork(MongoConnection):
         await self._settle(record, predecessor, old_modality if old_modality != modality else None)
         return True, None if predecessor is None else stored(predecessor)
 
-    async def _put_back(self, written: Document, predecessor: Document | None, record: InstanceRecord) -> None:
-        """Undo the instance write of a store that failed after it (a write concern not met leaves a write
-        applied): ingest rolls the file back to the predecessor's, or to none, and the document must say the same.
-        `written` finds this store's document (not there: its write was not applied). Written with w=1, as the
-        failure may be w=majority's wtimeout; the counts stay one too high, as after a lost connection
-        (`recount_study` repairs them)."""
-        instances = self._instances.with_options(write_concern=WriteConcern(w=1))
+    async def _put_back(self, written: Document, predecessor: Document | None, record: InstanceRecord) -> bool:
+        """Undo the instance write of a store that failed after it, or may have (a write concern not met leaves
+        a write applied; a lost connection leaves it unknown): ingest rolls the file back to the predecessor's, or
+        to none, and the document must say the same. `written` finds this store's document (not there: its write
+        was not applied). With w=1, as the failure may be w=majority's wtimeout, and journaled unless the URL
+        says otherwise; the counts stay one too high, as after a lost connection (`recount_study` repairs them).
+        False when the server did not answer."""
+        url = self._client.write_concern.document
+        concern = journaled(WriteConcern(w=1, **{key: url[key] for key in ("j", "fsync") if key in url}))
+        instances = self._instances.with_options(write_concern=concern)
         try:
             if predecessor is None:
-                await instances.delete_one(written)
+                undone = (await instances.delete_one(written)).deleted_count
             else:
-                await instances.replace_one(written, predecessor)
+                undone = (await instances.replace_one(written, predecessor)).matched_count
         except PyMongoError as exc:
             log.warning("instance %s of a failed store could not be put back: %s", record.sop_instance_uid, exc)
-            return
-        log.warning(
-            "store of %s failed after its metadata was written; %s, the counts of study %s stay one too high "
-            "until it is recounted",
-            record.sop_instance_uid,
-            "removed again" if predecessor is None else "the instance it replaced put back",
-            record.study_instance_uid,
-        )
+            return False
+        if undone:
+            log.warning(
+                "store of %s failed after its metadata was written; %s, the counts of study %s stay one too high "
+                "until it is recounted",
+                record.sop_instance_uid,
+                "removed again" if predecessor is None else "the instance it replaced put back",
+                record.study_instance_uid,
+            )
+        return True
 
     async def _settle(self, record: InstanceRecord, predecessor: Document | None, old_modality: str | None) -> None:
         """After a store is on disk: take its predecessor out of the counts and its series' old modality out of
@@ -237,10 +252,13 @@ class MongoUnitOfWork(MongoConnection):
                     record.study_instance_uid, MODALITIES, self._series, "modality", old_modality
                 )
         except PyMongoError as exc:
+            studies = {record.study_instance_uid}
+            if predecessor is not None:
+                studies.add(predecessor["study_instance_uid"])
             log.warning(
-                "stored %s, but the counts of study %s could not be corrected (recount it): %s",
+                "stored %s, but the counts could not be corrected (recount study %s): %s",
                 record.sop_instance_uid,
-                record.study_instance_uid,
+                " and ".join(sorted(studies)),
                 exc,
             )
 
@@ -351,9 +369,9 @@ class MongoUnitOfWork(MongoConnection):
 
 
 def _as_written(document: Document) -> Document:
-    """A filter that finds an instance document only as one store wrote it: every store writes its own
-    `created_at`, and a replace keeps the `_id`."""
-    found: Document = {"created_at": document.get("created_at")}
+    """A filter that finds an instance document only as one store wrote it: every store writes its own `version`
+    (a document written before there were versions matches as having none), and a replace keeps the `_id`."""
+    found: Document = {"version": document.get("version")}
     if "_id" in document:
         found["_id"] = document["_id"]
     return found

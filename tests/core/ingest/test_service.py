@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from pymongo.errors import WriteConcernError
+from pymongo.errors import AutoReconnect, WriteConcernError
 
 from app.bootstrap import open_archive
 from app.config import Settings
@@ -99,38 +99,80 @@ async def test_a_failed_replacement_keeps_the_old_copy(context: ArchiveContext) 
     assert b"OLD^COPY" in only.read_bytes()
 
 
+@pytest.fixture
+async def mongo_context(tmp_path: Path, mongo_url: str) -> AsyncIterator[ArchiveContext]:
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    settings = Settings(data_dir=tmp_path, mongo_url=mongo_url, mongo_database=database, _env_file=None)  # type: ignore[call-arg]
+    ctx = await open_archive(settings)
+    yield ctx
+    await ctx.close()
+
+
+def _fail_after_applying(monkeypatch: pytest.MonkeyPatch, collection: Any, name: str, error: Exception) -> None:
+    write = getattr(collection, name)
+
+    async def applied_then_failed(*args: Any, **kwargs: Any) -> Any:
+        await write(*args, **kwargs)
+        raise error
+
+    monkeypatch.setattr(collection, name, applied_then_failed)
+
+
 async def test_a_failed_replacement_on_mongodb_keeps_the_old_copy_and_the_metadata_that_describes_it(
-    tmp_path: Path, mongo_url: str, monkeypatch: pytest.MonkeyPatch
+    mongo_context: ArchiveContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MongoDB has no transaction around a store's writes. A replace that fails after its instance document was
     written (a write concern not met: the write applied, the store failed) answers 0xA700, to be sent again; ingest
     puts the old file back, and the repository the old document, so the two still describe one instance."""
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    ctx = await open_archive(
-        Settings(data_dir=tmp_path, mongo_url=mongo_url, mongo_database=database, _env_file=None)  # type: ignore[call-arg]
-    )
-    try:
-        ds = dicom_files.renewed("CT_small.dcm", PatientName="OLD^COPY")
-        assert (await ctx.ingest.store(dicom_files.part10(ds))).status is StoreStatus.STORED
-        repository = ctx.repository
-        assert isinstance(repository, MongoRepository)
-        last_write = repository._journaled_studies.update_one
+    ds = dicom_files.renewed("CT_small.dcm", PatientName="OLD^COPY")
+    assert (await mongo_context.ingest.store(dicom_files.part10(ds))).status is StoreStatus.STORED
+    repository = mongo_context.repository
+    assert isinstance(repository, MongoRepository)
+    unconfirmed = WriteConcernError("waiting for replication timed out", 64, {"wtimeout": True})
+    _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", unconfirmed)
+    ds.PatientName = "NEW^COPY"
+    assert (await mongo_context.ingest.store(dicom_files.part10(ds))).failure is FailureReason.OUT_OF_RESOURCES
 
-        async def applied_but_unconfirmed(*args: Any, **kwargs: Any) -> Any:
-            await last_write(*args, **kwargs)
-            raise WriteConcernError("waiting for replication timed out", 64, {"wtimeout": True})
+    (only,) = stored_files(mongo_context)
+    assert b"OLD^COPY" in only.read_bytes()
+    [held] = await repository.instance_datasets(ds.StudyInstanceUID)
+    assert "OLD^COPY" in held.dataset_json and "NEW^COPY" not in held.dataset_json
+    assert (await repository.get_instance(ds.SOPInstanceUID)).size == only.stat().st_size  # type: ignore[union-attr]
 
-        monkeypatch.setattr(repository._journaled_studies, "update_one", applied_but_unconfirmed)
-        ds.PatientName = "NEW^COPY"
-        assert (await ctx.ingest.store(dicom_files.part10(ds))).failure is FailureReason.OUT_OF_RESOURCES
 
-        (only,) = stored_files(ctx)
-        assert b"OLD^COPY" in only.read_bytes()
-        [held] = await repository.instance_datasets(ds.StudyInstanceUID)
-        assert "OLD^COPY" in held.dataset_json and "NEW^COPY" not in held.dataset_json
-        assert (await repository.get_instance(ds.SOPInstanceUID)).size == only.stat().st_size  # type: ignore[union-attr]
-    finally:
-        await ctx.close()
+class _Gone:
+    async def replace_one(self, *args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("connection refused")
+
+    delete_one = replace_one
+
+
+@pytest.mark.parametrize("stored_before", [True, False], ids=["a replace moving series", "a new instance"])
+async def test_a_store_cut_off_with_mongodb_gone_keeps_its_file_and_the_sweep_leaves_one_whole_instance(
+    mongo_context: ArchiveContext, monkeypatch: pytest.MonkeyPatch, stored_before: bool
+) -> None:
+    """MongoDB went away after the instance's document was sent, and before it could be undone: whether it was
+    applied is not known. Ingest keeps the new file (and a moved predecessor's), answers 0xA700, and whichever
+    document MongoDB holds names a file that is there; the sweep removes the file nothing names, never the
+    instance."""
+    ds = dicom_files.renewed("CT_small.dcm", PatientName="OLD^COPY")
+    if stored_before:
+        assert (await mongo_context.ingest.store(dicom_files.part10(ds))).status is StoreStatus.STORED
+        ds.SeriesInstanceUID, ds.PatientName = "1.2.3.4.5", "NEW^COPY"
+    repository = mongo_context.repository
+    assert isinstance(repository, MongoRepository)
+    _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", AutoReconnect("reset"))
+    monkeypatch.setattr(repository._instances, "with_options", lambda **options: _Gone())
+
+    assert (await mongo_context.ingest.store(dicom_files.part10(ds))).failure is FailureReason.OUT_OF_RESOURCES
+    assert len(stored_files(mongo_context)) == (2 if stored_before else 1)
+    monkeypatch.undo()
+    await sweep(mongo_context.lifecycle, grace_seconds=0)
+
+    (only,) = stored_files(mongo_context)
+    held = await repository.get_instance(ds.SOPInstanceUID)
+    assert held is not None and mongo_context.settings.storage_path / held.storage_key == only
+    assert await repository.count_instances() == 1
 
 
 async def test_the_sweep_removes_files_without_metadata_and_metadata_without_files(
