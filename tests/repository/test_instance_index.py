@@ -74,6 +74,28 @@ async def test_a_replace_that_moves_an_instance_to_another_series_corrects_both_
     assert await repository.study_aggregates(study) == study_aggregates(2, 3, ["CT", "MR"], [CT, MR])
 
 
+async def test_a_replace_that_empties_its_series_takes_the_series_modality_out_of_the_study(
+    repository: Repository, instance_record: Factory
+) -> None:
+    """The copy is counted in its new series before its predecessor leaves the old one (so a series or study it
+    stays in keeps its place): the old series, emptied then, still takes its modality with it."""
+    study = uid(1)
+    await repository.store_instance(
+        instance_record(StudyInstanceUID=study, SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 1))
+    )
+    await repository.store_instance(
+        instance_record(StudyInstanceUID=study, SeriesInstanceUID=uid(1, 2), SOPInstanceUID=uid(1, 2, 1), Modality="MR")
+    )
+
+    # The same class, in the same study: the study's SOP classes are left as they are, its modalities are not.
+    await repository.store_instance(
+        instance_record(StudyInstanceUID=study, SeriesInstanceUID=uid(1, 2), SOPInstanceUID=uid(1, 1, 1), Modality="MR")
+    )
+
+    assert await repository.series_aggregates(uid(1, 1)) is None
+    assert await repository.study_aggregates(study) == study_aggregates(1, 2, ["MR"], [CT])
+
+
 async def test_aggregates_follow_a_sequence_of_stores_and_deletes(
     repository: Repository, instance_record: Factory
 ) -> None:

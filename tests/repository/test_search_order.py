@@ -105,6 +105,32 @@ async def test_pages_in_order_follow_one_another_without_repeats(
     assert narrowed.remaining == 1
 
 
+async def test_a_re_sent_instance_keeps_its_place_and_its_study_s(repository: Repository, instance_record: Factory) -> None:
+    """A copy sent again replaces the instance where it stood: studies tied on the order keep their insertion
+    order (a page does not shift under a client paging through), and the study's first stored instance, whose
+    header answers `includefield` for what no study column holds, is still that instance, now as re-sent."""
+    for n in range(3):
+        await repository.store_instance(instance_record(
+            "MR_small.dcm", SOPClassUID=MR, StudyInstanceUID=uid(n), SeriesInstanceUID=uid(n, 0),
+            SOPInstanceUID=uid(n, 0, 0), PatientName="Tie^Same", Manufacturer="FIRST",
+        ))
+    await repository.store_instance(instance_record(
+        "MR_small.dcm", SOPClassUID=MR, StudyInstanceUID=uid(0), SeriesInstanceUID=uid(0, 0),
+        SOPInstanceUID=uid(0, 0, 1), PatientName="Tie^Same", Manufacturer="SECOND",
+    ))
+    # Study 1's only instance, and study 0's first, sent again.
+    for n in (1, 0):
+        await repository.store_instance(instance_record(
+            "MR_small.dcm", SOPClassUID=MR, StudyInstanceUID=uid(n), SeriesInstanceUID=uid(n, 0),
+            SOPInstanceUID=uid(n, 0, 0), PatientName="Tie^Same", Manufacturer="RE-SENT",
+        ))
+
+    result = await repository.search(ordered("PatientName", ("includefield", "Manufacturer")))
+
+    assert uids(result.rows) == [uid(0), uid(1), uid(2)]
+    assert [row["00080070"]["Value"] for row in result.rows] == [["RE-SENT"], ["RE-SENT"], ["FIRST"]]
+
+
 # Each key both ways, and with a match on the key itself: one stretch of one index, read in order.
 PLANNED = [(orderby, ()) for orderby in ORDERS[: 2 * len(SORTABLE[Level.STUDY])]] + [
     ("-StudyDate,-StudyTime", (("StudyDate", "20200101-20201231"),)),

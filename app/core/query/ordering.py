@@ -9,7 +9,8 @@ Only keys that every store can sort from an index are accepted (the fields of ea
 insertion order) index in both: migrations/*/0008_study_order.*), so a page sorted by one key costs what an
 unsorted one does, at 100,000 studies as at 100 (several keys sort every match first); anything else is a
 `QueryError` naming the keys that are. Ties are broken by insertion order in the direction of the last key, so
-`offset` pages neither repeat nor skip a study, and for one key one index serves the whole order. The series and
+`offset` pages neither repeat nor skip a study, and for one key one index serves the whole order. An instance
+sent again takes its predecessor's place, and its study keeps its own. The series and
 instance levels have no order: `orderby` is ignored there, with a warning, as an unknown parameter is.
 """
 

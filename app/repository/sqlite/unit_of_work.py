@@ -39,11 +39,12 @@ def _instance_columns() -> tuple[str, ...]:
 
 @functools.cache
 def _insert_instance_sql() -> str:
+    """The instance row's insert; its `id` (insertion order, the stores' tie-break) is given for a replace."""
     return (
-        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
+        "INSERT INTO instances (id, sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
         + ", ".join(f'"{c}"' for c in _instance_columns())
         + ", transfer_syntax_uid, storage_key, size, attributes, dataset, created_at) VALUES ("
-        + ", ".join("?" * (len(_instance_columns()) + 10))
+        + ", ".join("?" * (len(_instance_columns()) + 11))
         + ")"
     )
 
@@ -62,15 +63,26 @@ def store_each(
         conn.execute("SAVEPOINT store_instance")
         try:
             previous = get_instance(conn, record.sop_instance_uid)
-            if previous is not None:
-                # A copy of the same class in the same study leaves its SOPClassesInStudy as it was, and `add`
-                # refreshes ModalitiesInStudy: the study's instances need not be read again.
+            if previous is None:
+                add(conn, record)
+            else:
+                # The copy takes its predecessor's place (its row id, the order instances are listed in when
+                # nothing else orders them), and is counted before the predecessor is uncounted, so that a series,
+                # study or patient it stays in is never emptied and made again (keeping its place too), as in
+                # the MongoDB store.
+                add(conn, record, instance_id=_take_out(conn, previous.sop_instance_uid))
+                # A copy of the same class in the same study leaves its SOPClassesInStudy as it was: the study's
+                # instances need not be read again.
                 same_place = (previous.study_instance_uid, previous.sop_class_uid) == (
                     record.study_instance_uid,
                     record.sop_class_uid,
                 )
-                remove(conn, previous.sop_instance_uid, refresh_sets=not same_place)
-            add(conn, record)
+                _uncount(
+                    conn,
+                    previous.study_instance_uid,
+                    previous.series_instance_uid,
+                    kept_class=record.sop_class_uid if same_place else None,
+                )
             outcomes.append(previous)
         except sqlite3.OperationalError:
             raise
@@ -143,7 +155,8 @@ def _set_values(
         conn.executemany("INSERT INTO attribute_values (level, owner, key, value) VALUES (?, ?, ?, ?)", rows)
 
 
-def add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
+def add(conn: sqlite3.Connection, record: InstanceRecord, *, instance_id: int | None = None) -> None:
+    """Add the instance's row (at `instance_id`, a replaced predecessor's, or a new one) and count it."""
     now = time.time()
     patient_attrs = record.patient.attributes
     patient_row = _level_row(Level.PATIENT, record.patient)
@@ -189,6 +202,7 @@ def add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
     conn.execute(
         _insert_instance_sql(),
         [
+            instance_id,
             record.sop_instance_uid,
             record.series_instance_uid,
             record.study_instance_uid,
@@ -231,18 +245,34 @@ def add(conn: sqlite3.Connection, record: InstanceRecord) -> None:
     )
 
 
-def remove(conn: sqlite3.Connection, sop_instance_uid: str, *, refresh_sets: bool = True) -> None:
+def remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
     row = conn.execute(
-        "SELECT i.study_instance_uid, i.series_instance_uid, s.patient_key FROM instances i "
-        "JOIN studies s ON s.study_instance_uid = i.study_instance_uid WHERE i.sop_instance_uid = ?",
+        "SELECT study_instance_uid, series_instance_uid FROM instances WHERE sop_instance_uid = ?",
         (sop_instance_uid,),
     ).fetchone()
-    study_uid, series_uid, patient_key = row
-    conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+    _take_out(conn, sop_instance_uid)
+    _uncount(conn, row[0], row[1])
+
+
+def _take_out(conn: sqlite3.Connection, sop_instance_uid: str) -> int:
+    """Delete the instance's row and its multi-valued entries, not yet uncounted; the row id it had."""
+    (instance_id,) = conn.execute("SELECT id FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+    conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
     conn.execute(
         "DELETE FROM attribute_values WHERE level = ? AND owner = ?", (Level.IMAGE.value, sop_instance_uid)
     )
+    return int(instance_id)
+
+
+def _uncount(conn: sqlite3.Connection, study_uid: str, series_uid: str, *, kept_class: str | None = None) -> None:
+    """Take an instance taken out of `series_uid` out of the counts (under the study's patient as it is now: a
+    replacing copy may have moved the study); levels left empty go. `kept_class`: a copy of that SOP class in
+    the same study replaced it, so SOPClassesInStudy stays as it is and need not be read again."""
+    (patient_key,) = conn.execute(
+        "SELECT patient_key FROM studies WHERE study_instance_uid = ?", (study_uid,)
+    ).fetchone()
     _count(conn, patient_key, study_uid, series_uid, -1)
+    series_gone = False
     # Rows of levels left empty go, with their multi-valued index entries.
     for level, key, owner in (
         (Level.SERIES, "series_instance_uid", series_uid),
@@ -259,6 +289,7 @@ def remove(conn: sqlite3.Connection, sop_instance_uid: str, *, refresh_sets: boo
             conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (owner,))
             conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
             if level is Level.SERIES:
+                series_gone = True
                 _count_series(conn, patient_key, study_uid, -1)
             elif level is Level.STUDY:
                 conn.execute("DELETE FROM study_activity WHERE study_instance_uid = ?", (owner,))
@@ -267,8 +298,11 @@ def remove(conn: sqlite3.Connection, sop_instance_uid: str, *, refresh_sets: boo
                     " WHERE patient_key = ?",
                     (patient_key,),
                 )
-    if refresh_sets and conn.execute("SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)).fetchone():
-        _refresh_study_sets(conn, study_uid)
+    if (kept_class is None or series_gone) and conn.execute(
+        "SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)
+    ).fetchone():
+        # A series gone may take its modality out of the study.
+        _refresh_study_sets(conn, study_uid, added_class=kept_class)
 
 
 def _move_study(conn: sqlite3.Connection, old_key: str, new_key: str, *, series: int, instances: int) -> None:
