@@ -26,8 +26,8 @@ class RepositoryUnavailable(RuntimeError):
 
 class WriteOutcomeUnknown(RepositoryUnavailable):
     """The store went away after an instance's metadata was sent and before it could say, or undo, whether the
-    write was applied (a lost connection to MongoDB). Ingest keeps the instance's new file then: whichever
-    metadata the store holds names a file that is there, and the sweep removes the file nothing names."""
+    write was applied (a lost connection to MongoDB). Ingest then keeps every file the metadata may name, so that
+    whichever metadata the store holds names a file that is there; the sweep removes the file nothing names."""
 
 
 class Connection(Protocol):

@@ -201,8 +201,9 @@ async def test_a_mongo_store_whose_write_concern_fails_leaves_the_instance_as_it
 async def test_a_mongo_replace_cut_off_by_a_lost_connection_leaves_the_instance_as_it_was(
     mongo_url: str, instance_record: Factory, cut_off: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A write sent before the connection went may or may not have been applied: while the server still answers,
-    the store puts the predecessor's document back (ingest puts its file back), and is answered as unavailable."""
+    """While the server still answers, the store puts the predecessor's document back, and is answered as
+    unavailable. A write still under way when the connection went may yet be applied: ingest is told that the
+    outcome is not known, and keeps every file a document may name (tests/core/ingest/test_service.py)."""
     repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
     try:
         await repository.open()
@@ -220,7 +221,7 @@ async def test_a_mongo_replace_cut_off_by_a_lost_connection_leaves_the_instance_
         with pytest.raises(RepositoryUnavailable) as raised:
             await repository.store_instance(replacing)
 
-        assert not isinstance(raised.value, WriteOutcomeUnknown)
+        assert isinstance(raised.value, WriteOutcomeUnknown) == (cut_off != "at the last write")
         assert await repository.get_instance(uid(1, 1, 1)) == stored(held)
         assert await repository.count_instances() == 1
     finally:
@@ -237,16 +238,21 @@ class _Gone:
         raise AutoReconnect("connection refused")
 
 
-async def test_a_mongo_store_cut_off_with_no_server_left_to_undo_it_says_its_outcome_is_unknown(
-    mongo_url: str, instance_record: Factory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "failure",
+    [AutoReconnect("connection reset"), WriteConcernError("waiting for replication timed out", 64, {})],
+    ids=["a lost connection", "a write concern not met"],
+)
+async def test_a_mongo_store_failing_with_no_server_left_to_undo_it_says_its_outcome_is_unknown(
+    mongo_url: str, instance_record: Factory, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
-    """Ingest must then keep the new file (tests/core/ingest/test_service.py): the document may be either."""
+    """Ingest must then keep every file a document may name (tests/core/ingest/test_service.py)."""
     repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
     try:
         await repository.open()
         held = instance_record(SOPInstanceUID=uid(1, 1, 1))
         await repository.store_instance(held)
-        _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", AutoReconnect("reset"))
+        _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", failure)
         monkeypatch.setattr(repository._instances, "with_options", lambda **options: _Gone())
 
         with pytest.raises(WriteOutcomeUnknown):

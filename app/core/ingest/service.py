@@ -6,8 +6,8 @@ Order of work, so that no half-stored instance is ever visible:
 3. the file is committed (fsync + atomic rename; a replaced file is kept aside);
 4. the metadata is written in one repository transaction;
 5. only then is the replaced file let go. A metadata failure rolls the file back, so the two never disagree; a
-   metadata write whose outcome cannot be known (MongoDB gone mid-store: WriteOutcomeUnknown) keeps the new file
-   instead, so that whichever metadata was left names a file that is there.
+   metadata write whose outcome cannot be known (MongoDB gone mid-store: WriteOutcomeUnknown) keeps every file
+   the metadata may name, so that whichever was left names a file that is there.
 Ingest rules and the ingest hook (app/core/ingest/rules.py, app/core/ingest/hooks.py) judge the instance between 1 and 2; an
 instance they coerce or de-identify is re-encoded into a new staged file (only then: otherwise the bytes are
 stored exactly as received) and answered with warning 0xB000.
@@ -302,11 +302,13 @@ class IngestService:
         try:
             replaced = await self.repository.store_instance(record)
         except WriteOutcomeUnknown as exc:
-            # The metadata may name this file or the one it replaced: both stay (the sweep removes the one that
-            # nothing names), since a rollback under metadata naming the new file would lose the instance.
+            # The metadata may name this file or the one it replaced. Under one key, the old bytes go back (the
+            # acknowledged ones; either document names that key). Under a new key, the new file stays beside the
+            # predecessor's, which is deleted only after a success: the sweep removes the one nothing names,
+            # whereas a rollback under a document naming the new file would lose the instance.
             if commit.keeps_predecessor:
-                await asyncio.to_thread(commit.finalize)
-            log.warning("store of %s may or may not have been applied; its file is kept: %s", record.sop_instance_uid, exc)
+                await asyncio.to_thread(commit.rollback)
+            log.warning("store of %s may or may not have been applied: %s", record.sop_instance_uid, exc)
             prepared.outcome = _fail(outcome, FailureReason.OUT_OF_RESOURCES, f"metadata store unavailable: {exc}")
             return prepared.outcome
         except BaseException as exc:

@@ -24,9 +24,9 @@ levels). A failed store undoes what it can before it is raised: a document too l
 written, so its counts are taken back; a write concern not met (w=majority's wtimeout, `j` without a journal)
 leaves the write applied, and a connection lost after the instance's write leaves it unknown, so the instance
 document is put back as it was (deleted again, or its predecessor's written back, as ingest puts back the
-predecessor's file), the counts one too high. When the server no longer answers even that, the store raises
-WriteOutcomeUnknown, and ingest keeps the new file (and a moved predecessor's): whichever document is left names a
-file that is there.
+predecessor's file), the counts one too high. When the server no longer answers even that, or the connection
+went while the instance's write itself was under way (a write sent may still be applied later), the store raises
+WriteOutcomeUnknown, and ingest keeps every file a document may name (app/core/ingest/service.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,13 @@ from collections.abc import Mapping
 from bson import ObjectId
 from pymongo import ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WriteConcernError,
+)
 
 from app.core.dicom.attributes import Kind, Level, stored_at
 from app.core.ports import WriteOutcomeUnknown
@@ -168,10 +174,9 @@ class MongoUnitOfWork(MongoConnection):
         # Chosen here for a new instance, so that an insert the server applied but then failed can go again.
         instance_id = ObjectId() if predecessor is None else predecessor["_id"]
         modality = series_fields.get("modality")
-        attempted = written = False
+        written = False
         try:
             try:
-                attempted = True
                 if predecessor is None:
                     await self._instances.insert_one({"_id": instance_id, **document})
                 # Only over the predecessor as it was read: of two stores that read it, one replaces it.
@@ -192,19 +197,21 @@ class MongoUnitOfWork(MongoConnection):
         except (DuplicateKeyError, _Superseded):  # another store of this SOP Instance UID wrote first
             await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
             return False, None
-        except ConnectionFailure as exc:
-            # The counts stay one too high (see the module docstring). Whether a write sent before the connection
-            # went was applied is not known: it is undone if the server still answers, else ingest is told.
+        except Exception as exc:
             mine = {"_id": instance_id, **_as_written(document)}
-            if attempted and not await self._put_back(mine, predecessor, record):
+            if written:  # a write concern not met at the instance's write, or any failure after it
+                if not await self._put_back(mine, predecessor, record):
+                    raise WriteOutcomeUnknown(f"MongoDB: {exc}") from exc
+                raise
+            if isinstance(exc, ServerSelectionTimeoutError):
+                raise  # nothing of the instance was sent; the counts stay one too high (see the module docstring)
+            if isinstance(exc, ConnectionFailure):
+                # Sent, and applied or not, now or later: undone if the server still answers, and ingest told that
+                # the outcome is not known either way.
+                await self._put_back(mine, predecessor, record)
                 raise WriteOutcomeUnknown(f"MongoDB: {exc}") from exc
-            raise
-        except Exception:
-            if not written:
-                # Too large for a document, or not encodable: the instance is not stored, so neither is its count.
-                await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
-            else:
-                await self._put_back({"_id": instance_id, **_as_written(document)}, predecessor, record)
+            # Too large for a document, not encodable, refused: the instance is not stored, so neither is its count.
+            await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
             raise
         old_modality = series_before.get("modality") if series_before else None
         await self._settle(record, predecessor, old_modality if old_modality != modality else None)

@@ -147,25 +147,28 @@ class _Gone:
     delete_one = replace_one
 
 
-@pytest.mark.parametrize("stored_before", [True, False], ids=["a replace moving series", "a new instance"])
-async def test_a_store_cut_off_with_mongodb_gone_keeps_its_file_and_the_sweep_leaves_one_whole_instance(
-    mongo_context: ArchiveContext, monkeypatch: pytest.MonkeyPatch, stored_before: bool
+@pytest.mark.parametrize("failure", [AutoReconnect("connection reset"), WriteConcernError("wtimeout", 64, {})])
+@pytest.mark.parametrize("sent_before", ["a new instance", "a replace moving series", "a replace in place"])
+async def test_a_store_cut_off_with_mongodb_gone_keeps_every_file_its_metadata_may_name(
+    mongo_context: ArchiveContext, monkeypatch: pytest.MonkeyPatch, sent_before: str, failure: Exception
 ) -> None:
-    """MongoDB went away after the instance's document was sent, and before it could be undone: whether it was
-    applied is not known. Ingest keeps the new file (and a moved predecessor's), answers 0xA700, and whichever
-    document MongoDB holds names a file that is there; the sweep removes the file nothing names, never the
-    instance."""
+    """MongoDB failed a store after the instance's document was written, and went away before the store could
+    undo it: the document may be the new one or not. Ingest answers 0xA700 (to be sent again) and keeps every
+    file a document may name: a new or moved instance's file beside its predecessor's, and under one key the
+    old bytes, the acknowledged ones. The sweep then removes the file nothing names, never the instance."""
     ds = dicom_files.renewed("CT_small.dcm", PatientName="OLD^COPY")
-    if stored_before:
+    if sent_before != "a new instance":
         assert (await mongo_context.ingest.store(dicom_files.part10(ds))).status is StoreStatus.STORED
-        ds.SeriesInstanceUID, ds.PatientName = "1.2.3.4.5", "NEW^COPY"
+        ds.PatientName = "NEW^COPY"
+        if sent_before == "a replace moving series":
+            ds.SeriesInstanceUID = "1.2.3.4.5"
     repository = mongo_context.repository
     assert isinstance(repository, MongoRepository)
-    _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", AutoReconnect("reset"))
+    _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", failure)
     monkeypatch.setattr(repository._instances, "with_options", lambda **options: _Gone())
 
     assert (await mongo_context.ingest.store(dicom_files.part10(ds))).failure is FailureReason.OUT_OF_RESOURCES
-    assert len(stored_files(mongo_context)) == (2 if stored_before else 1)
+    assert len(stored_files(mongo_context)) == (2 if sent_before == "a replace moving series" else 1)
     monkeypatch.undo()
     await sweep(mongo_context.lifecycle, grace_seconds=0)
 
@@ -173,6 +176,8 @@ async def test_a_store_cut_off_with_mongodb_gone_keeps_its_file_and_the_sweep_le
     held = await repository.get_instance(ds.SOPInstanceUID)
     assert held is not None and mongo_context.settings.storage_path / held.storage_key == only
     assert await repository.count_instances() == 1
+    if sent_before == "a replace in place":
+        assert b"OLD^COPY" in only.read_bytes()
 
 
 async def test_the_sweep_removes_files_without_metadata_and_metadata_without_files(
