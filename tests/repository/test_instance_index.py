@@ -96,6 +96,36 @@ async def test_a_replace_that_empties_its_series_takes_the_series_modality_out_o
     assert await repository.study_aggregates(study) == study_aggregates(1, 2, ["MR"], [CT])
 
 
+async def test_a_copy_naming_another_study_for_its_series_moves_the_series_with_its_counts(
+    repository: Repository, instance_record: Factory
+) -> None:
+    """The series of a re-sent instance that now names another study (a correction) is counted there, and no
+    longer in its old study, whichever patient each study is of."""
+    await repository.store_instance(
+        instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 0), SOPInstanceUID=uid(1, 0, 1))
+    )
+    await repository.store_instance(
+        instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 1))
+    )
+    await repository.store_instance(
+        instance_record(
+            StudyInstanceUID=uid(2), SeriesInstanceUID=uid(2, 2), SOPInstanceUID=uid(2, 2, 1), PatientID="OTHER"
+        )
+    )
+
+    corrected = instance_record(
+        StudyInstanceUID=uid(2), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 1), PatientID="OTHER"
+    )
+    previous = await repository.store_instance(corrected)
+
+    assert previous is not None and previous.study_instance_uid == uid(1)
+    assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 1, ["CT"], [CT])
+    assert await repository.study_aggregates(uid(2)) == study_aggregates(2, 2, ["CT"], [CT])
+    assert await repository.patient_aggregates(corrected.patient_key) == patient_aggregates(1, 2, 2)
+    held = instance_record(SOPInstanceUID=uid(1, 0, 1))
+    assert await repository.patient_aggregates(held.patient_key) == patient_aggregates(1, 1, 1)
+
+
 async def test_aggregates_follow_a_sequence_of_stores_and_deletes(
     repository: Repository, instance_record: Factory
 ) -> None:

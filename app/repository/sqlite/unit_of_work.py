@@ -65,6 +65,14 @@ def store_each(
             previous = get_instance(conn, record.sop_instance_uid)
             if previous is None:
                 add(conn, record)
+            elif (
+                previous.series_instance_uid == record.series_instance_uid
+                and previous.study_instance_uid != record.study_instance_uid
+            ):
+                # The copy names another study for the same series: the predecessor goes first, so that the
+                # series it empties is made again under its new study (counted there), as in the MongoDB store.
+                remove(conn, previous.sop_instance_uid)
+                add(conn, record)
             else:
                 # The copy takes its predecessor's place (its row id, the order instances are listed in when
                 # nothing else orders them), and is counted before the predecessor is uncounted, so that a series,
@@ -225,7 +233,7 @@ def add(conn: sqlite3.Connection, record: InstanceRecord, *, instance_id: int | 
         new=new_study,
     )
     _set_values(conn, Level.SERIES, record.series_instance_uid, record.series.multi, new=new_series)
-    # The instance row was just inserted: a predecessor's entries went with `remove`.
+    # The instance row was just inserted: a predecessor's entries went with `_take_out`.
     _set_values(conn, Level.IMAGE, record.sop_instance_uid, record.instance.multi, new=True)
     _count(
         conn,
