@@ -1,4 +1,4 @@
-"""Memory: peak RSS of our server while STOWing one ~1 GB instance and retrieving it.
+"""Memory: peak RSS of our server while STOWing one ~1 GB instance, retrieving it, and paging through its frames.
 
 Run: `python bench/memory.py [--mb 1024]`.
 
@@ -6,6 +6,8 @@ The instance is written once to a temporary file without ever being held in memo
 CT_small.dcm written by pydicom, then Pixel Data (OW, 16-bit, 512 x 512 frames, as many frames as fit the size)
 appended in 4 MB chunks. The STOW-RS body is streamed from that file by httpx (a generator of multipart
 preamble, file chunks, epilogue; Content-Length given), and the retrieve is streamed and counted, never kept.
+Then 20 of its frames, spread over the instance, are asked one request at a time, as a viewer pages through a
+multi-frame instance (`/frames/{n}`, application/octet-stream): seconds for the 20, and the peak RSS.
 Our server runs as its own process group (`python -m app serve`, SQLite, default settings); a sampler thread
 reads VmRSS of every process in the group (server, header-parser workers) every 20 ms; one small
 instance is stored first so that the worker processes are running before the baseline is taken. Figures: RSS before,
@@ -38,8 +40,9 @@ CHUNK = 4 * 1024 * 1024
 BOUNDARY = "memory-bench-boundary"
 
 
-def write_large_instance(path: Path, megabytes: int) -> tuple[str, str, str, int]:
-    """A multi-frame 16-bit CT-like instance of about `megabytes` MB; (study, series, sop, size in bytes)."""
+def write_large_instance(path: Path, megabytes: int) -> tuple[str, str, str, int, int]:
+    """A multi-frame 16-bit CT-like instance of about `megabytes` MB; (study, series, sop, size in bytes,
+    frames)."""
     ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     del ds.PixelData
     frame = 512 * 512 * 2
@@ -59,7 +62,7 @@ def write_large_instance(path: Path, megabytes: int) -> tuple[str, str, str, int
             n = min(left, CHUNK)
             out.write(block[:n])
             left -= n
-    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), path.stat().st_size
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), path.stat().st_size, frames
 
 
 def group_rss(session: int) -> int:
@@ -127,7 +130,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:
         source = Path(work) / "large.dcm"
         start = time.perf_counter()
-        study, series, sop, size = write_large_instance(source, args.mb)
+        study, series, sop, size, frames = write_large_instance(source, args.mb)
         print(f"wrote {size / mb:.0f} MB in {time.perf_counter() - start:.1f} s", flush=True)
         head = len(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n") + len(f"\r\n--{BOUNDARY}--\r\n")
         with our_server(Path(work) / "data") as ports, httpx.Client(
@@ -172,20 +175,31 @@ def main() -> int:
             hwm_after_get = vm_hwm(session)
             if received < size:
                 raise RuntimeError(f"retrieved {received} bytes, expected at least {size}")
+            with Sampler(session) as frames_sampler:
+                start = time.perf_counter()
+                frame_bytes = 0
+                accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+                for n in sorted({1 + k * (frames - 1) // 19 for k in range(20)}):
+                    answer = client.get(f"{path}/frames/{n}", headers={"Accept": accept})
+                    answer.raise_for_status()
+                    frame_bytes += len(answer.content)
+                frames_seconds = time.perf_counter() - start
+            hwm_after_frames = vm_hwm(session)
     rows: list[dict[str, object]] = [
         {
             "phase": phase,
             "instance MB": round(size / mb),
-            "seconds": round(seconds, 1),
-            "MB/s": round(size / mb / seconds),
+            "seconds": round(seconds, 2),
+            "MB/s": round(sent / mb / seconds),
             "RSS before MB (all processes)": round(baseline / mb),
             "peak RSS MB (all processes)": round(peak / mb),
             "growth MB": round((peak - baseline) / mb),
             "server VmHWM MB": round(hwm / mb),
         }
-        for phase, seconds, peak, hwm in (
-            ("STOW-RS", stow_seconds, stow_sampler.peak, hwm_after_stow),
-            ("WADO-RS retrieve", get_seconds, get_sampler.peak, hwm_after_get),
+        for phase, seconds, sent, peak, hwm in (
+            ("STOW-RS", stow_seconds, size, stow_sampler.peak, hwm_after_stow),
+            ("WADO-RS retrieve", get_seconds, size, get_sampler.peak, hwm_after_get),
+            ("WADO-RS 20 frames, one request each", frames_seconds, frame_bytes, frames_sampler.peak, hwm_after_frames),
         )
     ]
     record("memory", rows, note=f"server VmHWM before the STOW: {baseline_main / mb:.0f} MB; load average "

@@ -565,6 +565,25 @@ def test_ohif_frames_accept_gets_the_stored_frame_with_its_syntax(
     assert data == native_frame_bytes(native, 3)
 
 
+def test_a_viewer_paging_through_an_instance_too_large_to_keep_parsed_gets_each_stored_frame(
+    archive_server: ArchiveServer,
+) -> None:
+    """Over 64 MB, an instance is not kept parsed between requests; its frames are read from where they lie in
+    its file (bench/memory.py measures the time and memory on 1 GB)."""
+    ds = dicom_files.renewed("emri_small.dcm")
+    frames, frame_bytes = 9000, 64 * 64 * 2
+    pixels = np.arange(frames * frame_bytes // 2, dtype=np.uint16).tobytes()
+    ds.NumberOfFrames, ds.PixelData = frames, pixels
+    dicom_files.stow(archive_server.dicomweb, [ds])
+
+    for number in (1, 4500, frames):
+        response = get(archive_server, instance_path(ds) + f"/frames/{number}", OHIF_FRAMES)
+        [(headers, data)] = split_multipart(response)
+        assert headers["content-type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+        assert data == pixels[(number - 1) * frame_bytes : number * frame_bytes]
+    assert get(archive_server, instance_path(ds) + f"/frames/{frames + 1}", OHIF_FRAMES).status_code == 400
+
+
 def test_decoded_colour_frames_are_rgb(client: DICOMwebClient, stored: dict[str, Dataset]) -> None:
     ds = stored["examples_ybr_color.dcm"]
     frames = client.retrieve_instance_frames(

@@ -301,6 +301,14 @@ def _first_text(body: JSONDict, key: str) -> str | None:
     return values[0] if isinstance(values[0], str) else None
 
 
+def element_at(source: _Source, offset: int, *, implicit_vr: bool, little_endian: bool) -> tuple[int, int, int]:
+    """(tag, value start, value length) of the element whose header starts at `offset` (PS3.5 7.1): where a
+    reader finds a value it does not read, such as the pixel data of a large instance (app/core/retrieve/files.py).
+    HeaderError when the file ends inside the header."""
+    tag, _, start, length = _Walk(source, implicit_vr=implicit_vr, little_endian=little_endian).head(offset)
+    return tag, start, length
+
+
 class _Walk:
     """Element and item headers from an offset to the end of the file, in one encoding; values are skipped."""
 

@@ -47,9 +47,10 @@ def walk_path(ds: Dataset, steps: list[int], ref: StoredInstance) -> bytes:
     return value
 
 
-def check_frame(ds: Dataset, ref: StoredInstance, number: int) -> int:
-    """The instance's frame count, once `number` is known to be one of its frames (else InvalidRequest)."""
-    if not any(t in ds for t in PIXEL_DATA_TAGS):
+def check_frame(ds: Dataset, ref: StoredInstance, number: int, *, pixels_apart: bool = False) -> int:
+    """The instance's frame count, once `number` is known to be one of its frames (else InvalidRequest).
+    `pixels_apart`: `ds` is a header whose pixel data was found in the file (app/core/retrieve/files.py)."""
+    if not pixels_apart and not any(t in ds for t in PIXEL_DATA_TAGS):
         raise InvalidRequest(f"instance {ref.sop_instance_uid} has no pixel data")
     try:
         count = tc.frame_count(ds)
@@ -61,17 +62,24 @@ def check_frame(ds: Dataset, ref: StoredInstance, number: int) -> int:
 
 
 def frame_data(
-    ds: Dataset, ref: StoredInstance, numbers: Sequence[int], encoding: FrameEncoding
+    ds: Dataset,
+    ref: StoredInstance,
+    numbers: Sequence[int],
+    encoding: FrameEncoding,
+    pixels: tc.PixelValue | None = None,
 ) -> list[bytes]:
-    """The bytes of frames `numbers`, as stored or decoded (`encoding`), cut out of the parsed instance."""
-    if "PixelData" not in ds:
+    """The bytes of frames `numbers`, as stored or decoded (`encoding`), cut out of the parsed instance, or out
+    of `pixels`, its Pixel Data value in the file when `ds` was read without it (only as stored)."""
+    if pixels is None and "PixelData" not in ds:
         raise InvalidRequest(
             f"instance {ref.sop_instance_uid} has no (7FE0,0010) Pixel Data to cut frames from"
         )
     try:
         if encoding.decode:
+            if pixels is not None:
+                raise tc.TranscodeError("frames read from the file are sent as stored, not decoded")
             return tc.decoded_frame_bytes(ds, numbers)
-        return tc.frame_bytes(ds, numbers)
+        return tc.frame_bytes(ds, numbers, pixels)
     except tc.FrameNumberError as exc:
         raise InvalidRequest(f"{exc} (PS3.18 10.4.1.1.4)") from exc
     except tc.TranscodeError as exc:

@@ -35,10 +35,14 @@ class DatasetCache:
             self._entries.move_to_end(key)
             return entry[1]
 
+    def holds(self, size: int) -> bool:
+        """Whether an instance of `size` bytes is kept: one huge instance must not evict everything else."""
+        return size <= self.budget // 4
+
     def put(self, key: tuple[str, int], ds: Dataset) -> None:
         size = key[1]
-        if size > self.budget // 4:
-            return  # one huge instance must not evict everything else
+        if not self.holds(size):
+            return
         with self._lock:
             if key in self._entries:
                 self._drop(key)

@@ -10,7 +10,7 @@ below (`AcceptedSyntaxes`, `AcceptedFrames`, `RenderOptions`) and turn the domai
 Memory and the event loop: a study may be gigabytes, so an instance sent as stored is streamed from storage
 in `CHUNK_SIZE` pieces read in worker threads, and never held whole. Only a transcoded instance, a frame or a
 rendered image is built in memory, one at a time, in a worker thread: frames are cut one per thread hop as
-they are sent, and renders (a decoded frame, its float copy and the output each) take turns, at most
+they are sent (from the parsed instance, or for one too large to keep parsed from its file), and renders (a decoded frame, its float copy and the output each) take turns, at most
 `RenderLimits.concurrency` at once. Opening and parsing the files (and the cache of parsed ones) is
 app.core.retrieve.files'; pixel work (decoding, re-encoding, frame extraction, rendering) is
 app.core.retrieve.transcode's and app.core.retrieve.render's.
@@ -38,7 +38,7 @@ from app.core.query.model import QueryModel
 from app.core.records import StoredDataset, StoredInstance
 from app.core.retrieve import transcode as tc
 from app.core.retrieve.bulk import bulk_path, check_frame, frame_data, walk_path
-from app.core.retrieve.files import StoredFiles
+from app.core.retrieve.files import StoredFiles, StoredPixels
 from app.core.retrieve.negotiation import (
     AcceptedFrames,
     AcceptedSyntaxes,
@@ -294,6 +294,15 @@ class RetrieveService:
                 f"frames of instance {ref.sop_instance_uid} are stored as {_name(ref.transfer_syntax_uid)}; "
                 "no accepted media type can carry them"
             )
+        pixels = None if encoding.decode else await asyncio.to_thread(self._checked_pixels, ref, numbers)
+        if pixels is not None:
+            try:
+                for number in numbers:
+                    [data] = await asyncio.to_thread(pixels.frames, ref, [number], encoding)
+                    yield Frame(encoding.media_type, encoding.transfer_syntax, data)
+            finally:
+                pixels.close()
+            return
         ds = await asyncio.to_thread(self._read_checked, ref, numbers)
         for number in numbers:
             [data] = await asyncio.to_thread(frame_data, ds, ref, [number], encoding)
@@ -302,7 +311,11 @@ class RetrieveService:
     async def check_frames(self, ref: StoredInstance, numbers: Sequence[int]) -> None:
         """InvalidRequest unless the instance has pixel data and each of `numbers` is one of its frames: for a
         caller that makes the frames one by one and must refuse before it sends the first."""
-        await asyncio.to_thread(self._read_checked, ref, numbers)
+        pixels = await asyncio.to_thread(self._checked_pixels, ref, numbers)
+        if pixels is not None:
+            pixels.close()
+        else:
+            await asyncio.to_thread(self._read_checked, ref, numbers)
 
     async def bulk(
         self,
@@ -435,12 +448,27 @@ class RetrieveService:
 
     def _read_checked(self, ref: StoredInstance, numbers: Sequence[int]) -> Dataset:
         """The parsed instance (cached), once every one of `numbers` is known to be one of its frames."""
-        if not numbers:
-            raise InvalidRequest("no frame numbers were requested")
+        _check_numbers(numbers)
         ds = self._files.read(ref, cache=True)
         for number in (min(numbers), max(numbers)):
             check_frame(ds, ref, number)
         return ds
+
+    def _checked_pixels(self, ref: StoredInstance, numbers: Sequence[int]) -> StoredPixels | None:
+        """For an instance too large to keep parsed, its header and its pixel data in the file, once every one
+        of `numbers` is known to be one of its frames; None when the instance is to be parsed whole."""
+        _check_numbers(numbers)
+        if self._files.parsed_whole(ref):
+            return None
+        pixels = self._files.open_pixels(ref)
+        if pixels is not None:
+            try:
+                for number in (min(numbers), max(numbers)):
+                    check_frame(pixels.dataset, ref, number, pixels_apart=True)
+            except BaseException:
+                pixels.close()
+                raise
+        return pixels
 
     def _render(self, ref: StoredInstance, frame: int, make: Callable[[Dataset], bytes]) -> bytes:
         ds = self._files.read(ref, cache=True)
@@ -461,6 +489,11 @@ def _describe(study: str, series: str | None, instance: str | None) -> str:
     if series is not None:
         return f"no series {series} in study {study}"
     return f"no study {study}"
+
+
+def _check_numbers(numbers: Sequence[int]) -> None:
+    if not numbers:
+        raise InvalidRequest("no frame numbers were requested")
 
 
 def _name(uid: str) -> str:

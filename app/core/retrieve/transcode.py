@@ -28,6 +28,7 @@ import numpy.typing as npt
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import get_frame
+from pydicom.filebase import ReadableBuffer
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels.decoders.base import Decoder, get_decoder
 from pydicom.pixels.encoders.base import get_encoder
@@ -75,6 +76,9 @@ _SWAPPED_VRS: Final[dict[str, int]] = {VR.OW: 2, VR.OF: 4, VR.OL: 4, VR.OD: 8, V
 _PREAMBLE_LENGTH: Final = 128  # PS3.10 §7.1
 
 _PIXEL_DATA_KEYWORDS: Final = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+PixelValue = bytes | memoryview | ReadableBuffer
+"""A Pixel Data value: its bytes, a view of them, or a file positioned at its first byte."""
 
 
 def can_encode(transfer_syntax_uid: str) -> bool:
@@ -238,7 +242,7 @@ def source_transfer_syntax(ds: Dataset) -> UID:
     return UID(str(uid))
 
 
-def frame_bytes(ds: Dataset, frame_numbers: Sequence[int]) -> list[bytes]:
+def frame_bytes(ds: Dataset, frame_numbers: Sequence[int], pixels: PixelValue | None = None) -> list[bytes]:
     """The bytes of each requested frame (1-based, PS3.18 §10.4.1.1.4) as stored.
 
     Encapsulated syntaxes: the frame's fragments joined, i.e. the codestream without item delimiters (PS3.18
@@ -246,17 +250,26 @@ def frame_bytes(ds: Dataset, frame_numbers: Sequence[int]) -> list[bytes]:
     when neither is present (PS3.5 §A.4). Native syntaxes: the frame as little-endian octets (PS3.18
     §8.7.3.3.1); for little-endian storage that is exactly the stored slice. Frames of 1-bit data that do not
     start on a byte boundary (PS3.5 §8.1.1: bits are packed across frames) are re-packed to start at bit 0.
+
+    `pixels` is the Pixel Data value of a `ds` read without it (app/core/retrieve/files.py): a view of a native
+    value, or a file positioned at an encapsulated one, from which only the frames' bytes are read.
     """
     count = frame_count(ds)
     _check_frame_numbers(frame_numbers, count)
-    if "PixelData" not in ds:
-        raise TranscodeError("the dataset has no (7FE0,0010) Pixel Data")
+    if pixels is None:
+        if "PixelData" not in ds:
+            raise TranscodeError("the dataset has no (7FE0,0010) Pixel Data")
+        pixels = cast(bytes, ds.PixelData)
     source = source_transfer_syntax(ds)
     if _is_encapsulated(source):
-        return _encapsulated_frames(ds, frame_numbers, count)
+        if isinstance(pixels, memoryview):
+            raise TranscodeError("encapsulated pixel data is read from its bytes or from its file")
+        return _encapsulated_frames(ds, frame_numbers, count, pixels)
     if source == EXPLICIT_VR_BIG_ENDIAN:
         return [_decode_frame_le(ds, source, number, as_rgb=False) for number in frame_numbers]
-    return [_native_frame(ds, number) for number in frame_numbers]
+    if not isinstance(pixels, bytes | memoryview):
+        raise TranscodeError("native pixel data is cut from its bytes, not read from a file")
+    return [_native_frame(ds, number, pixels) for number in frame_numbers]
 
 
 # Decoded pixels are held in memory, and a small compressed file can claim any Rows x Columns: decoding is
@@ -289,7 +302,7 @@ def decoded_frame_bytes(ds: Dataset, frame_numbers: Sequence[int]) -> list[bytes
         raise TranscodeError("the dataset has no (7FE0,0010) Pixel Data")
     source = source_transfer_syntax(ds)
     if not _is_encapsulated(source) and source != EXPLICIT_VR_BIG_ENDIAN:
-        return [_native_frame(ds, number) for number in frame_numbers]
+        return [_native_frame(ds, number, cast(bytes, ds.PixelData)) for number in frame_numbers]
     _check_decoded_size(ds, 1, MAX_DECODED_FRAME_BYTES)
     return [_decode_frame_le(ds, source, number, as_rgb=True) for number in frame_numbers]
 
@@ -427,8 +440,7 @@ def _native_frame_bits(ds: Dataset) -> int:
     return bits
 
 
-def _native_frame(ds: Dataset, number: int) -> bytes:
-    data = cast(bytes, ds.PixelData)
+def _native_frame(ds: Dataset, number: int, data: bytes | memoryview) -> bytes:
     frame_bits = _native_frame_bits(ds)
     start_bit = (number - 1) * frame_bits
     end_bit = start_bit + frame_bits
@@ -448,8 +460,9 @@ def _native_frame(ds: Dataset, number: int) -> bytes:
     return np.packbits(bits[offset : offset + frame_bits], bitorder="little").tobytes()
 
 
-def _encapsulated_frames(ds: Dataset, frame_numbers: Sequence[int], count: int) -> list[bytes]:
-    data = cast(bytes, ds.PixelData)
+def _encapsulated_frames(
+    ds: Dataset, frame_numbers: Sequence[int], count: int, data: bytes | ReadableBuffer
+) -> list[bytes]:
     extended: tuple[bytes, bytes] | None = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         # PS3.3 C.7.6.3.1.8: when present, the Extended Offset Table locates each frame.

@@ -23,6 +23,7 @@ from app.config import Settings
 from app.context import ArchiveContext
 from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedFrames, AcceptedSyntaxes, FrameRange
 from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, NotFound, RetrieveFailed
+from app.core.retrieve.service import RetrieveService
 from app.core.retrieve.streaming import CHUNK_SIZE, OPEN_BATCH, InstanceStream
 from app.core.retrieve.transcode import data_set_offset
 from tests import dicom_files
@@ -112,6 +113,66 @@ async def test_the_calls_a_dimse_handler_makes(context: ArchiveContext) -> None:
         await service.resolve("1.2.3")
     with pytest.raises(InvalidRequest):
         await anext(service.frames(ref, [2], AcceptedFrames.of([FrameRange("*/*")])))
+
+
+# Native (explicit and implicit VR, 1-bit packed across frames, 32-bit, colour) and encapsulated (RLE, JPEG-LS,
+# JPEG 2000, JPEG baseline with many frames), single- and multi-frame; big endian is read whole (decoded).
+FRAME_SOURCES = [
+    "emri_small.dcm",
+    "rtdose.dcm",
+    "liver.dcm",
+    "SC_rgb_2frame.dcm",
+    "SC_rgb_small_odd.dcm",
+    "CT_small.dcm",
+    "MR_small_implicit.dcm",
+    "emri_small_RLE.dcm",
+    "SC_rgb_rle_32bit_2frame.dcm",
+    "emri_small_jpeg_2k_lossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "color3d_jpeg_baseline.dcm",
+    "examples_ybr_color.dcm",
+    "JPEG2000.dcm",
+    "emri_small_big_endian.dcm",
+]
+
+
+@pytest.mark.parametrize("name", FRAME_SOURCES)
+async def test_frames_of_an_instance_too_large_to_keep_parsed_are_read_from_where_they_lie_in_its_file(
+    context: ArchiveContext, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A viewer pages through a multi-frame instance one frame request at a time. One too large for the parsed
+    instances kept (here: every one, with no room kept) has each frame read from its file, never the instance
+    parsed whole: the same bytes as cut from the parsed instance, and the same refusals."""
+    ds = dicom_files.renewed(name)
+    assert (await context.ingest.store(dicom_files.part10(ds))).ok
+    [ref] = await context.retrieve.resolve(ds.StudyInstanceUID)
+    apart = RetrieveService(context.repository, context.storage, cache_bytes=0)
+    whole_reads: list[str] = []
+    read = apart._files.read
+    monkeypatch.setattr(apart._files, "read", lambda ref, **kw: whole_reads.append(ref.sop_instance_uid) or read(ref, **kw))
+    count = int(ds.get("NumberOfFrames") or 1)
+    numbers = sorted({count, 1, (count + 1) // 2})
+    accepted = AcceptedFrames.of([FrameRange("*/*")])
+
+    expected = [(f.media_type, f.transfer_syntax, f.data) async for f in context.retrieve.frames(ref, numbers, accepted)]
+    found = [(f.media_type, f.transfer_syntax, f.data) async for f in apart.frames(ref, numbers, accepted)]
+
+    assert found == expected
+    assert whole_reads == ([ref.sop_instance_uid] if "big_endian" in name else [])
+    with pytest.raises(InvalidRequest):
+        await anext(apart.frames(ref, [count + 1], accepted))
+    await apart.check_frames(ref, numbers)
+    with pytest.raises(InvalidRequest):
+        await apart.check_frames(ref, [count + 1])
+
+
+async def test_an_instance_too_large_to_keep_parsed_without_pixel_data_has_no_frames(context: ArchiveContext) -> None:
+    ds = dicom_files.renewed("test-SR.dcm")
+    assert (await context.ingest.store(dicom_files.part10(ds))).ok
+    [ref] = await context.retrieve.resolve(ds.StudyInstanceUID)
+    apart = RetrieveService(context.repository, context.storage, cache_bytes=0)
+    with pytest.raises(InvalidRequest):
+        await anext(apart.frames(ref, [1], AcceptedFrames.of([FrameRange("*/*")])))
 
 
 async def _store_study(context: ArchiveContext, names: list[str]) -> str:
