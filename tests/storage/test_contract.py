@@ -26,6 +26,8 @@ import pydicom
 import pytest
 
 from app.config import Settings
+from app.core.records import StoredInstance
+from app.core.retrieve.files import StoredFiles
 from app.storage import filesystem
 from app.storage.base import Storage, StorageError, instance_key, write_whole
 from app.storage.filesystem import FileSystemStorage
@@ -258,6 +260,25 @@ def test_a_large_file_streams_in_chunks_beyond_the_read_buffer(storage: Storage)
         handle.seek(READ_BUFFER * 2 + 7)
         assert handle.read(100) == data[READ_BUFFER * 2 + 7 : READ_BUFFER * 2 + 107]
     assert b"".join(chunks) == data
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "color3d_jpeg_baseline.dcm"])
+def test_frames_are_read_where_they_lie_only_in_a_local_file(storage: Storage, name: str) -> None:
+    """Reading a frame of an instance too large to keep parsed from its place in the file needs a map of the file
+    (tests/core/retrieve/test_service.py compares the frames): a remote storage's instance is parsed whole, as
+    every seek past its read buffer would cost a ranged GET."""
+    data = dicom_files.path(name).read_bytes()
+    put(storage, KEY, data)
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    ref = StoredInstance(
+        "1.2.3", "4.5.6", "7.8.9", str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), KEY, len(data)
+    )
+
+    pixels = StoredFiles(storage, cache_bytes=0).open_pixels(ref)
+
+    assert (pixels is not None) == isinstance(storage, FileSystemStorage)
+    if pixels is not None:
+        pixels.close()
 
 
 def test_iter_keys_lists_only_instance_files_with_their_times(storage: Storage) -> None:

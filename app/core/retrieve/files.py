@@ -13,14 +13,21 @@ Every call blocks: the service runs them in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
+import os
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Literal, cast
 
 import pydicom
 from pydicom.dataset import Dataset
 
-from app.core.dicom.transfer_syntax import EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
+from app.core.dicom.transfer_syntax import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    is_encapsulated,
+)
 from app.core.ingest.header import read_header
 from app.core.ingest.raw_header import element_at
 from app.core.records import StoredInstance
@@ -36,29 +43,50 @@ _UNDEFINED = 0xFFFFFFFF
 
 
 class StoredPixels:
-    """An instance's header, and its (7FE0,0010) Pixel Data value in the file, read only where a frame lies: a
-    native value through a memory map, an encapsulated one by its item headers and offset tables (PS3.5 A.4)."""
+    """An instance's header, and its (7FE0,0010) Pixel Data value in its file, through a memory map of the file:
+    only the pages a frame lies on are read, a native frame cut at its place, an encapsulated one found by its
+    item headers and offset tables (PS3.5 A.4)."""
 
-    def __init__(self, dataset: Dataset, handle: BinaryIO, start: int, length: int) -> None:
+    def __init__(self, dataset: Dataset, mapped: mmap.mmap, start: int, length: int) -> None:
         self.dataset = dataset
-        self._handle = handle
+        self._map = mapped
         self._start = start
         self._length = length
-        self._map = None if length == _UNDEFINED else mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
     def frames(self, ref: StoredInstance, numbers: Sequence[int], encoding: FrameEncoding) -> list[bytes]:
         """Frames `numbers` as `frame_data` cuts them (app/core/retrieve/bulk.py), from the file."""
-        if self._map is None:
-            self._handle.seek(self._start)
-            return frame_data(self.dataset, ref, numbers, encoding, self._handle)
+        if self._length == _UNDEFINED:
+            self._map.seek(self._start)
+            return frame_data(self.dataset, ref, numbers, encoding, _WholeReads(self._map))
         # Every view of the map is let go before the call returns, so that `close` can unmap it.
         with memoryview(self._map) as whole, whole[self._start : self._start + self._length] as value:
             return frame_data(self.dataset, ref, numbers, encoding, value)
 
     def close(self) -> None:
-        if self._map is not None:
+        # A frame still being cut in a worker thread (its caller gone) holds a view: the map goes after it.
+        with contextlib.suppress(BufferError):
             self._map.close()
-        self._handle.close()
+
+
+class _WholeReads:
+    """The mapped file as pydicom's `get_frame` reads an encapsulated value: a read the file cannot fill is an
+    error (a file cut short after ingest's checks), rather than a fragment sent short."""
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self._map = mapped
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._map.read(size)
+        if 0 <= size != len(data):
+            raise ValueError(f"the file ends inside the pixel data, {size - len(data)} bytes short")
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._map.seek(offset, cast(Literal[0, 1, 2], whence))
+        return self._map.tell()
+
+    def tell(self) -> int:
+        return self._map.tell()
 
 
 class StoredFiles:
@@ -117,36 +145,37 @@ class StoredFiles:
         return self._datasets.holds(ref.size)
 
     def open_pixels(self, ref: StoredInstance) -> StoredPixels | None:
-        """The header and where the pixel data lies, for a local file in a little-endian syntax; None when the
-        instance is to be read whole instead (no pixel data, another shape, a remote storage)."""
+        """The header and where the pixel data lies, for a local file in a little-endian syntax that is not
+        deflated; None when the instance is to be read whole instead (no pixel data, another shape, a remote
+        storage)."""
         syntax = ref.transfer_syntax_uid
+        if syntax in (EXPLICIT_VR_BIG_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN):
+            return None
         try:
             handle = self.storage.open(ref.storage_key)
         except (OSError, ValueError) as exc:
             raise RetrieveFailed(f"cannot open the file of {ref.sop_instance_uid}: {exc}") from exc
-        try:
-            header = read_header(handle)
-            meta = header.dataset.file_meta
-            implicit_vr, little_endian = syntax == IMPLICIT_VR_LITTLE_ENDIAN, syntax != EXPLICIT_VR_BIG_ENDIAN
-            if header.pixel_data_offset is None or not little_endian or str(meta.TransferSyntaxUID) != syntax:
-                handle.close()
+        # Not a local file (a remote storage's stream has no descriptor to map), not a header this reader takes,
+        # no pixel data: None, and the instance is read whole, which also gives the clear error for a damaged one.
+        with handle:
+            try:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
                 return None
-            tag, start, length = element_at(
-                handle, header.pixel_data_offset, implicit_vr=implicit_vr, little_endian=True
-            )
-            native = not is_encapsulated(syntax)
-            if tag != _PIXEL_DATA or (length == _UNDEFINED) == native:
-                handle.close()
+            try:
+                header = read_header(handle)
+                at = header.pixel_data_offset
+                if at is None or str(header.dataset.file_meta.TransferSyntaxUID) != syntax:
+                    raise ValueError("no pixel data in the syntax the metadata names")
+                tag, start, length = element_at(
+                    mapped, at, implicit_vr=syntax == IMPLICIT_VR_LITTLE_ENDIAN, little_endian=True
+                )
+                if tag != _PIXEL_DATA or (length == _UNDEFINED) != is_encapsulated(syntax):
+                    raise ValueError("not the Pixel Data element the transfer syntax implies")
+            except (OSError, ValueError):
+                mapped.close()
                 return None
-            return StoredPixels(header.dataset, handle, start, length)
-        except (OSError, ValueError):
-            # Not a local file (a remote storage's stream has no descriptor to map), or not a header this reader
-            # takes: the instance is read whole, which also gives the clear error for a damaged one.
-            handle.close()
-            return None
-        except BaseException:
-            handle.close()
-            raise
+        return StoredPixels(header.dataset, mapped, start, length)
 
     def clear(self) -> None:
         """Forget the parsed instances kept."""

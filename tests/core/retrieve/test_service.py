@@ -21,6 +21,7 @@ from pynetdicom.dsutils import encode
 from app.bootstrap import open_archive
 from app.config import Settings
 from app.context import ArchiveContext
+from app.core.retrieve.files import StoredFiles
 from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedFrames, AcceptedSyntaxes, FrameRange
 from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, NotFound, RetrieveFailed
 from app.core.retrieve.service import RetrieveService
@@ -164,6 +165,33 @@ async def test_frames_of_an_instance_too_large_to_keep_parsed_are_read_from_wher
     await apart.check_frames(ref, numbers)
     with pytest.raises(InvalidRequest):
         await apart.check_frames(ref, [count + 1])
+
+
+async def test_a_large_instance_cut_short_after_ingest_refuses_the_frame_it_lost(context: ArchiveContext) -> None:
+    """A file damaged after it was stored (or indexed again as it was found) must not answer a short frame."""
+    ds = dicom_files.renewed("color3d_jpeg_baseline.dcm")
+    assert (await context.ingest.store(dicom_files.part10(ds))).ok
+    [ref] = await context.retrieve.resolve(ds.StudyInstanceUID)
+    stored = context.settings.storage_path / ref.storage_key
+    stored.write_bytes(stored.read_bytes()[:-3000])
+    apart = RetrieveService(context.repository, context.storage, cache_bytes=0)
+
+    with pytest.raises(NotAcceptable, match="cannot locate frame 120"):
+        await anext(apart.frames(ref, [120], AcceptedFrames.of([FrameRange("*/*")])))
+
+
+async def test_a_frame_still_being_cut_when_its_caller_goes_does_not_fail_the_close(context: ArchiveContext) -> None:
+    """The caller's close comes while a worker thread still holds a view of the map: the map goes after it."""
+    ds = dicom_files.renewed("emri_small.dcm")
+    assert (await context.ingest.store(dicom_files.part10(ds))).ok
+    [ref] = await context.retrieve.resolve(ds.StudyInstanceUID)
+    pixels = StoredFiles(context.storage, cache_bytes=0).open_pixels(ref)
+    assert pixels is not None
+    held = memoryview(pixels._map)
+
+    pixels.close()
+
+    held.release()
 
 
 async def test_an_instance_too_large_to_keep_parsed_without_pixel_data_has_no_frames(context: ArchiveContext) -> None:
