@@ -64,6 +64,8 @@ class AcceptorAssociation(PromptAssociation):
     # and `loop_abort` aborts it on the loop while its data phase has not begun.
     loop_ended: threading.Event | None = None
     loop_abort: Callable[[], object] | None = None
+    # Why the association-request phase rejected it (admission.py), for the observers; None: not rejected by us.
+    rejected_because: str | None = None
 
     def kill(self) -> None:
         """End the association thread; first, if no A-ASSOCIATE-RQ ever arrived, end a read left half-way.

@@ -1,7 +1,8 @@
 """The association phase's handlers: apply access.py's decision to each A-ASSOCIATE-RQ, and say what came of it.
 
 EVT_REQUESTED rejects (A-ASSOCIATE-RJ with the reason of access.py, and a log line saying why) or lets
-pynetdicom negotiate, first adding the storage-like contexts that policy `All` learns from the request;
+pynetdicom negotiate, first adding the storage-like contexts that policy `All` learns from the request (a
+rejection is announced as EVT_REJECTED too, with its reason, for the metrics and the audit trail);
 EVT_USER_ID gives pynetdicom the same verdict on the User Identity; EVT_ACCEPTED names the SOP classes the
 policy refused, since the SCU will report only a failure; EVT_REJECTED logs the rejections pynetdicom made itself.
 """
@@ -12,8 +13,10 @@ import logging
 from typing import Final
 
 from pydicom.uid import UID
+from pynetdicom import evt
 from pynetdicom.events import Event
 
+from dimse_bridge.acceptor import AcceptorAssociation
 from dimse_bridge.access import (
     REASON_NO_REASON_GIVEN,
     RESULT_REJECTED_TRANSIENT,
@@ -54,6 +57,11 @@ def handle_requested(event: Event, dimse: DimseContext) -> None:
     if rejection is not None:
         log.warning("association from %s rejected: %s", peer(assoc), rejection.why)
         assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
+        # pynetdicom reports only the rejections it makes itself: this one is announced as they are, so that the
+        # observers count it and the audit trail holds it with its reason (observe.py).
+        if isinstance(assoc, AcceptorAssociation):
+            assoc.rejected_because = rejection.why
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
         return
     # Policy `All`: storage-like SOP classes are learned from the request, per association.
@@ -100,6 +108,7 @@ def handle_accepted(event: Event, dimse: DimseContext) -> None:
 
 def handle_rejected(event: Event, dimse: DimseContext) -> None:
     """EVT_REJECTED: the rejections pynetdicom makes itself (our own are logged where they are made)."""
-    log.warning(
-        "association from %s rejected by the DICOM stack (AE title or user identity check)", peer(event.assoc)
-    )
+    if getattr(event.assoc, "rejected_because", None) is None:
+        log.warning(
+            "association from %s rejected by the DICOM stack (AE title or user identity check)", peer(event.assoc)
+        )

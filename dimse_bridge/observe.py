@@ -59,7 +59,15 @@ def _accepted(event: Event, metrics: Metrics) -> None:
 def _rejected(event: Event, metrics: Metrics, audit: AuditLog) -> None:
     metrics.associations.labels("rejected").inc()
     user, client = _who(event.assoc)
-    audit.record("association", outcome="rejected", user=user, client=client, protocol="DIMSE")
+    audit.record(
+        "association",
+        outcome="rejected",
+        user=user,
+        client=client,
+        protocol="DIMSE",
+        called=str(getattr(event.assoc.requestor.primitive, "called_ae_title", "") or "").strip() or None,
+        reason=getattr(event.assoc, "rejected_because", None),
+    )
 
 
 def _ended(event: Event, audit: AuditLog, outcome: str) -> None:

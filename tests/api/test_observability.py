@@ -329,6 +329,33 @@ def test_the_dimse_door_is_audited_counted_and_logged_with_an_association_id(tmp
     assert refusal and refusal[0]["request_id"] == association_id, server_log[-3000:]
 
 
+def test_a_rejected_association_is_audited_with_its_reason_and_counted(tmp_path: Path) -> None:
+    """An A-ASSOCIATE-RJ the access policy sends (an unknown calling AE title here) is what an audit repository
+    must hold above all (IHE ATNA); pynetdicom reports only the rejections it makes itself."""
+    from tests.dimse.test_store import AE_TITLE, CALLING, dcmtk
+    from tests.dimse.test_store import running_archive as dimse_archive
+
+    audit = tmp_path / "audit.jsonl"
+    with dimse_archive(tmp_path, AUDIT_LOG=str(audit), DIMSE_ALLOWED_CALLING_AETS=CALLING) as archive:
+        refused = dcmtk("echoscu", "-aet", "INTRUDER", "-aec", AE_TITLE, "127.0.0.1", archive.dimse_port)
+        assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
+        deadline = time.monotonic() + 10
+        records: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not records:
+            records = [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
+            time.sleep(0.1)
+        text = httpx.get(f"http://127.0.0.1:{archive.http_port}/metrics").text
+        server_log = archive.log()
+
+    [record] = records
+    assert (record["action"], record["outcome"], record["user"], record["client"]) == (
+        "association", "rejected", "INTRUDER", "127.0.0.1"
+    )
+    assert record["called"] == AE_TITLE and "INTRUDER" in str(record["reason"])
+    assert metric(text, "dicomweb_dimse_associations_total", outcome="rejected") == 1
+    assert "rejected by the DICOM stack" not in server_log  # logged once, where the policy rejected it
+
+
 # --------------------------------------------------------------------------- TLS
 
 
