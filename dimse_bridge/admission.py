@@ -16,6 +16,7 @@ from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.events import Event
 
+from app.core.logs import name_association
 from dimse_bridge.acceptor import AcceptorAssociation
 from dimse_bridge.access import (
     REASON_NO_REASON_GIVEN,
@@ -36,6 +37,7 @@ REFUSED_SHOWN: Final = 4
 
 def handle_requested(event: Event, dimse: DimseContext) -> None:
     """EVT_REQUESTED: decide on the association before pynetdicom negotiates it (fail closed)."""
+    name_association()  # a rejection's log line and audit record carry the association's id
     assoc = event.assoc
     rq = assoc.requestor.primitive
     assert rq is not None  # EVT_REQUESTED is triggered by the A-ASSOCIATE-RQ

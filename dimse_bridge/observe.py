@@ -13,14 +13,13 @@ event, so the protocol handlers in server.py stay as they are):
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.events import Event
 
 from app.core.audit import AuditLog
-from app.core.logs import REQUEST_ID
+from app.core.logs import name_association
 from app.core.metrics import Metrics
 from dimse_bridge.server import DimseServer
 
@@ -49,7 +48,7 @@ def _who(assoc: Any) -> tuple[str, str]:
 
 
 def _requested(event: Event) -> None:
-    REQUEST_ID.set(f"assoc-{uuid.uuid4().hex[:16]}")
+    name_association()
 
 
 def _accepted(event: Event, metrics: Metrics) -> None:

@@ -153,11 +153,16 @@ def atna_message(entry: dict[str, Any]) -> str:
         "EventOutcomeIndicator": _outcome(entry["outcome"]),
     })
     _code(event, "EventID", code, meaning)
+    if entry.get("reason"):  # why an association was rejected
+        ET.SubElement(event, "EventOutcomeDescription").text = str(entry["reason"])
     requestor = {"UserID": str(entry["user"]), "UserIsRequestor": "true"}
     if entry.get("client"):
         requestor |= {"NetworkAccessPointID": str(entry["client"]), "NetworkAccessPointTypeCode": "2"}
     _code(ET.SubElement(message, "ActiveParticipant", requestor), "RoleIDCode", "110153", "Source Role ID")
-    archive = ET.SubElement(message, "ActiveParticipant", {"UserID": AUDIT_SOURCE, "UserIsRequestor": "false"})
+    archive_id = {"UserID": AUDIT_SOURCE, "UserIsRequestor": "false"}
+    if entry.get("called"):  # the AE title a DIMSE peer called (PS3.15 A.5.2.2: AlternativeUserID "AETITLES=")
+        archive_id["AlternativeUserID"] = f"AETITLES={entry['called']}"
+    archive = ET.SubElement(message, "ActiveParticipant", archive_id)
     _code(archive, "RoleIDCode", "110152", "Destination Role ID")
     ET.SubElement(message, "AuditSourceIdentification", {"AuditSourceID": AUDIT_SOURCE})
     instance = entry.get("instance")

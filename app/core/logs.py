@@ -11,11 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 """The id of the HTTP request (or DIMSE association) being served, "-" outside of one."""
+
+
+def name_association() -> None:
+    """Give the DIMSE association being requested in this context its id, once: the first of its handlers to log
+    or audit anything names it (each association's request runs in a context of its own: a thread, or a task)."""
+    if REQUEST_ID.get() == "-":
+        REQUEST_ID.set(f"assoc-{uuid.uuid4().hex[:16]}")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 

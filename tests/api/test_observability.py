@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from app.config import Settings
+from app.core.audit import atna_message
 from tests import dicom_files
 from tests.conftest import _secantusd, _wait_until_listening
 from tests.servers import ArchiveServer, free_port, running_archive
@@ -329,16 +331,29 @@ def test_the_dimse_door_is_audited_counted_and_logged_with_an_association_id(tmp
     assert refusal and refusal[0]["request_id"] == association_id, server_log[-3000:]
 
 
-def test_a_rejected_association_is_audited_with_its_reason_and_counted(tmp_path: Path) -> None:
-    """An A-ASSOCIATE-RJ the access policy sends (an unknown calling AE title here) is what an audit repository
-    must hold above all (IHE ATNA); pynetdicom reports only the rejections it makes itself."""
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [([], "is not in DIMSE_ALLOWED_CALLING_AETS"), (["--user", "alice", "--password", "wrong"], "wrong password")],
+    # An association offering a User Identity is negotiated in pynetdicom's threads, any other on the event loop.
+    ids=["on the loop", "in pynetdicom's thread"],
+)
+def test_a_rejected_association_is_audited_with_its_reason_and_counted(
+    tmp_path: Path, options: list[str], why: str
+) -> None:
+    """An A-ASSOCIATE-RJ the access policy sends (an unknown calling AE title, a wrong password) is what an audit
+    repository must hold above all (IHE ATNA); pynetdicom reports only the rejections it makes itself."""
     from tests.dimse.test_store import AE_TITLE, CALLING, dcmtk
     from tests.dimse.test_store import running_archive as dimse_archive
 
     audit = tmp_path / "audit.jsonl"
-    with dimse_archive(tmp_path, AUDIT_LOG=str(audit), DIMSE_ALLOWED_CALLING_AETS=CALLING) as archive:
-        refused = dcmtk("echoscu", "-aet", "INTRUDER", "-aec", AE_TITLE, "127.0.0.1", archive.dimse_port)
-        assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
+    calling = "INTRUDER" if not options else CALLING
+    with dimse_archive(
+        tmp_path, AUDIT_LOG=str(audit), DIMSE_ALLOWED_CALLING_AETS=CALLING, DIMSE_USERS="alice:s3cret"
+    ) as archive:
+        sent = [str(dicom_files.path("CT_small.dcm"))] if options else []
+        tool = "storescu" if options else "echoscu"
+        refused = dcmtk(tool, "-aet", calling, "-aec", AE_TITLE, *options, "127.0.0.1", archive.dimse_port, *sent)
+        assert refused.returncode != 0 and "Rejected" in refused.stderr
         deadline = time.monotonic() + 10
         records: list[dict[str, object]] = []
         while time.monotonic() < deadline and not records:
@@ -349,11 +364,20 @@ def test_a_rejected_association_is_audited_with_its_reason_and_counted(tmp_path:
 
     [record] = records
     assert (record["action"], record["outcome"], record["user"], record["client"]) == (
-        "association", "rejected", "INTRUDER", "127.0.0.1"
+        "association", "rejected", calling, "127.0.0.1"
     )
-    assert record["called"] == AE_TITLE and "INTRUDER" in str(record["reason"])
+    assert record["called"] == AE_TITLE and why in str(record["reason"])
     assert metric(text, "dicomweb_dimse_associations_total", outcome="rejected") == 1
-    assert "rejected by the DICOM stack" not in server_log  # logged once, where the policy rejected it
+    # Logged once, where the policy rejected it, with the association id its audit record carries.
+    association_id = str(record["request_id"])
+    assert association_id.startswith("assoc-")
+    logged = [line for line in server_log.splitlines() if "association from" in line and "rejected" in line]
+    assert len(logged) == 1 and association_id in logged[0] and why in logged[0], logged
+    # As a DICOM Audit Message: the reason is the event's outcome description, the called AE title the archive's.
+    message = ET.fromstring(atna_message(record))
+    assert message.findtext("EventIdentification/EventOutcomeDescription") == record["reason"]
+    archive_side = message.find("ActiveParticipant[@UserIsRequestor='false']")
+    assert archive_side is not None and archive_side.get("AlternativeUserID") == f"AETITLES={AE_TITLE}"
 
 
 # --------------------------------------------------------------------------- TLS
@@ -427,8 +451,6 @@ def test_ready_is_503_when_the_storage_volume_is_gone(tmp_path: Path) -> None:
 
 
 def test_the_audit_trail_can_be_written_as_dicom_audit_messages(tmp_path: Path) -> None:
-    import xml.etree.ElementTree as ET
-
     audit = tmp_path / "audit.xml"
     with running_archive(settings_for(tmp_path, audit_log=str(audit), audit_format="atna")) as server:
         (study,) = stow(server, "CT_small.dcm")
