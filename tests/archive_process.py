@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ from tests.servers import free_port
 from tests.tools import listening, stop
 
 START_TIMEOUT = 60
+# Seconds a sender waits on any one answer, well under the 60 s the fault tests give a sender to end once the
+# archive is killed: a client may wait out a whole timeout on a peer that vanished (pynetdicom for a C-STORE
+# response and then the release's), and two such waits must still end in time. A store is answered in ms.
+SENDER_TIMEOUT = 20
 AE_TITLE = "DICOMWEB"
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=dicom-boundary'
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -233,6 +238,11 @@ class Sender:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def where(self) -> str:
+        """Where the sender's thread is now: for the message of a test that finds it still running."""
+        frame = sys._current_frames().get(self._thread.ident or -1) if self._thread is not None else None
+        return "".join(traceback.format_stack(frame)) if frame is not None else "not running"
+
     def pending(self) -> list[Dataset]:
         return [
             ds for ds in self.instances if not self.sent.get(ds.SOPInstanceUID, Sent("", "", "")).acknowledged
@@ -261,7 +271,7 @@ class Sender:
         return entry
 
     def _run_stow(self) -> None:
-        with httpx.Client(base_url=self.archive.base_url, timeout=60) as client:
+        with httpx.Client(base_url=self.archive.base_url, timeout=SENDER_TIMEOUT) as client:
             for ds in self._todo():
                 if self.stop.is_set():
                     return
@@ -286,7 +296,7 @@ class Sender:
 
         ae = AE(ae_title="FAULTSCU")
         ae.add_requested_context(CT_IMAGE_STORAGE, [EXPLICIT_LE])
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = SENDER_TIMEOUT
         assoc = ae.associate("127.0.0.1", self.archive.dimse_port, ae_title=AE_TITLE)
         if not assoc.is_established:
             self.errors.append("association refused")

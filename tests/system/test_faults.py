@@ -79,7 +79,7 @@ def test_kill_9_while_eight_senders_store(tmp_path: Path) -> None:
         assert not still_running(helpers, timeout=10)
         for sender in senders:
             sender.join(timeout=60)
-            assert not sender.is_alive()
+            assert not sender.is_alive(), f"a {sender.kind} sender still runs 60 s after the kill:\n{sender.where()}"
         attempted = [e for s in senders for e in s.sent.values()]
         acknowledged = [e for e in attempted if e.acknowledged]
         in_flight = [e for e in attempted if not e.acknowledged]
