@@ -1,10 +1,11 @@
-"""Observability of the DIMSE door: an id per association for the logs, association metrics, and audit records.
+"""Observability of the DIMSE door: association metrics and audit records, for associations named in the logs.
 
 Bound to the running server as extra notification handlers (pynetdicom allows any number per notification
 event, so the protocol handlers in server.py stay as they are):
-* EVT_REQUESTED (the first event in the association's own thread) gives the thread an association id in the
-  logging context (app/core/logs.py); coroutines the bridge runs for the association copy that context, so
-  every log line about its stores and queries carries the id, as HTTP requests carry theirs.
+* The association id in the logging context is given by the first handler of every A-ASSOCIATE-RQ
+  (admission.handle_requested, through app/core/logs.name_association), before anything is logged or audited
+  about it; coroutines the bridge runs for the association copy that context, so every log line about its
+  stores and queries carries the id, as HTTP requests carry theirs.
 * EVT_ACCEPTED / EVT_REJECTED count associations (`dicomweb_dimse_associations_total{outcome}`).
 * EVT_DIMSE_SENT writes one audit record per C-STORE, and per C-FIND / C-GET / C-MOVE when the final
   (non-pending) response goes, with the DIMSE status as the outcome; EVT_RELEASED / EVT_ABORTED / EVT_REJECTED
@@ -19,7 +20,6 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from app.core.audit import AuditLog
-from app.core.logs import name_association
 from app.core.metrics import Metrics
 from dimse_bridge.server import DimseServer
 
@@ -32,7 +32,6 @@ def observe(server: DimseServer, metrics: Metrics, audit: AuditLog) -> None:
     listening = server._server
     if listening is None:
         raise RuntimeError("the DIMSE server is not started")
-    listening.bind(evt.EVT_REQUESTED, _requested)
     listening.bind(evt.EVT_ACCEPTED, _accepted, [metrics])
     listening.bind(evt.EVT_REJECTED, _rejected, [metrics, audit])
     if audit.enabled:
@@ -45,10 +44,6 @@ def _who(assoc: Any) -> tuple[str, str]:
     requestor = assoc.requestor
     title = str(getattr(requestor.primitive, "calling_ae_title", "") or requestor.ae_title or "").strip()
     return title or "?", f"{requestor.address}"
-
-
-def _requested(event: Event) -> None:
-    name_association()
 
 
 def _accepted(event: Event, metrics: Metrics) -> None:

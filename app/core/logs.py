@@ -25,6 +25,7 @@ def name_association() -> None:
     if REQUEST_ID.get() == "-":
         REQUEST_ID.set(f"assoc-{uuid.uuid4().hex[:16]}")
 
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 

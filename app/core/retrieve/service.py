@@ -10,7 +10,8 @@ below (`AcceptedSyntaxes`, `AcceptedFrames`, `RenderOptions`) and turn the domai
 Memory and the event loop: a study may be gigabytes, so an instance sent as stored is streamed from storage
 in `CHUNK_SIZE` pieces read in worker threads, and never held whole. Only a transcoded instance, a frame or a
 rendered image is built in memory, one at a time, in a worker thread: frames are cut one per thread hop as
-they are sent (from the parsed instance, or for one too large to keep parsed from its file), and renders (a decoded frame, its float copy and the output each) take turns, at most
+they are sent (from the parsed instance, or for one too large to keep parsed from its file), and renders (a
+decoded frame, its float copy and the output each) take turns, at most
 `RenderLimits.concurrency` at once. Opening and parsing the files (and the cache of parsed ones) is
 app.core.retrieve.files'; pixel work (decoding, re-encoding, frame extraction, rendering) is
 app.core.retrieve.transcode's and app.core.retrieve.render's.
@@ -21,6 +22,7 @@ This module is protocol-neutral: it imports neither FastAPI nor pynetdicom.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from typing import Protocol
@@ -43,6 +45,7 @@ from app.core.retrieve.negotiation import (
     AcceptedFrames,
     AcceptedSyntaxes,
     Frame,
+    FrameEncoding,
     as_accepted,
     encapsulated,
 )
@@ -295,18 +298,18 @@ class RetrieveService:
                 "no accepted media type can carry them"
             )
         pixels = None if encoding.decode else await asyncio.to_thread(self._checked_pixels, ref, numbers)
-        if pixels is not None:
-            try:
-                for number in numbers:
-                    [data] = await asyncio.to_thread(pixels.frames, ref, [number], encoding)
-                    yield Frame(encoding.media_type, encoding.transfer_syntax, data)
-            finally:
+        cut: Callable[[StoredInstance, Sequence[int], FrameEncoding], list[bytes]]
+        try:
+            if pixels is None:
+                cut = functools.partial(frame_data, await asyncio.to_thread(self._read_checked, ref, numbers))
+            else:
+                cut = pixels.frames
+            for number in numbers:
+                [data] = await asyncio.to_thread(cut, ref, [number], encoding)
+                yield Frame(encoding.media_type, encoding.transfer_syntax, data)
+        finally:
+            if pixels is not None:
                 pixels.close()
-            return
-        ds = await asyncio.to_thread(self._read_checked, ref, numbers)
-        for number in numbers:
-            [data] = await asyncio.to_thread(frame_data, ds, ref, [number], encoding)
-            yield Frame(encoding.media_type, encoding.transfer_syntax, data)
 
     async def check_frames(self, ref: StoredInstance, numbers: Sequence[int]) -> None:
         """InvalidRequest unless the instance has pixel data and each of `numbers` is one of its frames: for a

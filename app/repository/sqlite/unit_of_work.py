@@ -78,7 +78,8 @@ def store_each(
                 # nothing else orders them), and is counted before the predecessor is uncounted, so that a series,
                 # study or patient it stays in is never emptied and made again (keeping its place too), as in
                 # the MongoDB store.
-                add(conn, record, instance_id=_take_out(conn, previous.sop_instance_uid))
+                instance_id, _, _ = _take_out(conn, previous.sop_instance_uid)
+                add(conn, record, instance_id=instance_id)
                 # A copy of the same class in the same study leaves its SOPClassesInStudy as it was: the study's
                 # instances need not be read again.
                 same_place = (previous.study_instance_uid, previous.sop_class_uid) == (
@@ -254,22 +255,22 @@ def add(conn: sqlite3.Connection, record: InstanceRecord, *, instance_id: int | 
 
 
 def remove(conn: sqlite3.Connection, sop_instance_uid: str) -> None:
-    row = conn.execute(
-        "SELECT study_instance_uid, series_instance_uid FROM instances WHERE sop_instance_uid = ?",
+    _, study_uid, series_uid = _take_out(conn, sop_instance_uid)
+    _uncount(conn, study_uid, series_uid)
+
+
+def _take_out(conn: sqlite3.Connection, sop_instance_uid: str) -> tuple[int, str, str]:
+    """Delete the instance's row and its multi-valued entries, not yet uncounted: the row id it had, its study
+    and its series."""
+    instance_id, study_uid, series_uid = conn.execute(
+        "SELECT id, study_instance_uid, series_instance_uid FROM instances WHERE sop_instance_uid = ?",
         (sop_instance_uid,),
     ).fetchone()
-    _take_out(conn, sop_instance_uid)
-    _uncount(conn, row[0], row[1])
-
-
-def _take_out(conn: sqlite3.Connection, sop_instance_uid: str) -> int:
-    """Delete the instance's row and its multi-valued entries, not yet uncounted; the row id it had."""
-    (instance_id,) = conn.execute("SELECT id FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
     conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
     conn.execute(
         "DELETE FROM attribute_values WHERE level = ? AND owner = ?", (Level.IMAGE.value, sop_instance_uid)
     )
-    return int(instance_id)
+    return int(instance_id), str(study_uid), str(series_uid)
 
 
 def _uncount(conn: sqlite3.Connection, study_uid: str, series_uid: str, *, kept_class: str | None = None) -> None:
