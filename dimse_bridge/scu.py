@@ -27,6 +27,7 @@ from pydicom import Dataset
 from pynetdicom import build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
@@ -35,6 +36,7 @@ from app.config import Settings
 from app.core.aes import RemoteAE
 from app.core.records import StoredInstance
 from app.core.retrieve.streaming import EncodedInstance
+from dimse_bridge.access import RESULT_REJECTED_PERMANENT, RESULT_REJECTED_TRANSIENT
 from dimse_bridge.reactor import PromptAE
 from dimse_bridge.sending import EncodedDataSet, send_encoded
 from dimse_bridge.tcp import handle_connection_open
@@ -124,10 +126,15 @@ def associate(
         attempt.connected = True
         handle_connection_open(event)
 
-    def acse_received(event: Event) -> None:
-        primitive = getattr(event, "primitive", None)  # EVT_ACSE_RECV's own attribute, set by pynetdicom
-        if isinstance(primitive, A_ASSOCIATE):
-            attempt.answer = primitive
+    def answer_received(event: Event) -> None:
+        # The answer is taken from the PDU as the DUL receives it, not from pynetdicom's verdict: pynetdicom 3.0's
+        # requestor looks at its socket only after it sent the request, and when the A-ASSOCIATE-RJ and the close
+        # of the connection (PS3.8 9.2, AE-4) have both come by then, it takes the closed socket for a connection
+        # that failed and reports an abort, with the answer left unread (acse._negotiate_as_requestor). A peer
+        # rejecting at once, as ours does, hits this a few times in a hundred.
+        pdu = getattr(event, "pdu", None)  # EVT_PDU_RECV's own attribute, set by pynetdicom
+        if isinstance(pdu, A_ASSOCIATE_AC | A_ASSOCIATE_RJ):
+            attempt.answer = pdu.to_primitive()
 
     assoc = ae.associate(
         remote.host,
@@ -137,21 +144,23 @@ def associate(
         max_pdu=options.max_pdu,
         ext_neg=list(roles) or None,
         tls_args=client_tls(options, remote),
-        evt_handlers=[(evt.EVT_CONN_OPEN, connected), (evt.EVT_ACSE_RECV, acse_received), *handlers],
+        evt_handlers=[(evt.EVT_CONN_OPEN, connected), (evt.EVT_PDU_RECV, answer_received), *handlers],
     )
+    # A listener to EVT_PDU_RECV would have every P-DATA-TF PDU decoded into pynetdicom's objects (reactor.py).
+    assoc.unbind(evt.EVT_PDU_RECV, answer_received)
     if assoc.is_established:
         return assoc
     where = f"{remote.ae_title} at {remote.host}:{remote.port}"
-    if assoc.is_rejected and attempt.answer is not None:
-        answer = attempt.answer
+    answer = attempt.answer
+    if answer is not None and answer.result in (RESULT_REJECTED_PERMANENT, RESULT_REJECTED_TRANSIENT):
         raise ScuError(
             f"association rejected by {where}: {answer.result_str}, {answer.source_str}, {answer.reason_str}"
         )
     if not attempt.connected:
         raise ScuError(f"cannot connect to {where}")
-    if attempt.answer is None:
+    if answer is None:
         raise ScuError(f"no answer to the association request from {where} (timeout or abort)")
-    if attempt.answer.result == 0x00:  # accepted, then aborted by pynetdicom because no context was accepted
+    if answer.result == 0x00:  # accepted, then aborted by pynetdicom because no context was accepted
         proposed = ", ".join(sorted({str(cx.abstract_syntax) for cx in contexts}))
         raise ScuError(f"{where} accepted none of the presentation contexts proposed ({proposed})")
     raise ScuError(f"association with {where} aborted")

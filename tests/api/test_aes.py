@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -147,6 +148,31 @@ def peer(contexts: list[tuple[str, list[str]]], *, status: int = 0, title: str =
         server.shutdown()
 
 
+@contextmanager
+def rejecting_peer() -> Iterator[int]:
+    """A peer on 127.0.0.1 that answers every connection at once with an A-ASSOCIATE-RJ (rejected-permanent,
+    service-user, calling AE title not recognised: PS3.8 9.3.4) and closes it; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    rejection = bytes((0x03, 0, 0, 0, 0, 4, 0, 0x01, 0x01, 0x03))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                connection.sendall(rejection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+
+
 # -- the registry -----------------------------------------------------------------------------------------------
 
 
@@ -223,6 +249,19 @@ def test_echo_to_an_scp_without_verification_is_502(archive: ArchiveServer) -> N
         response = api(archive, "POST", "/PICKY/echo")
     assert response.status_code == 502
     assert "accepted none of the presentation contexts proposed (1.2.840.10008.1.1)" in error_comment(response)
+
+
+def test_an_echo_rejected_at_once_is_502_naming_the_rejection_every_time(archive: ArchiveServer) -> None:
+    """pynetdicom can report an A-ASSOCIATE-RJ that comes with the connection's close as an abort (scu.py): a
+    peer that answers at once made a third of these echoes say "no answer (timeout or abort)"."""
+    with rejecting_peer() as port:
+        api(archive, "PUT", "/REJECTER", json={"host": "127.0.0.1", "port": port})
+        answers = [api(archive, "POST", "/REJECTER/echo") for _ in range(20)]
+    assert {response.status_code for response in answers} == {502}
+    assert {error_comment(response).split(" (request id")[0] for response in answers} == {
+        f"association rejected by REJECTER at 127.0.0.1:{port}: "
+        "Rejected Permanent, Service User, Calling AE title not recognised"
+    }
 
 
 def test_echo_to_an_unknown_ae_is_404(archive: ArchiveServer) -> None:
