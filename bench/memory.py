@@ -7,7 +7,8 @@ CT_small.dcm written by pydicom, then Pixel Data (OW, 16-bit, 512 x 512 frames, 
 appended in 4 MB chunks. The STOW-RS body is streamed from that file by httpx (a generator of multipart
 preamble, file chunks, epilogue; Content-Length given), and the retrieve is streamed and counted, never kept.
 Then 20 of its frames, spread over the instance, are asked one request at a time, as a viewer pages through a
-multi-frame instance (`/frames/{n}`, application/octet-stream): seconds for the 20, and the peak RSS.
+multi-frame instance (`/frames/{n}`, application/octet-stream): seconds for the 20, and the peak RSS; and the
+same 20 rendered as PNG (`/frames/{n}/rendered`), as a viewer's or the console's previews ask them.
 Our server runs as its own process group (`python -m app serve`, SQLite, default settings); a sampler thread
 reads VmRSS of every process in the group (server, header-parser workers) every 20 ms; one small
 instance is stored first so that the worker processes are running before the baseline is taken. Figures: RSS before,
@@ -122,6 +123,19 @@ def body(path: Path) -> Iterator[bytes]:
     yield f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
+def page(client: httpx.Client, session: int, paths: list[str], accept: str) -> tuple[float, int, int, int]:
+    """Ask each path in turn, as a viewer pages: (seconds, bytes received, peak RSS of the group, VmHWM after)."""
+    with Sampler(session) as sampler:
+        start = time.perf_counter()
+        received = 0
+        for path in paths:
+            answer = client.get(path, headers={"Accept": accept})
+            answer.raise_for_status()
+            received += len(answer.content)
+        seconds = time.perf_counter() - start
+    return seconds, received, sampler.peak, vm_hwm(session)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=1024)
@@ -175,16 +189,10 @@ def main() -> int:
             hwm_after_get = vm_hwm(session)
             if received < size:
                 raise RuntimeError(f"retrieved {received} bytes, expected at least {size}")
-            with Sampler(session) as frames_sampler:
-                start = time.perf_counter()
-                frame_bytes = 0
-                accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-                for n in sorted({1 + k * (frames - 1) // 19 for k in range(20)}):
-                    answer = client.get(f"{path}/frames/{n}", headers={"Accept": accept})
-                    answer.raise_for_status()
-                    frame_bytes += len(answer.content)
-                frames_seconds = time.perf_counter() - start
-            hwm_after_frames = vm_hwm(session)
+            spread = sorted({1 + k * (frames - 1) // 19 for k in range(20)})
+            frames_phase = page(client, session, [f"{path}/frames/{n}" for n in spread],
+                                'multipart/related; type="application/octet-stream"; transfer-syntax=*')
+            rendered_phase = page(client, session, [f"{path}/frames/{n}/rendered" for n in spread], "image/png")
     rows: list[dict[str, object]] = [
         {
             "phase": phase,
@@ -199,7 +207,8 @@ def main() -> int:
         for phase, seconds, sent, peak, hwm in (
             ("STOW-RS", stow_seconds, size, stow_sampler.peak, hwm_after_stow),
             ("WADO-RS retrieve", get_seconds, size, get_sampler.peak, hwm_after_get),
-            ("WADO-RS 20 frames, one request each", frames_seconds, frame_bytes, frames_sampler.peak, hwm_after_frames),
+            ("WADO-RS 20 frames, one request each", *frames_phase),
+            ("WADO-RS 20 frames rendered as PNG, one request each", *rendered_phase),
         )
     ]
     record("memory", rows, note=f"server VmHWM before the STOW: {baseline_main / mb:.0f} MB; load average "

@@ -582,6 +582,20 @@ def test_a_viewer_paging_through_an_instance_too_large_to_keep_parsed_gets_each_
         assert headers["content-type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
         assert data == pixels[(number - 1) * frame_bytes : number * frame_bytes]
     assert get(archive_server, instance_path(ds) + f"/frames/{frames + 1}", OHIF_FRAMES).status_code == 400
+    # Rendered, its frame is the image of a one-frame instance holding just that frame; so is its thumbnail.
+    alone = dicom_files.renewed("emri_small.dcm")
+    alone.NumberOfFrames, alone.PixelData = 1, pixels[4499 * frame_bytes : 4500 * frame_bytes]
+    first = dicom_files.renewed("emri_small.dcm")
+    first.NumberOfFrames, first.PixelData = 1, pixels[:frame_bytes]
+    dicom_files.stow(archive_server.dicomweb, [alone, first])
+
+    def png(path: str) -> bytes:
+        response = get(archive_server, path, "image/png")
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        return response.content
+
+    assert png(instance_path(ds) + "/frames/4500/rendered") == png(instance_path(alone) + "/frames/1/rendered")
+    assert png(instance_path(ds) + "/thumbnail") == png(instance_path(first) + "/thumbnail")
 
 
 def test_decoded_colour_frames_are_rgb(client: DICOMwebClient, stored: dict[str, Dataset]) -> None:

@@ -13,7 +13,6 @@ from pydicom.tag import Tag
 
 from app.core.records import StoredInstance
 from app.core.retrieve import transcode as tc
-from app.core.retrieve.negotiation import FrameEncoding
 from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, NotFound, RetrieveFailed
 
 PIXEL_DATA_TAGS: Final = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
@@ -65,17 +64,17 @@ def frame_data(
     ds: Dataset,
     ref: StoredInstance,
     numbers: Sequence[int],
-    encoding: FrameEncoding,
+    decode: bool,
     pixels: tc.PixelValue | None = None,
 ) -> list[bytes]:
-    """The bytes of frames `numbers`, as stored or decoded (`encoding`), cut out of the parsed instance, or out
-    of `pixels`, its Pixel Data value in the file when `ds` was read without it (only as stored)."""
+    """The bytes of frames `numbers`, as stored or decoded, cut out of the parsed instance, or out of `pixels`,
+    its Pixel Data value in the file when `ds` was read without it (only as stored)."""
     if pixels is None and "PixelData" not in ds:
         raise InvalidRequest(
             f"instance {ref.sop_instance_uid} has no (7FE0,0010) Pixel Data to cut frames from"
         )
     try:
-        if encoding.decode:
+        if decode:
             if pixels is not None:
                 raise tc.TranscodeError("frames read from the file are sent as stored, not decoded")
             return tc.decoded_frame_bytes(ds, numbers)

@@ -6,7 +6,9 @@ whole in the hop that opens it (most instances are small); a parsed instance is 
 (`DatasetCache`) when frames or renders will come back for it; a header is parsed without the pixel data when
 only a small value is wanted; and the frames of an instance too large to keep parsed are read from where they
 lie in its file (`StoredPixels`), so that a viewer paging through a 1 GB multi-frame instance reads a frame, not
-the instance, for each one. A file that cannot be opened, read or parsed is `RetrieveFailed`.
+the instance, for each one. A frame of it to decode or render is made a one-frame instance of its own, which
+pydicom's decoders and render.py read as they read any instance. A file that cannot be opened, read or parsed
+is `RetrieveFailed`.
 
 Every call blocks: the service runs them in worker threads.
 """
@@ -21,6 +23,7 @@ from typing import BinaryIO, Literal, cast
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 
 from app.core.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -33,13 +36,15 @@ from app.core.ingest.raw_header import element_at
 from app.core.records import StoredInstance
 from app.core.retrieve.bulk import frame_data
 from app.core.retrieve.cache import DatasetCache
-from app.core.retrieve.negotiation import FrameEncoding
 from app.core.retrieve.outcomes import RetrieveFailed
 from app.core.retrieve.streaming import CHUNK_SIZE
 from app.storage.base import Storage
 
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED = 0xFFFFFFFF
+_NUMBER_OF_FRAMES = 0x00280008
+_PER_FRAME_FUNCTIONAL_GROUPS = 0x52009230
+_EXTENDED_OFFSET_TABLE = (0x7FE00001, 0x7FE00002)  # and its Lengths
 
 
 class StoredPixels:
@@ -53,14 +58,42 @@ class StoredPixels:
         self._start = start
         self._length = length
 
-    def frames(self, ref: StoredInstance, numbers: Sequence[int], encoding: FrameEncoding) -> list[bytes]:
-        """Frames `numbers` as `frame_data` cuts them (app/core/retrieve/bulk.py), from the file."""
+    def frames(self, ref: StoredInstance, numbers: Sequence[int], decode: bool) -> list[bytes]:
+        """Frames `numbers` as `frame_data` cuts them (app/core/retrieve/bulk.py): as stored, from the file;
+        decoded, each from the frame alone (`frame_alone`)."""
+        if decode:
+            return [frame_data(self.frame_alone(ref, number), ref, [1], True)[0] for number in numbers]
         if self._length == _UNDEFINED:
             self._map.seek(self._start)
-            return frame_data(self.dataset, ref, numbers, encoding, _WholeReads(self._map))
+            return frame_data(self.dataset, ref, numbers, False, _WholeReads(self._map))
         # Every view of the map is let go before the call returns, so that `close` can unmap it.
         with memoryview(self._map) as whole, whole[self._start : self._start + self._length] as value:
-            return frame_data(self.dataset, ref, numbers, encoding, value)
+            return frame_data(self.dataset, ref, numbers, False, value)
+
+    def frame_alone(self, ref: StoredInstance, number: int) -> Dataset:
+        """Frame `number` as a one-frame instance: the header's attributes, the frame's own Per-Frame Functional
+        Groups item (PS3.3 C.7.6.16), and the frame as stored for its Pixel Data. What decoding or rendering
+        that frame reads, without the other frames; `number` is known to be one of the instance's frames."""
+        [data] = self.frames(ref, [number], decode=False)
+        pixel_data = encapsulate([data]) if self._length == _UNDEFINED else data
+        # Read into items in the header, once for every frame of a request: a copy would read the whole
+        # sequence (an item per frame) again for each.
+        per_frame = self.dataset.get("PerFrameFunctionalGroupsSequence")
+        # A mapping of its own holding the header's elements; changed values are new elements (pydicom sets an
+        # attribute's value in its element in place, which the header shares).
+        alone = Dataset(dict(self.dataset.items()))
+        alone.file_meta = self.dataset.file_meta
+        if "NumberOfFrames" in alone:
+            alone.add_new(_NUMBER_OF_FRAMES, "IS", 1)
+        if per_frame is not None:
+            alone.add_new(_PER_FRAME_FUNCTIONAL_GROUPS, "SQ", list(per_frame[number - 1 : number]))
+        # Offsets into the whole value no longer apply to one frame (PS3.5 A.4, Table A.4-1).
+        for tag in _EXTENDED_OFFSET_TABLE:
+            alone.pop(tag, None)
+        # OB when encapsulated or 8 bits or fewer, else OW (PS3.5 A.1, A.4).
+        wide = self._length != _UNDEFINED and int(self.dataset.get("BitsAllocated", 8) or 8) > 8
+        alone.add_new(_PIXEL_DATA, "OW" if wide else "OB", pixel_data)
+        return alone
 
     def close(self) -> None:
         # A frame still being cut in a worker thread (its caller gone) holds a view: the map goes after it.

@@ -25,6 +25,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from pydicom.dataset import Dataset
@@ -45,7 +46,6 @@ from app.core.retrieve.negotiation import (
     AcceptedFrames,
     AcceptedSyntaxes,
     Frame,
-    FrameEncoding,
     as_accepted,
     encapsulated,
 )
@@ -297,15 +297,15 @@ class RetrieveService:
                 f"frames of instance {ref.sop_instance_uid} are stored as {_name(ref.transfer_syntax_uid)}; "
                 "no accepted media type can carry them"
             )
-        pixels = None if encoding.decode else await asyncio.to_thread(self._checked_pixels, ref, numbers)
-        cut: Callable[[StoredInstance, Sequence[int], FrameEncoding], list[bytes]]
+        pixels = await asyncio.to_thread(self._checked_pixels, ref, numbers)
+        cut: Callable[[StoredInstance, Sequence[int], bool], list[bytes]]
         try:
             if pixels is None:
                 cut = functools.partial(frame_data, await asyncio.to_thread(self._read_checked, ref, numbers))
             else:
                 cut = pixels.frames
             for number in numbers:
-                [data] = await asyncio.to_thread(cut, ref, [number], encoding)
+                [data] = await asyncio.to_thread(cut, ref, [number], encoding.decode)
                 yield Frame(encoding.media_type, encoding.transfer_syntax, data)
         finally:
             if pixels is not None:
@@ -367,7 +367,7 @@ class RetrieveService:
                 # Uncompressed bulk data is one part (PS3.18 §8.7.3.3.1). Little-endian native data goes as
                 # stored, so 1-bit frames that share bytes keep their packing.
                 return [Frame(OCTET_STREAM, encoding.transfer_syntax, bytes(ds.PixelData))]
-            data = frame_data(ds, ref, range(1, tc.frame_count(ds) + 1), encoding)
+            data = frame_data(ds, ref, range(1, tc.frame_count(ds) + 1), encoding.decode)
             if encoding.media_type == OCTET_STREAM and (encoding.decode or native):
                 return [Frame(OCTET_STREAM, encoding.transfer_syntax, b"".join(data))]
             # Compressed bulk data: one frame per part (PS3.18 §8.7.3.3.2).
@@ -399,14 +399,18 @@ class RetrieveService:
         """
         max_side = self.render_limits.max_side
         return await self._render_turns.run(
-            lambda: self._render(ref, options.frame, lambda ds: render(ds, options, max_side=max_side))
+            lambda: self._render(
+                ref,
+                options.frame,
+                lambda ds, frame: render(ds, replace(options, frame=frame), max_side=max_side),
+            )
         )
 
     async def thumbnail(self, ref: StoredInstance, size: int = 128, media_type: str = "image/jpeg") -> bytes:
         """A small rendering of the first frame with the instance's own window (PS3.18 §10.4.1.1.4), in a
         rendering turn (RendersBusy when none comes free in time)."""
         return await self._render_turns.run(
-            lambda: self._render(ref, 1, lambda ds: thumbnail(ds, size, media_type))
+            lambda: self._render(ref, 1, lambda ds, _: thumbnail(ds, size, media_type))
         )
 
     async def representative(self, study: str, series: str | None = None) -> StoredInstance:
@@ -473,17 +477,26 @@ class RetrieveService:
                 raise
         return pixels
 
-    def _render(self, ref: StoredInstance, frame: int, make: Callable[[Dataset], bytes]) -> bytes:
-        ds = self._files.read(ref, cache=True)
-        check_frame(ds, ref, frame)
+    def _render(self, ref: StoredInstance, frame: int, make: Callable[[Dataset, int], bytes]) -> bytes:
+        """`make(instance, frame)`: of the instance parsed whole, or, for one too large to keep parsed, of the
+        frame alone (StoredPixels.frame_alone), as its frame 1."""
+        pixels = self._checked_pixels(ref, [frame])
         try:
-            return make(ds)
+            if pixels is None:
+                ds = self._files.read(ref, cache=True)
+                check_frame(ds, ref, frame)
+            else:
+                ds, frame = pixels.frame_alone(ref, frame), 1
+            return make(ds, frame)
         except RenderRequestError as exc:
             raise InvalidRequest(
                 f"instance {ref.sop_instance_uid} cannot be rendered as asked: {exc}"
             ) from exc
         except RenderError as exc:
             raise NotAcceptable(f"instance {ref.sop_instance_uid} cannot be rendered: {exc}") from exc
+        finally:
+            if pixels is not None:
+                pixels.close()
 
 
 def _describe(study: str, series: str | None, instance: str | None) -> str:

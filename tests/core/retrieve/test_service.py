@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import encode
@@ -21,9 +22,11 @@ from pynetdicom.dsutils import encode
 from app.bootstrap import open_archive
 from app.config import Settings
 from app.context import ArchiveContext
+from app.core.records import StoredInstance
 from app.core.retrieve.files import StoredFiles
 from app.core.retrieve.negotiation import ANY, DEFAULT, AcceptedFrames, AcceptedSyntaxes, FrameRange
 from app.core.retrieve.outcomes import InvalidRequest, NotAcceptable, NotFound, RetrieveFailed
+from app.core.retrieve.render import RenderOptions
 from app.core.retrieve.service import RetrieveService
 from app.core.retrieve.streaming import CHUNK_SIZE, OPEN_BATCH, InstanceStream
 from app.core.retrieve.transcode import data_set_offset
@@ -36,6 +39,7 @@ RLE = "1.2.840.10008.1.2.5"
 JLS = "1.2.840.10008.1.2.4.80"
 BASELINE = "1.2.840.10008.1.2.4.50"
 J2K_LOSSY = "1.2.840.10008.1.2.4.91"
+T = TypeVar("T")
 
 
 @pytest.mark.parametrize(
@@ -137,23 +141,41 @@ FRAME_SOURCES = [
 ]
 
 
-@pytest.mark.parametrize("name", FRAME_SOURCES)
-async def test_frames_of_an_instance_too_large_to_keep_parsed_are_read_from_where_they_lie_in_its_file(
-    context: ArchiveContext, name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A viewer pages through a multi-frame instance one frame request at a time. One too large for the parsed
-    instances kept (here: every one, with no room kept) has each frame read from its file, never the instance
-    parsed whole: the same bytes as cut from the parsed instance, and the same refusals."""
-    ds = dicom_files.renewed(name)
+async def _apart(
+    context: ArchiveContext, name: str, monkeypatch: pytest.MonkeyPatch, **changes: object
+) -> tuple[Dataset, StoredInstance, RetrieveService, list[str]]:
+    """`name` stored, a service that keeps no instance parsed (as for one too large to keep), and the instances
+    that service parses whole."""
+    ds = dicom_files.renewed(name, **changes)
     assert (await context.ingest.store(dicom_files.part10(ds))).ok
     [ref] = await context.retrieve.resolve(ds.StudyInstanceUID)
     apart = RetrieveService(context.repository, context.storage, cache_bytes=0)
     whole_reads: list[str] = []
     read = apart._files.read
     monkeypatch.setattr(apart._files, "read", lambda ref, **kw: whole_reads.append(ref.sop_instance_uid) or read(ref, **kw))
+    return ds, ref, apart, whole_reads
+
+
+async def _outcome(call: Awaitable[T]) -> T | type[Exception]:
+    """What a call answers, or the kind of refusal it raises."""
+    try:
+        return await call
+    except (InvalidRequest, NotAcceptable) as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("accept", ["*/*", "application/octet-stream"], ids=["as stored", "decoded"])
+@pytest.mark.parametrize("name", FRAME_SOURCES)
+async def test_frames_of_an_instance_too_large_to_keep_parsed_are_read_from_where_they_lie_in_its_file(
+    context: ArchiveContext, name: str, accept: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A viewer pages through a multi-frame instance one frame request at a time. One too large for the parsed
+    instances kept (here: every one, with no room kept) has each frame read from its file, never the instance
+    parsed whole: the same bytes as cut (or decoded) from the parsed instance, and the same refusals."""
+    ds, ref, apart, whole_reads = await _apart(context, name, monkeypatch)
     count = int(ds.get("NumberOfFrames") or 1)
     numbers = sorted({count, 1, (count + 1) // 2})
-    accepted = AcceptedFrames.of([FrameRange("*/*")])
+    accepted = AcceptedFrames.of([FrameRange(accept)])
 
     expected = [(f.media_type, f.transfer_syntax, f.data) async for f in context.retrieve.frames(ref, numbers, accepted)]
     found = [(f.media_type, f.transfer_syntax, f.data) async for f in apart.frames(ref, numbers, accepted)]
@@ -165,6 +187,50 @@ async def test_frames_of_an_instance_too_large_to_keep_parsed_are_read_from_wher
     await apart.check_frames(ref, numbers)
     with pytest.raises(InvalidRequest):
         await apart.check_frames(ref, [count + 1])
+
+
+@pytest.mark.parametrize("name", FRAME_SOURCES)
+async def test_renders_of_an_instance_too_large_to_keep_parsed_are_made_from_the_frame_alone(
+    context: ArchiveContext, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rendered frame or a thumbnail (the console's study page shows one per series) of a large multi-frame
+    instance reads that frame from its file: the same image as rendered from the parsed instance, or the same
+    refusal."""
+    ds, ref, apart, whole_reads = await _apart(context, name, monkeypatch)
+    count = int(ds.get("NumberOfFrames") or 1)
+    numbers = sorted({count, 1, (count + 1) // 2})
+    for number in numbers:
+        options = RenderOptions(media_type="image/png", frame=number)
+        assert await _outcome(apart.rendered(ref, options)) == await _outcome(context.retrieve.rendered(ref, options))
+    assert await _outcome(apart.thumbnail(ref)) == await _outcome(context.retrieve.thumbnail(ref))
+    assert whole_reads == ([ref.sop_instance_uid] * (len(numbers) + 1) if "big_endian" in name else [])
+    with pytest.raises(InvalidRequest):
+        await apart.rendered(ref, RenderOptions(media_type="image/png", frame=count + 1))
+
+
+async def test_a_frame_rendered_alone_keeps_its_own_window(
+    context: ArchiveContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An enhanced multi-frame instance windows each frame by its own Per-Frame Functional Groups item (PS3.3
+    C.7.6.16.2.10): a frame rendered alone takes its item, not the first."""
+    source = pydicom.dcmread(dicom_files.path("emri_small.dcm"))
+    frames, low, high = int(source.NumberOfFrames), int(source.pixel_array.min()), int(source.pixel_array.max())
+    per_frame = []
+    for index in range(frames):  # windows across the values, each frame's its own
+        voi = Dataset()
+        voi.WindowCenter, voi.WindowWidth = low + (high - low) * (index + 1) // (frames + 1), (high - low) // 4
+        group = Dataset()
+        group.FrameVOILUTSequence = [voi]
+        per_frame.append(group)
+    _, ref, apart, whole_reads = await _apart(
+        context, "emri_small.dcm", monkeypatch, PerFrameFunctionalGroupsSequence=per_frame
+    )
+    renders = []
+    for number in range(1, frames + 1):
+        options = RenderOptions(media_type="image/png", frame=number)
+        renders.append(await apart.rendered(ref, options))
+        assert renders[-1] == await context.retrieve.rendered(ref, options)
+    assert len(set(renders)) == frames and whole_reads == []
 
 
 async def test_a_large_instance_cut_short_after_ingest_refuses_the_frame_it_lost(context: ArchiveContext) -> None:
