@@ -126,6 +126,72 @@ async def test_a_copy_naming_another_study_for_its_series_moves_the_series_with_
     assert await repository.patient_aggregates(held.patient_key) == patient_aggregates(1, 1, 1)
 
 
+async def test_a_series_re_sent_one_instance_at_a_time_under_another_study_moves_there_with_its_counts(
+    repository: Repository, instance_record: Factory
+) -> None:
+    """A study corrected by re-sending a series under the right Study Instance UID, SOP Instance UIDs kept: the
+    series is counted in the study its newest instance names from the first copy on, and no longer in its old
+    study; once every instance is re-sent the old study holds only what was left in it."""
+    await repository.store_instance(
+        instance_record(
+            "MR_small.dcm", StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 0), SOPInstanceUID=uid(1, 0, 1)
+        )
+    )
+    for n in (1, 2, 3):
+        await repository.store_instance(
+            instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, n))
+        )
+    patient = instance_record().patient_key
+
+    for n in (1, 2, 3):
+        await repository.store_instance(
+            instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, n))
+        )
+        left_in_study_1 = study_aggregates(1, 4 - n, ["MR"], [CT, MR] if n < 3 else [MR])
+        assert await repository.study_aggregates(uid(1)) == left_in_study_1
+        assert await repository.study_aggregates(uid(2)) == study_aggregates(1, n, ["CT"], [CT])
+        assert await repository.series_aggregates(uid(1, 1)) == {"number_of_series_related_instances": 3}
+        assert await repository.patient_aggregates(patient) == patient_aggregates(2, 2, 4)
+
+
+async def test_a_series_whose_moving_copy_is_deleted_goes_back_to_the_study_of_its_other_instances(
+    repository: Repository, instance_record: Factory
+) -> None:
+    """The one copy that moved a series to another study is deleted, and that study goes with it: the series is
+    counted again where its other instances are, so that the study made again under that UID later does not hold
+    a series it never counted."""
+    for n in (1, 2, 3):
+        await repository.store_instance(
+            instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, n))
+        )
+    await repository.store_instance(
+        instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 1))
+    )
+    await repository.delete_instance(uid(1, 1, 1))
+    patient = instance_record().patient_key
+
+    assert await repository.study_aggregates(uid(2)) is None
+    assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 2, ["CT"], [CT])
+    assert await repository.patient_aggregates(patient) == patient_aggregates(1, 1, 2)
+    # Another series makes the study again; the first one's copy then moves there once more.
+    await repository.store_instance(
+        instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(2, 1), SOPInstanceUID=uid(2, 1, 1))
+    )
+    assert await repository.study_aggregates(uid(2)) == study_aggregates(1, 1, ["CT"], [CT])
+    await repository.store_instance(
+        instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 2))
+    )
+    assert await repository.study_aggregates(uid(1)) == study_aggregates(0, 1, [], [CT])
+    assert await repository.study_aggregates(uid(2)) == study_aggregates(2, 2, ["CT"], [CT])
+    assert await repository.patient_aggregates(patient) == patient_aggregates(2, 2, 3)
+    for sop in (uid(1, 1, 2), uid(1, 1, 3), uid(2, 1, 1)):
+        await repository.delete_instance(sop)
+    assert await repository.study_aggregates(uid(1)) is None
+    assert await repository.study_aggregates(uid(2)) is None
+    assert await repository.series_aggregates(uid(1, 1)) is None
+    assert await repository.patient_aggregates(patient) is None
+
+
 async def test_aggregates_follow_a_sequence_of_stores_and_deletes(
     repository: Repository, instance_record: Factory
 ) -> None:

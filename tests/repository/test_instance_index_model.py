@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,13 @@ SOPS = [uid(1, 0, n) for n in range(5)]
 SERIES = {uid(2, 1): (uid(2), "CT"), uid(2, 2): (uid(2), "MR"), uid(3, 1): (uid(3), "CT")}
 PATIENTS = ["P1", "P2"]
 SOURCES = {"CT_small.dcm": CT, "MR_small.dcm": MR}
+
+# Each example opens both stores: no deadline, and function-scoped fixtures shared by the examples are fine.
+BOTH_STORES = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 store_op = st.tuples(
     st.just("store"),
@@ -125,20 +133,18 @@ class Model:
         return out
 
 
-async def _observed(repository: Repository) -> dict[str, Any]:
+async def _observed(
+    repository: Repository, studies: Iterable[str] = sorted({s for s, _ in SERIES.values()})
+) -> dict[str, Any]:
     return {
         "instances": await repository.page_instances(None, 100),
-        "studies": {s: await repository.study_aggregates(s) for s in sorted({s for s, _ in SERIES.values()})},
+        "studies": {s: await repository.study_aggregates(s) for s in studies},
         "series": {s: await repository.series_aggregates(s) for s in sorted(SERIES)},
         "patients": {f"{p}\\": await repository.patient_aggregates(f"{p}\\") for p in PATIENTS},
     }
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@BOTH_STORES
 @given(ops=operations)
 async def test_random_stores_replaces_and_deletes_leave_both_stores_agreeing_with_the_model(
     ops: list[tuple[Any, ...]], mongo_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -182,3 +188,77 @@ async def test_random_stores_replaces_and_deletes_leave_both_stores_agreeing_wit
             assert {s: a for s, a in from_sqlite["studies"].items() if a is not None} == model.studies()
             assert from_sqlite["patients"] == model.patients()
             assert from_sqlite["series"] == model.series()
+
+
+# --------------------------------------------------------------------------- series re-sent under other studies
+
+STUDIES = [uid(2), uid(3)]
+moving_store = st.tuples(
+    st.just("store"), st.sampled_from(SOPS), st.sampled_from(sorted(SERIES)), st.sampled_from(STUDIES)
+)
+moving_operations = st.lists(st.one_of(moving_store, moving_store, delete_op), min_size=1, max_size=12)
+
+
+@BOTH_STORES
+@given(ops=moving_operations)
+async def test_series_re_sent_under_other_studies_keep_both_stores_agreeing_and_end_as_the_model(
+    ops: list[tuple[Any, ...]], mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Copies that name another study for their series (a study being corrected, or a modality's mistake):
+    while a series' instances are split over studies, it is counted in the study its newest instance names, on
+    both stores alike, and every study's and the patient's counts add up; once each series is re-sent whole
+    under one study, every aggregate is what its instances make it."""
+    directory = tmp_path_factory.mktemp("moves")
+
+    def record(sop: str, series: str, study: str) -> Any:
+        return make_record(
+            "CT_small.dcm", StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sop,
+            PatientID="P1", Modality=SERIES[series][1],
+        )  # fmt: skip
+
+    async with (
+        opened_repository("sqlite", directory) as sqlite,
+        opened_repository("mongo", directory, mongo_url) as mongo,
+    ):
+        stores = (sqlite, mongo)
+        for op in ops:
+            for repository in stores:
+                if op[0] == "store":
+                    await repository.store_instance(record(*op[1:]))
+                else:
+                    await repository.delete_instance(op[1])
+            from_sqlite, from_mongo = await _observed(sqlite, STUDIES), await _observed(mongo, STUDIES)
+            assert from_sqlite == from_mongo
+            held = from_sqlite["instances"]
+            studies = {s: a for s, a in from_sqlite["studies"].items() if a is not None}
+            assert {s: a["number_of_study_related_instances"] for s, a in studies.items()} == {
+                s: sum(1 for i in held if i.study_instance_uid == s)
+                for s in {i.study_instance_uid for i in held}
+            }
+            assert from_sqlite["patients"]["P1\\"] == (
+                patient_aggregates(
+                    len(studies),
+                    sum(a["number_of_study_related_series"] for a in studies.values()),
+                    len(held),
+                )
+                if held
+                else None
+            )
+
+        # Each series re-sent whole under the study its newest copy names.
+        held = (await _observed(sqlite, STUDIES))["instances"]
+        newest = {i.series_instance_uid: i.study_instance_uid for i in held}
+        for i in held:
+            for repository in stores:
+                await repository.store_instance(
+                    record(i.sop_instance_uid, i.series_instance_uid, newest[i.series_instance_uid])
+                )
+        settled = Model(
+            {i.sop_instance_uid: (newest[i.series_instance_uid], i.series_instance_uid, CT) for i in held}
+        )
+        settled.study_patient = {study: "P1" for study in newest.values()}
+        for repository in stores:
+            observed = await _observed(repository, STUDIES)
+            assert {s: a for s, a in observed["studies"].items() if a is not None} == settled.studies()
+            assert observed["series"] == settled.series()
+            assert observed["patients"] == settled.patients()

@@ -15,7 +15,7 @@ from app.core.ports import RepositoryUnavailable
 from app.repository.mongo.repository import MongoRepository
 from app.repository.sqlite.repository import SQLiteRepository
 from tests.conftest import opened_repository
-from tests.repository.conftest import CT, Factory, patient_aggregates, study_aggregates, uid
+from tests.repository.conftest import CT, MR, Factory, patient_aggregates, study_aggregates, uid
 
 
 async def test_mongo_documents_use_the_sqlite_column_names_and_dot_free_multi_keys(
@@ -91,6 +91,36 @@ async def test_mongo_recount_repairs_what_a_crash_before_the_instance_insert_lea
         assert await repository.patient_aggregates(first.patient_key) is None
 
 
+async def test_mongo_recount_agrees_with_the_store_on_a_series_split_over_two_studies(
+    mongo_url: str, tmp_path: Path, instance_record: Factory
+) -> None:
+    """A series counted in the study its newest instance names (unit_of_work.py): recounting either study, while
+    some of its instances still name the other, finds what the store keeps."""
+    async with opened_repository("mongo", tmp_path, mongo_url) as repository:
+        assert isinstance(repository, MongoRepository)
+        for n in (1, 2, 3):
+            await repository.store_instance(
+                instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, n))
+            )
+        await repository.store_instance(
+            instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 1))
+        )
+
+        async def aggregates() -> list[Any]:
+            return [
+                await repository.study_aggregates(uid(1)),
+                await repository.study_aggregates(uid(2)),
+                await repository.series_aggregates(uid(1, 1)),
+                await repository.patient_aggregates(instance_record().patient_key),
+            ]
+
+        kept = await aggregates()
+        assert kept[:2] == [study_aggregates(0, 2, [], [CT]), study_aggregates(1, 1, ["CT"], [CT])]
+        for study in (uid(1), uid(2)):
+            await repository.recount_study(study)
+        assert await aggregates() == kept
+
+
 async def test_mongo_recount_repairs_what_a_crash_after_the_instance_delete_leaves(
     mongo_url: str, tmp_path: Path, instance_record: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,6 +164,75 @@ async def test_mongo_undoes_the_counts_of_an_instance_too_large_for_a_document(
             1, 1, ["CT"], [CT]
         )
         assert await repository.patient_aggregates(kept.patient_key) == patient_aggregates(1, 1, 1)
+
+
+async def test_mongo_a_store_that_would_move_a_series_and_fails_leaves_both_studies_as_they_were(
+    mongo_url: str, tmp_path: Path, instance_record: Factory
+) -> None:
+    """The series goes back to its study, and the other study stops counting it, when the copy that moved it is
+    not stored (too large for a document)."""
+    async with opened_repository("mongo", tmp_path, mongo_url) as repository:
+        for n in (1, 2, 3):
+            await repository.store_instance(
+                instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, n))
+            )
+        await repository.store_instance(
+            instance_record(
+                "MR_small.dcm", StudyInstanceUID=uid(2), SeriesInstanceUID=uid(2, 1), SOPInstanceUID=uid(2, 1, 1)
+            )
+        )
+        huge = instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 4))
+        huge.dataset_json = "[" + " " * (17 * 1024 * 1024) + "]"
+
+        with pytest.raises(DocumentTooLarge):
+            await repository.store_instance(huge)
+
+        assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 3, ["CT"], [CT])
+        assert await repository.study_aggregates(uid(2)) == study_aggregates(1, 1, ["MR"], [MR])
+        assert await repository.patient_aggregates(huge.patient_key) == patient_aggregates(2, 2, 4)
+        # The series is listed where it was.
+        for study in (uid(1), uid(2)):
+            await repository.recount_study(study)
+        assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 3, ["CT"], [CT])
+
+
+async def test_mongo_recount_gives_a_series_back_when_the_copy_that_moved_it_was_lost(
+    mongo_url: str, tmp_path: Path, instance_record: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is lost at the write of a copy moving a series to a new study: the new study is left
+    counting it with no instance. Recounting that study hands the series back to the study its instances name."""
+    async with opened_repository("mongo", tmp_path, mongo_url) as repository:
+        assert isinstance(repository, MongoRepository)
+        for n in (1, 2, 3):
+            await repository.store_instance(
+                instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, n))
+            )
+
+        async def connection_lost(*args: Any, **kwargs: Any) -> None:
+            raise AutoReconnect("connection lost")
+
+        moving = instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 4))
+        with monkeypatch.context() as patched:
+            patched.setattr(repository._instances, "insert_one", connection_lost)
+            with pytest.raises(RepositoryUnavailable):
+                await repository.store_instance(moving)
+
+        await repository.recount_study(uid(2))
+
+        assert await repository.study_aggregates(uid(2)) is None
+        assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 3, ["CT"], [CT])
+        assert await repository.patient_aggregates(moving.patient_key) == patient_aggregates(1, 1, 3)
+        # The series is the first study's again: a study made later under the lost one's UID never held it.
+        await repository.store_instance(
+            instance_record(
+                "MR_small.dcm", StudyInstanceUID=uid(2), SeriesInstanceUID=uid(2, 1), SOPInstanceUID=uid(2, 1, 1)
+            )
+        )
+        await repository.store_instance(
+            instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 1))
+        )
+        assert await repository.study_aggregates(uid(2)) == study_aggregates(1, 1, ["MR"], [MR])
+        assert await repository.study_aggregates(uid(1)) == study_aggregates(1, 3, ["CT"], [CT])
 
 
 def _item(**values: Any) -> Any:

@@ -32,47 +32,58 @@ class MongoRepair(MongoConnection):
             await self._recount_study(study_instance_uid)
 
     async def _recount_study(self, study_uid: str) -> None:
-        series_counts: dict[str, int] = {}
-        pipeline: list[Document] = [
-            {"$match": {"study_instance_uid": study_uid}},
-            {"$group": {"_id": "$series_instance_uid", "n": {"$sum": 1}}},
-        ]
-        async for row in await self._instances.aggregate(pipeline):
-            series_counts[row["_id"]] = row["n"]
+        instances = await self._instances.count_documents({"study_instance_uid": study_uid})
+        # The study's series are those whose documents name it (the study of each one's newest instance,
+        # unit_of_work.py), each counted with all its instances, wherever the others are. A study left with no
+        # instance hands such a series to the study its newest instance names, recounted after.
+        series_held = 0
+        homes: set[str] = set()
         async for series in self._series.find({"study_instance_uid": study_uid}, {"series_instance_uid": 1}):
-            uid = series["series_instance_uid"]
-            if uid in series_counts:
-                await self._series.update_one(
-                    {"_id": series["_id"]}, {"$set": {SERIES_INSTANCES: series_counts[uid]}}
-                )
-            else:
+            series_uid = series["series_instance_uid"]
+            count = await self._instances.count_documents({"series_instance_uid": series_uid})
+            if not count:
                 await self._series.delete_one({"_id": series["_id"]})
+                continue
+            update: Document = {SERIES_INSTANCES: count}
+            if instances:
+                series_held += 1
+            else:
+                newest = await self._instances.find_one(
+                    {"series_instance_uid": series_uid},
+                    {"_id": 0, "study_instance_uid": 1},
+                    sort=[("created_at", -1), ("sop_instance_uid", -1)],
+                )
+                assert newest is not None  # counted above
+                update["study_instance_uid"] = newest["study_instance_uid"]
+                homes.add(newest["study_instance_uid"])
+            await self._series.update_one({"_id": series["_id"]}, {"$set": update})
         study = await self._studies.find_one({"study_instance_uid": study_uid}, {"patient_key": 1})
-        if study is None:
-            return
-        if not series_counts:
-            await self._studies.delete_one({"_id": study["_id"]})
-        else:
-            await self._studies.update_one(
-                {"_id": study["_id"]},
-                {
-                    "$set": {
-                        STUDY_SERIES: len(series_counts),
-                        STUDY_INSTANCES: sum(series_counts.values()),
-                        MODALITIES: [
-                            m
-                            for m in await self._series.distinct(
-                                "modality", {"study_instance_uid": study_uid}
-                            )
-                            if m
-                        ],
-                        SOP_CLASSES: await self._instances.distinct(
-                            "sop_class_uid", {"study_instance_uid": study_uid}
-                        ),
-                    }
-                },
-            )
-        await self._recount_patient(study["patient_key"])
+        if study is not None:
+            if not instances:
+                await self._studies.delete_one({"_id": study["_id"]})
+            else:
+                await self._studies.update_one(
+                    {"_id": study["_id"]},
+                    {
+                        "$set": {
+                            STUDY_SERIES: series_held,
+                            STUDY_INSTANCES: instances,
+                            MODALITIES: [
+                                m
+                                for m in await self._series.distinct(
+                                    "modality", {"study_instance_uid": study_uid}
+                                )
+                                if m
+                            ],
+                            SOP_CLASSES: await self._instances.distinct(
+                                "sop_class_uid", {"study_instance_uid": study_uid}
+                            ),
+                        }
+                    },
+                )
+            await self._recount_patient(study["patient_key"])
+        for home in homes:
+            await self._recount_study(home)
 
     async def _recount_patient(self, patient_key: str) -> None:
         totals = [

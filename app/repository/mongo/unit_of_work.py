@@ -14,6 +14,11 @@ writes, each atomic, ordered so that what a reader sees is never worse than a co
   (a value is pulled only when no series/instance of the study holds it, and looked for again after the pull
   in case a concurrent store added a holder meanwhile).
 
+A series is counted in the study its document names: the study its newest instance names, as its other
+attributes are the newest instance's. A copy naming another study moves it there (uncounted from the old study once
+the store stands); a study that goes while it still counts a series moved there (whose instances there are gone) hands the
+series to the study its newest instance names. SQLite's store keeps the same rule.
+
 A crash (or lost connection) between those writes leaves at most: a study/series/patient with counts one too
 high, possibly with no instance (crash before the instance insert, or after the instance delete), a study
 listing a modality its series no longer have, or a patient whose study moved to another patient with stale
@@ -107,9 +112,19 @@ class MongoUnitOfWork(MongoConnection):
                 },
                 "$inc": {SERIES_INSTANCES: 1},
             },
-            {"_id": 0, "modality": 1},
+            {"_id": 0, "modality": 1, "study_instance_uid": 1},
         )
         new_series = series_before is None
+        # A series is counted in the study its document names: the study its newest instance names, as its other
+        # attributes are the newest instance's. One naming another study moves the series there (a study
+        # corrected by re-sending its series under the right Study Instance UID, one instance at a time).
+        held_in = series_before.get("study_instance_uid") if series_before else None
+        moved_from = (
+            (held_in, series_before.get("modality"))  # the study it leaves, and its modality there
+            if series_before and held_in is not None and held_in != record.study_instance_uid
+            else None
+        )
+        counted_series = int(new_series or moved_from is not None)
 
         patient_fields = _fields(Level.PATIENT, record.patient)
         study_before = await self._upsert(
@@ -130,7 +145,7 @@ class MongoUnitOfWork(MongoConnection):
                     "updated_at": now,
                     "completion_pending": True,
                 },
-                "$inc": {STUDY_INSTANCES: 1, STUDY_SERIES: int(new_series)},
+                "$inc": {STUDY_INSTANCES: 1, STUDY_SERIES: counted_series},
                 "$setOnInsert": {MODALITIES: [], SOP_CLASSES: []},
             },
             {"_id": 0, "patient_key": 1, STUDY_SERIES: 1, STUDY_INSTANCES: 1},
@@ -153,7 +168,7 @@ class MongoUnitOfWork(MongoConnection):
                 },
                 "$inc": {
                     PATIENT_STUDIES: int(study_before is None or moved),
-                    PATIENT_SERIES: int(new_series) + carried_series,
+                    PATIENT_SERIES: counted_series + carried_series,
                     PATIENT_INSTANCES: 1 + carried_instances,
                 },
             },
@@ -203,7 +218,7 @@ class MongoUnitOfWork(MongoConnection):
                 {"study_instance_uid": record.study_instance_uid}, {"$addToSet": additions}
             )
         except (DuplicateKeyError, _Superseded):  # another store of this SOP Instance UID wrote first
-            await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
+            await self._undo_counts(record, moved_from)
             return False, None
         except Exception as exc:
             mine = {"_id": instance_id, **_as_written(document)}
@@ -219,10 +234,10 @@ class MongoUnitOfWork(MongoConnection):
                 await self._put_back(mine, predecessor, record)
                 raise WriteOutcomeUnknown(f"MongoDB: {exc}") from exc
             # Too large for a document, not encodable, refused: the instance is not stored, so neither is its count.
-            await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
+            await self._undo_counts(record, moved_from)
             raise
         old_modality = series_before.get("modality") if series_before else None
-        await self._settle(record, predecessor, old_modality if old_modality != modality else None)
+        await self._settle(record, predecessor, old_modality if old_modality != modality else None, moved_from)
         return True, replaced
 
     async def _put_back(self, written: Document, predecessor: Document | None, record: InstanceRecord) -> bool:
@@ -253,11 +268,33 @@ class MongoUnitOfWork(MongoConnection):
             )
         return True
 
-    async def _settle(self, record: InstanceRecord, predecessor: Document | None, old_modality: str | None) -> None:
-        """After a store is on disk: take its predecessor out of the counts and its series' old modality out of
-        the study. Not undone if they fail (the store stands): the counts stay one too high, or the study lists
-        a modality too many, until `recount_study`, as after a crash between them."""
+    async def _undo_counts(self, record: InstanceRecord, moved_from: tuple[str, str | None] | None) -> None:
+        """A store not written takes its count back, and the move of its series to its study with it (the old
+        study is uncounted only once the store stands, in `_settle`)."""
+        back = None
+        if moved_from is not None:  # first, so that its study, if it goes now, finds no series to hand on
+            back = await self._series.update_one(
+                {"series_instance_uid": record.series_instance_uid, "study_instance_uid": record.study_instance_uid},
+                {"$set": {"study_instance_uid": moved_from[0]}},
+            )
+        await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
+        if moved_from is not None and back is not None and back.matched_count:
+            await self._series_left(record.study_instance_uid, moved_from[1])
+
+    async def _settle(
+        self,
+        record: InstanceRecord,
+        predecessor: Document | None,
+        old_modality: str | None,
+        moved_from: tuple[str, str | None] | None = None,
+    ) -> None:
+        """After a store is on disk: take its predecessor out of the counts, its series out of the study it moved
+        from, and its series' old modality out of the study. Not undone if they fail (the store stands): the
+        counts stay one too high, or the study lists a modality too many, until `recount_study`, as after a crash
+        between them."""
         try:
+            if moved_from is not None:
+                await self._series_left(*moved_from)
             if predecessor is not None:
                 await self._uncount(
                     predecessor["study_instance_uid"], predecessor["series_instance_uid"], predecessor["sop_class_uid"]
@@ -293,26 +330,41 @@ class MongoUnitOfWork(MongoConnection):
         series_after = await self._series.find_one_and_update(
             {"series_instance_uid": series_uid},
             {"$inc": {SERIES_INSTANCES: -1}},
-            projection={"_id": 0, SERIES_INSTANCES: 1, "modality": 1},
+            projection={"_id": 0, SERIES_INSTANCES: 1, "modality": 1, "study_instance_uid": 1},
             return_document=ReturnDocument.AFTER,
         )
-        series_gone = series_after is not None and await self._delete_if_empty(
-            self._series, "series_instance_uid", series_uid, SERIES_INSTANCES, series_after
+        series_gone = (
+            series_after is not None
+            and await self._delete_if_empty(
+                self._series, "series_instance_uid", series_uid, SERIES_INSTANCES, series_after
+            )
+            is not None
         )
+        if series_gone and series_after and series_after.get("study_instance_uid", study_uid) != study_uid:
+            # Counted in the study it had moved to, whose last instance of it had gone before.
+            await self._series_left(series_after["study_instance_uid"], series_after.get("modality"))
+            series_gone = False
         study_after = await self._studies.find_one_and_update(
             {"study_instance_uid": study_uid},
             {"$inc": {STUDY_INSTANCES: -1, STUDY_SERIES: -int(series_gone)}},
-            projection={"_id": 0, "patient_key": 1, STUDY_INSTANCES: 1},
+            projection={"_id": 0, "patient_key": 1, STUDY_INSTANCES: 1, STUDY_SERIES: 1},
             return_document=ReturnDocument.AFTER,
         )
         if study_after is None:
             return
-        study_gone = await self._delete_if_empty(
+        deleted = await self._delete_if_empty(
             self._studies, "study_instance_uid", study_uid, STUDY_INSTANCES, study_after
         )
+        study_gone = deleted is not None
+        # A series moved here whose instances here are gone is still counted (its document names this study, its
+        # other instances another): the patient stops counting it with the study. Read as deleted, so that a
+        # series moved away meanwhile (uncounted from the patient by its mover) is not uncounted twice.
+        series_left = int(deleted.get(STUDY_SERIES, 0)) if deleted is not None else 0
         await self._uncount_patient(
-            study_after["patient_key"], studies=int(study_gone), series=int(series_gone), instances=1
+            study_after["patient_key"], studies=int(study_gone), series=int(series_gone) + series_left, instances=1
         )
+        if series_left:
+            await self._rehome_series(study_uid)
         if study_gone:
             return
         await self._drop_if_unused(study_uid, SOP_CLASSES, self._instances, "sop_class_uid", sop_class_uid)
@@ -320,6 +372,58 @@ class MongoUnitOfWork(MongoConnection):
             await self._drop_if_unused(
                 study_uid, MODALITIES, self._series, "modality", series_after["modality"]
             )
+
+    async def _rehome_series(self, gone_study: str) -> None:
+        """Series documents still naming a study that went (each had moved there, and its instances there are
+        gone) move to the study their newest instance names, and are counted there: a study made again under
+        that UID later must not find a series it never counted."""
+        async for series in self._series.find(
+            {"study_instance_uid": gone_study}, {"_id": 0, "series_instance_uid": 1, "modality": 1}
+        ):
+            series_uid = series["series_instance_uid"]
+            newest = await self._instances.find_one(
+                {"series_instance_uid": series_uid},
+                {"_id": 0, "study_instance_uid": 1},
+                sort=[("created_at", -1), ("sop_instance_uid", -1)],
+            )
+            if newest is None:
+                continue
+            home = newest["study_instance_uid"]
+            # Matched, not modified: a store that made the study again may have named it already, uncounted.
+            moved = await self._series.update_one(
+                {"series_instance_uid": series_uid, "study_instance_uid": gone_study},
+                {"$set": {"study_instance_uid": home}},
+            )
+            if moved.matched_count:
+                await self._series_counted(home, series.get("modality"))
+
+    async def _series_counted(self, study_uid: str, modality: str | None) -> None:
+        """A series moved to `study_uid` without a store there: the study and its patient count it."""
+        update: Document = {"$inc": {STUDY_SERIES: 1}}
+        if modality:
+            update["$addToSet"] = {MODALITIES: modality}
+        study = await self._studies.find_one_and_update(
+            {"study_instance_uid": study_uid}, update, projection={"_id": 0, "patient_key": 1}
+        )
+        if study is not None:
+            await self._patients.update_one({"patient_key": study["patient_key"]}, {"$inc": {PATIENT_SERIES: 1}})
+
+    async def _series_left(self, study_uid: str, modality: str | None) -> None:
+        """A series counted in `study_uid` moved to another study or went: the study (if still held) and its
+        patient count one series fewer, and the series' modality leaves the study unless another series has it."""
+        study_after = await self._studies.find_one_and_update(
+            {"study_instance_uid": study_uid},
+            {"$inc": {STUDY_SERIES: -1}},
+            projection={"_id": 0, "patient_key": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if study_after is None:
+            return
+        await self._patients.update_one(
+            {"patient_key": study_after["patient_key"]}, {"$inc": {PATIENT_SERIES: -1}}
+        )
+        if modality:
+            await self._drop_if_unused(study_uid, MODALITIES, self._series, "modality", modality)
 
     async def _uncount_patient(self, patient_key: str, *, studies: int, series: int, instances: int) -> None:
         after = await self._patients.find_one_and_update(
@@ -334,12 +438,12 @@ class MongoUnitOfWork(MongoConnection):
     @staticmethod
     async def _delete_if_empty(
         collection: AsyncCollection[Document], key: str, value: str, counter: str, after: Document
-    ) -> bool:
+    ) -> Document | None:
+        """The document as it was deleted, if its count was zero; else None."""
         if after.get(counter, 0) > 0:
-            return False
+            return None
         # The count is part of the filter: a store that counted itself in meanwhile keeps the document.
-        result = await collection.delete_one({key: value, counter: {"$lte": 0}})
-        return result.deleted_count == 1
+        return await collection.find_one_and_delete({key: value, counter: {"$lte": 0}})
 
     async def _drop_if_unused(
         self, study_uid: str, array: str, holders: AsyncCollection[Document], field: str, value: str

@@ -5,6 +5,11 @@ series, study and patient rows, the multi-valued index, and every aggregate chan
 all. The aggregates (NumberOfStudyRelatedInstances, ModalitiesInStudy...) are kept here, in the same transaction
 as the instance, because only the repository sees every store and delete from every door. The benchmarks fill
 archives through `add` too, so they measure the code every store runs.
+
+A series is counted in the study its row names: the study its newest instance names, as its other columns are
+the newest instance's. A copy naming another study moves it there (`_series_left` uncounts it from the old one);
+a study that goes while it still counts a series moved there (whose instances there are gone) hands the series
+to the study its newest instance names (`_rehome_series`). The MongoDB store keeps the same rule.
 """
 
 from __future__ import annotations
@@ -196,6 +201,13 @@ def add(conn: sqlite3.Connection, record: InstanceRecord, *, instance_id: int | 
             "updated_at": now,
         },
     )
+    # A series is counted in the study its row names: the study its newest instance names, as its other
+    # attributes are the newest instance's. One naming another study moves the series there (a study corrected
+    # by re-sending its series under the right Study Instance UID, one instance at a time).
+    held = conn.execute(
+        "SELECT study_instance_uid FROM series WHERE series_instance_uid = ?", (record.series_instance_uid,)
+    ).fetchone()
+    moved_from = held[0] if held is not None and held[0] != record.study_instance_uid else None
     new_series = _upsert(
         conn,
         "series",
@@ -243,8 +255,10 @@ def add(conn: sqlite3.Connection, record: InstanceRecord, *, instance_id: int | 
         record.series_instance_uid,
         +1,
         new_study=new_study,
-        new_series=new_series,
+        new_series=new_series or moved_from is not None,
     )
+    if moved_from is not None:
+        _series_left(conn, moved_from)
     _refresh_study_sets(conn, record.study_instance_uid, added_class=record.sop_class_uid)
     # The study's last activity, for the completion tracker (app/core/lifecycle/completion.py), in the same transaction.
     conn.execute(
@@ -281,6 +295,9 @@ def _uncount(conn: sqlite3.Connection, study_uid: str, series_uid: str, *, kept_
         "SELECT patient_key FROM studies WHERE study_instance_uid = ?", (study_uid,)
     ).fetchone()
     _count(conn, patient_key, study_uid, series_uid, -1)
+    (series_study,) = conn.execute(
+        "SELECT study_instance_uid FROM series WHERE series_instance_uid = ?", (series_uid,)
+    ).fetchone()
     series_gone = False
     # Rows of levels left empty go, with their multi-valued index entries.
     for level, key, owner in (
@@ -295,23 +312,65 @@ def _uncount(conn: sqlite3.Connection, study_uid: str, series_uid: str, *, kept_
             Level.PATIENT: "number_of_patient_related_instances",
         }[level]
         if conn.execute(f"SELECT {count_column} FROM {table} WHERE {key} = ?", (owner,)).fetchone()[0] <= 0:
+            if level is Level.STUDY:
+                # A series moved here whose instances here are gone is still counted (its row names this study,
+                # its other instances another): the patient stops counting it with the study.
+                (series_left,) = conn.execute(
+                    "SELECT number_of_study_related_series FROM studies WHERE study_instance_uid = ?", (owner,)
+                ).fetchone()
             conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (owner,))
             conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
             if level is Level.SERIES:
-                series_gone = True
-                _count_series(conn, patient_key, study_uid, -1)
+                if series_study == study_uid:
+                    series_gone = True
+                    _count_series(conn, patient_key, study_uid, -1)
+                else:  # counted in the study it had moved to, whose last instance of it had gone before
+                    _series_left(conn, series_study)
             elif level is Level.STUDY:
                 conn.execute("DELETE FROM study_activity WHERE study_instance_uid = ?", (owner,))
                 conn.execute(
-                    "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies - 1"
-                    " WHERE patient_key = ?",
-                    (patient_key,),
+                    "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies - 1,"
+                    " number_of_patient_related_series = number_of_patient_related_series - ? WHERE patient_key = ?",
+                    (series_left, patient_key),
                 )
+                if series_left:
+                    _rehome_series(conn, owner)
     if (kept_class is None or series_gone) and conn.execute(
         "SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)
     ).fetchone():
         # A series gone may take its modality out of the study.
         _refresh_study_sets(conn, study_uid, added_class=kept_class)
+
+
+def _rehome_series(conn: sqlite3.Connection, gone_study: str) -> None:
+    """Series rows still naming a study that went (each had moved there, and its instances there are gone) move to
+    the study their newest instance names, and are counted there: a study made again under that UID later must
+    not find a series it never counted."""
+    for (series_uid,) in conn.execute(
+        "SELECT series_instance_uid FROM series WHERE study_instance_uid = ?", (gone_study,)
+    ).fetchall():
+        (home,) = conn.execute(
+            "SELECT study_instance_uid FROM instances WHERE series_instance_uid = ? "
+            "ORDER BY created_at DESC, sop_instance_uid DESC LIMIT 1",
+            (series_uid,),
+        ).fetchone()
+        conn.execute("UPDATE series SET study_instance_uid = ? WHERE series_instance_uid = ?", (home, series_uid))
+        (patient_key,) = conn.execute(
+            "SELECT patient_key FROM studies WHERE study_instance_uid = ?", (home,)
+        ).fetchone()
+        _count_series(conn, patient_key, home, +1)
+        _refresh_study_sets(conn, home)
+
+
+def _series_left(conn: sqlite3.Connection, study_uid: str) -> None:
+    """A series counted in `study_uid` moved to another study or went: the study (if still held) and its patient
+    count one series fewer, and the series' modality may leave the study."""
+    row = conn.execute(
+        "SELECT patient_key FROM studies WHERE study_instance_uid = ?", (study_uid,)
+    ).fetchone()
+    if row is not None:
+        _count_series(conn, row[0], study_uid, -1)
+        _refresh_study_sets(conn, study_uid)
 
 
 def _move_study(conn: sqlite3.Connection, old_key: str, new_key: str, *, series: int, instances: int) -> None:
