@@ -197,13 +197,15 @@ async def test_a_mongo_store_whose_write_concern_fails_leaves_the_instance_as_it
         await repository.close()
 
 
+@pytest.mark.parametrize("moved_to", ["another series", "another study"])
 @pytest.mark.parametrize("cut_off", ["before the replace", "after the replace", "at the last write"])
 async def test_a_mongo_replace_cut_off_by_a_lost_connection_leaves_the_instance_as_it_was(
-    mongo_url: str, instance_record: Factory, cut_off: str, monkeypatch: pytest.MonkeyPatch
+    mongo_url: str, instance_record: Factory, cut_off: str, moved_to: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the server still answers, the store puts the predecessor's document back, and is answered as
     unavailable. A write still under way when the connection went may yet be applied: ingest is told that the
-    outcome is not known, and keeps every file a document may name (tests/core/ingest/test_service.py)."""
+    outcome is not known, and keeps every file a document may name (tests/core/ingest/test_service.py). A copy
+    naming another study for its series (a correction) is written over its predecessor too, never after it."""
     repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
     try:
         await repository.open()
@@ -215,8 +217,9 @@ async def test_a_mongo_replace_cut_off_by_a_lost_connection_leaves_the_instance_
         else:
             applied = cut_off == "after the replace"
             _fail_after_applying(monkeypatch, repository._instances, "replace_one", lost, applied=applied)
-        # Moved to another series: its predecessor's file stays where it was until the store succeeds.
-        replacing = instance_record(SOPInstanceUID=uid(1, 1, 1), SeriesInstanceUID=uid(1, 2), PatientName="NEW^COPY")
+        # Moved: its predecessor's file stays where it was until the store succeeds.
+        place = {"SeriesInstanceUID": uid(1, 2)} if moved_to == "another series" else {"StudyInstanceUID": uid(2)}
+        replacing = instance_record(SOPInstanceUID=uid(1, 1, 1), PatientName="NEW^COPY", **place)
 
         with pytest.raises(RepositoryUnavailable) as raised:
             await repository.store_instance(replacing)

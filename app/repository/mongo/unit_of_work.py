@@ -89,13 +89,6 @@ class MongoUnitOfWork(MongoConnection):
         # Whole, so that a store failing after its write can put it back.
         predecessor = await self._instances.find_one({"sop_instance_uid": record.sop_instance_uid})
         replaced = None if predecessor is None else stored(predecessor)
-        if predecessor is not None and _series_changes_study(predecessor, record):
-            # The copy names another study for the same series: the predecessor goes first, as a delete, so that
-            # the series it empties is made again under its new study (counted there). Only here can a failure
-            # then leave neither document.
-            if await self._remove(record.sop_instance_uid) is None:
-                return False, None  # removed or replaced since it was read
-            predecessor = None
         now = time.time()
         series_fields = _fields(Level.SERIES, record.series)
         series_before = await self._upsert(
@@ -485,13 +478,6 @@ class MongoUnitOfWork(MongoConnection):
         # per new series/study/patient only confirms it.)
         created = await collection.find_one(key, {"_id": 1})
         return None if created is None or created["_id"] == new_id else {}
-
-
-def _series_changes_study(predecessor: Document, record: InstanceRecord) -> bool:
-    return bool(
-        predecessor["series_instance_uid"] == record.series_instance_uid
-        and predecessor["study_instance_uid"] != record.study_instance_uid
-    )
 
 
 def _as_written(document: Document) -> Document:

@@ -70,14 +70,6 @@ def store_each(
             previous = get_instance(conn, record.sop_instance_uid)
             if previous is None:
                 add(conn, record)
-            elif (
-                previous.series_instance_uid == record.series_instance_uid
-                and previous.study_instance_uid != record.study_instance_uid
-            ):
-                # The copy names another study for the same series: the predecessor goes first, so that the
-                # series it empties is made again under its new study (counted there), as in the MongoDB store.
-                remove(conn, previous.sop_instance_uid)
-                add(conn, record)
             else:
                 # The copy takes its predecessor's place (its row id, the order instances are listed in when
                 # nothing else orders them), and is counted before the predecessor is uncounted, so that a series,
