@@ -231,6 +231,39 @@ async def test_a_mongo_replace_cut_off_by_a_lost_connection_leaves_the_instance_
         await repository.close()
 
 
+async def test_a_mongo_copy_moving_a_series_and_put_back_after_its_write_leaves_the_series_where_it_was(
+    mongo_url: str, instance_record: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy naming another study for its series fails at its last write and its predecessor is put back: the
+    series names its old study again, so recounting both studies (what the failure's log line asks for) finds
+    each with its own series."""
+    repository = MongoRepository(mongo_url, f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        await repository.open()
+        held = instance_record(StudyInstanceUID=uid(1), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 1))
+        other = instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(2, 1), SOPInstanceUID=uid(2, 1, 1))
+        for record in (held, other):
+            await repository.store_instance(record)
+        _fail_after_applying(monkeypatch, repository._journaled_studies, "update_one", AutoReconnect("reset"))
+        moving = instance_record(StudyInstanceUID=uid(2), SeriesInstanceUID=uid(1, 1), SOPInstanceUID=uid(1, 1, 1))
+
+        with pytest.raises(RepositoryUnavailable):
+            await repository.store_instance(moving)
+        monkeypatch.undo()
+
+        assert await repository.get_instance(uid(1, 1, 1)) == stored(held)
+        for study in (uid(1), uid(2)):
+            await repository.recount_study(study)
+        for study in (uid(1), uid(2)):
+            aggregates = await repository.study_aggregates(study) or {}
+            assert (
+                aggregates["number_of_study_related_series"],
+                aggregates["number_of_study_related_instances"],
+            ) == (1, 1)
+    finally:
+        await repository.close()
+
+
 class _Gone:
     """A collection whose server went away."""
 

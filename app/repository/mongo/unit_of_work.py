@@ -218,6 +218,12 @@ class MongoUnitOfWork(MongoConnection):
             if written:  # a write concern not met at the instance's write, or any failure after it
                 if not await self._put_back(mine, predecessor, record):
                     raise WriteOutcomeUnknown(f"MongoDB: {exc}") from exc
+                # The predecessor stands again: so does its series' study (the counts stay one too high).
+                try:
+                    if await self._move_back(record, moved_from) and moved_from is not None:
+                        await self._series_left(record.study_instance_uid, moved_from[1])
+                except PyMongoError as undo:
+                    log.warning("series %s not moved back (recount its studies): %s", record.series_instance_uid, undo)
                 raise
             if isinstance(exc, ServerSelectionTimeoutError):
                 raise  # nothing of the instance was sent; the counts stay one too high (see the module docstring)
@@ -264,15 +270,22 @@ class MongoUnitOfWork(MongoConnection):
     async def _undo_counts(self, record: InstanceRecord, moved_from: tuple[str, str | None] | None) -> None:
         """A store not written takes its count back, and the move of its series to its study with it (the old
         study is uncounted only once the store stands, in `_settle`)."""
-        back = None
-        if moved_from is not None:  # first, so that its study, if it goes now, finds no series to hand on
-            back = await self._series.update_one(
-                {"series_instance_uid": record.series_instance_uid, "study_instance_uid": record.study_instance_uid},
-                {"$set": {"study_instance_uid": moved_from[0]}},
-            )
+        # First, so that its study, if it goes now, finds no series to hand on.
+        moved_back = await self._move_back(record, moved_from)
         await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
-        if moved_from is not None and back is not None and back.matched_count:
+        if moved_back and moved_from is not None:
             await self._series_left(record.study_instance_uid, moved_from[1])
+
+    async def _move_back(self, record: InstanceRecord, moved_from: tuple[str, str | None] | None) -> bool:
+        """The series of a store that does not stand names the study it was moved from again, unless a later
+        store has moved it on; True if it did."""
+        if moved_from is None:
+            return False
+        back = await self._series.update_one(
+            {"series_instance_uid": record.series_instance_uid, "study_instance_uid": record.study_instance_uid},
+            {"$set": {"study_instance_uid": moved_from[0]}},
+        )
+        return back.matched_count == 1
 
     async def _settle(
         self,
