@@ -90,17 +90,28 @@ def test_each_change_is_posted_in_order_to_every_receiver(tmp_path: Path) -> Non
     one, two = Receiver(), Receiver()
     with serving(one), serving(two), running_archive(settings_for(tmp_path, one.url, two.url)) as server:
         sops = stow_study(server, 2)
+
+        def created(receiver: Receiver) -> list[str]:
+            return sorted(e["SOPInstanceUID"] for e in receiver.received if e["type"] == "instance.created")
+
+        def completed_after_both(receiver: Receiver) -> bool:
+            kinds = [e["type"] for e in receiver.received]
+            if created(receiver) != sorted(sops):
+                return False
+            last_created = max(i for i, kind in enumerate(kinds) if kind == "instance.created")
+            return "study.completed" in kinds[last_created + 1 :]
+
         for receiver in (one, two):
-            wait_for(lambda r=receiver: len(r.received) == 3, "two stores and a completion")
-            # Parts of one STOW-RS request may be stored concurrently: their order is the order stored.
-            assert sorted((e["type"], e["SOPInstanceUID"]) for e in receiver.received[:2]) == sorted(
-                ("instance.created", sop) for sop in sops
-            )
-            assert (receiver.received[2]["type"], receiver.received[2]["SOPInstanceUID"]) == ("study.completed", None)
-            assert [e["seq"] for e in receiver.received] == [1, 2, 3]
+            wait_for(lambda r=receiver: completed_after_both(r), "two stores and a completion")
+            # Parts of one STOW-RS request may be stored concurrently: their order is the order stored. A study
+            # also completes between them when the second is stored after the quiet time (a slow machine):
+            # every change comes once, in the feed's order.
+            assert [e["seq"] for e in receiver.received] == list(range(1, len(receiver.received) + 1))
             assert receiver.received[0]["source"] == "DICOMWEB"
+        last = max(len(one.received), len(two.received))
+        wait_for(lambda: len(one.received) == len(two.received) == last, "the same changes to both")
         status = httpx.get(f"{server.base_url}/api/webhooks/status", timeout=30).json()
-        assert [w["delivered_seq"] for w in status["webhooks"]] == [3, 3]
+        assert [w["delivered_seq"] for w in status["webhooks"]] == [last, last]
 
 
 def test_a_failing_or_absent_receiver_loses_nothing_and_never_blocks_ingest(tmp_path: Path) -> None:
