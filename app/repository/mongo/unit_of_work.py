@@ -196,7 +196,9 @@ class MongoUnitOfWork(MongoConnection):
                 if predecessor is None:
                     await self._instances.insert_one({"_id": instance_id, **document})
                 # Only over the predecessor as it was read: of two stores that read it, one replaces it.
-                elif not (await self._instances.replace_one(_as_written(predecessor), document)).matched_count:
+                elif not (
+                    await self._instances.replace_one(_as_written(predecessor), document)
+                ).matched_count:
                     raise _Superseded  # removed or replaced since it was read
             except WriteConcernError:
                 written = True  # applied, not confirmed
@@ -220,10 +222,11 @@ class MongoUnitOfWork(MongoConnection):
                     raise WriteOutcomeUnknown(f"MongoDB: {exc}") from exc
                 # The predecessor stands again: so does its series' study (the counts stay one too high).
                 try:
-                    if await self._move_back(record, moved_from) and moved_from is not None:
-                        await self._series_left(record.study_instance_uid, moved_from[1])
+                    await self._undo_counts(record, moved_from, uncount=False)
                 except PyMongoError as undo:
-                    log.warning("series %s not moved back (recount its studies): %s", record.series_instance_uid, undo)
+                    log.warning(
+                        "series %s not moved back (recount its studies): %s", record.series_instance_uid, undo
+                    )
                 raise
             if isinstance(exc, ServerSelectionTimeoutError):
                 raise  # nothing of the instance was sent; the counts stay one too high (see the module docstring)
@@ -236,10 +239,14 @@ class MongoUnitOfWork(MongoConnection):
             await self._undo_counts(record, moved_from)
             raise
         old_modality = series_before.get("modality") if series_before else None
-        await self._settle(record, predecessor, old_modality if old_modality != modality else None, moved_from)
+        await self._settle(
+            record, predecessor, old_modality if old_modality != modality else None, moved_from
+        )
         return True, replaced
 
-    async def _put_back(self, written: Document, predecessor: Document | None, record: InstanceRecord) -> bool:
+    async def _put_back(
+        self, written: Document, predecessor: Document | None, record: InstanceRecord
+    ) -> bool:
         """Undo the instance write of a store that failed after it, or may have (a write concern not met leaves
         a write applied; a lost connection leaves it unknown): ingest rolls the file back to the predecessor's, or
         to none, and the document must say the same. `written` finds this store's document (not there: its write
@@ -255,7 +262,9 @@ class MongoUnitOfWork(MongoConnection):
             else:
                 undone = (await instances.replace_one(written, predecessor)).matched_count
         except PyMongoError as exc:
-            log.warning("instance %s of a failed store could not be put back: %s", record.sop_instance_uid, exc)
+            log.warning(
+                "instance %s of a failed store could not be put back: %s", record.sop_instance_uid, exc
+            )
             return False
         if undone:
             log.warning(
@@ -267,25 +276,26 @@ class MongoUnitOfWork(MongoConnection):
             )
         return True
 
-    async def _undo_counts(self, record: InstanceRecord, moved_from: tuple[str, str | None] | None) -> None:
-        """A store not written takes its count back, and the move of its series to its study with it (the old
-        study is uncounted only once the store stands, in `_settle`)."""
-        # First, so that its study, if it goes now, finds no series to hand on.
-        moved_back = await self._move_back(record, moved_from)
-        await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
+    async def _undo_counts(
+        self, record: InstanceRecord, moved_from: tuple[str, str | None] | None, *, uncount: bool = True
+    ) -> None:
+        """Take back what a store that does not stand did to the counts: its own count (`uncount`: a store put back
+        keeps it, one too high), and the move of its series to its study (the old study is uncounted only once a
+        store stands, in `_settle`), unless a later store has moved the series on."""
+        moved_back = False
+        if moved_from is not None:  # first, so that its study, if it goes now, finds no series to hand on
+            back = await self._series.update_one(
+                {
+                    "series_instance_uid": record.series_instance_uid,
+                    "study_instance_uid": record.study_instance_uid,
+                },
+                {"$set": {"study_instance_uid": moved_from[0]}},
+            )
+            moved_back = back.matched_count == 1
+        if uncount:
+            await self._uncount(record.study_instance_uid, record.series_instance_uid, record.sop_class_uid)
         if moved_back and moved_from is not None:
-            await self._series_left(record.study_instance_uid, moved_from[1])
-
-    async def _move_back(self, record: InstanceRecord, moved_from: tuple[str, str | None] | None) -> bool:
-        """The series of a store that does not stand names the study it was moved from again, unless a later
-        store has moved it on; True if it did."""
-        if moved_from is None:
-            return False
-        back = await self._series.update_one(
-            {"series_instance_uid": record.series_instance_uid, "study_instance_uid": record.study_instance_uid},
-            {"$set": {"study_instance_uid": moved_from[0]}},
-        )
-        return back.matched_count == 1
+            await self._series_count(record.study_instance_uid, moved_from[1], -1)
 
     async def _settle(
         self,
@@ -300,10 +310,12 @@ class MongoUnitOfWork(MongoConnection):
         between them."""
         try:
             if moved_from is not None:
-                await self._series_left(*moved_from)
+                await self._series_count(*moved_from, -1)
             if predecessor is not None:
                 await self._uncount(
-                    predecessor["study_instance_uid"], predecessor["series_instance_uid"], predecessor["sop_class_uid"]
+                    predecessor["study_instance_uid"],
+                    predecessor["series_instance_uid"],
+                    predecessor["sop_class_uid"],
                 )
             if old_modality:
                 await self._drop_if_unused(
@@ -348,7 +360,7 @@ class MongoUnitOfWork(MongoConnection):
         )
         if series_gone and series_after and series_after.get("study_instance_uid", study_uid) != study_uid:
             # Counted in the study it had moved to, whose last instance of it had gone before.
-            await self._series_left(series_after["study_instance_uid"], series_after.get("modality"))
+            await self._series_count(series_after["study_instance_uid"], series_after.get("modality"), -1)
             series_gone = False
         study_after = await self._studies.find_one_and_update(
             {"study_instance_uid": study_uid},
@@ -367,7 +379,10 @@ class MongoUnitOfWork(MongoConnection):
         # series moved away meanwhile (uncounted from the patient by its mover) is not uncounted twice.
         series_left = int(deleted.get(STUDY_SERIES, 0)) if deleted is not None else 0
         await self._uncount_patient(
-            study_after["patient_key"], studies=int(study_gone), series=int(series_gone) + series_left, instances=1
+            study_after["patient_key"],
+            studies=int(study_gone),
+            series=int(series_gone) + series_left,
+            instances=1,
         )
         if series_left:
             await self._rehome_series(study_uid)
@@ -401,34 +416,24 @@ class MongoUnitOfWork(MongoConnection):
                 {"$set": {"study_instance_uid": home}},
             )
             if moved.matched_count:
-                await self._series_counted(home, series.get("modality"))
+                await self._series_count(home, series.get("modality"), +1)
 
-    async def _series_counted(self, study_uid: str, modality: str | None) -> None:
-        """A series moved to `study_uid` without a store there: the study and its patient count it."""
-        update: Document = {"$inc": {STUDY_SERIES: 1}}
-        if modality:
+    async def _series_count(self, study_uid: str, modality: str | None, delta: int) -> None:
+        """A series counted in `study_uid` from now on (+1: moved there without a store of it there), or no
+        longer (-1: moved away, or gone): the study (if still held) and its patient count it, or not, and its
+        modality joins the study, or leaves it unless another series of the study has it."""
+        update: Document = {"$inc": {STUDY_SERIES: delta}}
+        if modality and delta > 0:
             update["$addToSet"] = {MODALITIES: modality}
         study = await self._studies.find_one_and_update(
             {"study_instance_uid": study_uid}, update, projection={"_id": 0, "patient_key": 1}
         )
-        if study is not None:
-            await self._patients.update_one({"patient_key": study["patient_key"]}, {"$inc": {PATIENT_SERIES: 1}})
-
-    async def _series_left(self, study_uid: str, modality: str | None) -> None:
-        """A series counted in `study_uid` moved to another study or went: the study (if still held) and its
-        patient count one series fewer, and the series' modality leaves the study unless another series has it."""
-        study_after = await self._studies.find_one_and_update(
-            {"study_instance_uid": study_uid},
-            {"$inc": {STUDY_SERIES: -1}},
-            projection={"_id": 0, "patient_key": 1},
-            return_document=ReturnDocument.AFTER,
-        )
-        if study_after is None:
+        if study is None:
             return
         await self._patients.update_one(
-            {"patient_key": study_after["patient_key"]}, {"$inc": {PATIENT_SERIES: -1}}
+            {"patient_key": study["patient_key"]}, {"$inc": {PATIENT_SERIES: delta}}
         )
-        if modality:
+        if modality and delta < 0:
             await self._drop_if_unused(study_uid, MODALITIES, self._series, "modality", modality)
 
     async def _uncount_patient(self, patient_key: str, *, studies: int, series: int, instances: int) -> None:

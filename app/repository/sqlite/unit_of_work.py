@@ -19,7 +19,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from app.core.dicom.attributes import LEVEL_TABLE, Kind, Level, stored_at
 from app.core.records import InstanceRecord, LevelRecord, StoredInstance
@@ -106,9 +106,9 @@ def get_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> StoredInsta
     return None if row is None else stored(row)
 
 
-def _upsert(conn: sqlite3.Connection, table: str, key: str, row: dict[str, Any]) -> bool:
-    """Insert `row` keyed by column `key`, or update the row there if any of its values differ; True when the row
-    is new.
+def _upsert(conn: sqlite3.Connection, table: str, key: str, row: dict[str, Any]) -> dict[str, Any] | None:
+    """Insert `row` keyed by column `key`, or update the row there if any of its values differ; the row's values
+    as they were held (`updated_at` and the key aside), or None when the row is new.
 
     After a study's first instance its patient, study and series rows usually hold these values already: they
     are read and compared (one indexed look-up) rather than written again, which would rewrite the row and its
@@ -117,14 +117,14 @@ def _upsert(conn: sqlite3.Connection, table: str, key: str, row: dict[str, Any])
     `updated_at`, if given, is written only with a change.
     """
     select, insert, update = _upsert_sql(table, key, tuple(row))
-    compared = [value for name, value in row.items() if name not in (key, "updated_at")]
+    compared = {name: value for name, value in row.items() if name not in (key, "updated_at")}
     held = conn.execute(select, (row[key],)).fetchone()
     if held is None:
         conn.execute(insert, list(row.values()))
-        return True
-    if tuple(held) != tuple(compared):
+        return None
+    if tuple(held) != tuple(compared.values()):
         conn.execute(update, [value for name, value in row.items() if name != key] + [row[key]])
-    return False
+    return dict(zip(compared, held, strict=True))
 
 
 @functools.cache
@@ -166,41 +166,30 @@ def add(conn: sqlite3.Connection, record: InstanceRecord, *, instance_id: int | 
     now = time.time()
     patient_attrs = record.patient.attributes
     patient_row = _level_row(Level.PATIENT, record.patient)
-    new_patient = _upsert(
-        conn,
-        "patients",
-        "patient_key",
-        {"patient_key": record.patient_key, **patient_row, "attributes": json.dumps(patient_attrs)},
-    )
+    patient_fields = {
+        "patient_key": record.patient_key,
+        **patient_row,
+        "attributes": json.dumps(patient_attrs),
+    }
+    new_patient = _upsert(conn, "patients", "patient_key", patient_fields) is None
     before = conn.execute(
         f"SELECT patient_key, {STUDY_COUNTS} FROM studies WHERE study_instance_uid = ?",
         (record.study_instance_uid,),
     ).fetchone()
     if before is not None and before[0] != record.patient_key:
         _move_study(conn, before[0], record.patient_key, series=before[1], instances=before[2])
-    new_study = _upsert(
-        conn,
-        "studies",
-        "study_instance_uid",
-        {
-            "study_instance_uid": record.study_instance_uid,
-            "patient_key": record.patient_key,
-            **patient_row,
-            **_level_row(Level.STUDY, record.study),
-            "study_datetime": record.study.values.get("study_datetime"),
-            # In the Study Root model the patient's attributes are study attributes (PS3.4 C.6.2.1).
-            "attributes": json.dumps({**patient_attrs, **record.study.attributes}),
-            "updated_at": now,
-        },
-    )
-    # A series is counted in the study its row names: the study its newest instance names, as its other
-    # attributes are the newest instance's. One naming another study moves the series there (a study corrected
-    # by re-sending its series under the right Study Instance UID, one instance at a time).
-    held = conn.execute(
-        "SELECT study_instance_uid FROM series WHERE series_instance_uid = ?", (record.series_instance_uid,)
-    ).fetchone()
-    moved_from = held[0] if held is not None and held[0] != record.study_instance_uid else None
-    new_series = _upsert(
+    study_fields = {
+        "study_instance_uid": record.study_instance_uid,
+        "patient_key": record.patient_key,
+        **patient_row,
+        **_level_row(Level.STUDY, record.study),
+        "study_datetime": record.study.values.get("study_datetime"),
+        # In the Study Root model the patient's attributes are study attributes (PS3.4 C.6.2.1).
+        "attributes": json.dumps({**patient_attrs, **record.study.attributes}),
+        "updated_at": now,
+    }
+    new_study = _upsert(conn, "studies", "study_instance_uid", study_fields) is None
+    held_series = _upsert(
         conn,
         "series",
         "series_instance_uid",
@@ -212,6 +201,12 @@ def add(conn: sqlite3.Connection, record: InstanceRecord, *, instance_id: int | 
             "updated_at": now,
         },
     )
+    new_series = held_series is None
+    # A series is counted in the study its row names: the study its newest instance names, as its other
+    # attributes are the newest instance's. One naming another study moves the series there (a study corrected
+    # by re-sending its series under the right Study Instance UID, one instance at a time).
+    held_in = None if held_series is None else held_series["study_instance_uid"]
+    moved_from = held_in if held_in not in (None, record.study_instance_uid) else None
     conn.execute(
         _insert_instance_sql(),
         [
@@ -287,51 +282,60 @@ def _uncount(conn: sqlite3.Connection, study_uid: str, series_uid: str, *, kept_
         "SELECT patient_key FROM studies WHERE study_instance_uid = ?", (study_uid,)
     ).fetchone()
     _count(conn, patient_key, study_uid, series_uid, -1)
-    (series_study,) = conn.execute(
-        "SELECT study_instance_uid FROM series WHERE series_instance_uid = ?", (series_uid,)
-    ).fetchone()
-    series_gone = False
     # Rows of levels left empty go, with their multi-valued index entries.
-    for level, key, owner in (
-        (Level.SERIES, "series_instance_uid", series_uid),
-        (Level.STUDY, "study_instance_uid", study_uid),
-        (Level.PATIENT, "patient_key", patient_key),
-    ):
-        table = LEVEL_TABLE[level]
-        count_column = {
-            Level.SERIES: "number_of_series_related_instances",
-            Level.STUDY: "number_of_study_related_instances",
-            Level.PATIENT: "number_of_patient_related_instances",
-        }[level]
-        if conn.execute(f"SELECT {count_column} FROM {table} WHERE {key} = ?", (owner,)).fetchone()[0] <= 0:
-            if level is Level.STUDY:
-                # A series moved here whose instances here are gone is still counted (its row names this study,
-                # its other instances another): the patient stops counting it with the study.
-                (series_left,) = conn.execute(
-                    "SELECT number_of_study_related_series FROM studies WHERE study_instance_uid = ?", (owner,)
-                ).fetchone()
-            conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (owner,))
-            conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
-            if level is Level.SERIES:
-                if series_study == study_uid:
-                    series_gone = True
-                    _count_series(conn, patient_key, study_uid, -1)
-                else:  # counted in the study it had moved to, whose last instance of it had gone before
-                    _series_left(conn, series_study)
-            elif level is Level.STUDY:
-                conn.execute("DELETE FROM study_activity WHERE study_instance_uid = ?", (owner,))
-                conn.execute(
-                    "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies - 1,"
-                    " number_of_patient_related_series = number_of_patient_related_series - ? WHERE patient_key = ?",
-                    (series_left, patient_key),
-                )
-                if series_left:
-                    _rehome_series(conn, owner)
+    series_gone = False
+    left, series_study = conn.execute(
+        "SELECT number_of_series_related_instances, study_instance_uid FROM series WHERE series_instance_uid = ?",
+        (series_uid,),
+    ).fetchone()
+    if left <= 0:
+        _drop(conn, Level.SERIES, series_uid)
+        if series_study == study_uid:
+            series_gone = True
+            _count_series(conn, patient_key, study_uid, -1)
+        else:  # counted in the study it had moved to, whose last instance of it had gone before
+            _series_left(conn, series_study)
+    left, series_counted = conn.execute(
+        "SELECT number_of_study_related_instances, number_of_study_related_series FROM studies"
+        " WHERE study_instance_uid = ?",
+        (study_uid,),
+    ).fetchone()
+    if left <= 0:
+        _drop(conn, Level.STUDY, study_uid)
+        conn.execute("DELETE FROM study_activity WHERE study_instance_uid = ?", (study_uid,))
+        # A series moved here whose instances here are gone is still counted (its row names this study, its
+        # other instances another): the patient stops counting it with the study, and the series goes home.
+        conn.execute(
+            "UPDATE patients SET number_of_patient_related_studies = number_of_patient_related_studies - 1,"
+            " number_of_patient_related_series = number_of_patient_related_series - ? WHERE patient_key = ?",
+            (series_counted, patient_key),
+        )
+        if series_counted:
+            _rehome_series(conn, study_uid)
+    (left,) = conn.execute(
+        "SELECT number_of_patient_related_instances FROM patients WHERE patient_key = ?", (patient_key,)
+    ).fetchone()
+    if left <= 0:
+        _drop(conn, Level.PATIENT, patient_key)
     if (kept_class is None or series_gone) and conn.execute(
         "SELECT 1 FROM studies WHERE study_instance_uid = ?", (study_uid,)
     ).fetchone():
         # A series gone may take its modality out of the study.
         _refresh_study_sets(conn, study_uid, added_class=kept_class)
+
+
+_LEVEL_KEY: Final = {
+    Level.SERIES: "series_instance_uid",
+    Level.STUDY: "study_instance_uid",
+    Level.PATIENT: "patient_key",
+}
+
+
+def _drop(conn: sqlite3.Connection, level: Level, owner: str) -> None:
+    """Delete the row of a level left empty, with its multi-valued index entries."""
+    key = _LEVEL_KEY[level]
+    conn.execute(f"DELETE FROM {LEVEL_TABLE[level]} WHERE {key} = ?", (owner,))
+    conn.execute("DELETE FROM attribute_values WHERE level = ? AND owner = ?", (level.value, owner))
 
 
 def _rehome_series(conn: sqlite3.Connection, gone_study: str) -> None:
@@ -381,10 +385,7 @@ def _move_study(conn: sqlite3.Connection, old_key: str, new_key: str, *, series:
         "SELECT number_of_patient_related_instances FROM patients WHERE patient_key = ?", (old_key,)
     ).fetchone()
     if left is not None and left[0] <= 0:
-        conn.execute("DELETE FROM patients WHERE patient_key = ?", (old_key,))
-        conn.execute(
-            "DELETE FROM attribute_values WHERE level = ? AND owner = ?", (Level.PATIENT.value, old_key)
-        )
+        _drop(conn, Level.PATIENT, old_key)
 
 
 def _count(
